@@ -1,0 +1,76 @@
+"""Short fine-tune of a transformed model, and its mAP from ultralytics' own validator."""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+from ultralytics.cfg import get_cfg
+from ultralytics.data import build_dataloader, build_yolo_dataset
+from ultralytics.data.utils import check_det_dataset
+from ultralytics.models.yolo.detect import DetectionValidator
+
+from edgesearch.spaces.errors import InputError
+
+
+def load_dataset_info(data_yaml: Path) -> dict:
+    """ultralytics' parsed data.yaml; a dataset without a usable val split is refused."""
+    try:
+        data = check_det_dataset(str(data_yaml))
+    except Exception as error:  # ultralytics raises several types for a bad data.yaml
+        raise InputError(f"data.yaml {data_yaml}: {str(error).strip().splitlines()[0]}") from None
+    if not data.get("val"):
+        raise InputError(f"data.yaml {data_yaml} has no val split")
+    return data
+
+
+def finetune(
+    model: nn.Module,
+    data_yaml: Path,
+    *,
+    iterations: int,
+    imgsz: int,
+    batch: int = 16,
+    lr: float = 1e-4,
+    seed: int = 0,
+) -> list[float]:
+    """Train `model` in place for `iterations` steps with ultralytics' loss and data pipeline.
+
+    Fake-quantized layers train through their straight-through estimator. Returns the loss of
+    every step (for the trial's record).
+    """
+    if iterations <= 0:
+        return []
+    torch.manual_seed(seed)
+    cfg = get_cfg(overrides={"imgsz": imgsz, "batch": batch, "workers": 0, "seed": seed})
+    data = load_dataset_info(data_yaml)
+    dataset = build_yolo_dataset(cfg, data["train"], batch, data, mode="train", stride=int(model.stride.max()))
+    loader = build_dataloader(dataset, batch, workers=0, shuffle=True)
+    model.args = cfg  # the detection loss reads its box/cls/dfl gains from here
+    model.criterion = None
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    losses = []
+    for batch_data in itertools.islice(itertools.cycle(loader), iterations):
+        batch_data["img"] = batch_data["img"].float() / 255
+        loss, _ = model.loss(batch_data)
+        optimizer.zero_grad()
+        loss.sum().backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
+        optimizer.step()
+        losses.append(float(loss.detach().sum()) / batch)
+    model.eval()
+    return losses
+
+
+def validate(model: nn.Module, data_yaml: Path, *, imgsz: int, batch: int = 32) -> dict[str, float]:
+    """mAP50-95 and mAP50 on the val split, computed by ultralytics' DetectionValidator."""
+    args = dict(data=str(data_yaml), imgsz=imgsz, batch=batch, workers=0, device="cpu",
+                plots=False, verbose=False, save_json=False)
+    with tempfile.TemporaryDirectory() as save_dir:
+        validator = DetectionValidator(save_dir=Path(save_dir), args=args)
+        stats = validator(model=model)
+    return {"map50_95": float(stats["metrics/mAP50-95(B)"]), "map50": float(stats["metrics/mAP50(B)"])}

@@ -1,0 +1,53 @@
+"""Scoring one candidate end to end: apply -> short fine-tune -> mAP -> hardware scores.
+
+`score_candidate` takes and returns plain data, so it runs the same in-process (`search eval`)
+and as a Ray task (`search run`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+
+from edgesearch.runners.accuracy import finetune, validate
+from edgesearch.runners.checkpoints import load_detection_model
+from edgesearch.runners.hardware import hardware_scores
+from edgesearch.runners.profiles import load_profile
+from edgesearch.spaces.apply import apply_candidate
+from edgesearch.spaces.candidate import Candidate
+from edgesearch.spaces.quantize import bake_fake_quant
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    checkpoint: str
+    data_yaml: str
+    profile: str
+    imgsz: int
+    finetune_iters: int
+    batch: int = 16
+    threads: int = 2
+    seed: int = 0
+    trust_checkpoint: bool = False
+
+
+def score_candidate(settings: dict, candidate: dict | None) -> dict:
+    """All scores of one candidate (None = the base model unchanged)."""
+    config = EvalSettings(**settings)
+    torch.set_num_threads(config.threads)
+    started = time.perf_counter()
+    base = load_detection_model(config.checkpoint, trust=config.trust_checkpoint)
+    design = Candidate.from_json(candidate) if candidate else Candidate({})
+    model = apply_candidate(base, design)
+    losses = finetune(model, Path(config.data_yaml), iterations=config.finetune_iters, imgsz=config.imgsz,
+                      batch=config.batch, seed=config.seed)
+    bake_fake_quant(model)  # from here on the model holds exactly the quantized weights
+    scores = validate(model, Path(config.data_yaml), imgsz=config.imgsz)
+    scores.update(hardware_scores(model, design, load_profile(config.profile), config.imgsz))
+    scores["finetune_iters"] = config.finetune_iters
+    scores["finetune_final_loss"] = losses[-1] if losses else None
+    scores["eval_s"] = time.perf_counter() - started
+    return scores

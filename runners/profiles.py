@@ -1,0 +1,75 @@
+"""Hardware profiles: one YAML per device in hardware_profiles/ (see x86-host.yaml for the format)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import yaml
+
+from edgesearch.spaces.errors import InputError
+
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "hardware_profiles"
+REQUIRED = ("name", "description", "measurement", "threads", "tvm", "sram_bytes", "dram_bytes",
+            "peak_ops_per_s", "memory_bandwidth_bytes_per_s")
+
+
+@dataclasses.dataclass(frozen=True)
+class HardwareProfile:
+    name: str
+    description: str
+    measurement: str  # "local": timed on this machine; "rpc": timed on a device over TVM RPC
+    threads: int
+    target: dict
+    host: dict | None
+    sram_bytes: int
+    dram_bytes: int
+    peak_ops_per_s: dict[str, float]
+    memory_bandwidth_bytes_per_s: float
+    rpc: dict | None = None
+
+
+def load_profile(name_or_path: str | Path) -> HardwareProfile:
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PROFILES_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise InputError(f"unknown profile {str(name_or_path)!r}; available: {', '.join(available_profiles())}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise InputError(f"profile {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    where = f"profile {path.name}"
+    if not isinstance(raw, dict):
+        raise InputError(f"{where}: expected a mapping at the top level")
+    missing = [key for key in REQUIRED if key not in raw]
+    if missing:
+        raise InputError(f"{where}: missing {', '.join(missing)}")
+    if raw["measurement"] not in ("local", "rpc"):
+        raise InputError(f"{where}: measurement must be 'local' or 'rpc', not {raw['measurement']!r}")
+    tvm_cfg = raw["tvm"]
+    if not isinstance(tvm_cfg, dict) or not isinstance(tvm_cfg.get("target"), dict) or "kind" not in tvm_cfg["target"]:
+        raise InputError(f"{where}: tvm.target must be a JSON-style dict with a 'kind' (e.g. {{kind: llvm}})")
+    peaks = raw["peak_ops_per_s"]
+    if not isinstance(peaks, dict) or "fp32" not in peaks:
+        raise InputError(f"{where}: peak_ops_per_s needs at least an fp32 entry")
+    try:
+        return HardwareProfile(
+            name=str(raw["name"]),
+            description=str(raw["description"]),
+            measurement=raw["measurement"],
+            threads=int(raw["threads"]),
+            target=dict(tvm_cfg["target"]),
+            host=dict(tvm_cfg["host"]) if tvm_cfg.get("host") else None,
+            sram_bytes=int(raw["sram_bytes"]),
+            dram_bytes=int(raw["dram_bytes"]),
+            peak_ops_per_s={k: float(v) for k, v in peaks.items()},
+            memory_bandwidth_bytes_per_s=float(raw["memory_bandwidth_bytes_per_s"]),
+            rpc=raw.get("rpc"),
+        )
+    except (TypeError, ValueError) as error:
+        raise InputError(f"{where}: {error}") from None
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))

@@ -1,0 +1,20 @@
+"""Training a base model from an ultralytics model YAML with ultralytics' own trainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ultralytics import YOLO
+
+
+def train_base_model(model_yaml: str, data_yaml: Path, out_dir: Path, *, epochs: int, imgsz: int,
+                     batch: int, seed: int = 0) -> Path:
+    """Train and return the path of the best checkpoint (by val fitness)."""
+    model = YOLO(model_yaml)
+    model.train(data=str(data_yaml), epochs=epochs, imgsz=imgsz, batch=batch, device="cpu", workers=2,
+                project=str(out_dir), name="train", exist_ok=True, plots=False, seed=seed,
+                deterministic=True, amp=False, verbose=False, patience=epochs)
+    best = Path(model.trainer.best)
+    if not best.exists():
+        raise RuntimeError(f"base training finished without writing {best}")
+    return best

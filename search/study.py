@@ -1,0 +1,95 @@
+"""The Optuna study: ask a candidate from the space, tell its scores, read the Pareto front.
+
+Objectives: maximize mAP50-95, minimize latency, minimize SRAM footprint. The device's SRAM
+budget is a constraint (sram_bytes - budget <= 0). The study lives in SQLite inside the run
+folder, so a stopped run resumes where it was: finished trials stay, trials that were in flight
+when the run died are marked failed and their candidates queued again.
+"""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from edgesearch.spaces.candidate import Candidate, LayerKnobs
+from edgesearch.spaces.space import LayerChoices
+
+STUDY_NAME = "edgesearch"
+OBJECTIVES = ("map50_95", "latency_ms", "sram_bytes")
+DIRECTIONS = ("maximize", "minimize", "minimize")
+SCORE_ATTR = "scores"  # user attr holding every score of a trial
+CANDIDATE_ATTR = "candidate"
+ERROR_ATTR = "error"
+INTERRUPTED = "interrupted: the run stopped while this trial was in flight; its candidate was queued again"
+
+
+def storage_url(run_dir) -> str:
+    return f"sqlite:///{run_dir}/study.db"
+
+
+def open_study(run_dir, *, seed: int, population_size: int, create: bool) -> optuna.Study:
+    sampler = optuna.samplers.NSGAIISampler(population_size=population_size, seed=seed)
+    if create:
+        return optuna.create_study(study_name=STUDY_NAME, storage=storage_url(run_dir), directions=list(DIRECTIONS),
+                                   sampler=sampler)
+    return optuna.load_study(study_name=STUDY_NAME, storage=storage_url(run_dir), sampler=sampler)
+
+
+def requeue_interrupted(study: optuna.Study) -> int:
+    """Fail the trials a killed run left RUNNING and queue their candidates again."""
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in stale:
+        study._storage.set_trial_user_attr(trial._trial_id, ERROR_ATTR, INTERRUPTED)
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        study.enqueue_trial(trial.params, skip_if_exists=False)
+    return len(stale)
+
+
+def finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)))
+
+
+def suggest_candidate(trial: Trial, resolved: dict[str, LayerChoices]) -> Candidate:
+    """One knob value per layer: sampled where the layer has choices, fixed otherwise."""
+    layers = {}
+    for name, layer in resolved.items():
+        values = {
+            knob: trial.suggest_categorical(f"{name}|{knob}", choices) if len(choices) > 1 else choices[0]
+            for knob, choices in layer.choices.items()
+        }
+        layers[name] = LayerKnobs(**values)
+    return Candidate(layers)
+
+
+def tell_scores(study: optuna.Study, trial: Trial, scores: dict, sram_budget: int) -> None:
+    trial.set_user_attr(SCORE_ATTR, scores)
+    trial.set_constraint("sram_over_budget_bytes", scores["sram_bytes"] - sram_budget)
+    study.tell(trial, [scores[name] for name in OBJECTIVES])
+
+
+def tell_failure(study: optuna.Study, trial: Trial, error: str) -> None:
+    trial.set_user_attr(ERROR_ATTR, error)
+    study.tell(trial, state=TrialState.FAIL)
+
+
+def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Non-dominated feasible trials (Optuna's own Pareto front; it honours the constraint)."""
+    return sorted(study.best_trials, key=lambda t: -t.values[0])
+
+
+def trial_rows(study: optuna.Study) -> list[dict]:
+    """Every finished trial as plain data, for the report."""
+    pareto = {t.number for t in pareto_trials(study)}
+    rows = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+        rows.append({
+            "number": trial.number,
+            "state": trial.state.name,
+            "pareto": trial.number in pareto,
+            "feasible": all(v <= 0 for v in trial.constraints.values()) if trial.constraints else None,
+            "scores": trial.user_attrs.get(SCORE_ATTR),
+            "candidate": trial.user_attrs.get(CANDIDATE_ATTR),
+            "error": trial.user_attrs.get(ERROR_ATTR),
+            "duration_s": trial.duration.total_seconds() if trial.duration else None,
+        })
+    return rows

@@ -1,0 +1,104 @@
+"""A candidate design: plain, JSON-serialisable knobs for each searchable layer.
+
+    {"layers": {"model.0.conv": {"weight_bits": 4, "scheme": "affine", "granularity": "filter",
+                                 "prune_ratio": 0.25, "kernel_size": "keep"}, ...}}
+
+Layers the candidate does not name are left as they are (float weights, unpruned).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from edgesearch.spaces.errors import InputError
+
+FLOAT_BITS = 32  # weight_bits=32 means "left in float"; 16 means stored as fp16
+SCHEMES = ("affine", "symmetric", "pwlq", "kmeans")
+GRANULARITIES = ("tensor", "filter", "channel", "kernel", "group")
+KERNEL_SIZES = ("keep", 5, 3, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerKnobs:
+    weight_bits: int = FLOAT_BITS
+    scheme: str = "affine"
+    granularity: str = "filter"
+    prune_ratio: float = 0.0
+    kernel_size: str | int = "keep"
+
+    def __post_init__(self):
+        if self.weight_bits not in (*range(2, 9), 16, FLOAT_BITS):
+            raise InputError(f"weight_bits must be 2-8, 16 or 32, not {self.weight_bits!r}")
+        if self.scheme not in SCHEMES:
+            raise InputError(f"scheme must be one of {', '.join(SCHEMES)}, not {self.scheme!r}")
+        if self.granularity not in GRANULARITIES:
+            raise InputError(f"granularity must be one of {', '.join(GRANULARITIES)}, not {self.granularity!r}")
+        if not 0.0 <= float(self.prune_ratio) < 1.0:
+            raise InputError(f"prune_ratio must be in [0, 1), not {self.prune_ratio!r}")
+        if self.kernel_size not in KERNEL_SIZES:
+            raise InputError(f"kernel_size must be one of {KERNEL_SIZES}, not {self.kernel_size!r}")
+
+    @property
+    def quantized(self) -> bool:
+        return self.weight_bits < 16
+
+    @classmethod
+    def from_dict(cls, raw: dict, where: str = "") -> "LayerKnobs":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise InputError(f"{where}unknown knob(s) {sorted(unknown)}; knobs are {sorted(known)}")
+        try:
+            return cls(**raw)
+        except InputError as error:
+            raise InputError(f"{where}{error}") from None
+
+
+@dataclasses.dataclass
+class Candidate:
+    layers: dict[str, LayerKnobs]
+
+    def to_json(self) -> dict:
+        return {"layers": {name: dataclasses.asdict(knobs) for name, knobs in self.layers.items()}}
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "Candidate":
+        if not isinstance(raw, dict) or not isinstance(raw.get("layers"), dict):
+            raise InputError('a candidate is a JSON object {"layers": {layer_name: {knob: value}}}')
+        return cls({name: LayerKnobs.from_dict(knobs, f"layer {name}: ") for name, knobs in raw["layers"].items()})
+
+    @classmethod
+    def load(cls, path: Path) -> "Candidate":
+        try:
+            raw = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise InputError(f"candidate file {path} does not exist") from None
+        except json.JSONDecodeError as error:
+            raise InputError(f"candidate file {path} is not valid JSON: {error}") from None
+        return cls.from_json(raw)
+
+
+def parse_uniform(spec: str) -> LayerKnobs:
+    """`bits=4,scheme=affine,granularity=channel,prune=0.25,kernel=keep` -> the same knobs for every layer."""
+    aliases = {"bits": "weight_bits", "prune": "prune_ratio", "kernel": "kernel_size"}
+    raw: dict = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise InputError(f"--uniform expects key=value pairs, got {part!r}")
+        key = aliases.get(key.strip(), key.strip())
+        raw[key] = _parse_value(value.strip())
+    if raw.get("weight_bits") in ("float", "fp32"):
+        raw["weight_bits"] = FLOAT_BITS
+    return LayerKnobs.from_dict(raw, "--uniform: ")
+
+
+def _parse_value(value: str):
+    for convert in (int, float):
+        try:
+            return convert(value)
+        except ValueError:
+            pass
+    return value

@@ -1,0 +1,146 @@
+"""A design space: which layers are searchable and which choices each knob has, per layer.
+
+A space is a YAML file in this folder (one per model family). Format:
+
+    family: yolov8                       # free text, shown by `search spaces`
+    description: ...
+    layers:                              # searchable layers: Conv2d modules matched by name
+      include: ["model.*"]               # fnmatch patterns over module names
+      exclude: ["*.dfl.conv"]
+    knobs:                               # choices for every searchable layer
+      weight_bits: [4, 6, 8, 32]         # 2-8, 16, or 32 (= left in float)
+      scheme: [affine]                   # affine | symmetric | pwlq | kmeans
+      granularity: [filter]              # tensor | filter | channel | kernel | group
+      prune_ratio: [0.0, 0.25, 0.5]      # fraction of output channels removed
+      kernel_size: [keep]                # keep | 5 | 3 | 1
+    groups:                              # optional overrides; first matching group wins
+      - match: ["model.0.conv"]
+        weight_bits: [8, 32]
+
+Resolving a space against a model gives each layer its own choices. A knob a layer cannot take
+is fixed there, with the reason recorded: prune_ratio is fixed to 0 where the layer's output
+channels are coupled to other layers (see prune.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from pathlib import Path
+
+import yaml
+from torch import nn
+
+from edgesearch.spaces.candidate import LayerKnobs
+from edgesearch.spaces.errors import InputError
+from edgesearch.spaces.prune import prunable_pairs
+from edgesearch.spaces.quantize import IMPLEMENTED_GRANULARITIES, IMPLEMENTED_SCHEMES
+
+SPACES_DIR = Path(__file__).parent
+KNOBS = tuple(f.name for f in dataclasses.fields(LayerKnobs))
+IMPLEMENTED_KERNEL_SIZES = ("keep",)
+
+
+@dataclasses.dataclass
+class LayerChoices:
+    choices: dict[str, list]  # knob -> allowed values (one value = fixed)
+    notes: list[str] = dataclasses.field(default_factory=list)  # why a knob is fixed
+
+
+@dataclasses.dataclass
+class Space:
+    name: str
+    family: str
+    description: str
+    include: list[str]
+    exclude: list[str]
+    knobs: dict[str, list]
+    groups: list[dict]
+
+    def matches(self, layer: str) -> bool:
+        return any(fnmatch.fnmatchcase(layer, p) for p in self.include) and not any(
+            fnmatch.fnmatchcase(layer, p) for p in self.exclude
+        )
+
+    def choices_for(self, layer: str) -> dict[str, list]:
+        choices = dict(self.knobs)
+        for group in self.groups:
+            if any(fnmatch.fnmatchcase(layer, p) for p in group["match"]):
+                choices.update({k: v for k, v in group.items() if k in KNOBS})
+                break
+        return choices
+
+    def resolve(self, model: nn.Module) -> dict[str, LayerChoices]:
+        """Per-layer choices for every searchable Conv2d of `model`."""
+        prunable = prunable_pairs(model)
+        resolved: dict[str, LayerChoices] = {}
+        for name, module in model.named_modules():
+            if not (isinstance(module, nn.Conv2d) and self.matches(name)):
+                continue
+            layer = LayerChoices(self.choices_for(name))
+            if name not in prunable and layer.choices["prune_ratio"] != [0.0]:
+                layer.choices["prune_ratio"] = [0.0]
+                layer.notes.append("prune_ratio fixed to 0: output channels coupled to other layers")
+            resolved[name] = layer
+        if not resolved:
+            raise InputError(f"space {self.name!r} matches no Conv2d layer of this model")
+        return resolved
+
+
+def _check_choices(where: str, knob: str, values) -> list:
+    if not isinstance(values, list) or not values:
+        raise InputError(f"{where}: {knob} must be a non-empty list of choices")
+    for value in values:
+        LayerKnobs.from_dict({knob: value}, f"{where}: ")  # range and type checks
+        unsupported = {
+            "scheme": IMPLEMENTED_SCHEMES,
+            "granularity": IMPLEMENTED_GRANULARITIES,
+            "kernel_size": IMPLEMENTED_KERNEL_SIZES,
+        }.get(knob)
+        if unsupported is not None and value not in unsupported:
+            raise InputError(f"{where}: {knob} {value!r} is not implemented yet (available: {list(unsupported)})")
+    return [float(v) for v in values] if knob == "prune_ratio" else list(values)
+
+
+def load_space(name_or_path: str | Path) -> Space:
+    """A space by name (a YAML in spaces/) or by path; invalid spaces raise InputError."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = SPACES_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise InputError(f"unknown space {str(name_or_path)!r}; available: {', '.join(available_spaces())}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise InputError(f"space {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    where = f"space {path.name}"
+    if not isinstance(raw, dict):
+        raise InputError(f"{where}: expected a mapping at the top level")
+    unknown = set(raw) - {"family", "description", "layers", "knobs", "groups"}
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) {sorted(unknown)}")
+    layers, knobs = raw.get("layers") or {}, raw.get("knobs") or {}
+    missing = set(KNOBS) - set(knobs)
+    if missing or set(knobs) - set(KNOBS):
+        raise InputError(f"{where}: knobs must list exactly {list(KNOBS)} (missing {sorted(missing)})")
+    groups = raw.get("groups") or []
+    for i, group in enumerate(groups):
+        if not isinstance(group, dict) or not isinstance(group.get("match"), list):
+            raise InputError(f"{where}: groups[{i}] needs a `match` list of patterns")
+        if set(group) - {"match", "name", *KNOBS}:
+            raise InputError(f"{where}: groups[{i}] has unknown key(s) {sorted(set(group) - {'match', 'name', *KNOBS})}")
+        for knob in set(group) & set(KNOBS):
+            group[knob] = _check_choices(f"{where} groups[{i}]", knob, group[knob])
+    return Space(
+        name=path.stem,
+        family=str(raw.get("family", path.stem)),
+        description=str(raw.get("description", "")).strip(),
+        include=list(layers.get("include", ["*"])),
+        exclude=list(layers.get("exclude", [])),
+        knobs={knob: _check_choices(where, knob, values) for knob, values in knobs.items()},
+        groups=groups,
+    )
+
+
+def available_spaces() -> list[str]:
+    return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
