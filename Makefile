@@ -1,0 +1,29 @@
+# `make demo`: install everything, fetch data, train the default base once (cached), run the
+# default search on x86-host and write the Pareto report to reports/demo/.
+# `make test`: install everything and run the whole test suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-12)
+DEMO_OUT := reports/demo
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	rm -f $(VENV)/.installed-* && touch $@
+
+demo: install
+	@if [ -f $(DEMO_OUT)/run.json ]; then resume=--resume; fi; \
+	time $(BIN)/search run --profile x86-host --out $(DEMO_OUT) $$resume
+
+test: install
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache
