@@ -1,0 +1,82 @@
+"""The `search` command as a user meets it: listings, one-line errors with exit 2, nothing written."""
+
+import json
+
+import pytest
+
+from conftest import run_cli
+
+
+def _assert_one_line_error(result, fragment):
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("search: error:")]
+    assert len(lines) == 1 and fragment in lines[0], result.stderr[-2000:]
+
+
+def test_profiles_and_spaces_are_listed():
+    profiles = run_cli("profiles")
+    assert profiles.returncode == 0
+    for name in ("x86-host", "raspberry-pi-4", "jetson-nano", "jetson-orin-nano"):
+        assert name in profiles.stdout
+    spaces = run_cli("spaces")
+    assert spaces.returncode == 0 and "yolov8" in spaces.stdout
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--profile", "no-such-device"], "unknown profile"),
+        (["--space", "no-such-space"], "unknown space"),
+        (["--model", "/nonexistent/best.pt"], "checkpoint not found"),
+    ],
+)
+def test_bad_run_inputs_fail_cleanly_and_write_nothing(tmp_path, args, fragment):
+    out = tmp_path / "run"
+    result = run_cli("run", "--preset", "smoke", "--out", str(out), *args)
+    _assert_one_line_error(result, fragment)
+    assert not out.exists()
+
+
+def test_corrupt_checkpoint_is_refused(tmp_path):
+    bad = tmp_path / "best.pt"
+    bad.write_bytes(b"PK\x03\x04 not really a zip" * 10)
+    before = bad.read_bytes()
+    result = run_cli("eval", "--preset", "smoke", "--model", str(bad), "--uniform", "bits=4")
+    _assert_one_line_error(result, "checkpoint")
+    assert bad.read_bytes() == before
+
+
+def test_data_yaml_without_val_is_refused(tmp_path, smoke_inputs):
+    data = tmp_path / "data.yaml"
+    train = smoke_inputs.data_yaml.parent / "images" / "train"
+    data.write_text(f"train: {train}\nnames: {{0: a}}\n")
+    result = run_cli("eval", "--preset", "smoke", "--data", str(data), "--uniform", "bits=4")
+    _assert_one_line_error(result, "data.yaml")
+
+
+def test_candidate_naming_a_missing_layer_is_refused(tmp_path, smoke_inputs):
+    candidate = tmp_path / "candidate.json"
+    candidate.write_text(json.dumps({"layers": {"model.99.conv": {"weight_bits": 4}}}))
+    result = run_cli("eval", "--preset", "smoke", "--candidate", str(candidate))
+    _assert_one_line_error(result, "model.99.conv")
+
+
+def test_eval_prints_one_json_object_with_every_score(smoke_inputs):
+    result = run_cli("eval", "--preset", "smoke", "--uniform", "bits=4,scheme=affine,granularity=channel,prune=0.25",
+                     "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = json.loads(result.stdout)
+    for key in ("map50_95", "map50", "latency_ms", "latency_source", "sram_bytes", "weight_bytes",
+                "activation_bytes", "fits_sram", "params", "flops"):
+        assert key in scores
+    assert scores["latency_source"].startswith("measured")
+    assert scores["sram_bytes"] == scores["weight_bytes"] + scores["activation_bytes"]
+    assert 0.0 <= scores["map50_95"] <= scores["map50"] <= 1.0
+
+
+def test_remote_profile_without_a_device_labels_latency_estimated(smoke_inputs):
+    result = run_cli("eval", "--preset", "smoke", "--profile", "jetson-nano", "--uniform", "bits=8",
+                     "--finetune-iters", "0", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = json.loads(result.stdout)
+    assert scores["latency_source"].startswith("estimated")

@@ -1,0 +1,85 @@
+"""A real search through a local Ray: report files, Pareto correctness, resume."""
+
+import csv
+import json
+
+import optuna
+from optuna.trial import TrialState
+
+from conftest import run_cli
+from edgesearch.search import study as studies
+
+DIRECTIONS = {"map50_95": 1, "latency_ms": -1, "sram_bytes": -1}  # +1 maximize, -1 minimize
+
+
+def _dominates(a: dict, b: dict) -> bool:
+    better_or_equal = all(s * a[k] >= s * b[k] for k, s in DIRECTIONS.items())
+    return better_or_equal and any(s * a[k] > s * b[k] for k, s in DIRECTIONS.items())
+
+
+def test_two_trial_search_writes_a_correct_report_and_resumes(tmp_path, smoke_inputs):
+    out = tmp_path / "run"
+    result = run_cli("run", "--preset", "smoke", "--out", str(out), "--trials", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("index.html", "pareto.png", "trials.csv", "pareto.json", "study.db"):
+        assert (out / name).stat().st_size > 0
+    assert "base" in result.stdout and "mAP50-95" in result.stdout  # the Pareto table is printed
+
+    report = json.loads((out / "pareto.json").read_text())
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert len(rows) == 2 and report["base"]["map50_95"] >= 0
+    assert report["pareto"], "a 2-trial search has at least one Pareto design"
+    feasible = [r for r in rows if r["state"] == "COMPLETE" and r["feasible"] == "True"]
+    all_scores = {int(r["trial"]): {k: float(r[k]) for k in DIRECTIONS} for r in feasible}
+    for design in report["pareto"]:
+        assert design["candidate"]["layers"], "Pareto designs carry their per-layer knobs"
+        mine = {k: design["scores"][k] for k in DIRECTIONS}
+        assert not any(_dominates(other, mine) for n, other in all_scores.items() if n != design["trial"])
+
+    first_trials = {int(r["trial"]): r["map50_95"] for r in rows}
+    resumed = run_cli("run", "--preset", "smoke", "--out", str(out), "--trials", "3", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert len(rows) == 3
+    assert {int(r["trial"]): r["map50_95"] for r in rows if int(r["trial"]) in first_trials} == first_trials
+
+    rebuilt = run_cli("report", str(out))
+    assert rebuilt.returncode == 0 and "report:" in rebuilt.stdout
+
+    again = run_cli("run", "--preset", "smoke", "--out", str(out), "--trials", "2")
+    assert again.returncode == 2 and "--resume" in again.stderr
+
+
+def test_interrupted_trials_are_failed_and_queued_again(tmp_path):
+    study = studies.open_study(tmp_path, seed=0, population_size=2, create=True)
+    done = study.ask()
+    done.suggest_categorical("layer|weight_bits", [4, 8])
+    study.tell(done, [0.5, 1.0, 100.0])
+    lost = study.ask()  # the run dies while this one is in flight
+    lost_params = {"layer|weight_bits": lost.suggest_categorical("layer|weight_bits", [4, 8])}
+
+    reopened = studies.open_study(tmp_path, seed=0, population_size=2, create=False)
+    assert studies.requeue_interrupted(reopened) == 1
+    trials = reopened.get_trials(deepcopy=False)
+    assert trials[0].state == TrialState.COMPLETE and trials[0].values == [0.5, 1.0, 100.0]
+    assert trials[1].state == TrialState.FAIL and "interrupted" in trials[1].user_attrs[studies.ERROR_ATTR]
+    retry = reopened.ask()
+    assert retry.suggest_categorical("layer|weight_bits", [4, 8]) == lost_params["layer|weight_bits"]
+    assert isinstance(reopened.sampler, optuna.samplers.NSGAIISampler)
+
+
+def test_a_failing_trial_is_recorded_with_its_error_and_the_search_goes_on(tmp_path, smoke_inputs):
+    from edgesearch.search import execution
+    from edgesearch.search.jobs import _search_loop, eval_settings
+
+    study = studies.open_study(tmp_path, seed=0, population_size=2, create=True)
+    settings = eval_settings(smoke_inputs, imgsz=64, finetune_iters=0, batch=8, threads=1, seed=0)
+    settings["checkpoint"] = str(tmp_path / "vanished.pt")  # every trial will raise inside its Ray task
+    execution.start_ray(None)
+    try:
+        _search_loop(study, smoke_inputs, settings, {"trials": 2}, parallel=2, cpus=1)
+    finally:
+        execution.stop_ray()
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]
+    assert all("checkpoint not found" in t.user_attrs[studies.ERROR_ATTR] for t in trials)

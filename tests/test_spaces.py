@@ -1,0 +1,86 @@
+import json
+
+import pytest
+
+from edgesearch.spaces.apply import apply_candidate, uniform_candidate, validate_candidate, weight_bytes
+from edgesearch.spaces.candidate import Candidate, LayerKnobs, parse_uniform
+from edgesearch.spaces.errors import InputError
+from edgesearch.spaces.prune import prunable_pairs
+from edgesearch.spaces.space import available_spaces, load_space
+
+
+def test_parse_uniform_reads_all_five_knobs():
+    knobs = parse_uniform("bits=4,scheme=symmetric,granularity=channel,prune=0.25,kernel=keep")
+    assert knobs == LayerKnobs(4, "symmetric", "channel", 0.25, "keep")
+
+
+@pytest.mark.parametrize("spec", ["bits=9", "scheme=log", "prune=1.0", "kernel=7", "colour=red", "bits"])
+def test_parse_uniform_refuses_bad_values(spec):
+    with pytest.raises(InputError):
+        parse_uniform(spec)
+
+
+def test_candidate_json_round_trip():
+    candidate = Candidate({"model.0.conv": LayerKnobs(3, "affine", "tensor", 0.0, "keep")})
+    assert Candidate.from_json(json.loads(json.dumps(candidate.to_json()))) == candidate
+
+
+def test_default_space_resolves_per_layer(tiny_model):
+    space = load_space("yolov8")
+    resolved = space.resolve(tiny_model)
+    assert "model.0.conv" in resolved and not any(name.endswith("dfl.conv") for name in resolved)
+    assert resolved["model.0.conv"].choices["weight_bits"] == [8, 32]  # the stem group override
+    prunable = prunable_pairs(tiny_model)
+    for name, layer in resolved.items():
+        if name in prunable:
+            assert len(layer.choices["prune_ratio"]) > 1
+        else:  # coupled layers have pruning fixed off, and the space says why
+            assert layer.choices["prune_ratio"] == [0.0] and layer.notes
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("knobs: {weight_bits: [4]}", "knobs must list exactly"),
+        ("knobs: {weight_bits: [4], scheme: [pwlq], granularity: [filter], prune_ratio: [0], kernel_size: [keep]}",
+         "not implemented yet"),
+        ("knobs: {weight_bits: [1], scheme: [affine], granularity: [filter], prune_ratio: [0], kernel_size: [keep]}",
+         "weight_bits"),
+        ("layers: [oops", "not valid YAML"),
+        ("bogus: 1\nknobs: {}", "unknown key"),
+    ],
+)
+def test_invalid_spaces_are_refused(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError, match=message):
+        load_space(path)
+
+
+def test_unknown_space_lists_the_available_ones():
+    with pytest.raises(InputError, match="yolov8"):
+        load_space("no-such-space")
+    assert "yolov8" in available_spaces()
+
+
+def test_candidate_validation(tiny_model):
+    with pytest.raises(InputError, match="not a Conv2d"):
+        validate_candidate(tiny_model, Candidate({"model.99.conv": LayerKnobs(4)}))
+    coupled = next(n for n in load_space("yolov8").resolve(tiny_model) if n not in prunable_pairs(tiny_model))
+    with pytest.raises(InputError, match="coupled"):
+        validate_candidate(tiny_model, Candidate({coupled: LayerKnobs(prune_ratio=0.5)}))
+
+
+def test_apply_leaves_the_input_model_untouched_and_shrinks_the_copy(tiny_model):
+    import torch
+
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    layers = list(load_space("yolov8").resolve(tiny_model))
+    candidate = uniform_candidate(tiny_model, parse_uniform("bits=4,prune=0.5"), layers)
+    transformed = apply_candidate(tiny_model, candidate)
+    assert all(torch.equal(before[k], v) for k, v in tiny_model.state_dict().items())
+    x = torch.rand(1, 3, 64, 64)
+    assert transformed(x)[0].shape == tiny_model(x)[0].shape
+    assert sum(p.numel() for p in transformed.parameters()) < sum(p.numel() for p in tiny_model.parameters())
+    float_bytes = weight_bytes(apply_candidate(tiny_model, Candidate({})), Candidate({}))
+    assert weight_bytes(transformed, candidate) < float_bytes / 4  # 4-bit indices + pruning, vs fp32
