@@ -20,6 +20,7 @@ Public API:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import pathlib
 import pickle
@@ -183,6 +184,26 @@ def _safe_globals_entries() -> list:
     return entries
 
 
+@contextlib.contextmanager
+def _exclusive_safe_globals(entries):
+    """Make ``entries`` the *only* user allowlist for the duration of the load.
+
+    ``torch.serialization.safe_globals`` merely adds to the process-wide set. If anything else in the process
+    registered a real model class (e.g. ultralytics' own ``ULTRALYTICS_SAFE_LOAD``/``torch_safe_load(safe_only=True)``
+    does ``add_safe_globals([DetectionModel, ...])`` permanently), the real class and our stand-in share a name
+    and set iteration order decides which one the unpickler sees -> constructor calls (RCE) could get through.
+    Not thread-safe (neither is torch's own context manager): do not run other torch.load calls concurrently.
+    """
+    previous = torch.serialization.get_safe_globals()
+    torch.serialization.clear_safe_globals()
+    torch.serialization.add_safe_globals(entries)
+    try:
+        yield
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(previous)
+
+
 def allowlist_names() -> list[str]:
     """The global names a safe load accepts (on top of torch's built-in tensor/container allowlist)."""
     return sorted(_registry())
@@ -240,7 +261,7 @@ def safe_load_checkpoint(path, trust: bool = False) -> dict:
             if bad:
                 names = ", ".join(f"'{g}'" for g in bad[:5]) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else "")
                 raise UnsafeCheckpointError(_unsafe_msg(path, f"it references {names}, not on the safe-load allowlist"))
-        with torch.serialization.safe_globals(_safe_globals_entries()):
+        with _exclusive_safe_globals(_safe_globals_entries()):
             ckpt = _torch_load(p, weights_only=True)
 
     if not isinstance(ckpt, dict):
