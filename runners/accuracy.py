@@ -13,13 +13,15 @@ from ultralytics.data import build_dataloader, build_yolo_dataset
 from ultralytics.data.utils import check_det_dataset
 from ultralytics.models.yolo.detect import DetectionValidator
 
+from edgesearch.runners import ultralytics_io  # noqa: F401  (never write into the user's dataset)
 from edgesearch.spaces.errors import InputError
 
 
 def load_dataset_info(data_yaml: Path) -> dict:
     """ultralytics' parsed data.yaml; a dataset without a usable val split is refused."""
     try:
-        data = check_det_dataset(str(data_yaml))
+        # autodownload=False: a data.yaml's `download:` entry is a script ultralytics would exec
+        data = check_det_dataset(str(data_yaml), autodownload=False)
     except Exception as error:  # ultralytics raises several types for a bad data.yaml
         raise InputError(f"data.yaml {data_yaml}: {str(error).strip().splitlines()[0]}") from None
     if not data.get("val"):

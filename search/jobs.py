@@ -7,7 +7,6 @@ import dataclasses
 import fcntl
 import json
 import os
-import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -15,12 +14,12 @@ from tqdm import tqdm
 from edgesearch.reports.pareto_report import pareto_table, write_report
 from edgesearch.runners.accuracy import load_dataset_info
 from edgesearch.runners.checkpoints import load_detection_model
-from edgesearch.runners.evaluate import score_candidate
 from edgesearch.runners.profiles import HardwareProfile, load_profile
 from edgesearch.search import execution, study as studies
 from edgesearch.search.base_model import default_base_checkpoint
 from edgesearch.search.default_data import build_digit_dataset
 from edgesearch.search.presets import PRESETS
+from edgesearch.spaces.apply import conv_layers
 from edgesearch.spaces.errors import InputError
 from edgesearch.spaces.space import LayerChoices, Space, load_space
 
@@ -40,18 +39,21 @@ class Inputs:
 
 
 def resolve_inputs(*, profile: str, space: str, model: str | None, data: str | None, preset: str,
-                   trust_checkpoint: bool = False, mnist_dir: str | None = None, seed: int = 0) -> Inputs:
+                   trust_checkpoint: bool = False, mnist_dir: str | None = None, seed: int = 0,
+                   train_images: int | None = None, val_images: int | None = None) -> Inputs:
     """Check every input and produce the data and base model (cached) - nothing else is written."""
     hardware = load_profile(profile)
     design_space = load_space(space)
     settings = PRESETS[preset]
+    recipe = dataclasses.replace(settings.data, n_train=train_images or settings.data.n_train,
+                                 n_val=val_images or settings.data.n_val)
     if data:
         data_yaml = Path(data).resolve()
         if not data_yaml.is_file():
             raise InputError(f"data.yaml {data} does not exist")
         load_dataset_info(data_yaml)
     else:
-        data_yaml = build_digit_dataset(settings.data, Path(mnist_dir) if mnist_dir else None)
+        data_yaml = build_digit_dataset(recipe, Path(mnist_dir) if mnist_dir else None)
     if model:
         checkpoint = Path(model).resolve()
         base = load_detection_model(checkpoint, trust=trust_checkpoint)
@@ -60,8 +62,6 @@ def resolve_inputs(*, profile: str, space: str, model: str | None, data: str | N
         trust_checkpoint = False
         base = load_detection_model(checkpoint)
     resolved = design_space.resolve(base)
-    from edgesearch.spaces.apply import conv_layers
-
     return Inputs(hardware, design_space, data_yaml, checkpoint, trust_checkpoint, resolved, list(conv_layers(base)))
 
 
@@ -78,10 +78,6 @@ def eval_settings(inputs: Inputs, *, imgsz: int, finetune_iters: int, batch: int
         "threads": threads,
         "seed": seed,
     }
-
-
-def evaluate_one(inputs: Inputs, candidate: dict | None, settings: dict) -> dict:
-    return score_candidate(settings, candidate)
 
 
 # ------------------------------------------------------------------------------------ search

@@ -80,3 +80,21 @@ def test_remote_profile_without_a_device_labels_latency_estimated(smoke_inputs):
     assert result.returncode == 0, result.stderr[-3000:]
     scores = json.loads(result.stdout)
     assert scores["latency_source"].startswith("estimated")
+
+
+def test_a_users_dataset_and_checkpoint_are_never_modified(tmp_path, smoke_inputs):
+    import shutil
+
+    dataset = tmp_path / "dataset"
+    shutil.copytree(smoke_inputs.data_yaml.parent, dataset, ignore=shutil.ignore_patterns("*.cache"))
+    checkpoint = tmp_path / "best.pt"
+    shutil.copy2(smoke_inputs.checkpoint, checkpoint)
+
+    def snapshot():
+        return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")}
+
+    before = snapshot()
+    result = run_cli("eval", "--preset", "smoke", "--data", str(dataset / "data.yaml"), "--model", str(checkpoint),
+                     "--uniform", "bits=6", "--finetune-iters", "1", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert snapshot() == before
