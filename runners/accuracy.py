@@ -54,7 +54,14 @@ def finetune(
     model.args = cfg  # the detection loss reads its box/cls/dfl gains from here
     model.criterion = None
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    # released checkpoints have every parameter frozen; train all but DFL's fixed decoding table,
+    # as ultralytics' own trainer does
+    trainable = []
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(".dfl" not in name)
+        if parameter.requires_grad:
+            trainable.append(parameter)
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
     losses = []
     for batch_data in itertools.islice(itertools.cycle(loader), iterations):
         batch_data["img"] = batch_data["img"].float() / 255
