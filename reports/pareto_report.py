@@ -22,7 +22,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-SCORE_COLUMNS = ("map50_95", "map50", "latency_ms", "latency_source", "sram_bytes", "weight_bytes",
+SCORE_COLUMNS = ("map50_95", "map50", "latency_ms", "latency_spread_ms", "latency_source", "sram_bytes", "weight_bytes",
                  "activation_bytes", "fits_sram", "params", "flops")
 
 
@@ -82,6 +82,7 @@ def _plot_png(base: dict, trials: list[dict], sram_budget: int | None, latency_l
         ax.set_ylabel("mAP50-95 (val)")
         ax.grid(alpha=0.3)
     ax_lat.legend(loc="lower right", fontsize=8)
+    ax_mem.legend(loc="lower right", fontsize=8)
     fig.suptitle("Designs found: accuracy vs latency and vs on-chip memory")
     fig.tight_layout()
     out = io.BytesIO()
@@ -95,7 +96,7 @@ def _fmt(value, key: str) -> str:
         return "—"
     if key in ("map50_95", "map50"):
         return f"{value:.3f}"
-    if key == "latency_ms":
+    if key in ("latency_ms", "latency_spread_ms"):
         return f"{value:.2f}"
     if key.endswith("_bytes"):
         return f"{value / 1024:,.1f} KiB"
