@@ -126,6 +126,9 @@ def _html(run: dict, base: dict, trials: list[dict]) -> str:
     body = _design_rows("base", base, None) + "".join(
         _design_rows(f"#{t['number']}", t["scores"], t["candidate"]) for t in front)
     settings = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in run.items())
+    no_fit = front and not any(t["feasible"] for t in front)
+    warning = ("<p style='color:#b00'><b>No design meets the SRAM budget.</b> The front below ignores the budget: "
+               "these are the non-dominated designs that come closest.</p>") if no_fit else ""
     failures = "".join(f"<li>#{t['number']}: {html.escape(t.get('error') or 'unknown error')}</li>" for t in failed)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>edgesearch report: {html.escape(str(run.get('run_name', '')))}</title>
@@ -137,7 +140,7 @@ table.knobs td,table.knobs th{{font-size:11px}} details summary{{cursor:pointer;
 non-dominated in mAP50-95 ↑, latency ↓, SRAM ↓), {len(failed)} failed. mAP is measured on the val split by
 ultralytics' validator after the short fine-tune. <b>latency_source</b> says how each latency was obtained:
 <i>measured</i> figures come from a TVM build timed on the device, <i>estimated</i> ones from the profile's roofline.</p>
-<img src="pareto.png" alt="Pareto plot" style="max-width:100%">
+{warning}<img src="pareto.png" alt="Pareto plot" style="max-width:100%">
 <h2>Designs</h2><table><tr><th>design</th>{head}<th>per-layer knobs</th></tr>{body}</table>
 <h2>Run</h2><table>{settings}</table>
 {f'<h2>Failed trials</h2><ul>{failures}</ul>' if failures else ''}
@@ -179,5 +182,7 @@ def pareto_table(base: dict, trials: list[dict]) -> str:
     lines.append(line("base", base, "unmodified"))
     for t in sorted((t for t in trials if t["pareto"]), key=lambda t: -t["scores"]["map50_95"]):
         lines.append(line(f"#{t['number']}", t["scores"], knob_summary(t["candidate"])))
+    if any(t["pareto"] for t in trials) and not any(t["pareto"] and t["feasible"] for t in trials):
+        lines.append("no design meets the SRAM budget: these are the non-dominated designs ignoring it")
     lines.append(f"latency: {base['latency_source']}")
     return "\n".join(lines)

@@ -73,8 +73,20 @@ def tell_failure(study: optuna.Study, trial: Trial, error: str) -> None:
 
 
 def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Non-dominated feasible trials (Optuna's own Pareto front; it honours the constraint)."""
-    return sorted(study.best_trials, key=lambda t: -t.values[0])
+    """The Pareto front: Optuna's own front of feasible trials.
+
+    When no trial fits the SRAM budget, the front of all completed trials instead (their rows say
+    feasible=False), so the report still shows the designs that come closest.
+    """
+    front = study.best_trials  # honours the constraint: feasible trials only
+    if front:
+        return sorted(front, key=lambda t: -t.values[0])
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    scratch = optuna.create_study(directions=list(DIRECTIONS))  # in memory, without the constraint
+    for trial in completed:
+        scratch.add_trial(optuna.trial.create_trial(values=trial.values, user_attrs={"number": trial.number}))
+    numbers = {t.user_attrs["number"] for t in scratch.best_trials}
+    return sorted((t for t in completed if t.number in numbers), key=lambda t: -t.values[0])
 
 
 def trial_rows(study: optuna.Study) -> list[dict]:
