@@ -27,6 +27,7 @@ class HardwareProfile:
     peak_ops_per_s: dict[str, float]
     memory_bandwidth_bytes_per_s: float
     rpc: dict | None = None
+    source: str = ""  # the YAML it was read from
 
 
 def load_profile(name_or_path: str | Path) -> HardwareProfile:
@@ -66,6 +67,7 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
             peak_ops_per_s={k: float(v) for k, v in peaks.items()},
             memory_bandwidth_bytes_per_s=float(raw["memory_bandwidth_bytes_per_s"]),
             rpc=raw.get("rpc"),
+            source=str(path.resolve()),
         )
     except (TypeError, ValueError) as error:
         raise InputError(f"{where}: {error}") from None

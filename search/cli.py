@@ -120,10 +120,7 @@ def _score_eval_candidate(args) -> dict:
     knobs = parse_uniform(args.uniform) if args.uniform else None
     inputs = _inputs(args)
     if knobs is not None:
-        from edgesearch.runners.checkpoints import load_detection_model
-
-        model = load_detection_model(inputs.checkpoint, trust=inputs.trust_checkpoint)
-        candidate = uniform_candidate(model, knobs, list(inputs.resolved))
+        candidate = uniform_candidate(inputs.base_model, knobs, list(inputs.resolved))
     settings = eval_settings(inputs, imgsz=preset.imgsz, batch=preset.batch, threads=os.cpu_count() or 1,
                              finetune_iters=preset.finetune_iters if args.finetune_iters is None else args.finetune_iters,
                              seed=args.seed)
@@ -139,7 +136,7 @@ def cmd_run(args) -> None:
         if not stored_file.exists():
             raise InputError(f"nothing to resume: {stored_file} does not exist")
         stored = json.loads(stored_file.read_text())
-        args.profile, args.space, args.preset = stored["profile"], stored["space"], stored["preset"]
+        args.profile, args.space, args.preset = stored["profile_file"], stored["space_file"], stored["preset"]
         args.model, args.data, args.trust_checkpoint = stored["model"], stored["data"], stored["trust_checkpoint"]
     preset = PRESETS[args.preset]
     inputs = _inputs(args)
@@ -147,8 +144,10 @@ def cmd_run(args) -> None:
     run = {
         "run_name": run_dir.name,
         "profile": inputs.profile.name,
+        "profile_file": inputs.profile.source,
         "sram_budget_bytes": inputs.profile.sram_bytes,
         "space": inputs.space.name,
+        "space_file": inputs.space.source,
         "preset": args.preset,
         "model": str(inputs.checkpoint),
         "trust_checkpoint": inputs.trust_checkpoint,

@@ -9,6 +9,7 @@ import json
 import os
 from pathlib import Path
 
+from torch import nn
 from tqdm import tqdm
 
 from edgesearch.reports.pareto_report import pareto_table, write_report
@@ -19,7 +20,6 @@ from edgesearch.search import execution, study as studies
 from edgesearch.search.base_model import default_base_checkpoint
 from edgesearch.search.default_data import build_digit_dataset
 from edgesearch.search.presets import PRESETS
-from edgesearch.spaces.apply import conv_layers
 from edgesearch.spaces.errors import InputError
 from edgesearch.spaces.space import LayerChoices, Space, load_space
 
@@ -34,8 +34,8 @@ class Inputs:
     data_yaml: Path
     checkpoint: Path
     trust_checkpoint: bool
+    base_model: nn.Module  # loaded from `checkpoint`
     resolved: dict[str, LayerChoices]  # per-layer choices of the space on this model
-    all_layers: list[str]
 
 
 def resolve_inputs(*, profile: str, space: str, model: str | None, data: str | None, preset: str,
@@ -62,7 +62,7 @@ def resolve_inputs(*, profile: str, space: str, model: str | None, data: str | N
         trust_checkpoint = False
         base = load_detection_model(checkpoint)
     resolved = design_space.resolve(base)
-    return Inputs(hardware, design_space, data_yaml, checkpoint, trust_checkpoint, resolved, list(conv_layers(base)))
+    return Inputs(hardware, design_space, data_yaml, checkpoint, trust_checkpoint, base, resolved)
 
 
 def eval_settings(inputs: Inputs, *, imgsz: int, finetune_iters: int, batch: int, threads: int, seed: int) -> dict:
@@ -71,7 +71,7 @@ def eval_settings(inputs: Inputs, *, imgsz: int, finetune_iters: int, batch: int
         "checkpoint": str(inputs.checkpoint),
         "trust_checkpoint": inputs.trust_checkpoint,
         "data_yaml": str(inputs.data_yaml),
-        "profile": inputs.profile.name,
+        "profile": inputs.profile.source,  # a path, so custom profile YAMLs reach the workers too
         "imgsz": imgsz,
         "finetune_iters": finetune_iters,
         "batch": batch,

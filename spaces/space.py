@@ -56,6 +56,7 @@ class Space:
     exclude: list[str]
     knobs: dict[str, list]
     groups: list[dict]
+    source: str = ""  # the YAML it was read from
 
     def matches(self, layer: str) -> bool:
         return any(fnmatch.fnmatchcase(layer, p) for p in self.include) and not any(
@@ -139,6 +140,7 @@ def load_space(name_or_path: str | Path) -> Space:
         exclude=list(layers.get("exclude", [])),
         knobs={knob: _check_choices(where, knob, values) for knob, values in knobs.items()},
         groups=groups,
+        source=str(path.resolve()),
     )
 
 
