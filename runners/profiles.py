@@ -5,9 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import yaml
-
 from edgesearch.spaces.errors import InputError
+from edgesearch.spaces.named_yaml import names_in, read_named_yaml
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "hardware_profiles"
 REQUIRED = ("name", "description", "measurement", "threads", "tvm", "sram_bytes", "dram_bytes",
@@ -31,18 +30,8 @@ class HardwareProfile:
 
 
 def load_profile(name_or_path: str | Path) -> HardwareProfile:
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = PROFILES_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        raise InputError(f"unknown profile {str(name_or_path)!r}; available: {', '.join(available_profiles())}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise InputError(f"profile {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    path, raw = read_named_yaml(name_or_path, PROFILES_DIR, "profile")
     where = f"profile {path.name}"
-    if not isinstance(raw, dict):
-        raise InputError(f"{where}: expected a mapping at the top level")
     missing = [key for key in REQUIRED if key not in raw]
     if missing:
         raise InputError(f"{where}: missing {', '.join(missing)}")
@@ -74,4 +63,4 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
 
 
 def available_profiles() -> list[str]:
-    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+    return names_in(PROFILES_DIR)

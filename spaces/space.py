@@ -28,11 +28,11 @@ import dataclasses
 import fnmatch
 from pathlib import Path
 
-import yaml
 from torch import nn
 
 from edgesearch.spaces.candidate import LayerKnobs
 from edgesearch.spaces.errors import InputError
+from edgesearch.spaces.named_yaml import names_in, read_named_yaml
 from edgesearch.spaces.prune import prunable_pairs
 from edgesearch.spaces.quantize import IMPLEMENTED_GRANULARITIES, IMPLEMENTED_SCHEMES
 
@@ -105,18 +105,8 @@ def _check_choices(where: str, knob: str, values) -> list:
 
 def load_space(name_or_path: str | Path) -> Space:
     """A space by name (a YAML in spaces/) or by path; invalid spaces raise InputError."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = SPACES_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        raise InputError(f"unknown space {str(name_or_path)!r}; available: {', '.join(available_spaces())}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise InputError(f"space {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    path, raw = read_named_yaml(name_or_path, SPACES_DIR, "space")
     where = f"space {path.name}"
-    if not isinstance(raw, dict):
-        raise InputError(f"{where}: expected a mapping at the top level")
     unknown = set(raw) - {"family", "description", "layers", "knobs", "groups"}
     if unknown:
         raise InputError(f"{where}: unknown key(s) {sorted(unknown)}")
@@ -145,4 +135,4 @@ def load_space(name_or_path: str | Path) -> Space:
 
 
 def available_spaces() -> list[str]:
-    return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+    return names_in(SPACES_DIR)

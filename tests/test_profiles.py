@@ -1,0 +1,35 @@
+import pytest
+
+from edgesearch.runners.profiles import available_profiles, load_profile
+from edgesearch.spaces.errors import InputError
+
+
+def test_every_shipped_profile_loads_with_a_dict_target():
+    names = available_profiles()
+    assert {"x86-host", "raspberry-pi-4", "jetson-nano", "jetson-orin-nano"} <= set(names)
+    for name in names:
+        profile = load_profile(name)
+        assert profile.name == name and "kind" in profile.target and profile.sram_bytes > 0
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("name: x\n", "missing"),
+        ("[1, 2]\n", "mapping"),
+        ("name: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_malformed_profiles_are_refused(tmp_path, text, message):
+    path = tmp_path / "device.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError, match=message):
+        load_profile(path)
+
+
+def test_a_string_target_is_refused(tmp_path):
+    text = (tmp_path / "ok.yaml")
+    good = load_profile("x86-host").source
+    text.write_text(open(good).read().replace("target: {kind: llvm, num-cores: 2, mcpu: znver4}", "target: llvm"))
+    with pytest.raises(InputError, match="JSON-style dict"):
+        load_profile(text)
