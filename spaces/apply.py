@@ -9,6 +9,7 @@ that run on the device.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 from torch import nn
 
@@ -46,11 +47,8 @@ def validate_candidate(model: nn.Module, candidate: Candidate) -> None:
 def uniform_candidate(model: nn.Module, knobs: LayerKnobs, layers: list[str]) -> Candidate:
     """The same knobs on every listed layer; pruning only where the layer allows it."""
     prunable = prunable_pairs(model)
-    return Candidate({name: knobs if name in prunable else _without_pruning(knobs) for name in layers})
-
-
-def _without_pruning(knobs: LayerKnobs) -> LayerKnobs:
-    return LayerKnobs(knobs.weight_bits, knobs.scheme, knobs.granularity, 0.0, knobs.kernel_size)
+    unpruned = dataclasses.replace(knobs, prune_ratio=0.0)
+    return Candidate({name: knobs if name in prunable else unpruned for name in layers})
 
 
 def apply_candidate(model: nn.Module, candidate: Candidate) -> nn.Module:
