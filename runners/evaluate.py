@@ -7,6 +7,7 @@ and as a Ray task (`search run`).
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from pathlib import Path
 
@@ -38,6 +39,9 @@ def score_candidate(settings: dict, candidate: dict | None) -> dict:
     """All scores of one candidate (None = the base model unchanged)."""
     config = EvalSettings(**settings)
     torch.set_num_threads(config.threads)
+    # TVM's thread pool starts with half the cores on x86 (and `import ultralytics` sets
+    # OMP_NUM_THREADS=1, which TVM also honours): say how many threads to use before its first run
+    os.environ["TVM_NUM_THREADS"] = str(config.threads)
     started = time.perf_counter()
     base = load_detection_model(config.checkpoint, trust=config.trust_checkpoint)
     design = Candidate.from_json(candidate) if candidate else Candidate({})

@@ -18,80 +18,111 @@ import time
 
 import numpy as np
 import torch
+import tvm
 from torch import nn
+from tvm import relax
+from tvm.relax.backend.cpu_generic import pipeline as cpu
+from tvm.relax.frontend.torch import from_exported_program
+from ultralytics.nn.modules.head import Detect
 
 from edgesearch.runners.costs import layer_costs, roofline_latency_ms
 from edgesearch.runners.profiles import HardwareProfile
+from edgesearch.runners.tvm_schedule import cpu_schedule_pass
 from edgesearch.spaces.apply import weight_bytes
 from edgesearch.spaces.candidate import Candidate
 
 ACTIVATION_DTYPE_BYTES = 4  # activations stay fp32 in this build
+LOCAL_SOURCE = "measured: TVM llvm build, fixed CPU schedule (no tuning), fp32, time evaluator median"
 
 
 def export_for_tvm(model: nn.Module, imgsz: int):
     """A Relax IRModule of the model's inference graph (one output tensor)."""
-    import tvm  # noqa: F401  (imported lazily: heavy)
-    from tvm.relax.frontend.torch import from_exported_program
-
-    from ultralytics.nn.modules.head import Detect
-
     for module in model.modules():  # what ultralytics' exporter sets: a single concatenated output
         if isinstance(module, Detect):
             module.export, module.format, module.dynamic = True, "onnx", False
+            module.shape = None  # drop anchors cached for another input size
     example = torch.zeros(1, 3, imgsz, imgsz)
     with torch.no_grad():
         exported = torch.export.export(model.eval(), (example,))
     return from_exported_program(exported, keep_params_as_input=False, unwrap_unit_return_tuple=True)
 
 
-def planned_activation_bytes(mod, target) -> int:
-    """Bytes of intermediate storage after TVM's static memory planning (the activation peak)."""
-    import tvm
-    from tvm import relax
+def relax_pipeline(target, *, schedule: bool, capture: dict):
+    """TVM's CPU pipeline (library dispatch, legalize, fuse, lower, plan memory, finalize) with two
+    changes: edgesearch's tuning-free schedule after fusion, and no FoldConstant (it compiled and ran
+    every constant subgraph: +1.5-3 s per YOLOv8n build, no latency gain). The module right after
+    static memory planning is kept in `capture["planned"]` for the activation count."""
+    @tvm.transform.module_pass(opt_level=0, name="KeepPlannedModule")
+    def keep_planned(mod, ctx):
+        capture["planned"] = mod
+        return mod
 
-    lowered = tvm.ir.transform.Sequential([
-        relax.transform.LegalizeOps(),
-        relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FoldConstant(),
-        relax.transform.FuseOps(),
-        relax.transform.FuseTIR(),
-        relax.transform.DeadCodeElimination(),
-        relax.transform.CallTIRRewrite(),
-        relax.transform.StaticPlanBlockMemory(),
-    ])(mod)
+    @tvm.transform.module_pass(opt_level=0, name="EdgesearchPipeline")
+    def pipeline(mod, ctx):
+        with target:
+            passes = [*cpu.library_dispatch_passes(target), relax.transform.LegalizeOps(),
+                      relax.transform.AnnotateTIROpPattern(), relax.transform.FuseOps(), relax.transform.FuseTIR()]
+            if schedule:
+                passes.append(cpu_schedule_pass(capture.setdefault("unscheduled", [])))
+            plan, *finalize = cpu.finalize_passes(target)  # the first one is StaticPlanBlockMemory
+            passes += [*cpu.dataflow_lower_passes(target), plan, keep_planned, *finalize]
+            return tvm.transform.Sequential(passes)(mod)
+
+    return pipeline
+
+
+def planned_activation_bytes(planned_mod) -> int:
+    """Activation memory after TVM's static memory planning: the planned storage pools plus the
+    tensors left unplanned (the function's output). Weights and the input are not included."""
+    storage_ops = (tvm.ir.Op.get("relax.memory.alloc_storage"), tvm.ir.Op.get("relax.vm.alloc_storage"))
+    tensor_op = tvm.ir.Op.get("relax.builtin.alloc_tensor")
     total = 0
 
-    @relax.expr_functor.visitor
-    class StorageCounter(relax.PyExprVisitor):
-        def visit_call_(self, call):
-            nonlocal total
-            if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.memory.alloc_storage":
-                total += int(call.args[0].values[0])
-            super().visit_call_(call)
+    def visit(expr):
+        nonlocal total
+        if isinstance(expr, relax.Call) and any(expr.op.same_as(op) for op in storage_ops):
+            total += int(expr.args[0].values[0])
+        elif isinstance(expr, relax.Call) and expr.op.same_as(tensor_op):
+            dtype = tvm.DataType(expr.args[1].value)
+            elements = 1
+            for dim in expr.args[0].values:
+                elements *= int(dim)
+            total += elements * (dtype.bits * dtype.lanes + 7) // 8
 
-    with tvm.target.Target(target):
-        StorageCounter().visit_expr(lowered["main"])
+    relax.analysis.post_order_visit(planned_mod["main"], visit)
     return total
 
 
-def measure_latency_local(mod, target: dict, imgsz: int, *, repeat: int = 10, min_repeat_ms: int = 100) -> dict:
-    """Median and spread of the compiled module's latency on this machine (TVM time evaluator)."""
-    import tvm
-    from tvm import relax
-
+def build_local(mod, target: dict) -> tuple[object, dict]:
+    """Compile for this machine: (executable, {build_s, activation_bytes, unscheduled_kernels})."""
+    capture: dict = {}
+    target = tvm.target.Target(target)
     start = time.perf_counter()
-    executable = tvm.compile(mod, target=tvm.target.Target(target))
-    build_s = time.perf_counter() - start
+    executable = tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target, schedule=True, capture=capture))
+    return executable, {
+        "build_s": time.perf_counter() - start,
+        "activation_bytes": planned_activation_bytes(capture["planned"]),
+        "unscheduled_kernels": capture["unscheduled"],
+    }
+
+
+def plan_memory_only(mod) -> int:
+    """Activation bytes from memory planning alone, without code generation (for profiles whose
+    target this machine does not build yet). Static planning does not depend on the target."""
+    capture: dict = {}
+    target = tvm.target.Target({"kind": "llvm"})
+    relax_pipeline(target, schedule=False, capture=capture)(mod)
+    return planned_activation_bytes(capture["planned"])
+
+
+def measure_latency_local(executable, imgsz: int, *, repeat: int = 20, min_repeat_ms: int = 50) -> dict:
+    """Median and spread of the compiled module's latency on this machine (TVM time evaluator)."""
     device = tvm.cpu()
     vm = relax.VirtualMachine(executable, device)
     data = tvm.runtime.tensor(np.zeros((1, 3, imgsz, imgsz), dtype="float32"), device)
     timer = vm.time_evaluator("main", device, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)
     times_ms = [t * 1e3 for t in timer(data).results]
-    return {
-        "latency_ms": statistics.median(times_ms),
-        "latency_spread_ms": max(times_ms) - min(times_ms),
-        "build_s": build_s,
-    }
+    return {"latency_ms": statistics.median(times_ms), "latency_spread_ms": max(times_ms) - min(times_ms)}
 
 
 def hardware_scores(model: nn.Module, candidate: Candidate, profile: HardwareProfile, imgsz: int) -> dict:
@@ -99,7 +130,11 @@ def hardware_scores(model: nn.Module, candidate: Candidate, profile: HardwarePro
     costs = layer_costs(model, (1, 3, imgsz, imgsz))
     packed = weight_bytes(model, candidate)
     mod = export_for_tvm(model, imgsz)
-    activations = planned_activation_bytes(mod, profile.target)
+    if profile.measurement == "local":
+        executable, build = build_local(mod, profile.target)
+        activations = build["activation_bytes"]
+    else:
+        activations = plan_memory_only(mod)
     scores = {
         "weight_bytes": packed,
         "activation_bytes": activations,
@@ -109,8 +144,9 @@ def hardware_scores(model: nn.Module, candidate: Candidate, profile: HardwarePro
         "flops": sum(c.flops for c in costs),
     }
     if profile.measurement == "local":
-        measured = measure_latency_local(mod, profile.target, imgsz)
-        scores.update(measured, latency_source="measured: TVM llvm build (untuned, fp32), time evaluator median")
+        scores.update(measure_latency_local(executable, imgsz), build_s=build["build_s"],
+                      unscheduled_kernels=len(build["unscheduled_kernels"]),
+                      latency_source=LOCAL_SOURCE)
     else:
         scores["latency_ms"] = roofline_latency_ms(costs, profile.peak_ops_per_s["fp32"],
                                                    profile.memory_bandwidth_bytes_per_s, packed, ACTIVATION_DTYPE_BYTES)

@@ -1,0 +1,76 @@
+"""The TVM build: same outputs as PyTorch, planned memory within sane bounds, honest labels."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from edgesearch.runners.costs import layer_costs
+from edgesearch.runners.hardware import build_local, export_for_tvm, hardware_scores, plan_memory_only
+from edgesearch.runners.profiles import load_profile
+from edgesearch.spaces.apply import apply_candidate
+from edgesearch.spaces.candidate import Candidate
+
+
+@torch.no_grad()
+def _unit_variance_weights(model, x):
+    """Random ultralytics init makes activations vanish (the output is then just the anchor grid and
+    any comparison passes); rescale every conv so its output has unit spread instead."""
+    torch.manual_seed(0)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.requires_grad]
+
+    def rescale(module, inputs, output):
+        spread = output.std().clamp_min(1e-8)
+        module.weight.div_(spread)
+        if module.bias is not None:
+            module.bias.div_(spread)
+        return output / spread
+
+    for conv in convs:
+        torch.nn.init.normal_(conv.weight)
+    handles = [conv.register_forward_hook(rescale) for conv in convs]
+    model(x)
+    for handle in handles:
+        handle.remove()
+
+
+@pytest.fixture(scope="module")
+def fused_tiny(tiny_model):
+    model = apply_candidate(copy.deepcopy(tiny_model), Candidate({}))  # fused, as scored
+    _unit_variance_weights(model, torch.rand(1, 3, 64, 64))
+    return model
+
+
+def test_tvm_build_matches_pytorch_and_schedules_every_kernel(fused_tiny):
+    import tvm
+    from tvm import relax
+
+    mod = export_for_tvm(fused_tiny, 64)
+    executable, build = build_local(mod, load_profile("x86-host").target)
+    assert build["unscheduled_kernels"] == []
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        reference = fused_tiny(x).numpy()
+    out = vm["main"](tvm.runtime.tensor(x.numpy(), tvm.cpu())).numpy()
+    assert out.shape == reference.shape
+    assert np.abs(out - reference).max() <= 1e-3 * max(1.0, np.abs(reference).max())
+
+
+def test_planned_activation_memory_is_between_the_largest_tensor_and_the_sum(fused_tiny):
+    costs = layer_costs(fused_tiny, (1, 3, 64, 64))
+    planned = plan_memory_only(export_for_tvm(fused_tiny, 64))
+    largest = max(c.output_elements for c in costs) * 4
+    everything = sum(c.output_elements for c in costs) * 4 * 3  # convs plus their elementwise neighbours
+    assert largest <= planned <= everything
+
+
+def test_remote_profiles_are_estimated_and_local_is_measured(fused_tiny):
+    estimated = hardware_scores(fused_tiny, Candidate({}), load_profile("raspberry-pi-4"), 64)
+    assert estimated["latency_source"].startswith("estimated") and estimated["latency_ms"] > 0
+    assert "latency_spread_ms" not in estimated
+    measured = hardware_scores(fused_tiny, Candidate({}), load_profile("x86-host"), 64)
+    assert measured["latency_source"].startswith("measured") and measured["latency_spread_ms"] >= 0
+    assert measured["activation_bytes"] == estimated["activation_bytes"]  # planning does not depend on the target
+    assert measured["sram_bytes"] == measured["weight_bytes"] + measured["activation_bytes"]
