@@ -63,7 +63,7 @@ def finetune(
             trainable.append(parameter)
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
     losses = []
-    for batch_data in itertools.islice(itertools.cycle(loader), iterations):
+    for batch_data in itertools.islice(_endless(loader), iterations):
         batch_data["img"] = batch_data["img"].float() / 255
         loss, _ = model.loss(batch_data)
         optimizer.zero_grad()
@@ -73,6 +73,12 @@ def finetune(
         losses.append(float(loss.detach().sum()) / batch)
     model.eval()
     return losses
+
+
+def _endless(loader):
+    """Batches from epoch after epoch (itertools.cycle would replay stored batches instead)."""
+    while True:
+        yield from loader
 
 
 def validate(model: nn.Module, data_yaml: Path, *, imgsz: int, batch: int = 32) -> dict[str, float]:

@@ -9,7 +9,10 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("YOLO_OFFLINE", "1")  # no model hub here: never let ultralytics try to download
+from edgesearch.search.cli_env import PROCESS_ENV
+
+for _name, _value in PROCESS_ENV.items():  # before torch or TVM load (OpenMP reads it once, at load)
+    os.environ.setdefault(_name, _value)
 
 from edgesearch.spaces.errors import InputError  # noqa: E402
 

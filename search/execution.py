@@ -6,8 +6,10 @@ import os
 
 import ray
 
+from edgesearch.search.cli_env import PROCESS_ENV
+
 # quiet ultralytics in workers (the driver shows one progress bar for the whole search)
-WORKER_ENV = {"YOLO_VERBOSE": "False", "YOLO_OFFLINE": "1"}
+WORKER_ENV = {**PROCESS_ENV, "YOLO_VERBOSE": "False"}
 
 
 def start_ray(address: str | None) -> None:

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from edgesearch.search.cli_env import PROCESS_ENV
+
+os.environ.update(PROCESS_ENV)  # before any test module loads torch or TVM
 SESSION_CACHE = None
 
 
@@ -18,7 +21,6 @@ def isolated_cache(tmp_path_factory):
     global SESSION_CACHE
     SESSION_CACHE = tmp_path_factory.mktemp("edgesearch-cache")
     os.environ["EDGESEARCH_CACHE"] = str(SESSION_CACHE)
-    os.environ["YOLO_OFFLINE"] = "1"
     os.environ.setdefault("YOLO_VERBOSE", "False")
     yield SESSION_CACHE
 
