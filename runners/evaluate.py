@@ -46,22 +46,25 @@ def score_candidate(settings: dict, candidate: dict | None) -> dict:
     base = load_detection_model(config.checkpoint, trust=config.trust_checkpoint)
     design = Candidate.from_json(candidate) if candidate else Candidate({})
     model = apply_candidate(base, design)
-    stage_started = time.perf_counter()
-    losses = finetune(model, Path(config.data_yaml), iterations=config.finetune_iters, imgsz=config.imgsz,
-                      batch=config.batch, seed=config.seed)
-    finetune_s = time.perf_counter() - stage_started
+    losses, finetune_s = _timed(lambda: finetune(model, Path(config.data_yaml), iterations=config.finetune_iters,
+                                                 imgsz=config.imgsz, batch=config.batch, seed=config.seed))
     bake_fake_quant(model)  # from here on the model holds exactly the quantized weights
-    stage_started = time.perf_counter()
-    scores = validate(model, Path(config.data_yaml), imgsz=config.imgsz)
-    validate_s = time.perf_counter() - stage_started
-    stage_started = time.perf_counter()
-    scores.update(hardware_scores(model, design, load_profile(config.profile), config.imgsz))
-    scores.update(
-        finetune_iters=config.finetune_iters,
-        finetune_final_loss=losses[-1] if losses else None,
-        finetune_s=finetune_s,
-        validate_s=validate_s,
-        hardware_s=time.perf_counter() - stage_started,
-        eval_s=time.perf_counter() - started,
-    )
-    return scores
+    accuracy, validate_s = _timed(lambda: validate(model, Path(config.data_yaml), imgsz=config.imgsz))
+    hardware, hardware_s = _timed(lambda: hardware_scores(model, design, load_profile(config.profile), config.imgsz))
+    return {
+        **accuracy,
+        **hardware,
+        "finetune_iters": config.finetune_iters,
+        "finetune_final_loss": losses[-1] if losses else None,
+        "finetune_s": finetune_s,
+        "validate_s": validate_s,
+        "hardware_s": hardware_s,
+        "eval_s": time.perf_counter() - started,
+    }
+
+
+def _timed(work):
+    """(result, seconds) of calling `work`."""
+    started = time.perf_counter()
+    result = work()
+    return result, time.perf_counter() - started

@@ -39,8 +39,9 @@ def requeue_interrupted(study: optuna.Study) -> int:
     """Fail the trials a killed run left RUNNING and queue their candidates again."""
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in stale:
+        # no public setter for a trial this process did not ask for; the state change is public
         study._storage.set_trial_user_attr(trial._trial_id, ERROR_ATTR, INTERRUPTED)
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        study.tell(trial.number, state=TrialState.FAIL)
         study.enqueue_trial(trial.params, skip_if_exists=False)
     return len(stale)
 
