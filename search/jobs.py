@@ -19,6 +19,7 @@ from edgesearch.runners.profiles import HardwareProfile, load_profile
 from edgesearch.search import execution, study as studies
 from edgesearch.search.base_model import default_base_checkpoint
 from edgesearch.search.default_data import build_digit_dataset
+from edgesearch.search.paths import cache_dir
 from edgesearch.search.presets import PRESETS
 from edgesearch.spaces.errors import InputError
 from edgesearch.spaces.space import LayerChoices, Space, load_space
@@ -65,9 +66,12 @@ def resolve_inputs(*, profile: str, space: str, model: str | None, data: str | N
     return Inputs(hardware, design_space, data_yaml, checkpoint, trust_checkpoint, base, resolved)
 
 
-def eval_settings(inputs: Inputs, *, imgsz: int, finetune_iters: int, batch: int, threads: int, seed: int) -> dict:
+def eval_settings(inputs: Inputs, *, imgsz: int, finetune_iters: int, batch: int, threads: int, seed: int,
+                  tune_trials: int = 0) -> dict:
     """The plain settings a trial needs (sent to Ray workers as-is)."""
     return {
+        "tune_trials": tune_trials,
+        "tuning_db": str(cache_dir() / "tuning" / inputs.profile.name),  # shared by every run on this profile
         "checkpoint": str(inputs.checkpoint),
         "trust_checkpoint": inputs.trust_checkpoint,
         "data_yaml": str(inputs.data_yaml),
@@ -137,7 +141,7 @@ def run_search(inputs: Inputs, run_dir: Path, run: dict, *, resume: bool, ray_ad
     parallel = max(1, run["parallel"])
     cpus_per_trial = max(1, (os.cpu_count() or 1) // parallel)
     settings = eval_settings(inputs, imgsz=run["imgsz"], finetune_iters=run["finetune_iters"], batch=run["batch"],
-                             threads=cpus_per_trial, seed=run["seed"])
+                             threads=cpus_per_trial, seed=run["seed"], tune_trials=run.get("tune_trials", 0))
     study = studies.open_study(run_dir, seed=run["seed"], population_size=run["population"], create=not resume)
     requeued = studies.requeue_interrupted(study)
     if requeued:
