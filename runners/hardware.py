@@ -1,7 +1,8 @@
 """Hardware scores of a transformed model: TVM build, latency, SRAM footprint.
 
 Pipeline: torch.export -> TVM Relax (from_exported_program, weights embedded as constants) ->
-tvm.compile for the profile's target. Latency is measured with TVM's time evaluator when the
+tvm.compile for the profile's target, with the fixed schedule of tvm_schedule.py or, on request,
+MetaSchedule tuning (tuning.py). Latency is measured with TVM's time evaluator when the
 profile is this machine; for remote profiles without a reachable device it is a roofline estimate
 from the profile's peak rates, and says so. SRAM footprint = packed weight bytes (at the
 candidate's bit-widths) + peak activation bytes from TVM's static memory planning.
@@ -112,7 +113,8 @@ def build_local(mod, target: dict) -> tuple[object, dict]:
 
 def plan_memory_only(mod) -> int:
     """Activation bytes from memory planning alone, without code generation (for profiles whose
-    target this machine does not build yet). Static planning does not depend on the target."""
+    target this machine does not build yet). Planned for a generic llvm target: the plan does not
+    depend on kernel schedules (a test checks it); for GPU targets it may differ (not checked)."""
     capture: dict = {}
     target = tvm.target.Target({"kind": "llvm"})
     relax_pipeline(target, schedule=False, capture=capture)(mod)
