@@ -17,9 +17,9 @@ import statistics
 import sys
 from pathlib import Path
 
-from edgesearch.search.cli_env import PROCESS_ENV
+from edgesearch.search.cli_env import apply_process_env
 
-os.environ.update(PROCESS_ENV)
+apply_process_env()
 os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count()))
 
 import numpy as np  # noqa: E402

@@ -9,10 +9,9 @@ import os
 import sys
 from pathlib import Path
 
-from edgesearch.search.cli_env import PROCESS_ENV
+from edgesearch.search.cli_env import apply_process_env
 
-for _name, _value in PROCESS_ENV.items():  # before torch or TVM load (OpenMP reads it once, at load)
-    os.environ.setdefault(_name, _value)
+apply_process_env()  # before torch or TVM load (OpenMP reads it once, at load)
 
 from edgesearch.spaces.errors import InputError  # noqa: E402
 

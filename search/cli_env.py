@@ -6,4 +6,12 @@ steps of YOLOv8n took 1.5 s without TVM imported, 11-21 s with it imported, 1.8 
 YOLO_OFFLINE=1: there is no model hub to reach; never let ultralytics try to download.
 """
 
+import os
+
 PROCESS_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "YOLO_OFFLINE": "1"}
+
+
+def apply_process_env() -> None:
+    """Set PROCESS_ENV (values the user already set win); call before torch or TVM is imported."""
+    for name, value in PROCESS_ENV.items():
+        os.environ.setdefault(name, value)

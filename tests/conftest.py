@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from edgesearch.search.cli_env import PROCESS_ENV
+from edgesearch.search.cli_env import apply_process_env
 
-os.environ.update(PROCESS_ENV)  # before any test module loads torch or TVM
+apply_process_env()  # before any test module loads torch or TVM
 SESSION_CACHE = None
 
 
