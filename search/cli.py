@@ -89,6 +89,14 @@ def _inputs(args):
                           seed=args.seed, train_images=args.train_images, val_images=args.val_images)
 
 
+def _trial_sizes(args, preset) -> dict:
+    """Fine-tune steps and input size: the flags where given, else the preset's."""
+    return {
+        "finetune_iters": preset.finetune_iters if args.finetune_iters is None else args.finetune_iters,
+        "imgsz": args.imgsz or preset.imgsz,
+    }
+
+
 @contextlib.contextmanager
 def stdout_to_stderr():
     """Send everything printed to stdout (ultralytics logs there, TVM's C code too) to stderr,
@@ -127,8 +135,7 @@ def _score_eval_candidate(args) -> dict:
     inputs = _inputs(args)
     if knobs is not None:
         candidate = uniform_candidate(inputs.base_model, knobs, list(inputs.resolved))
-    settings = eval_settings(inputs, imgsz=args.imgsz or preset.imgsz, batch=preset.batch, threads=os.cpu_count() or 1,
-                             finetune_iters=preset.finetune_iters if args.finetune_iters is None else args.finetune_iters,
+    settings = eval_settings(inputs, **_trial_sizes(args, preset), batch=preset.batch, threads=os.cpu_count() or 1,
                              seed=args.seed, tune_trials=args.tune_trials)
     return score_candidate(settings, candidate.to_json() if candidate else None)
 
@@ -161,8 +168,7 @@ def cmd_run(args) -> None:
         "trials": args.trials or preset.trials,
         "parallel": args.parallel,
         "population": args.population or preset.population,
-        "finetune_iters": preset.finetune_iters if args.finetune_iters is None else args.finetune_iters,
-        "imgsz": args.imgsz or preset.imgsz,
+        **_trial_sizes(args, preset),
         "tune_trials": args.tune_trials,
         "batch": preset.batch,
         "seed": args.seed,
