@@ -19,7 +19,7 @@ from edgesearch.runners.hardware import hardware_scores
 from edgesearch.runners.profiles import load_profile
 from edgesearch.spaces.apply import apply_candidate
 from edgesearch.spaces.candidate import Candidate
-from edgesearch.spaces.quantize import bake_fake_quant
+from edgesearch.spaces.packing import bake_fake_quant
 
 
 @dataclasses.dataclass(frozen=True)

@@ -138,7 +138,7 @@ def hardware_scores(model: nn.Module, candidate: Candidate, profile: HardwarePro
     `tune_trials` > 0 tunes the local build with MetaSchedule (database in `tuning_db`) instead of
     using the fixed schedule."""
     costs = layer_costs(model, (1, 3, imgsz, imgsz))
-    packed = weight_bytes(model, candidate)
+    packed = weight_bytes(model)
     mod = export_for_tvm(model, imgsz)
     latency: dict
     if profile.measurement != "local":

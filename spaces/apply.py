@@ -1,9 +1,10 @@
-"""Apply a candidate to a model: prune, fold BatchNorm, attach fake-quant.
+"""Apply a candidate to a model: prune, fold BatchNorm, reshape convs, attach fake-quant.
 
 The order is the deployment order: structured pruning first (it needs the BatchNorms to slice
-alongside), then Conv+BN folding (what any inference build does), then fake quantization of the
-folded weights - so the weights that are quantized, fine-tuned and packed are exactly the ones
-that run on the device.
+alongside), then Conv+BN folding (what any inference build does), then the kernel-size crop and
+low-rank factorization of the folded convs, then unstructured pruning and fake quantization of
+the resulting weights - so the weights that are quantized, fine-tuned and packed are exactly the
+ones that run on the device. A factorized layer X becomes X.0 and X.1; both take X's knobs.
 """
 
 from __future__ import annotations
@@ -15,13 +16,11 @@ from torch import nn
 
 from edgesearch.spaces.candidate import Candidate, LayerKnobs
 from edgesearch.spaces.errors import InputError
+from edgesearch.spaces.kernel_size import shrink_kernel, why_not_shrinkable
+from edgesearch.spaces.low_rank import factorize, is_worth_it
 from edgesearch.spaces.prune import prunable_pairs, prune_output_channels
-from edgesearch.spaces.quantize import (
-    IMPLEMENTED_GRANULARITIES,
-    IMPLEMENTED_SCHEMES,
-    attach_fake_quant,
-    packed_weight_bytes,
-)
+from edgesearch.spaces.packing import module_packing
+from edgesearch.spaces.quantize import attach_fake_quant
 
 
 def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
@@ -36,12 +35,21 @@ def validate_candidate(model: nn.Module, candidate: Candidate) -> None:
             raise InputError(f"candidate names layer {name!r}, which is not a Conv2d of this model")
         if knobs.prune_ratio > 0 and name not in prunable:
             raise InputError(f"candidate prunes {name!r}, whose output channels are coupled to other layers")
-        if knobs.quantized and knobs.scheme not in IMPLEMENTED_SCHEMES:
-            raise InputError(f"{name}: scheme {knobs.scheme!r} is not implemented yet (have {IMPLEMENTED_SCHEMES})")
-        if knobs.quantized and knobs.granularity not in IMPLEMENTED_GRANULARITIES:
-            raise InputError(f"{name}: granularity {knobs.granularity!r} is not implemented yet")
-        if knobs.kernel_size != "keep":
-            raise InputError(f"{name}: kernel_size {knobs.kernel_size!r} is not implemented yet (only 'keep')")
+        if _changes_kernel(convs[name], knobs):
+            reason = why_not_shrinkable(convs[name], knobs.kernel_size)
+            if reason:
+                raise InputError(f"{name}: kernel_size {knobs.kernel_size}: {reason}")
+        if knobs.rank_ratio < 1 and not is_worth_it(convs[name], knobs.rank_ratio):
+            raise InputError(f"{name}: rank_ratio {knobs.rank_ratio} would not make the layer smaller (or it is grouped)")
+
+
+def _changes_kernel(conv: nn.Conv2d, knobs: LayerKnobs) -> bool:
+    return knobs.kernel_size != "keep" and conv.kernel_size != (knobs.kernel_size, knobs.kernel_size)
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
 def uniform_candidate(model: nn.Module, knobs: LayerKnobs, layers: list[str]) -> Candidate:
@@ -60,16 +68,24 @@ def apply_candidate(model: nn.Module, candidate: Candidate) -> nn.Module:
         model.fuse(verbose=False)
     convs = conv_layers(model)
     for name, knobs in candidate.layers.items():
-        attach_fake_quant(convs[name], knobs)
+        layer: nn.Module = convs[name]
+        if _changes_kernel(layer, knobs):
+            layer = shrink_kernel(layer, knobs.kernel_size)
+        if knobs.rank_ratio < 1:
+            layer = factorize(layer, knobs.rank_ratio)
+        if layer is not convs[name]:
+            _replace(model, name, layer)
+        for conv in (layer if isinstance(layer, nn.Sequential) else [layer]):
+            attach_fake_quant(conv, knobs)
     return model
 
 
-def weight_bytes(model: nn.Module, candidate: Candidate) -> int:
-    """Packed bytes of every parameter of a transformed model at the candidate's bit-widths."""
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of every parameter of a transformed model: each conv's packing (packing.py) at its
+    knobs, fake-quantized or baked; convs without knobs are packed in fp32."""
     total, counted = 0, set()
-    for name, conv in conv_layers(model).items():
-        knobs = candidate.layers.get(name, LayerKnobs())
-        total += packed_weight_bytes(tuple(conv.weight.shape), knobs, conv.bias is not None)
+    for conv in conv_layers(model).values():
+        total += len(module_packing(conv))
         counted.update(id(p) for p in conv.parameters())  # includes a parametrized weight's original
     # anything that is not a conv (e.g. unfused BatchNorm) stays fp32
     total += sum(p.numel() * 4 for p in model.parameters() if id(p) not in counted)

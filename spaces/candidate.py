@@ -3,7 +3,8 @@
     {"layers": {"model.0.conv": {"weight_bits": 4, "scheme": "affine", "granularity": "filter",
                                  "prune_ratio": 0.25, "kernel_size": "keep"}, ...}}
 
-Layers the candidate does not name are left as they are (float weights, unpruned).
+Layers the candidate does not name are left as they are (float weights, unpruned); knobs a layer
+does not name take their defaults below.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ class LayerKnobs:
     granularity: str = "filter"
     prune_ratio: float = 0.0
     kernel_size: str | int = "keep"
+    group_size: int = 16  # G of the `group` granularity: input channels per parameter set
+    sparsity: float = 0.0  # unstructured magnitude pruning: fraction of weights set to zero
+    rank_ratio: float = 1.0  # < 1: factorized by SVD into two convs keeping this share of the rank
 
     def __post_init__(self):
         if self.weight_bits not in (*range(2, 9), 16, FLOAT_BITS):
@@ -39,6 +43,12 @@ class LayerKnobs:
             raise InputError(f"prune_ratio must be in [0, 1), not {self.prune_ratio!r}")
         if self.kernel_size not in KERNEL_SIZES:
             raise InputError(f"kernel_size must be one of {KERNEL_SIZES}, not {self.kernel_size!r}")
+        if not isinstance(self.group_size, int) or not 1 <= self.group_size <= 4096:
+            raise InputError(f"group_size must be an integer in 1..4096, not {self.group_size!r}")
+        if not 0.0 <= float(self.sparsity) < 1.0:
+            raise InputError(f"sparsity must be in [0, 1), not {self.sparsity!r}")
+        if not 0.0 < float(self.rank_ratio) <= 1.0:
+            raise InputError(f"rank_ratio must be in (0, 1], not {self.rank_ratio!r}")
 
     @property
     def quantized(self) -> bool:
@@ -82,7 +92,8 @@ class Candidate:
 
 def parse_uniform(spec: str) -> LayerKnobs:
     """`bits=4,scheme=affine,granularity=channel,prune=0.25,kernel=keep` -> the same knobs for every layer."""
-    aliases = {"bits": "weight_bits", "prune": "prune_ratio", "kernel": "kernel_size"}
+    aliases = {"bits": "weight_bits", "prune": "prune_ratio", "kernel": "kernel_size", "group": "group_size",
+               "rank": "rank_ratio"}
     raw: dict = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         key, sep, value = part.partition("=")

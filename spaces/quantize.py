@@ -1,105 +1,295 @@
-"""Weight quantization: fake-quant with a straight-through estimator, and packed sizes.
+"""Weight quantization: four schemes at any granularity, and fake-quant for fine-tuning.
 
-Granularity says which weights share one set of quantization parameters. For a conv weight of
-shape [out, in, kh, kw] (the YOLOv7 quantization study's layer / filter / channel comparison):
-  tensor  - one set for the whole layer
-  filter  - one set per output channel (per filter)
-  channel - one set per input channel, shared across all filters
-Schemes: `affine` maps [min, max] (widened to include 0) onto 0..2^b-1 with a zero-point;
-`symmetric` maps [-max|w|, max|w|] onto -(2^(b-1)-1)..2^(b-1)-1 with no zero-point.
-Scales and zero-points are stored in fp16, so the fake-quant rounds them through fp16 too: the
-float weights it produces are exactly what the packed format decodes to.
+A layer's weight is cut into parameter sets by its granularity (granularity.py); each set is
+quantized on its own with b-bit codes and a few fp16 parameters:
+
+  affine    - [min, max] (widened to include 0) onto codes 0..2^b-1; params: scale, zero_point.
+  symmetric - [-max|w|, max|w|] onto -(2^(b-1)-1)..2^(b-1)-1, no zero-point; params: scale.
+  pwlq      - piece-wise linear (Fang et al., 2020): a breakpoint p splits [0, max|w|] into a dense
+              centre [-p, p] and two tails; half the codes cover the centre uniformly, half the tails.
+              Each weight takes the nearest level of either piece. p is chosen per set from a grid
+              to minimise the squared error; the grid includes the p at which PWLQ's levels are
+              exactly symmetric-uniform, so PWLQ is never worse than `symmetric` (up to fp16
+              rounding of its parameters). params: max, breakpoint.
+  kmeans    - weight sharing (Tome et al., 2016; Han et al., 2016): 2^b centroids per set from
+              Lloyd's algorithm (two deterministic starts, the better kept), codes are centroid
+              indices; params: the codebook.
+
+All parameters are stored in fp16, so quantization rounds them through fp16 first: the float
+weights that fake-quant produces are bit for bit what the packed format (packing.py) decodes to.
+An optional mask (unstructured pruning) zeroes weights; masked weights take no part in any
+parameter and are not stored.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from edgesearch.spaces.candidate import FLOAT_BITS, LayerKnobs
+from edgesearch.spaces.granularity import SetLayout
 
-IMPLEMENTED_SCHEMES = ("affine", "symmetric")
-IMPLEMENTED_GRANULARITIES = ("tensor", "filter", "channel")
-PARAM_BYTES = 2  # each scale / zero-point is stored as fp16
-BIAS_BYTES = 4  # biases stay fp32 (they become int32 accumulators on integer hardware)
-
-
-def _reduce_dims(granularity: str, ndim: int) -> tuple[int, ...]:
-    """Dims that one parameter set spans (all others index the sets)."""
-    if granularity == "tensor":
-        return tuple(range(ndim))
-    if granularity == "filter":
-        return tuple(range(1, ndim))
-    if granularity == "channel":
-        return (0, *range(2, ndim))
-    raise NotImplementedError(f"granularity {granularity!r} is not implemented (have {IMPLEMENTED_GRANULARITIES})")
+SCHEME_PARAMS = {  # stored per parameter set, in this order; kmeans stores 2^b codebook entries
+    "affine": ("scale", "zero_point"),
+    "symmetric": ("scale",),
+    "pwlq": ("max", "breakpoint"),
+    "kmeans": ("codebook",),
+}
+SMALLEST_FP16 = 2.0**-24  # keeps scales non-zero after fp16 rounding
+PWLQ_BREAKPOINT_GRID = 32
+KMEANS_ITERATIONS = 12
 
 
-def parameter_sets(weight_shape: torch.Size | tuple, granularity: str) -> int:
-    dims = _reduce_dims(granularity, len(weight_shape))
-    return math.prod(size for d, size in enumerate(weight_shape) if d not in dims)
+@dataclasses.dataclass
+class QuantizedWeight:
+    """Codes and parameters of one quantized layer weight."""
+
+    layout: SetLayout
+    bits: int
+    scheme: str
+    codes: torch.Tensor  # int64 [sets, row_length]
+    params: dict[str, torch.Tensor]  # float32 holding fp16-exact values, [sets, n]
+    mask: torch.Tensor | None = None  # bool, weight-shaped; False = pruned (zero, not stored)
 
 
-def _fp16_round(x: torch.Tensor) -> torch.Tensor:
+def _fp16(x: torch.Tensor) -> torch.Tensor:
     return x.half().float()
 
 
-def fake_quantize(weight: torch.Tensor, bits: int, scheme: str, granularity: str) -> torch.Tensor:
+def _positive_fp16(x: torch.Tensor) -> torch.Tensor:
+    return _fp16(x.clamp(min=SMALLEST_FP16))
+
+
+def _row_min_max(rows: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    low = rows.masked_fill(~valid, float("inf")).amin(dim=1, keepdim=True)
+    high = rows.masked_fill(~valid, float("-inf")).amax(dim=1, keepdim=True)
+    empty = ~valid.any(dim=1, keepdim=True)
+    return low.masked_fill(empty, 0.0), high.masked_fill(empty, 0.0)
+
+
+# ---- affine and symmetric ----------------------------------------------------------------------
+
+def _encode_affine(rows, valid, bits, fit=None):
+    levels = 2**bits - 1
+    low, high = _row_min_max(rows, valid)
+    scale = _positive_fp16((high.clamp(min=0) - low.clamp(max=0)) / levels)
+    zero_point = torch.round(-low.clamp(max=0) / scale).clamp(0, levels)
+    codes = torch.clamp(torch.round(rows / scale) + zero_point, 0, levels)
+    return codes.long(), {"scale": scale, "zero_point": zero_point}
+
+
+def _decode_affine(codes, params, bits):
+    return (codes.float() - params["zero_point"]) * params["scale"]
+
+
+def _encode_symmetric(rows, valid, bits, fit=None):
+    limit = 2 ** (bits - 1) - 1
+    low, high = _row_min_max(rows, valid)
+    scale = _positive_fp16(torch.maximum(low.abs(), high.abs()) / limit)
+    codes = torch.clamp(torch.round(rows / scale), -limit, limit) + limit
+    return codes.long(), {"scale": scale}
+
+
+def _decode_symmetric(codes, params, bits):
+    return (codes.float() - (2 ** (bits - 1) - 1)) * params["scale"]
+
+
+# ---- piece-wise linear (PWLQ) -------------------------------------------------------------------
+# Code layout at b bits: codes 0..2C are the centre levels i*centre_step, i in -C..C, with
+# C = 2^(b-2) - 1; codes 2^(b-1) + s*T + (j-1) are the tail levels +-(p + j*tail_step), j in 1..T,
+# with T = 2^(b-2) levels per sign (s = 1 for negative).
+
+def _pwlq_sizes(bits):
+    return 2 ** (bits - 2) - 1, 2 ** (bits - 2)  # centre levels per side, tail levels per side
+
+
+def _pwlq_encode_at(rows, largest, breakpoint, bits):
+    centre_levels, tail_levels = _pwlq_sizes(bits)
+    centre_step = breakpoint / max(centre_levels, 1)
+    tail_step = ((largest - breakpoint) / tail_levels).clamp(min=SMALLEST_FP16)
+    i = torch.clamp(torch.round(rows / centre_step.clamp(min=SMALLEST_FP16)), -centre_levels, centre_levels)
+    j = torch.clamp(torch.round((rows.abs() - breakpoint) / tail_step), 1, tail_levels)
+    centre_value = i * centre_step
+    tail_value = torch.sign(rows) * (breakpoint + j * tail_step)
+    use_tail = (rows - tail_value).abs() < (rows - centre_value).abs()
+    negative = (rows < 0).long()
+    tail_codes = 2 ** (bits - 1) + negative * tail_levels + (j.long() - 1)
+    return torch.where(use_tail, tail_codes, i.long() + centre_levels)
+
+
+def _decode_pwlq(codes, params, bits):
+    centre_levels, tail_levels = _pwlq_sizes(bits)
+    largest, breakpoint = params["max"], params["breakpoint"]
+    centre_step = breakpoint / max(centre_levels, 1)
+    tail_step = ((largest - breakpoint) / tail_levels).clamp(min=SMALLEST_FP16)
+    tail = codes >= 2 ** (bits - 1)
+    offset = codes - 2 ** (bits - 1)
+    sign = 1.0 - 2.0 * (offset >= tail_levels).float()
+    tail_value = sign * (breakpoint + ((offset % tail_levels) + 1).float() * tail_step)
+    return torch.where(tail, tail_value, (codes - centre_levels).float() * centre_step)
+
+
+def _encode_pwlq(rows, valid, bits, fit=None):
+    """`fit`: breakpoint / max per set to reuse instead of searching (see FakeQuantWeight)."""
+    low, high = _row_min_max(rows, valid)
+    largest = _positive_fp16(torch.maximum(low.abs(), high.abs()))
+    centre_levels, tail_levels = _pwlq_sizes(bits)
+    uniform_ratio = centre_levels / (centre_levels + tail_levels)  # PWLQ levels == symmetric levels
+    ratios = [fit] if fit is not None else sorted({*torch.linspace(0.02, 0.98, PWLQ_BREAKPOINT_GRID).tolist(),
+                                                   uniform_ratio})
+    best_error = best_codes = best_breakpoint = None
+    for ratio in ratios:
+        breakpoint = torch.minimum(_fp16(largest * ratio), largest)
+        codes = _pwlq_encode_at(rows, largest, breakpoint, bits)
+        values = _decode_pwlq(codes, {"max": largest, "breakpoint": breakpoint}, bits)
+        error = ((values - rows) ** 2 * valid).sum(dim=1, keepdim=True)
+        if best_error is None:
+            best_error, best_codes, best_breakpoint = error, codes, breakpoint
+            continue
+        better = error < best_error
+        best_error = torch.where(better, error, best_error)
+        best_codes = torch.where(better, codes, best_codes)
+        best_breakpoint = torch.where(better, breakpoint, best_breakpoint)
+    return best_codes, {"max": largest, "breakpoint": best_breakpoint}
+
+
+# ---- k-means weight sharing ---------------------------------------------------------------------
+
+def _nearest_centroid(rows, codebook):
+    """Index of the nearest centroid of each entry (codebook sorted ascending per row)."""
+    midpoints = ((codebook[:, 1:] + codebook[:, :-1]) / 2).contiguous()
+    return torch.searchsorted(midpoints, rows.contiguous())
+
+
+def _lloyd(rows, weights, codebook):
+    for _ in range(KMEANS_ITERATIONS):
+        codes = _nearest_centroid(rows, codebook)
+        sums = torch.zeros_like(codebook).scatter_add_(1, codes, rows * weights)
+        members = torch.zeros_like(codebook).scatter_add_(1, codes, weights)
+        codebook = torch.where(members > 0, sums / members.clamp(min=1), codebook).sort(dim=1).values
+    codebook = _fp16(codebook).sort(dim=1).values
+    codes = _nearest_centroid(rows, codebook)
+    error = ((codebook.gather(1, codes) - rows) ** 2 * weights).sum(dim=1, keepdim=True)
+    return codes, codebook, error
+
+
+def _encode_kmeans(rows, valid, bits, fit=None):
+    # Lloyd's algorithm from two starts, keeping the better per set: linear over [min, max]
+    # (Deep Compression's choice: it keeps centroids on the rare large weights) and quantiles
+    # (exact when a set has no more distinct weights than centroids). Deterministic.
+    clusters, weights = 2**bits, valid.float()
+    if fit is not None:  # a codebook to reuse: only assign each weight to its nearest centroid
+        return _nearest_centroid(rows, fit), {"codebook": fit}
+    low, high = _row_min_max(rows, valid)
+    linear = low + (high - low) * torch.linspace(0, 1, clusters)
+    ordered = rows.masked_fill(~valid, float("inf")).sort(dim=1).values
+    counts = valid.sum(dim=1, keepdim=True)
+    picks = ((torch.arange(clusters) + 0.5) / clusters * counts).long().clamp(max=rows.shape[1] - 1)
+    quantiles = torch.where(counts > 0, ordered.gather(1, picks), torch.zeros(1))
+    codes, codebook, error = _lloyd(rows, weights, linear)
+    other_codes, other_codebook, other_error = _lloyd(rows, weights, quantiles)
+    better = other_error < error
+    return torch.where(better, other_codes, codes), {"codebook": torch.where(better, other_codebook, codebook)}
+
+
+def _decode_kmeans(codes, params, bits):
+    return params["codebook"].gather(1, codes)
+
+
+ENCODERS = {"affine": _encode_affine, "symmetric": _encode_symmetric, "pwlq": _encode_pwlq,
+            "kmeans": _encode_kmeans}
+DECODERS = {"affine": _decode_affine, "symmetric": _decode_symmetric, "pwlq": _decode_pwlq,
+            "kmeans": _decode_kmeans}
+
+
+# ---- whole layers -------------------------------------------------------------------------------
+
+def quantize_weight(weight: torch.Tensor, knobs: LayerKnobs, mask: torch.Tensor | None = None,
+                    fit: torch.Tensor | None = None) -> QuantizedWeight:
+    """Codes and fp16 parameters of a weight at the knobs' bits, scheme and granularity.
+    `fit` (pwlq, kmeans) reuses a search result instead of searching again: see `fitted`."""
+    if not knobs.quantized:
+        raise ValueError(f"{knobs.weight_bits}-bit weights are stored in float, not quantized")
+    layout = SetLayout(tuple(weight.shape), knobs.granularity, knobs.group_size)
+    valid = layout.valid if mask is None else layout.valid & layout.split(mask.bool())
+    with torch.no_grad():
+        codes, params = ENCODERS[knobs.scheme](layout.split(weight.detach().float()), valid, knobs.weight_bits, fit)
+    return QuantizedWeight(layout, knobs.weight_bits, knobs.scheme, codes, params, mask)
+
+
+def fitted(quantized: QuantizedWeight) -> torch.Tensor | None:
+    """What the costly search found (pwlq: breakpoint / max; kmeans: the codebook), to pass back
+    as `fit` while the weights change little."""
+    if quantized.scheme == "pwlq":
+        return quantized.params["breakpoint"] / quantized.params["max"]
+    if quantized.scheme == "kmeans":
+        return quantized.params["codebook"]
+    return None
+
+
+def dequantize(quantized: QuantizedWeight) -> torch.Tensor:
+    rows = DECODERS[quantized.scheme](quantized.codes, quantized.params, quantized.bits)
+    weight = quantized.layout.merge(rows)
+    return weight if quantized.mask is None else weight * quantized.mask
+
+
+def fake_quantize(weight: torch.Tensor, knobs: LayerKnobs, mask: torch.Tensor | None = None) -> torch.Tensor:
     """The weight after quantize -> dequantize (no gradient tricks here)."""
-    if bits >= FLOAT_BITS:
-        return weight
-    if bits == 16:
-        return weight.half().to(weight.dtype)
-    dims = _reduce_dims(granularity, weight.ndim)
-    w = weight.float()
-    if scheme == "affine":
-        levels = 2**bits - 1
-        low = w.amin(dim=dims, keepdim=True).clamp(max=0)
-        high = w.amax(dim=dims, keepdim=True).clamp(min=0)
-        scale = _fp16_round(((high - low) / levels).clamp(min=1e-8))
-        zero_point = torch.round(-low / scale).clamp(0, levels)
-        q = torch.clamp(torch.round(w / scale) + zero_point, 0, levels)
-        return ((q - zero_point) * scale).to(weight.dtype)
-    if scheme == "symmetric":
-        limit = 2 ** (bits - 1) - 1
-        scale = _fp16_round((w.abs().amax(dim=dims, keepdim=True) / limit).clamp(min=1e-8))
-        return (torch.clamp(torch.round(w / scale), -limit, limit) * scale).to(weight.dtype)
-    raise NotImplementedError(f"scheme {scheme!r} is not implemented (have {IMPLEMENTED_SCHEMES})")
+    if knobs.weight_bits >= FLOAT_BITS:
+        return weight if mask is None else weight * mask
+    if knobs.weight_bits == 16:
+        half = weight.half().to(weight.dtype)
+        return half if mask is None else half * mask
+    return dequantize(quantize_weight(weight, knobs, mask)).to(weight.dtype)
+
+
+def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor | None:
+    """Unstructured magnitude pruning (seed 003): keep all but the smallest `sparsity` fraction."""
+    pruned = int(round(sparsity * weight.numel()))
+    if pruned == 0:
+        return None
+    order = weight.detach().abs().flatten().argsort(stable=True)
+    mask = torch.ones(weight.numel(), dtype=torch.bool)
+    mask[order[:pruned]] = False
+    return mask.reshape(weight.shape)
 
 
 class FakeQuantWeight(nn.Module):
-    """Parametrization: the layer sees quantized weights; gradients pass straight through (STE)."""
+    """Parametrization: the layer sees pruned + quantized weights; gradients pass straight
+    through (STE). The pruning mask is fixed when the knobs are applied. PWLQ's breakpoint search
+    and k-means' clustering cost 10-100x a uniform quantizer, so while training they are redone
+    every REFIT_EVERY steps and reused in between; packing (bake) always searches afresh."""
 
-    def __init__(self, knobs: LayerKnobs):
+    REFIT_EVERY = 10
+
+    def __init__(self, knobs: LayerKnobs, mask: torch.Tensor | None):
         super().__init__()
-        self.bits, self.scheme, self.granularity = knobs.weight_bits, knobs.scheme, knobs.granularity
+        self.knobs = knobs
+        self.register_buffer("mask", mask)
+        self._fit, self._steps = None, 0
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        quantized = fake_quantize(weight, self.bits, self.scheme, self.granularity)
+        if not self.knobs.quantized or not self.training or self.knobs.scheme not in ("pwlq", "kmeans"):
+            quantized = fake_quantize(weight, self.knobs, self.mask)
+        else:
+            if self._steps % self.REFIT_EVERY == 0:
+                self._fit = None
+            found = quantize_weight(weight, self.knobs, self.mask, fit=self._fit)
+            self._fit, self._steps = fitted(found), self._steps + 1
+            quantized = dequantize(found).to(weight.dtype)
         return weight + (quantized - weight).detach()
 
 
 def attach_fake_quant(conv: nn.Conv2d, knobs: LayerKnobs) -> None:
-    if knobs.quantized or knobs.weight_bits == 16:
-        parametrize.register_parametrization(conv, "weight", FakeQuantWeight(knobs))
+    if knobs.weight_bits < FLOAT_BITS or knobs.sparsity > 0:
+        mask = magnitude_mask(conv.weight, knobs.sparsity)
+        parametrize.register_parametrization(conv, "weight", FakeQuantWeight(knobs, mask))
 
 
-def bake_fake_quant(model: nn.Module) -> None:
-    """Replace every fake-quant parametrization by the quantized weights it produces."""
-    for module in model.modules():
-        if parametrize.is_parametrized(module, "weight"):
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-
-
-def packed_weight_bytes(weight_shape: tuple, knobs: LayerKnobs, has_bias: bool) -> int:
-    """Bytes to store one layer: b-bit indices packed densely, fp16 scales (and zero-points), fp32 bias."""
-    numel = math.prod(weight_shape)
-    bias = weight_shape[0] * BIAS_BYTES if has_bias else 0
-    if knobs.weight_bits >= 16:
-        return numel * knobs.weight_bits // 8 + bias
-    sets = parameter_sets(weight_shape, knobs.granularity)
-    per_set = PARAM_BYTES * (2 if knobs.scheme == "affine" else 1)
-    return math.ceil(numel * knobs.weight_bits / 8) + sets * per_set + bias
+def layer_quantizer(module: nn.Module) -> FakeQuantWeight | None:
+    if parametrize.is_parametrized(module, "weight"):
+        return next(p for p in module.parametrizations.weight if isinstance(p, FakeQuantWeight))
+    return None

@@ -12,7 +12,11 @@ A space is a YAML file in this folder (one per model family). Format:
       scheme: [affine]                   # affine | symmetric | pwlq | kmeans
       granularity: [filter]              # tensor | filter | channel | kernel | group
       prune_ratio: [0.0, 0.25, 0.5]      # fraction of output channels removed
-      kernel_size: [keep]                # keep | 5 | 3 | 1
+      kernel_size: [keep]                # keep | 5 | 3 | 1: centre crop of the kernel, same output shape
+      rank_ratio: [1.0]                  # < 1: SVD into two convs keeping this share of the rank
+      group_size: [16]                   # G for granularity `group` (input channels per set)
+      sparsity: [0.0, 0.5]               # unstructured magnitude pruning: fraction of zero weights
+                                         # a knob left out keeps its default (float, unpruned, ...)
     groups:                              # optional overrides; first matching group wins
       - match: ["model.0.conv"]
         weight_bits: [8, 32]
@@ -32,13 +36,14 @@ from torch import nn
 
 from edgesearch.spaces.candidate import LayerKnobs
 from edgesearch.spaces.errors import InputError
+from edgesearch.spaces.kernel_size import why_not_shrinkable
+from edgesearch.spaces.low_rank import is_worth_it
 from edgesearch.spaces.named_yaml import names_in, read_named_yaml
 from edgesearch.spaces.prune import prunable_pairs
-from edgesearch.spaces.quantize import IMPLEMENTED_GRANULARITIES, IMPLEMENTED_SCHEMES
 
 SPACES_DIR = Path(__file__).parent
 KNOBS = tuple(f.name for f in dataclasses.fields(LayerKnobs))
-IMPLEMENTED_KERNEL_SIZES = ("keep",)
+DEFAULT_CHOICES = {f.name: [f.default] for f in dataclasses.fields(LayerKnobs)}
 
 
 @dataclasses.dataclass
@@ -82,10 +87,23 @@ class Space:
             if name not in prunable and layer.choices["prune_ratio"] != [0.0]:
                 layer.choices["prune_ratio"] = [0.0]
                 layer.notes.append("prune_ratio fixed to 0: output channels coupled to other layers")
+            _keep_possible(layer, "kernel_size", lambda k: k == "keep" or why_not_shrinkable(module, k) is None,
+                           "kernel sizes this conv cannot shrink to")
+            _keep_possible(layer, "rank_ratio", lambda r: r == 1.0 or is_worth_it(module, r),
+                           "rank ratios that would not make this conv smaller")
             resolved[name] = layer
         if not resolved:
             raise InputError(f"space {self.name!r} matches no Conv2d layer of this model")
         return resolved
+
+
+def _keep_possible(layer: LayerChoices, knob: str, possible, what: str) -> None:
+    """Drop the choices a layer cannot take, saying so in its notes."""
+    dropped = [value for value in layer.choices[knob] if not possible(value)]
+    if dropped:
+        layer.choices[knob] = [value for value in layer.choices[knob] if possible(value)] or [
+            DEFAULT_CHOICES[knob][0]]
+        layer.notes.append(f"{knob}: dropped {dropped} ({what})")
 
 
 def _check_choices(where: str, knob: str, values) -> list:
@@ -93,14 +111,7 @@ def _check_choices(where: str, knob: str, values) -> list:
         raise InputError(f"{where}: {knob} must be a non-empty list of choices")
     for value in values:
         LayerKnobs.from_dict({knob: value}, f"{where}: ")  # range and type checks
-        unsupported = {
-            "scheme": IMPLEMENTED_SCHEMES,
-            "granularity": IMPLEMENTED_GRANULARITIES,
-            "kernel_size": IMPLEMENTED_KERNEL_SIZES,
-        }.get(knob)
-        if unsupported is not None and value not in unsupported:
-            raise InputError(f"{where}: {knob} {value!r} is not implemented yet (available: {list(unsupported)})")
-    return [float(v) for v in values] if knob == "prune_ratio" else list(values)
+    return [float(v) for v in values] if knob in ("prune_ratio", "sparsity", "rank_ratio") else list(values)
 
 
 def load_space(name_or_path: str | Path) -> Space:
@@ -111,9 +122,9 @@ def load_space(name_or_path: str | Path) -> Space:
     if unknown:
         raise InputError(f"{where}: unknown key(s) {sorted(unknown)}")
     layers, knobs = raw.get("layers") or {}, raw.get("knobs") or {}
-    missing = set(KNOBS) - set(knobs)
-    if missing or set(knobs) - set(KNOBS):
-        raise InputError(f"{where}: knobs must list exactly {list(KNOBS)} (missing {sorted(missing)})")
+    if set(knobs) - set(KNOBS):
+        raise InputError(f"{where}: unknown knob(s) {sorted(set(knobs) - set(KNOBS))}; knobs are {list(KNOBS)}")
+    knobs = {**DEFAULT_CHOICES, **knobs}  # a knob the space does not list keeps its default
     groups = raw.get("groups") or []
     for i, group in enumerate(groups):
         if not isinstance(group, dict) or not isinstance(group.get("match"), list):

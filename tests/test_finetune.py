@@ -3,8 +3,9 @@ import torch
 from edgesearch.runners.accuracy import finetune, validate
 from edgesearch.runners.checkpoints import load_detection_model
 from edgesearch.spaces.apply import apply_candidate, uniform_candidate
-from edgesearch.spaces.candidate import parse_uniform
-from edgesearch.spaces.quantize import bake_fake_quant, fake_quantize
+from edgesearch.spaces.candidate import LayerKnobs, parse_uniform
+from edgesearch.spaces.packing import bake_fake_quant
+from edgesearch.spaces.quantize import fake_quantize
 
 
 def test_short_finetune_trains_quantized_layers_of_a_released_checkpoint(smoke_inputs):
@@ -20,6 +21,6 @@ def test_short_finetune_trains_quantized_layers_of_a_released_checkpoint(smoke_i
 
     bake_fake_quant(model)  # baked weights are exactly on the 4-bit grid
     weight = model.get_submodule("model.2.m.0.cv1.conv").weight
-    assert torch.equal(weight, fake_quantize(weight, 4, "affine", "filter"))
+    assert torch.equal(weight, fake_quantize(weight, LayerKnobs(weight_bits=4, scheme="affine", granularity="filter")))
     scores = validate(model, smoke_inputs.data_yaml, imgsz=64)
     assert 0.0 <= scores["map50_95"] <= scores["map50"] <= 1.0

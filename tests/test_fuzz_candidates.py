@@ -1,0 +1,54 @@
+"""Fuzz: random candidates from the default space, applied to ultralytics YOLOs of three families
+(v8, v5u, 11 with C3k2 / C2PSA), must give a model that runs with the base's output shapes and
+whose packed size is what the packings say."""
+
+import random
+
+import pytest
+import torch
+from ultralytics import YOLO
+
+from edgesearch.spaces.apply import apply_candidate, conv_layers, weight_bytes
+from edgesearch.spaces.candidate import Candidate, LayerKnobs
+from edgesearch.spaces.packing import bake_fake_quant, unpack_layer
+from edgesearch.spaces.space import load_space
+from edgesearch.search.presets import TINY_MODEL_YAML
+
+FAMILIES = {"yolov8-tiny": (TINY_MODEL_YAML, 12), "yolov5nu": ("yolov5n.yaml", 5), "yolo11n": ("yolo11n.yaml", 5)}
+
+
+def _random_candidate(resolved, rng: random.Random) -> Candidate:
+    return Candidate({name: LayerKnobs(**{knob: rng.choice(values) for knob, values in layer.choices.items()})
+                      for name, layer in resolved.items()})
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_random_candidates_run_with_the_base_output_shapes(family):
+    model_yaml, count = FAMILIES[family]
+    base = YOLO(model_yaml).model.eval()
+    resolved = load_space("yolov8").resolve(base)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = [t.shape for t in _flatten(base(x))]
+    rng = random.Random(f"{family}-0")
+    for _ in range(count):
+        candidate = _random_candidate(resolved, rng)
+        model = apply_candidate(base, candidate).eval()
+        packed_before_bake = weight_bytes(model)
+        bake_fake_quant(model)
+        with torch.no_grad():
+            outputs = _flatten(model(x))
+        assert [t.shape for t in outputs] == expected
+        assert all(torch.isfinite(t).all() for t in outputs)
+        assert weight_bytes(model) == packed_before_bake  # baking loads exactly what was packed
+        for conv in conv_layers(model).values():
+            if getattr(conv, "packed_layer", None) is not None:
+                assert torch.equal(unpack_layer(conv.packed_layer)[0], conv.weight)
+
+
+def _flatten(output):
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, dict):
+        return [t for key in sorted(output) for t in _flatten(output[key])]
+    return [t for item in output for t in _flatten(item)]
