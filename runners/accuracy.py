@@ -38,11 +38,14 @@ def finetune(
     batch: int = 16,
     lr: float = 1e-4,
     seed: int = 0,
+    teacher: nn.Module | None = None,
+    distill_weight: float = 1.0,
 ) -> list[float]:
     """Train `model` in place for `iterations` steps with ultralytics' loss and data pipeline.
 
-    Fake-quantized layers train through their straight-through estimator. Returns the loss of
-    every step (for the trial's record).
+    Fake-quantized layers train through their straight-through estimator. With a `teacher` (the
+    base model), the loss adds `distill_weight` x the distillation loss of `distillation_loss`.
+    Returns the loss of every step (for the trial's record).
     """
     if iterations <= 0:
         return []
@@ -65,14 +68,43 @@ def finetune(
     losses = []
     for batch_data in itertools.islice(_endless(loader), iterations):
         batch_data["img"] = batch_data["img"].float() / 255
-        loss, _ = model.loss(batch_data)
+        predictions = model(batch_data["img"])
+        loss, _ = model.loss(batch_data, predictions)
+        loss = loss.sum()
+        if teacher is not None:
+            with torch.no_grad():
+                _, teacher_predictions = teacher.eval()(batch_data["img"])
+            loss = loss + distill_weight * batch * distillation_loss(predictions, teacher_predictions)
         optimizer.zero_grad()
-        loss.sum().backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
         optimizer.step()
         losses.append(float(loss.detach().sum()) / batch)
     model.eval()
     return losses
+
+
+def distillation_loss(student: dict, teacher: dict) -> torch.Tensor:
+    """Knowledge distillation from the base model's raw head outputs (same anchors, same shapes):
+    KL divergence of the DFL box-bin distributions plus binary cross-entropy of the class logits
+    against the teacher's class probabilities, each averaged over anchors."""
+    batch, channels, anchors = student["boxes"].shape
+    bins = (batch, 4, channels // 4, anchors)
+    box_kl = torch.nn.functional.kl_div(student["boxes"].view(bins).log_softmax(2),
+                                        teacher["boxes"].view(bins).log_softmax(2),
+                                        log_target=True, reduction="none").sum(2).mean()
+    class_bce = torch.nn.functional.binary_cross_entropy_with_logits(student["scores"], teacher["scores"].sigmoid())
+    return box_kl + class_bce
+
+
+def calibration_batches(data_yaml: Path, *, imgsz: int, batch: int, count: int, stride: int = 32):
+    """`count` batches of train images (letterboxed, no augmentation) for activation calibration."""
+    cfg = get_cfg(overrides={"imgsz": imgsz, "batch": batch, "workers": 0})
+    data = load_dataset_info(data_yaml)
+    dataset = build_yolo_dataset(cfg, data["train"], batch, data, mode="val", stride=stride)
+    loader = build_dataloader(dataset, batch, workers=0, shuffle=False)
+    for batch_data in itertools.islice(loader, count):
+        yield batch_data["img"].float() / 255
 
 
 def _endless(loader):

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import torch
 
-from edgesearch.runners.accuracy import finetune, validate
+from edgesearch.runners.accuracy import calibration_batches, finetune, validate
 from edgesearch.runners.checkpoints import load_detection_model
 from edgesearch.runners.hardware import hardware_scores
 from edgesearch.runners.profiles import load_profile
+from edgesearch.spaces.activations import calibrate
 from edgesearch.spaces.apply import apply_candidate
 from edgesearch.spaces.candidate import Candidate
 from edgesearch.spaces.packing import bake_fake_quant
@@ -35,6 +36,8 @@ class EvalSettings:
     trust_checkpoint: bool = False
     tune_trials: int = 0  # > 0: MetaSchedule-tune the local build, database in tuning_db
     tuning_db: str = ""
+    distill: bool = False  # fine-tune with knowledge distillation from the base model
+    calibration_batches: int = 8  # train batches that set int8 activation ranges
 
 
 def score_candidate(settings: dict, candidate: dict | None) -> dict:
@@ -48,8 +51,12 @@ def score_candidate(settings: dict, candidate: dict | None) -> dict:
     base = load_detection_model(config.checkpoint, trust=config.trust_checkpoint)
     design = Candidate.from_json(candidate) if candidate else Candidate({})
     model = apply_candidate(base, design)
+    calibrated = calibrate(model, calibration_batches(Path(config.data_yaml), imgsz=config.imgsz, batch=config.batch,
+                                                      count=config.calibration_batches, stride=int(model.stride.max())))
+    teacher = base if config.distill else None
     losses, finetune_s = _timed(lambda: finetune(model, Path(config.data_yaml), iterations=config.finetune_iters,
-                                                 imgsz=config.imgsz, batch=config.batch, seed=config.seed))
+                                                 imgsz=config.imgsz, batch=config.batch, seed=config.seed,
+                                                 teacher=teacher))
     bake_fake_quant(model)  # from here on the model holds exactly the quantized weights
     accuracy, validate_s = _timed(lambda: validate(model, Path(config.data_yaml), imgsz=config.imgsz))
     hardware, hardware_s = _timed(lambda: hardware_scores(model, design, load_profile(config.profile), config.imgsz,
@@ -58,6 +65,8 @@ def score_candidate(settings: dict, candidate: dict | None) -> dict:
         **accuracy,
         **hardware,
         "finetune_iters": config.finetune_iters,
+        "distilled": config.distill,
+        "activation_quantizers": calibrated,
         "finetune_final_loss": losses[-1] if losses else None,
         "finetune_s": finetune_s,
         "validate_s": validate_s,

@@ -9,11 +9,15 @@ candidate's bit-widths) + peak activation bytes from TVM's static memory plannin
 
 The build computes in fp32 whatever the weight bit-widths: quantized weights change the stored
 size (and on integer hardware the speed), not this build's arithmetic. Latency therefore depends
-on the architecture (pruning, kernel sizes), never on bit-widths.
+on the architecture (pruning, kernel sizes, low rank), never on bit-widths. Where layers take int8
+activations, the planned fp32 activation bytes are scaled by the int8 share of conv-input bytes,
+and `activation_bytes_source` says that figure is estimated.
 """
 
 from __future__ import annotations
 
+import copy
+import math
 import statistics
 import time
 from pathlib import Path
@@ -31,6 +35,7 @@ from edgesearch.runners.costs import layer_costs, roofline_latency_ms
 from edgesearch.runners.profiles import HardwareProfile
 from edgesearch.runners.tuning import tune_and_build
 from edgesearch.runners.tvm_schedule import cpu_schedule_pass
+from edgesearch.spaces.activations import activation_byte_share, remove_input_quantizers
 from edgesearch.spaces.apply import weight_bytes
 from edgesearch.spaces.candidate import Candidate
 
@@ -38,6 +43,9 @@ ACTIVATION_DTYPE_BYTES = 4  # activations stay fp32 in this build
 LOCAL_SOURCE = "measured: TVM llvm build, fixed CPU schedule (no tuning), fp32, time evaluator median"
 TUNED_SOURCE = "measured: TVM llvm build tuned by MetaSchedule (budget {trials} trials), fp32, time evaluator median"
 ESTIMATED_SOURCE = "estimated: roofline from profile peak fp32 rate and bandwidth (no device reachable)"
+PLANNED_SOURCE = "planned: TVM static memory planning of the fp32 build"
+INT8_SHARE_SOURCE = ("estimated: TVM-planned fp32 activation bytes x {share:.3f}, the byte share of conv inputs "
+                     "once int8 layers read 1-byte activations")
 
 
 def export_for_tvm(model: nn.Module, imgsz: int):
@@ -139,7 +147,10 @@ def hardware_scores(model: nn.Module, candidate: Candidate, profile: HardwarePro
     using the fixed schedule."""
     costs = layer_costs(model, (1, 3, imgsz, imgsz))
     packed = weight_bytes(model)
-    mod = export_for_tvm(model, imgsz)
+    byte_share = activation_byte_share(model, torch.zeros(1, 3, imgsz, imgsz))
+    float_model = copy.deepcopy(model)
+    remove_input_quantizers(float_model)
+    mod = export_for_tvm(float_model, imgsz)
     latency: dict
     if profile.measurement != "local":
         activations = plan_memory_only(mod)
@@ -158,9 +169,14 @@ def hardware_scores(model: nn.Module, candidate: Candidate, profile: HardwarePro
         activations = build["activation_bytes"]
         latency = {**measure_latency_local(executable, imgsz), "build_s": build["build_s"],
                    "unscheduled_kernels": len(build["unscheduled_kernels"]), "latency_source": LOCAL_SOURCE}
+    activation_source = PLANNED_SOURCE
+    if byte_share < 1.0:
+        activations = math.ceil(activations * byte_share)
+        activation_source = INT8_SHARE_SOURCE.format(share=byte_share)
     return {
         "weight_bytes": packed,
         "activation_bytes": activations,
+        "activation_bytes_source": activation_source,
         "sram_bytes": packed + activations,
         "fits_sram": packed + activations <= profile.sram_bytes,
         "params": sum(p.numel() for p in model.parameters()),

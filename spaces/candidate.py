@@ -31,6 +31,7 @@ class LayerKnobs:
     group_size: int = 16  # G of the `group` granularity: input channels per parameter set
     sparsity: float = 0.0  # unstructured magnitude pruning: fraction of weights set to zero
     rank_ratio: float = 1.0  # < 1: factorized by SVD into two convs keeping this share of the rank
+    activation_bits: int = FLOAT_BITS  # 8: the conv's input is quantized to uint8 (activations.py)
 
     def __post_init__(self):
         if self.weight_bits not in (*range(2, 9), 16, FLOAT_BITS):
@@ -47,6 +48,8 @@ class LayerKnobs:
             raise InputError(f"group_size must be an integer in 1..4096, not {self.group_size!r}")
         if not 0.0 <= float(self.sparsity) < 1.0:
             raise InputError(f"sparsity must be in [0, 1), not {self.sparsity!r}")
+        if self.activation_bits not in (8, FLOAT_BITS):
+            raise InputError(f"activation_bits must be 8 or 32, not {self.activation_bits!r}")
         if not 0.0 < float(self.rank_ratio) <= 1.0:
             raise InputError(f"rank_ratio must be in (0, 1], not {self.rank_ratio!r}")
 
@@ -93,7 +96,7 @@ class Candidate:
 def parse_uniform(spec: str) -> LayerKnobs:
     """`bits=4,scheme=affine,granularity=channel,prune=0.25,kernel=keep` -> the same knobs for every layer."""
     aliases = {"bits": "weight_bits", "prune": "prune_ratio", "kernel": "kernel_size", "group": "group_size",
-               "rank": "rank_ratio"}
+               "rank": "rank_ratio", "act": "activation_bits"}
     raw: dict = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         key, sep, value = part.partition("=")

@@ -14,6 +14,7 @@ A space is a YAML file in this folder (one per model family). Format:
       prune_ratio: [0.0, 0.25, 0.5]      # fraction of output channels removed
       kernel_size: [keep]                # keep | 5 | 3 | 1: centre crop of the kernel, same output shape
       rank_ratio: [1.0]                  # < 1: SVD into two convs keeping this share of the rank
+      activation_bits: [32, 8]           # 8: the conv's input activation as uint8 (per tensor)
       group_size: [16]                   # G for granularity `group` (input channels per set)
       sparsity: [0.0, 0.5]               # unstructured magnitude pruning: fraction of zero weights
                                          # a knob left out keeps its default (float, unpruned, ...)

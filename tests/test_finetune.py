@@ -24,3 +24,42 @@ def test_short_finetune_trains_quantized_layers_of_a_released_checkpoint(smoke_i
     assert torch.equal(weight, fake_quantize(weight, LayerKnobs(weight_bits=4, scheme="affine", granularity="filter")))
     scores = validate(model, smoke_inputs.data_yaml, imgsz=64)
     assert 0.0 <= scores["map50_95"] <= scores["map50"] <= 1.0
+
+
+def test_distillation_from_the_base_trains_the_student_and_leaves_the_teacher_alone(smoke_inputs):
+    from edgesearch.runners.accuracy import distillation_loss
+
+    base = load_detection_model(smoke_inputs.checkpoint)
+    teacher_state = {k: v.clone() for k, v in base.state_dict().items()}
+    candidate = uniform_candidate(base, parse_uniform("bits=3,scheme=kmeans"), list(smoke_inputs.resolved))
+    model = apply_candidate(base, candidate)
+    losses = finetune(model, smoke_inputs.data_yaml, iterations=2, imgsz=64, batch=8, teacher=base)
+    plain = finetune(apply_candidate(base, candidate), smoke_inputs.data_yaml, iterations=2, imgsz=64, batch=8)
+    assert losses[0] > plain[0]  # same first batch and weights; the distillation term adds to the loss
+    assert all(torch.equal(v, teacher_state[k]) for k, v in base.state_dict().items())
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        _, outputs = base.eval()(x)
+    assert distillation_loss(outputs, outputs) < 0.8  # KL 0; BCE of p against itself is its entropy (<= ln 2)
+    assert distillation_loss({k: v * 0 for k, v in outputs.items() if k != "feats"}, outputs) > 0
+
+
+def test_int8_activations_are_calibrated_on_train_images(smoke_inputs):
+    from edgesearch.runners.accuracy import calibration_batches
+    from edgesearch.spaces.activations import calibrate, input_quantizers
+
+    base = load_detection_model(smoke_inputs.checkpoint)
+    candidate = uniform_candidate(base, parse_uniform("bits=8,act=8"), list(smoke_inputs.resolved))
+    model = apply_candidate(base, candidate)
+    quantizers = input_quantizers(model)
+    assert len(quantizers) == len(smoke_inputs.resolved)
+    batches = calibration_batches(smoke_inputs.data_yaml, imgsz=64, batch=4, count=2)
+    assert calibrate(model, batches) == len(quantizers)
+    stem = quantizers[0]
+    assert not stem.calibrating and 0 < float(stem.scale) < 1 / 64  # stem input: images in [0, 1]
+    x = torch.rand(1, 3, 64, 64) * 0.99  # inside the calibrated range (images reach 255/256)
+    with torch.no_grad():
+        stem_input = model.model[0].conv.input_quantizer(x)
+    assert len(torch.unique(stem_input)) <= 256 and (stem_input - x).abs().max() <= float(stem.scale) / 2 + 1e-6
+    scores = validate(model, smoke_inputs.data_yaml, imgsz=64)
+    assert 0.0 <= scores["map50_95"] <= 1.0

@@ -9,7 +9,7 @@ import torch
 from edgesearch.runners.costs import layer_costs
 from edgesearch.runners.hardware import build_local, export_for_tvm, hardware_scores, plan_memory_only
 from edgesearch.runners.profiles import load_profile
-from edgesearch.spaces.apply import apply_candidate
+from edgesearch.spaces.apply import apply_candidate, uniform_candidate
 from edgesearch.spaces.candidate import Candidate
 
 
@@ -74,3 +74,21 @@ def test_remote_profiles_are_estimated_and_local_is_measured(fused_tiny):
     assert measured["latency_source"].startswith("measured") and measured["latency_spread_ms"] >= 0
     assert measured["activation_bytes"] == estimated["activation_bytes"]  # planning does not depend on the target
     assert measured["sram_bytes"] == measured["weight_bytes"] + measured["activation_bytes"]
+
+
+def test_int8_activations_shrink_the_planned_activation_bytes_and_say_estimated(tiny_model):
+    from edgesearch.spaces.activations import calibrate
+    from edgesearch.spaces.candidate import parse_uniform
+    from edgesearch.spaces.packing import bake_fake_quant
+    from edgesearch.spaces.space import load_space
+
+    layers = list(load_space("yolov8").resolve(tiny_model))
+    profile = load_profile("raspberry-pi-4")  # estimated latency: no local build needed
+    float_scores = hardware_scores(apply_candidate(tiny_model, Candidate({})), Candidate({}), profile, 64)
+    model = apply_candidate(tiny_model, uniform_candidate(tiny_model, parse_uniform("bits=8,act=8"), layers))
+    calibrate(model, [torch.rand(2, 3, 64, 64)])
+    bake_fake_quant(model)
+    int8_scores = hardware_scores(model, Candidate({}), profile, 64)
+    assert float_scores["activation_bytes_source"].startswith("planned")
+    assert int8_scores["activation_bytes_source"].startswith("estimated")
+    assert float_scores["activation_bytes"] / 4 <= int8_scores["activation_bytes"] < float_scores["activation_bytes"]
