@@ -2,9 +2,16 @@
 
 import copy
 import dataclasses
+import importlib.metadata
+import shutil
 import struct
+import subprocess
+import sys
+import zipfile
 
+import numpy as np
 import pytest
+import torch
 
 from edgesearch.runners.cross_build import TargetNotBuildable, build_library
 from edgesearch.runners.hardware import export_for_tvm
@@ -23,21 +30,126 @@ def elf_header(path) -> tuple[int, int, int, int]:
     return head[4], head[5], e_type, e_machine
 
 
+@torch.no_grad()
+def _unit_variance_weights(model, x):
+    """As in test_hardware.py: random ultralytics init makes activations vanish (any comparison of
+    outputs would then pass); rescale every conv so its output has unit spread instead."""
+    torch.manual_seed(0)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.requires_grad]
+
+    def rescale(module, inputs, output):
+        spread = output.std().clamp_min(1e-8)
+        module.weight.div_(spread)
+        if module.bias is not None:
+            module.bias.div_(spread)
+        return output / spread
+
+    for conv in convs:
+        torch.nn.init.normal_(conv.weight)
+    handles = [conv.register_forward_hook(rescale) for conv in convs]
+    model(x)
+    for handle in handles:
+        handle.remove()
+
+
 @pytest.fixture(scope="module")
-def tiny_relax(tiny_model):
-    """The tiny YOLO as scored (fused), exported to Relax at 64x64."""
-    return export_for_tvm(apply_candidate(copy.deepcopy(tiny_model), Candidate({})), 64)
+def fused_tiny(tiny_model):
+    model = apply_candidate(copy.deepcopy(tiny_model), Candidate({}))  # fused, as scored
+    _unit_variance_weights(model, torch.rand(1, 3, 64, 64))
+    return model
 
 
-def test_raspberry_pi_4_library_is_an_aarch64_shared_object(tiny_relax, tmp_path):
-    out = tmp_path / "rpi4.so"
-    result = build_library(tiny_relax, load_profile("raspberry-pi-4"), out)
+@pytest.fixture(scope="module")
+def tiny_relax(fused_tiny):
+    """The tiny YOLO exported to Relax at 64x64."""
+    return export_for_tvm(fused_tiny, 64)
+
+
+@pytest.fixture(scope="module")
+def rpi4_library(tiny_relax, tmp_path_factory):
+    """(build result, folder) of the tiny YOLO built for raspberry-pi-4, alone in its folder."""
+    folder = tmp_path_factory.mktemp("rpi4")
+    return build_library(tiny_relax, load_profile("raspberry-pi-4"), folder / "rpi4.so"), folder
+
+
+def test_raspberry_pi_4_library_is_an_aarch64_shared_object(rpi4_library):
+    result, folder = rpi4_library
+    out = folder / "rpi4.so"
     assert result["path"] == str(out) and result["compiler"] == "aarch64-linux-gnu-g++"
     assert result["unscheduled_kernels"] == 0  # edgesearch's CPU schedule covers the aarch64 build too
     assert out.stat().st_size == result["size_bytes"] > 0
     assert elf_header(out) == (ELF_64_BIT, ELF_LITTLE_ENDIAN, ELF_SHARED_OBJECT, ELF_AARCH64)
     assert b"__tvm_ffi__library_bin" in out.read_bytes()  # the packed Relax VM executable the runtime loads
-    assert [p.name for p in tmp_path.iterdir()] == ["rpi4.so"]  # no temporary file left beside it
+    assert [p.name for p in folder.iterdir()] == ["rpi4.so"]  # no temporary file left beside it
+
+
+# A minimal deployment: load the library with the TVM runtime, run main() on a float32 input file.
+RUNNER_SOURCE = r"""
+#include <tvm/ffi/container/tensor.h>
+#include <tvm/ffi/extra/module.h>
+#include <tvm/ffi/function.h>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <vector>
+namespace ffi = tvm::ffi;
+struct CPUAlloc {
+  void AllocData(DLTensor* t) { t->data = std::malloc(ffi::GetDataSize(*t)); }
+  void FreeData(DLTensor* t) { std::free(t->data); }
+};
+int main(int argc, char** argv) {  // run_vm LIB INPUT.f32 N C H W OUTPUT.f32
+  if (argc != 8) return 2;
+  ffi::Module lib = ffi::Module::LoadFromFile(argv[1]);
+  ffi::Module vm = (*lib->GetFunction("vm_load_executable", true))().cast<ffi::Module>();
+  (*vm->GetFunction("vm_initialization", true))(static_cast<int>(kDLCPU), 0, 2 /* pooled allocator */);
+  std::vector<int64_t> shape = {atol(argv[3]), atol(argv[4]), atol(argv[5]), atol(argv[6])};
+  ffi::Tensor input = ffi::Tensor::FromNDAlloc(CPUAlloc(), ffi::ShapeView(shape.data(), shape.size()),
+                                               DLDataType{kDLFloat, 32, 1}, DLDevice{kDLCPU, 0});
+  std::ifstream(argv[2], std::ios::binary).read(static_cast<char*>(input.data_ptr()), ffi::GetDataSize(input));
+  ffi::Tensor out = (*vm->GetFunction("main", true))(input).cast<ffi::Tensor>();
+  std::ofstream(argv[7], std::ios::binary).write(static_cast<const char*>(out.data_ptr()), ffi::GetDataSize(out));
+  return 0;
+}
+"""
+
+
+def aarch64_tvm_runtime(folder):
+    """libtvm_ffi.so and libtvm_runtime.so for aarch64, from PyPI's aarch64 wheels of the installed
+    apache-tvm / apache-tvm-ffi versions (what a Raspberry Pi would pip install), plus tvm-ffi's headers."""
+    packages = [f"{name}=={importlib.metadata.version(name)}" for name in ("apache-tvm", "apache-tvm-ffi")]
+    download = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                               "--platform", "manylinux_2_28_aarch64", "--dest", str(folder), *packages],
+                              capture_output=True, text=True)
+    assert download.returncode == 0, f"pip download of the aarch64 TVM wheels failed: {download.stderr[-500:]}"
+    wanted = ("tvm/lib/libtvm_runtime.so", "tvm_ffi/lib/libtvm_ffi.so", "tvm_ffi/include/")
+    for wheel in folder.glob("*.whl"):
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extractall(folder, [n for n in archive.namelist() if n.startswith(wanted)])
+    return folder
+
+
+def test_raspberry_pi_4_library_runs_on_aarch64_and_matches_pytorch(rpi4_library, fused_tiny, tmp_path):
+    """The library loads and runs with the aarch64 TVM runtime, under qemu-aarch64 (user-mode emulation)."""
+    for tool, package in (("qemu-aarch64", "qemu-user"), ("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu")):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} not found; apt-get install {package}")
+    runtime = aarch64_tvm_runtime(tmp_path)
+    runner = tmp_path / "run_vm"
+    (tmp_path / "run_vm.cc").write_text(RUNNER_SOURCE)
+    subprocess.run(["aarch64-linux-gnu-g++", "-std=c++17", "-O1", f"-I{runtime / 'tvm_ffi/include'}", str(tmp_path / "run_vm.cc"),
+                    "-o", str(runner), f"-L{runtime / 'tvm_ffi/lib'}", f"-L{runtime / 'tvm/lib'}",
+                    "-Wl,--no-as-needed", "-ltvm_runtime", "-ltvm_ffi"], check=True)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    x.numpy().tofile(tmp_path / "in.f32")
+    env = {"LD_LIBRARY_PATH": f"{runtime / 'tvm_ffi/lib'}:{runtime / 'tvm/lib'}"}
+    run = subprocess.run(["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", str(runner), rpi4_library[0]["path"],
+                          str(tmp_path / "in.f32"), "1", "3", "64", "64", str(tmp_path / "out.f32")],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    with torch.no_grad():
+        reference = fused_tiny(x).numpy()
+    out = np.fromfile(tmp_path / "out.f32", dtype=np.float32).reshape(reference.shape)
+    assert np.abs(out - reference).max() <= 1e-3 * max(1.0, np.abs(reference).max())
 
 
 def test_jetson_orin_nano_library_carries_cuda_kernels_that_compile_for_sm_87(tiny_relax, tmp_path):
