@@ -42,7 +42,6 @@ from edgesearch.runners.hardware import relax_pipeline
 from edgesearch.runners.profiles import HardwareProfile
 from edgesearch.spaces.errors import InputError
 
-NATIVE_COMPILER = "g++"  # what TVM's export_library links with when no cross compiler is needed
 KERNEL_CHECK_FORMAT = "cubin"  # machine code for one GPU: proves the arch is supported, not just parsed
 
 
@@ -86,7 +85,7 @@ def build_library(mod, profile: HardwareProfile, out_path: str | Path, *, check_
         "build_s": time.perf_counter() - start,
         "compile_s": compile_s,
         "export_s": export_s,
-        "compiler": compiler or NATIVE_COMPILER,
+        "compiler": compiler or cc.get_cc(),  # None: TVM's default linker for this machine (g++ here)
         "target": str(target),
         **info,
     }
@@ -186,12 +185,20 @@ def check_cuda_kernels(source: str, profile: HardwareProfile) -> dict:
         with _environment(CUDA_PATH=cuda_toolkit_root()):
             binary = nvcc.compile_cuda(source, target_format=KERNEL_CHECK_FORMAT, arch=arch, compiler="nvrtc")
     except RuntimeError as error:
-        reason = " ".join(line.strip() for line in str(error).splitlines() if line.strip())  # one line
-        raise TargetNotBuildable(
-            f"profile {profile.name}: NVRTC {major}.{minor} cannot compile CUDA kernels for {arch} "
-            f"(it supports sm_{min(supported)}..sm_{max(supported)}): {reason}") from None
+        if arch.removeprefix("sm_").rstrip("af") not in {str(number) for number in supported}:  # sm_90a -> 90
+            problem = f"cannot compile CUDA kernels for {arch} (it supports sm_{min(supported)}..sm_{max(supported)})"
+        else:
+            problem = f"failed to compile the CUDA kernels for {arch}"
+        raise TargetNotBuildable(f"profile {profile.name}: NVRTC {major}.{minor} {problem}: {_first_errors(error)}") from None
     return {"compiler": f"NVRTC {major}.{minor}", "arch": arch, "format": KERNEL_CHECK_FORMAT,
             "bytes": len(binary), "seconds": time.perf_counter() - start}
+
+
+def _first_errors(error: Exception, keep: int = 3) -> str:
+    """The compiler's error lines, on one line (its log also holds every warning of every kernel)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()] or lines[:1]
+    return "; ".join(errors[:keep])
 
 
 def cuda_toolkit_root() -> str:

@@ -119,7 +119,7 @@ def aarch64_tvm_runtime(folder):
     packages = [f"{name}=={importlib.metadata.version(name)}" for name in ("apache-tvm", "apache-tvm-ffi")]
     download = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
                                "--platform", "manylinux_2_28_aarch64", "--dest", str(folder), *packages],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, check=False)
     assert download.returncode == 0, f"pip download of the aarch64 TVM wheels failed: {download.stderr[-500:]}"
     wanted = ("tvm/lib/libtvm_runtime.so", "tvm_ffi/lib/libtvm_ffi.so", "tvm_ffi/include/")
     for wheel in folder.glob("*.whl"):
@@ -144,7 +144,7 @@ def test_raspberry_pi_4_library_runs_on_aarch64_and_matches_pytorch(rpi4_library
     env = {"LD_LIBRARY_PATH": f"{runtime / 'tvm_ffi/lib'}:{runtime / 'tvm/lib'}"}
     run = subprocess.run(["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", str(runner), rpi4_library[0]["path"],
                           str(tmp_path / "in.f32"), "1", "3", "64", "64", str(tmp_path / "out.f32")],
-                         capture_output=True, text=True, env=env, timeout=120)
+                         capture_output=True, text=True, env=env, timeout=120, check=False)
     assert run.returncode == 0, run.stderr[-2000:]
     with torch.no_grad():
         reference = fused_tiny(x).numpy()
