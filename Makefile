@@ -7,9 +7,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-12)
 DEMO_OUT := reports/demo
 
-.PHONY: install demo test clean
+.PHONY: install demo test clean system-packages
 
-install: $(STAMP)
+install: system-packages $(STAMP)
+
+# Debian packages: the aarch64 cross g++ (runners/cross_build.py links device libraries with it)
+# and qemu-aarch64 (tests/test_cross_build.py runs a cross-built library under emulation)
+system-packages:
+	@command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64 >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++-aarch64-linux-gnu qemu-user; }
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
