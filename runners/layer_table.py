@@ -1,0 +1,356 @@
+"""Per-layer latency table: affordable latency for many candidates, cached per hardware profile.
+
+A full TVM build per candidate costs seconds to minutes (more with tuning). Most candidates share
+most of their blocks with designs already seen, so instead each top-level block of the YOLO
+(`model.model[i]`: Conv, C2f, SPPF, Upsample, Concat, Detect) is built and timed alone, once, and
+its latency is stored under a signature of what decides it in this fp32 build: the block's module
+structure (types, conv channels / kernel sizes / strides / groups, parameter shapes) and its input
+shapes - never weight values. A candidate's latency is the sum over its blocks; only blocks with a
+signature not yet in the table are built and timed.
+
+The sum is an estimate, and says so: a full build fuses across block boundaries and pays no
+per-block call overhead (bench/hardware_fidelity.py measures the gap). Final designs should be
+re-measured as full builds.
+
+The cache is one JSON file per profile in <cache>/layer_latency/ (EDGESEARCH_CACHE or
+~/.cache/edgesearch), with one section per build pipeline (TVM version, target, thread count,
+schedule, and the code that builds): entries are only reused under the pipeline that measured
+them, and sections from older code are dropped on the next write.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import fcntl
+import functools
+import hashlib
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import tvm
+from torch import nn
+from torch.nn.utils import parametrize
+from tvm import relax
+from tvm.relax.frontend.torch import from_exported_program
+from ultralytics.nn.modules.head import Detect
+
+from edgesearch.runners import hardware, tuning, tvm_schedule
+from edgesearch.runners.profiles import HardwareProfile
+from edgesearch.spaces.errors import InputError
+
+# Attributes that do not describe a block's computation: its position in the model graph ("i",
+# "f"; the input shapes are recorded instead), ultralytics' bookkeeping ("type"; "np" is the
+# parameter count at construction, stale after pruning - parameter shapes are recorded instead),
+# and Detect's anchor-grid cache ("shape", set by whichever forward ran last).
+NON_STRUCTURAL_ATTRIBUTES = frozenset({"i", "f", "np", "type", "shape"})
+FIXED_SCHEDULE = "fixed schedule"
+NOISY_SPREAD = 0.5  # a block timing whose max - min exceeds half its median is taken again
+MEASURE_ATTEMPTS = 3
+
+
+# ------------------------------------------------------------------------- blocks and inputs
+
+
+def top_level_blocks(model: nn.Module) -> list[nn.Module]:
+    """The blocks of an ultralytics DetectionModel, in execution order."""
+    blocks = getattr(model, "model", None)
+    if not isinstance(blocks, nn.Sequential) or not all(hasattr(block, "f") for block in blocks):
+        raise InputError("per-layer latency needs an ultralytics DetectionModel (model.model: blocks with .f)")
+    return list(blocks)
+
+
+def capture_block_inputs(model: nn.Module, imgsz: int) -> list[list[torch.Tensor]]:
+    """Each block's inputs during one forward pass on a 1x3ximgszximgsz image (forward pre-hooks).
+    A block reading several earlier outputs (Concat, Detect) gets them as a list."""
+    captured: list[list[torch.Tensor]] = []
+
+    def record(module, args):
+        value = args[0]
+        tensors = value if isinstance(value, (list, tuple)) else [value]
+        captured.append([t.detach().clone() for t in tensors])
+
+    handles = [block.register_forward_pre_hook(record) for block in top_level_blocks(model)]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, imgsz, imgsz))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
+class BlockCall(nn.Module):
+    """One block called as DetectionModel calls it: a list of tensors when it reads several
+    earlier outputs (`.f` is a list), else the tensor. torch.export wants plain tensor arguments."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+        self.takes_list = not isinstance(block.f, int)
+
+    def forward(self, *inputs: torch.Tensor):
+        return self.block(list(inputs) if self.takes_list else inputs[0])
+
+
+def drop_weight_parametrizations(model: nn.Module) -> None:
+    """Remove fake quantization (torch parametrizations), keeping the float weights underneath:
+    this build computes in fp32, so bit-widths change stored bytes, not latency, and the
+    quantizer must not end up in the exported graph or the signature."""
+    for module in model.modules():
+        if parametrize.is_parametrized(module):
+            for tensor_name in list(module.parametrizations):
+                parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=False)
+
+
+def set_export_mode(model: nn.Module) -> None:
+    """Detect as hardware.export_for_tvm sets it (one concatenated output tensor), so that the
+    block built here computes what the full build computes."""
+    # TODO: once hardware.py has `set_export_mode` (proposed in the layer-table report), use it here.
+    for module in model.modules():
+        if isinstance(module, Detect):
+            module.export, module.format, module.dynamic = True, "onnx", False
+            module.shape = None
+
+
+def export_block(block: nn.Module, inputs: list[torch.Tensor]):
+    """A Relax IRModule of one block, through the same torch.export frontend as the full build."""
+    with torch.no_grad():
+        exported = torch.export.export(BlockCall(block).eval(), tuple(inputs))
+    return from_exported_program(exported, keep_params_as_input=False, unwrap_unit_return_tuple=True)
+
+
+# ------------------------------------------------------------------------------- signatures
+
+
+def _plain(value):
+    """`value` if it is a JSON-able scalar or a (nested) tuple/list of them, else None."""
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, (tuple, list)):
+        items = [_plain(v) for v in value]
+        return items if all(v is not None or o is None for v, o in zip(items, value, strict=True)) else None
+    return None
+
+
+def _module_description(module: nn.Module) -> dict:
+    """Class, plain hyper-parameters (channels, kernel size, stride, groups, flags) and the shapes
+    of its own parameters and buffers - no values."""
+    attributes = {}
+    for key, value in vars(module).items():
+        if key.startswith("_") or key in NON_STRUCTURAL_ATTRIBUTES:
+            continue
+        plain = _plain(value)
+        if plain is not None or value is None:
+            attributes[key] = plain
+    tensors = {name: list(t.shape) for name, t in [*module.named_parameters(recurse=False),
+                                                   *module.named_buffers(recurse=False)]}
+    return {"class": f"{type(module).__module__}.{type(module).__qualname__}", "attributes": attributes,
+            "tensors": tensors}
+
+
+def block_signature(block: nn.Module, input_shapes: list[list[int]]) -> str:
+    """A short hash of everything that decides the block's fp32 latency (see module docstring)."""
+    description = {
+        "modules": {name: _module_description(module) for name, module in block.named_modules()},
+        "inputs": input_shapes,
+    }
+    return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass
+class Block:
+    index: int
+    module: nn.Module  # in export mode, without fake quantization
+    inputs: list[torch.Tensor]  # as captured in one forward pass
+    type: str
+    input_shapes: list[list[int]]
+    signature: str
+
+
+def describe_blocks(model: nn.Module, imgsz: int) -> list[Block]:
+    """The model's top-level blocks with their inputs at imgsz and their signatures. Works on a
+    copy: the caller's model is not modified."""
+    model = copy.deepcopy(model).eval()
+    drop_weight_parametrizations(model)
+    set_export_mode(model)
+    blocks, block_inputs = [], capture_block_inputs(model, imgsz)
+    for index, (module, inputs) in enumerate(zip(top_level_blocks(model), block_inputs, strict=True)):
+        shapes = [list(t.shape) for t in inputs]
+        blocks.append(Block(index, module, inputs, type(module).__name__, shapes, block_signature(module, shapes)))
+    return blocks
+
+
+# ------------------------------------------------------------------------------------ cache
+
+
+def cache_root() -> Path:
+    """EDGESEARCH_CACHE, else ~/.cache/edgesearch (as search/paths.py; runners do not import search/)."""
+    if os.environ.get("EDGESEARCH_CACHE"):
+        return Path(os.environ["EDGESEARCH_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgesearch"
+
+
+def table_path(profile: HardwareProfile) -> Path:
+    return cache_root() / "layer_latency" / f"{profile.name}.json"
+
+
+@functools.cache
+def build_code_hash() -> str:
+    """Hash of the code that builds: hardware.py's pipeline, the fixed schedule, the tuning driver.
+    Read once per process, so it describes the code this process runs even if the files are
+    edited meanwhile."""
+    digest = hashlib.sha256()
+    for module in (hardware, tvm_schedule, tuning):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def build_pipeline(profile: HardwareProfile, schedule: str) -> dict:
+    """What the cached latencies hold for: a change to any of these makes them stale."""
+    return {
+        "tvm": tvm.__version__,
+        "target": profile.target,
+        "threads": int(tvm.get_global_func("runtime.NumThreads")()),
+        "schedule": schedule,
+        "pipeline_code": build_code_hash(),
+    }
+
+
+def _pipeline_key(pipeline: dict) -> str:
+    return hashlib.sha256(json.dumps(pipeline, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _read_sections(path: Path) -> dict:
+    """{pipeline key: {"pipeline": ..., "blocks": {signature: entry}}}; empty if missing or unreadable."""
+    try:
+        stored = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    sections = stored.get("pipelines") if isinstance(stored, dict) else None
+    return sections if isinstance(sections, dict) else {}
+
+
+def load_table(path: Path, pipeline: dict) -> dict:
+    """{signature: entry} measured under this pipeline (empty if none)."""
+    section = _read_sections(path).get(_pipeline_key(pipeline))
+    return section["blocks"] if isinstance(section, dict) and isinstance(section.get("blocks"), dict) else {}
+
+
+def save_entries(path: Path, pipeline: dict, entries: dict) -> None:
+    """Merge `entries` into this pipeline's section of the table file. Sections for other schedules
+    or thread counts stay; sections built by other code or TVM versions (stale) are dropped.
+    Atomic (temp file + os.replace), and under a lock so that concurrent trials on the same
+    profile do not drop each other's entries."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        sections = {key: section for key, section in _read_sections(path).items()  # re-read: others may have written
+                    if isinstance(section, dict) and _same_code(section.get("pipeline"), pipeline)}
+        key = _pipeline_key(pipeline)
+        blocks = {**sections.get(key, {}).get("blocks", {}), **entries}
+        sections[key] = {"pipeline": pipeline, "blocks": blocks}
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps({"pipelines": sections}, indent=1, sort_keys=True))
+        os.replace(temporary, path)
+
+
+def _same_code(stored: dict | None, current: dict) -> bool:
+    return isinstance(stored, dict) and all(stored.get(k) == current[k] for k in ("tvm", "pipeline_code"))
+
+
+# ---------------------------------------------------------------------------------- measuring
+
+
+def time_executable(executable, inputs: list[torch.Tensor], *, repeat: int, min_repeat_ms: int,
+                    attempts: int = MEASURE_ATTEMPTS) -> dict:
+    """Median and spread (max - min) of `repeat` time-evaluator runs, each at least min_repeat_ms long.
+
+    A table entry is reused by every later candidate, so one disturbed measurement would skew them
+    all: one untimed warm-up pass first (the first runs of a fresh build are slower: page faults,
+    cold caches), and a measurement whose spread exceeds NOISY_SPREAD x its median (another
+    process took the cores) is repeated, up to `attempts` times, keeping the quietest one."""
+    device = tvm.cpu()
+    vm = relax.VirtualMachine(executable, device)
+    arguments = [tvm.runtime.tensor(np.zeros(tuple(t.shape), dtype="float32"), device) for t in inputs]
+    vm.time_evaluator("main", device, number=1, repeat=1, min_repeat_ms=min_repeat_ms)(*arguments)  # warm-up
+    timer = vm.time_evaluator("main", device, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)
+    measurements = []
+    while len(measurements) < attempts:
+        times_ms = [t * 1e3 for t in timer(*arguments).results]
+        measurements.append({"latency_ms": statistics.median(times_ms),
+                             "latency_spread_ms": max(times_ms) - min(times_ms)})
+        if measurements[-1]["latency_spread_ms"] <= NOISY_SPREAD * measurements[-1]["latency_ms"]:
+            break
+    quietest = min(measurements, key=lambda m: m["latency_spread_ms"])
+    return {**quietest, "attempts": len(measurements)}
+
+
+def build_block(block: Block, profile: HardwareProfile, *, tune_trials: int = 0,
+                tuning_db: Path | None = None) -> tuple[object, dict]:
+    """Compile one block alone, as the full build compiles a model: (executable, {build_s, and for
+    the fixed schedule unscheduled_kernels (kernels left with naive loops)})."""
+    mod = export_block(block.module, block.inputs)
+    started = time.perf_counter()
+    if tune_trials > 0:
+        executable, _ = tuning.tune_and_build(mod, profile.target, tuning_db, tune_trials)
+        return executable, {"build_s": time.perf_counter() - started}
+    executable, build = hardware.build_local(mod, profile.target)
+    return executable, {"build_s": time.perf_counter() - started,
+                        "unscheduled_kernels": len(build["unscheduled_kernels"])}
+
+
+def measure_block(block: Block, profile: HardwareProfile, *, repeat: int, min_repeat_ms: int, tune_trials: int,
+                  tuning_db: Path | None) -> dict:
+    """Build one block alone (fixed schedule, or MetaSchedule-tuned) and time it."""
+    executable, build = build_block(block, profile, tune_trials=tune_trials, tuning_db=tuning_db)
+    return {**time_executable(executable, block.inputs, repeat=repeat, min_repeat_ms=min_repeat_ms), **build}
+
+
+def per_layer_latency(model: nn.Module, profile: HardwareProfile, imgsz: int, *, repeat: int = 10,
+                      min_repeat_ms: int = 20, tune_trials: int = 0, tuning_db: str | Path | None = None) -> dict:
+    """Latency of `model` at imgsz as the sum of its blocks' latencies, each from the profile's
+    table or, if its signature is new, built and timed now (and added to the table).
+
+    Returns {latency_ms, latency_spread_ms (sum of per-block spreads: a pessimistic bound),
+    latency_source, blocks: [{index, name, type, signature, input_shapes, latency_ms,
+    latency_spread_ms, cached}], measured_blocks, cached_blocks, table}. The model is not modified.
+    `tune_trials` > 0 builds blocks with MetaSchedule (database `tuning_db`) instead of the fixed schedule."""
+    if profile.measurement != "local":
+        raise InputError(f"per-layer latency is measured on this machine; profile {profile.name} is measured "
+                         f"over {profile.measurement}")
+    if tune_trials > 0 and not tuning_db:
+        raise InputError("per-layer latency with tuning needs a tuning database folder (tuning_db)")
+    schedule = f"MetaSchedule-tuned, {tune_trials} trials" if tune_trials > 0 else FIXED_SCHEDULE
+    pipeline = build_pipeline(profile, schedule)
+    path = table_path(profile)
+    table = load_table(path, pipeline)
+    rows, measured = [], 0
+    for block in describe_blocks(model, imgsz):
+        cached = block.signature in table
+        if not cached:  # new structure: build, time, store (at once, so an interrupted run keeps it)
+            entry = {"type": block.type, "input_shapes": block.input_shapes,
+                     **measure_block(block, profile, repeat=repeat, min_repeat_ms=min_repeat_ms,
+                                     tune_trials=tune_trials, tuning_db=Path(tuning_db) if tuning_db else None)}
+            save_entries(path, pipeline, {block.signature: entry})
+            table[block.signature] = entry
+            measured += 1
+        entry = table[block.signature]
+        rows.append({"index": block.index, "name": f"model.{block.index}", "type": block.type,
+                     "signature": block.signature, "input_shapes": block.input_shapes,
+                     "latency_ms": entry["latency_ms"], "latency_spread_ms": entry["latency_spread_ms"],
+                     "cached": cached})
+    return {
+        "latency_ms": sum(row["latency_ms"] for row in rows),
+        "latency_spread_ms": sum(row["latency_spread_ms"] for row in rows),
+        "latency_source": f"estimated: sum of per-layer measured latencies ({len(rows)} blocks, {schedule})",
+        "blocks": rows,
+        "measured_blocks": measured,
+        "cached_blocks": len(rows) - measured,
+        "table": str(path),
+    }

@@ -1,0 +1,133 @@
+"""Per-layer latency table: every block timed once, then served from the per-profile cache;
+signatures follow the architecture (pruning) and ignore weight values."""
+
+import copy
+import json
+import time
+
+import pytest
+import torch
+
+from edgesearch.runners.layer_table import (
+    describe_blocks,
+    load_table,
+    per_layer_latency,
+    save_entries,
+    table_path,
+)
+from edgesearch.runners.profiles import load_profile
+from edgesearch.spaces.apply import apply_candidate, uniform_candidate
+from edgesearch.spaces.candidate import Candidate, LayerKnobs
+from edgesearch.spaces.errors import InputError
+from edgesearch.spaces.prune import prunable_pairs
+
+IMGSZ = 64
+
+
+@pytest.fixture
+def table_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGESEARCH_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def fused_tiny(tiny_model):
+    return apply_candidate(copy.deepcopy(tiny_model), Candidate({}))  # fused, as scored
+
+
+def _signatures(model) -> list[str]:
+    return [block.signature for block in describe_blocks(model, IMGSZ)]
+
+
+def _block_of(layer_name: str) -> int:
+    """'model.4.m.0.cv1.conv' -> 4: the top-level block holding a layer."""
+    return int(layer_name.split(".")[1])
+
+
+def _changed_blocks(model_a, model_b) -> tuple[set[int], set[int]]:
+    """(blocks whose signature differs, blocks whose parameter or input shapes differ)."""
+    blocks_a, blocks_b = describe_blocks(model_a, IMGSZ), describe_blocks(model_b, IMGSZ)
+
+    def shapes(block):
+        return block.input_shapes, [list(p.shape) for p in block.module.parameters()]
+
+    by_signature = {a.index for a, b in zip(blocks_a, blocks_b, strict=True) if a.signature != b.signature}
+    by_shapes = {a.index for a, b in zip(blocks_a, blocks_b, strict=True) if shapes(a) != shapes(b)}
+    return by_signature, by_shapes
+
+
+def test_every_block_is_timed_once_then_served_from_the_cache(fused_tiny, table_cache):
+    profile = load_profile("x86-host")
+    first = per_layer_latency(fused_tiny, profile, IMGSZ, repeat=3, min_repeat_ms=5)
+    assert [row["index"] for row in first["blocks"]] == list(range(len(fused_tiny.model)))
+    assert all(row["latency_ms"] > 0 and row["latency_spread_ms"] >= 0 for row in first["blocks"])
+    assert first["latency_ms"] == pytest.approx(sum(row["latency_ms"] for row in first["blocks"]))
+    assert first["latency_source"].startswith("estimated: sum of per-layer measured latencies")
+    distinct = len({row["signature"] for row in first["blocks"]})
+    assert first["measured_blocks"] == distinct  # blocks with the same structure are timed once
+
+    stored = json.loads(table_path(profile).read_text())  # valid JSON, one entry per distinct block
+    (section,) = stored["pipelines"].values()
+    assert set(section["blocks"]) == {row["signature"] for row in first["blocks"]}
+    assert table_path(profile).parent == table_cache / "layer_latency"
+
+    started = time.perf_counter()
+    second = per_layer_latency(fused_tiny, profile, IMGSZ, repeat=3, min_repeat_ms=5)
+    assert time.perf_counter() - started < 5  # no build, no timing: one forward pass and hashing
+    assert second["measured_blocks"] == 0 and all(row["cached"] for row in second["blocks"])
+    assert second["latency_ms"] == first["latency_ms"]
+
+
+def test_pruning_one_layer_changes_only_the_blocks_it_reshapes(fused_tiny, tiny_model):
+    layer = sorted(prunable_pairs(tiny_model))[-1]
+    pruned = apply_candidate(tiny_model, uniform_candidate(tiny_model, LayerKnobs(prune_ratio=0.5), [layer]))
+    by_signature, by_shapes = _changed_blocks(fused_tiny, pruned)
+    assert _block_of(layer) in by_signature
+    assert by_signature == by_shapes  # its block and the blocks reading its channels, nothing else
+    assert len(by_signature) < len(fused_tiny.model) / 2
+
+
+def test_uniform_pruning_changes_exactly_the_reshaped_blocks(fused_tiny, tiny_model):
+    prunable = list(prunable_pairs(tiny_model))
+    pruned = apply_candidate(tiny_model, uniform_candidate(tiny_model, LayerKnobs(prune_ratio=0.5), prunable))
+    by_signature, by_shapes = _changed_blocks(fused_tiny, pruned)
+    assert by_signature == by_shapes
+    assert {_block_of(layer) for layer in prunable} <= by_signature
+
+
+def test_signatures_ignore_weight_values_and_bit_widths_but_not_input_size(fused_tiny, tiny_model):
+    quantized = apply_candidate(tiny_model, uniform_candidate(tiny_model, LayerKnobs(weight_bits=4),
+                                                              list(prunable_pairs(tiny_model))))
+    assert _signatures(quantized) == _signatures(fused_tiny)  # fp32 build: bits change bytes, not latency
+    reweighted = copy.deepcopy(fused_tiny)
+    with torch.no_grad():
+        for parameter in reweighted.parameters():
+            parameter.mul_(-3.0)
+    assert _signatures(reweighted) == _signatures(fused_tiny)
+    larger = [block.signature for block in describe_blocks(fused_tiny, 2 * IMGSZ)]
+    assert all(a != b for a, b in zip(larger, _signatures(fused_tiny), strict=True))  # every block sees larger inputs
+
+
+def test_entries_are_kept_per_pipeline_and_stale_code_is_dropped(tmp_path):
+    path = tmp_path / "x86-host.json"
+    fixed = {"tvm": "0.27", "pipeline_code": "abc", "schedule": "fixed schedule", "threads": 2}
+    tuned = dict(fixed, schedule="MetaSchedule-tuned, 64 trials")
+    save_entries(path, fixed, {"sig1": {"latency_ms": 1.0}})
+    save_entries(path, tuned, {"sig1": {"latency_ms": 0.5}})
+    save_entries(path, fixed, {"sig2": {"latency_ms": 2.0}})
+    assert load_table(path, fixed) == {"sig1": {"latency_ms": 1.0}, "sig2": {"latency_ms": 2.0}}
+    assert load_table(path, tuned) == {"sig1": {"latency_ms": 0.5}}
+    newer = dict(fixed, pipeline_code="def")  # the build code changed: old timings no longer hold
+    assert load_table(path, newer) == {}
+    save_entries(path, newer, {"sig3": {"latency_ms": 3.0}})
+    assert load_table(path, fixed) == {} and load_table(path, tuned) == {}
+    assert list(json.loads(path.read_text())["pipelines"].values())[0]["blocks"] == {"sig3": {"latency_ms": 3.0}}
+    path.write_text("{not json")
+    assert load_table(path, newer) == {}
+
+
+def test_remote_profiles_and_plain_modules_are_refused(fused_tiny, table_cache):
+    with pytest.raises(InputError, match="measured on this machine"):
+        per_layer_latency(fused_tiny, load_profile("raspberry-pi-4"), IMGSZ)
+    with pytest.raises(InputError, match="DetectionModel"):
+        per_layer_latency(torch.nn.Conv2d(3, 8, 3), load_profile("x86-host"), IMGSZ)
