@@ -39,14 +39,24 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def knob_summary(candidate: dict | None) -> str:
-    """A one-line summary of a candidate's per-layer knobs, e.g. `bits 4x20 8x9 32x34; pruned 7`."""
+    """A one-line summary of a candidate's per-layer knobs, e.g.
+    `4b×20 8b×9 32b×34; kmeans×12 pwlq×9; 7 pruned, 3 sparse, 2 kernel 1x1, 4 low-rank, 10 int8-act`."""
     if not candidate:
         return "unmodified"
-    layers = candidate["layers"].values()
+    layers = list(candidate["layers"].values())
     bits = Counter(k["weight_bits"] for k in layers)
-    pruned = sum(1 for k in layers if k["prune_ratio"] > 0)
+    schemes = Counter(k.get("scheme", "affine") for k in layers if k["weight_bits"] < 16)
+    counts = {
+        "pruned": sum(1 for k in layers if k.get("prune_ratio", 0) > 0),
+        "sparse": sum(1 for k in layers if k.get("sparsity", 0) > 0),
+        "kernel 1x1/3x3": sum(1 for k in layers if k.get("kernel_size", "keep") != "keep"),
+        "low-rank": sum(1 for k in layers if k.get("rank_ratio", 1.0) < 1),
+        "int8-act": sum(1 for k in layers if k.get("activation_bits", 32) == 8),
+    }
     bit_text = " ".join(f"{b}b×{n}" for b, n in sorted(bits.items()))
-    return f"{bit_text}; {pruned} layers pruned"
+    scheme_text = " ".join(f"{s}×{n}" for s, n in sorted(schemes.items()))
+    count_text = ", ".join(f"{n} {what}" for what, n in counts.items() if n)
+    return "; ".join(part for part in (bit_text, scheme_text, count_text or "no structural change") if part)
 
 
 def _csv_bytes(trials: list[dict]) -> bytes:
@@ -105,8 +115,15 @@ def _fmt(value, key: str) -> str:
     return html.escape(str(value))
 
 
-def _design_rows(label: str, scores: dict, candidate: dict | None) -> str:
+def _remeasured_text(remeasured: dict | None) -> str:
+    if not remeasured:
+        return "-"
+    return f"{remeasured['latency_ms']:.2f} ({remeasured['latency_spread_ms']:.2f})"
+
+
+def _design_rows(label: str, scores: dict, candidate: dict | None, remeasured: dict | None) -> str:
     cells = "".join(f"<td>{_fmt(scores.get(c), c)}</td>" for c in SCORE_COLUMNS)
+    cells += f"<td>{_remeasured_text(remeasured)}</td>"
     knobs = ""
     if candidate:
         rows = "".join(
@@ -123,8 +140,14 @@ def _html(run: dict, base: dict, trials: list[dict]) -> str:
     front = sorted((t for t in trials if t["pareto"]), key=lambda t: -t["scores"]["map50_95"])
     failed = [t for t in trials if t["state"] != "COMPLETE"]
     head = "".join(f"<th>{c}</th>" for c in SCORE_COLUMNS)
-    body = _design_rows("base", base, None) + "".join(
-        _design_rows(f"#{t['number']}", t["scores"], t["candidate"]) for t in front)
+    body = _design_rows("base", base, None, base.get("remeasured")) + "".join(
+        _design_rows(f"#{t['number']}", t["scores"], t["candidate"], t.get("remeasured")) for t in front)
+    remeasured_source = (base.get("remeasured") or {}).get("latency_source")
+    remeasured_note = (f"<p><b>Re-measured latency</b> ({html.escape(remeasured_source)}): the search times each trial "
+                       "alone, at its own moment, on a shared machine; this column times the final designs together, so "
+                       "compare designs by it. Optimisation used the search figures (latency_ms).</p>"
+                       if remeasured_source else "<p>No re-measured latencies: the profile is not timed on this machine."
+                       "</p>")
     settings = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in run.items())
     no_fit = front and not any(t["feasible"] for t in front)
     warning = ("<p style='color:#b00'><b>No design meets the SRAM budget.</b> The front below ignores the budget: "
@@ -141,7 +164,8 @@ non-dominated in mAP50-95 ↑, latency ↓, SRAM ↓), {len(failed)} failed. mAP
 ultralytics' validator after the short fine-tune. <b>latency_source</b> says how each latency was obtained:
 <i>measured</i> figures come from a TVM build timed on the device, <i>estimated</i> ones from the profile's roofline.</p>
 {warning}<img src="pareto.png" alt="Pareto plot" style="max-width:100%">
-<h2>Designs</h2><table><tr><th>design</th>{head}<th>per-layer knobs</th></tr>{body}</table>
+<h2>Designs</h2>{remeasured_note}
+<table><tr><th>design</th>{head}<th>latency re-measured ms (spread)</th><th>per-layer knobs</th></tr>{body}</table>
 <h2>Run</h2><table>{settings}</table>
 {f'<h2>Failed trials</h2><ul>{failures}</ul>' if failures else ''}
 <p>Files: <a href="trials.csv">trials.csv</a> (every trial), <a href="pareto.json">pareto.json</a> (Pareto designs with knobs).</p>
@@ -157,7 +181,8 @@ def write_report(out_dir: Path, *, run: dict, base: dict, trials: list[dict]) ->
         "run": run,
         "objectives": {"map50_95": "maximize", "latency_ms": "minimize", "sram_bytes": "minimize"},
         "base": base,
-        "pareto": [{"trial": t["number"], "scores": t["scores"], "candidate": t["candidate"]} for t in front],
+        "pareto": [{"trial": t["number"], "scores": t["scores"], "remeasured": t.get("remeasured"),
+                    "candidate": t["candidate"]} for t in front],
     }
     files = {
         "trials.csv": _csv_bytes(trials),
@@ -172,17 +197,20 @@ def write_report(out_dir: Path, *, run: dict, base: dict, trials: list[dict]) ->
 
 def pareto_table(base: dict, trials: list[dict]) -> str:
     """The Pareto designs as a fixed-width text table for the terminal."""
-    header = f"{'design':>8} {'mAP50-95':>9} {'mAP50':>7} {'latency ms':>11} {'SRAM KiB':>10} {'fits':>5}  knobs"
+    header = (f"{'design':>8} {'mAP50-95':>9} {'mAP50':>7} {'latency ms':>11} {'re-measured':>14} {'SRAM KiB':>10} "
+              f"{'fits':>5}  knobs")
     lines = [header, "-" * len(header)]
 
-    def line(label, s, knobs):
+    def line(label, s, remeasured, knobs):
         return (f"{label:>8} {s['map50_95']:9.3f} {s['map50']:7.3f} {s['latency_ms']:11.2f} "
-                f"{s['sram_bytes'] / 1024:10.1f} {str(s['fits_sram']):>5}  {knobs}")
+                f"{_remeasured_text(remeasured):>14} {s['sram_bytes'] / 1024:10.1f} {str(s['fits_sram']):>5}  {knobs}")
 
-    lines.append(line("base", base, "unmodified"))
+    lines.append(line("base", base, base.get("remeasured"), "unmodified"))
     for t in sorted((t for t in trials if t["pareto"]), key=lambda t: -t["scores"]["map50_95"]):
-        lines.append(line(f"#{t['number']}", t["scores"], knob_summary(t["candidate"])))
+        lines.append(line(f"#{t['number']}", t["scores"], t.get("remeasured"), knob_summary(t["candidate"])))
     if any(t["pareto"] for t in trials) and not any(t["pareto"] and t["feasible"] for t in trials):
         lines.append("no design meets the SRAM budget: these are the non-dominated designs ignoring it")
     lines.append(f"latency: {base['latency_source']}")
+    if base.get("remeasured"):
+        lines.append(f"re-measured: {base['remeasured']['latency_source']}")
     return "\n".join(lines)

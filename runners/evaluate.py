@@ -15,12 +15,13 @@ import torch
 
 from edgesearch.runners.accuracy import calibration_batches, finetune, validate
 from edgesearch.runners.checkpoints import load_detection_model
-from edgesearch.runners.hardware import hardware_scores
+from edgesearch.runners.hardware import hardware_scores, remeasure_interleaved
 from edgesearch.runners.profiles import load_profile
 from edgesearch.spaces.activations import calibrate
 from edgesearch.spaces.apply import apply_candidate
 from edgesearch.spaces.candidate import Candidate
 from edgesearch.spaces.packing import bake_fake_quant
+from edgesearch.spaces.quantize import strip_fake_quant
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,7 @@ class EvalSettings:
     tuning_db: str = ""
     distill: bool = False  # fine-tune with knowledge distillation from the base model
     calibration_batches: int = 8  # train batches that set int8 activation ranges
+    library_path: str = ""  # also write the deployable library for the profile here
 
 
 def score_candidate(settings: dict, candidate: dict | None) -> dict:
@@ -59,8 +61,9 @@ def score_candidate(settings: dict, candidate: dict | None) -> dict:
                                                  teacher=teacher))
     bake_fake_quant(model)  # from here on the model holds exactly the quantized weights
     accuracy, validate_s = _timed(lambda: validate(model, Path(config.data_yaml), imgsz=config.imgsz))
-    hardware, hardware_s = _timed(lambda: hardware_scores(model, design, load_profile(config.profile), config.imgsz,
-                                                          tune_trials=config.tune_trials, tuning_db=config.tuning_db))
+    hardware, hardware_s = _timed(lambda: hardware_scores(model, load_profile(config.profile), config.imgsz,
+                                                          tune_trials=config.tune_trials, tuning_db=config.tuning_db,
+                                                          library_path=config.library_path or None))
     return {
         **accuracy,
         **hardware,
@@ -73,6 +76,21 @@ def score_candidate(settings: dict, candidate: dict | None) -> dict:
         "hardware_s": hardware_s,
         "eval_s": time.perf_counter() - started,
     }
+
+
+def remeasure_designs(settings: dict, candidates: dict[str, dict | None]) -> dict[str, dict]:
+    """Latency of the final designs (name -> candidate JSON, None = the base) re-timed together,
+    interleaved (hardware.remeasure_interleaved). The float build's speed depends only on the
+    architecture, so the designs are rebuilt from the candidates without fine-tuning."""
+    config = EvalSettings(**settings)
+    os.environ["TVM_NUM_THREADS"] = str(config.threads)
+    base = load_detection_model(config.checkpoint, trust=config.trust_checkpoint)
+    models = {}
+    for name, candidate in candidates.items():
+        model = apply_candidate(base, Candidate.from_json(candidate) if candidate else Candidate({}))
+        strip_fake_quant(model)
+        models[name] = model
+    return remeasure_interleaved(models, load_profile(config.profile), config.imgsz)
 
 
 def _timed(work):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,16 +34,18 @@ from ultralytics.nn.modules.head import Detect
 
 from edgesearch.runners.costs import layer_costs, roofline_latency_ms
 from edgesearch.runners.profiles import HardwareProfile
+from edgesearch.runners.rpc_runner import device_unavailable_reason, measure_latency_rpc
 from edgesearch.runners.tuning import tune_and_build
 from edgesearch.runners.tvm_schedule import cpu_schedule_pass
 from edgesearch.spaces.activations import activation_byte_share, remove_input_quantizers
 from edgesearch.spaces.apply import weight_bytes
-from edgesearch.spaces.candidate import Candidate
 
 ACTIVATION_DTYPE_BYTES = 4  # activations stay fp32 in this build
 LOCAL_SOURCE = "measured: TVM llvm build, fixed CPU schedule (no tuning), fp32, time evaluator median"
 TUNED_SOURCE = "measured: TVM llvm build tuned by MetaSchedule (budget {trials} trials), fp32, time evaluator median"
 ESTIMATED_SOURCE = "estimated: roofline from profile peak fp32 rate and bandwidth (no device reachable)"
+REMEASURED_SOURCE = ("measured: TVM llvm build, fixed CPU schedule, fp32, re-timed interleaved with the other "
+                     "{designs} final designs ({rounds} rounds x {repeat} repeats)")
 PLANNED_SOURCE = "planned: TVM static memory planning of the fp32 build"
 INT8_SHARE_SOURCE = ("estimated: TVM-planned fp32 activation bytes x {share:.3f}, the byte share of conv inputs "
                      "once int8 layers read 1-byte activations")
@@ -139,12 +142,57 @@ def measure_latency_local(executable, imgsz: int, *, repeat: int = 20, min_repea
     return {"latency_ms": statistics.median(times_ms), "latency_spread_ms": max(times_ms) - min(times_ms)}
 
 
-def hardware_scores(model: nn.Module, candidate: Candidate, profile: HardwareProfile, imgsz: int, *,
-                    tune_trials: int = 0, tuning_db: str | None = None) -> dict:
+def _remote_latency(mod, profile: HardwareProfile, imgsz: int, costs, packed: int, library_path: str | None) -> dict:
+    """Measured over RPC when the profile's device is registered with its tracker, else estimated."""
+    from edgesearch.runners.cross_build import build_library  # it builds on relax_pipeline above
+
+    unavailable = device_unavailable_reason(profile)
+    result: dict = {}
+    if unavailable is None or library_path:
+        with tempfile.TemporaryDirectory() as folder:
+            library = Path(library_path or Path(folder) / "model.so")
+            built = build_library(mod, profile, library, check_kernels=False)
+            result.update(build_s=built["build_s"], library_bytes=built["size_bytes"])
+            if unavailable is None:
+                return {**result, **measure_latency_rpc(library, profile, (1, 3, imgsz, imgsz))}
+    estimate = roofline_latency_ms(costs, profile.peak_ops_per_s["fp32"], profile.memory_bandwidth_bytes_per_s,
+                                   packed, ACTIVATION_DTYPE_BYTES)
+    return {**result, "latency_ms": estimate, "latency_source": f"{ESTIMATED_SOURCE}: {unavailable}"}
+
+
+def remeasure_interleaved(models: dict[str, nn.Module], profile: HardwareProfile, imgsz: int, *,
+                          rounds: int = 8, repeat: int = 5) -> dict[str, dict]:
+    """Latency of several designs timed in interleaved rounds on this machine (build each once,
+    then round after round time every design in turn), so slow drifts of a shared machine hit all
+    designs alike. Median and spread over all rounds; ratios between designs are the robust part."""
+    if profile.measurement != "local":
+        raise ValueError(f"profile {profile.name} is not measured on this machine")
+    vms = {}
+    for name, model in models.items():
+        float_model = copy.deepcopy(model)
+        remove_input_quantizers(float_model)
+        executable, _ = build_local(export_for_tvm(float_model, imgsz), profile.target)
+        vms[name] = relax.VirtualMachine(executable, tvm.cpu())
+    data = tvm.runtime.tensor(np.zeros((1, 3, imgsz, imgsz), dtype="float32"), tvm.cpu())
+    times: dict[str, list[float]] = {name: [] for name in vms}
+    for _ in range(rounds):
+        for name, vm in vms.items():
+            timer = vm.time_evaluator("main", tvm.cpu(), number=1, repeat=repeat, min_repeat_ms=10)
+            times[name] += [t * 1e3 for t in timer(data).results]
+    source = REMEASURED_SOURCE.format(designs=len(vms), rounds=rounds, repeat=repeat)
+    return {name: {"latency_ms": statistics.median(ms), "latency_spread_ms": max(ms) - min(ms), "latency_source": source}
+            for name, ms in times.items()}
+
+
+def hardware_scores(model: nn.Module, profile: HardwareProfile, imgsz: int, *, tune_trials: int = 0,
+                    tuning_db: str | None = None, library_path: str | None = None) -> dict:
     """Latency (with its source), SRAM footprint and sizes of a transformed (baked) model.
 
-    `tune_trials` > 0 tunes the local build with MetaSchedule (database in `tuning_db`) instead of
-    using the fixed schedule."""
+    x86-host: built here and timed with the time evaluator (`tune_trials` > 0: MetaSchedule-tuned,
+    database in `tuning_db`; else the fixed schedule). RPC profiles: when the tracker has the
+    device, the model is cross-built for it (cross_build.py) and timed over TVM RPC; otherwise the
+    latency is a roofline estimate that says why no device was used. `library_path` also writes
+    the deployable library there (built even when no device is reachable)."""
     costs = layer_costs(model, (1, 3, imgsz, imgsz))
     packed = weight_bytes(model)
     byte_share = activation_byte_share(model, torch.zeros(1, 3, imgsz, imgsz))
@@ -152,13 +200,9 @@ def hardware_scores(model: nn.Module, candidate: Candidate, profile: HardwarePro
     remove_input_quantizers(float_model)
     mod = export_for_tvm(float_model, imgsz)
     latency: dict
-    if profile.measurement != "local":
+    if profile.measurement == "rpc":
         activations = plan_memory_only(mod)
-        latency = {
-            "latency_ms": roofline_latency_ms(costs, profile.peak_ops_per_s["fp32"],
-                                              profile.memory_bandwidth_bytes_per_s, packed, ACTIVATION_DTYPE_BYTES),
-            "latency_source": ESTIMATED_SOURCE,
-        }
+        latency = _remote_latency(mod, profile, imgsz, costs, packed, library_path)
     elif tune_trials > 0:
         executable, build = tune_and_build(mod, profile.target, Path(tuning_db), tune_trials)
         activations = plan_memory_only(mod)  # planning does not depend on the kernels' schedules
@@ -169,6 +213,9 @@ def hardware_scores(model: nn.Module, candidate: Candidate, profile: HardwarePro
         activations = build["activation_bytes"]
         latency = {**measure_latency_local(executable, imgsz), "build_s": build["build_s"],
                    "unscheduled_kernels": len(build["unscheduled_kernels"]), "latency_source": LOCAL_SOURCE}
+        if library_path:
+            executable.export_library(library_path)
+            latency["library_bytes"] = Path(library_path).stat().st_size
     activation_source = PLANNED_SOURCE
     if byte_share < 1.0:
         activations = math.ceil(activations * byte_share)

@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--candidate", help="candidate JSON file")
     which.add_argument("--uniform", help="same knobs on every layer, e.g. bits=4,scheme=affine,prune=0.25")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--library", help="also write the deployable library for the profile to this path (.so)")
 
     commands.add_parser("profiles", help="list hardware profiles")
     commands.add_parser("spaces", help="list design spaces")
@@ -139,6 +140,8 @@ def _score_eval_candidate(args) -> dict:
         candidate = uniform_candidate(inputs.base_model, knobs, list(inputs.resolved))
     settings = eval_settings(inputs, **_trial_sizes(args, preset), batch=preset.batch, threads=os.cpu_count() or 1,
                              seed=args.seed, tune_trials=args.tune_trials, distill=args.distill)
+    if args.library:
+        settings["library_path"] = str(Path(args.library).resolve())
     return score_candidate(settings, candidate.to_json() if candidate else None)
 
 

@@ -289,6 +289,14 @@ def attach_fake_quant(conv: nn.Conv2d, knobs: LayerKnobs) -> None:
         parametrize.register_parametrization(conv, "weight", FakeQuantWeight(knobs, mask))
 
 
+def strip_fake_quant(model: nn.Module) -> None:
+    """Drop every fake-quant parametrization, keeping the float weights (for architecture-only
+    work such as timing a float build, whose speed does not depend on the weight values)."""
+    for module in model.modules():
+        if layer_quantizer(module) is not None:
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+
+
 def layer_quantizer(module: nn.Module) -> FakeQuantWeight | None:
     if parametrize.is_parametrized(module, "weight"):
         return next(p for p in module.parametrizations.weight if isinstance(p, FakeQuantWeight))

@@ -80,6 +80,18 @@ def test_remote_profile_without_a_device_labels_latency_estimated(smoke_inputs):
     assert result.returncode == 0, result.stderr[-3000:]
     scores = json.loads(result.stdout)
     assert scores["latency_source"].startswith("estimated")
+    assert "tracker" in scores["latency_source"]  # and says why no device was used
+
+
+def test_eval_writes_a_deployable_library_for_a_remote_profile(tmp_path, smoke_inputs):
+    library = tmp_path / "pi4.so"
+    result = run_cli("eval", "--preset", "smoke", "--profile", "raspberry-pi-4", "--uniform", "bits=8",
+                     "--finetune-iters", "0", "--json", "--library", str(library))
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = json.loads(result.stdout)
+    header = library.read_bytes()[:20]
+    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
+    assert scores["library_bytes"] == library.stat().st_size
 
 
 def test_a_users_dataset_and_checkpoint_are_never_modified(tmp_path, smoke_inputs):

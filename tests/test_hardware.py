@@ -67,10 +67,10 @@ def test_planned_activation_memory_is_between_the_largest_tensor_and_the_sum(fus
 
 
 def test_remote_profiles_are_estimated_and_local_is_measured(fused_tiny):
-    estimated = hardware_scores(fused_tiny, Candidate({}), load_profile("raspberry-pi-4"), 64)
+    estimated = hardware_scores(fused_tiny, load_profile("raspberry-pi-4"), 64)
     assert estimated["latency_source"].startswith("estimated") and estimated["latency_ms"] > 0
     assert "latency_spread_ms" not in estimated
-    measured = hardware_scores(fused_tiny, Candidate({}), load_profile("x86-host"), 64)
+    measured = hardware_scores(fused_tiny, load_profile("x86-host"), 64)
     assert measured["latency_source"].startswith("measured") and measured["latency_spread_ms"] >= 0
     assert measured["activation_bytes"] == estimated["activation_bytes"]  # planning does not depend on the target
     assert measured["sram_bytes"] == measured["weight_bytes"] + measured["activation_bytes"]
@@ -84,11 +84,11 @@ def test_int8_activations_shrink_the_planned_activation_bytes_and_say_estimated(
 
     layers = list(load_space("yolov8").resolve(tiny_model))
     profile = load_profile("raspberry-pi-4")  # estimated latency: no local build needed
-    float_scores = hardware_scores(apply_candidate(tiny_model, Candidate({})), Candidate({}), profile, 64)
+    float_scores = hardware_scores(apply_candidate(tiny_model, Candidate({})), profile, 64)
     model = apply_candidate(tiny_model, uniform_candidate(tiny_model, parse_uniform("bits=8,act=8"), layers))
     calibrate(model, [torch.rand(2, 3, 64, 64)])
     bake_fake_quant(model)
-    int8_scores = hardware_scores(model, Candidate({}), profile, 64)
+    int8_scores = hardware_scores(model, profile, 64)
     assert float_scores["activation_bytes_source"].startswith("planned")
     assert int8_scores["activation_bytes_source"].startswith("estimated")
     assert float_scores["activation_bytes"] / 4 <= int8_scores["activation_bytes"] < float_scores["activation_bytes"]

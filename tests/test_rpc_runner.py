@@ -179,3 +179,12 @@ def test_tracker_address_from_profile_and_environment(monkeypatch):
     monkeypatch.delenv("EDGESEARCH_RPC_KEY")
     with pytest.raises(InputError, match="no RPC tracker configured"):
         tracker_address(load_profile("x86-host"))  # a local profile has no rpc block
+
+
+def test_hardware_scores_of_an_rpc_profile_are_measured_on_its_device(tiny_model, loopback_profile, tracker_port):
+    from edgesearch.runners.hardware import hardware_scores
+
+    model = apply_candidate(copy.deepcopy(tiny_model), Candidate({}))
+    scores = hardware_scores(model, loopback_profile, 64)
+    assert scores["latency_source"].startswith(f"measured: TVM RPC on {KEY} via 127.0.0.1:{tracker_port}")
+    assert scores["latency_ms"] > 0 and scores["library_bytes"] > 0

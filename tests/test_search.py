@@ -35,6 +35,10 @@ def test_two_trial_search_writes_a_correct_report_and_resumes(tmp_path, smoke_in
         assert design["candidate"]["layers"], "Pareto designs carry their per-layer knobs"
         mine = {k: design["scores"][k] for k in DIRECTIONS}
         assert not any(_dominates(other, mine) for n, other in all_scores.items() if n != design["trial"])
+        # the final designs are timed again together, interleaved, and say so
+        assert design["remeasured"]["latency_ms"] > 0 and "interleaved" in design["remeasured"]["latency_source"]
+    assert report["base"]["remeasured"]["latency_ms"] > 0
+    assert "re-measured" in (out / "index.html").read_text()
 
     first_trials = {int(r["trial"]): r["map50_95"] for r in rows}
     resumed = run_cli("run", "--preset", "smoke", "--out", str(out), "--trials", "3", "--resume")
