@@ -42,6 +42,7 @@ from ultralytics.nn.modules.head import Detect
 
 from edgesearch.runners import hardware, tuning, tvm_schedule
 from edgesearch.runners.profiles import HardwareProfile
+from edgesearch.spaces.activations import remove_input_quantizers
 from edgesearch.spaces.errors import InputError
 
 # Attributes that do not describe a block's computation: its position in the model graph ("i",
@@ -178,6 +179,7 @@ def describe_blocks(model: nn.Module, imgsz: int) -> list[Block]:
     copy: the caller's model is not modified."""
     model = copy.deepcopy(model).eval()
     drop_weight_parametrizations(model)
+    remove_input_quantizers(model)  # activation fake-quant: not in the fp32 build either (hardware.py)
     set_export_mode(model)
     blocks, block_inputs = [], capture_block_inputs(model, imgsz)
     for index, (module, inputs) in enumerate(zip(top_level_blocks(model), block_inputs, strict=True)):

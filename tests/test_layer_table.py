@@ -96,7 +96,7 @@ def test_uniform_pruning_changes_exactly_the_reshaped_blocks(fused_tiny, tiny_mo
 
 
 def test_signatures_ignore_weight_values_and_bit_widths_but_not_input_size(fused_tiny, tiny_model):
-    quantized = apply_candidate(tiny_model, uniform_candidate(tiny_model, LayerKnobs(weight_bits=4),
+    quantized = apply_candidate(tiny_model, uniform_candidate(tiny_model, LayerKnobs(weight_bits=4, activation_bits=8),
                                                               list(prunable_pairs(tiny_model))))
     assert _signatures(quantized) == _signatures(fused_tiny)  # fp32 build: bits change bytes, not latency
     reweighted = copy.deepcopy(fused_tiny)
