@@ -40,6 +40,7 @@ import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 import tvm  # noqa: E402
 from tvm import relax  # noqa: E402
+from ultralytics.nn.modules.block import Bottleneck  # noqa: E402
 
 from edgesearch.runners.costs import layer_costs, roofline_latency_ms  # noqa: E402
 from edgesearch.runners.hardware import build_local, export_for_tvm  # noqa: E402
@@ -50,7 +51,6 @@ from edgesearch.search.jobs import resolve_inputs  # noqa: E402
 from edgesearch.search.paths import cache_dir  # noqa: E402
 from edgesearch.spaces.apply import apply_candidate, uniform_candidate  # noqa: E402
 from edgesearch.spaces.candidate import Candidate, LayerKnobs  # noqa: E402
-from edgesearch.spaces.prune import prunable_pairs  # noqa: E402
 
 PROFILE = "x86-host"
 SOURCES = {
@@ -76,39 +76,24 @@ RATIOS = [  # (label, numerator, denominator)
 # ------------------------------------------------------------------------------- variants
 
 
-def kernel_variant(fused: torch.nn.Module) -> tuple[torch.nn.Module, str]:
-    """Every Bottleneck's second conv (3x3) shrunk to 1x1 - the kernel-size knob's biggest step.
-    Done with spaces/kernel_size.py directly (apply_candidate does not take kernel_size yet)."""
-    # TODO(lead): once apply_candidate takes kernel_size knobs, build this variant as a Candidate
-    # ({layer: LayerKnobs(kernel_size=1)} for the layers below) instead of editing the model here.
-    from edgesearch.spaces.kernel_size import can_shrink, shrink_kernel
-
-    model = copy.deepcopy(fused)
-    shrunk = 0
-    for module in list(model.modules()):
-        if type(module).__name__ == "Bottleneck" and can_shrink(module.cv2.conv, 1):
-            module.cv2.conv = shrink_kernel(module.cv2.conv, 1)
-            shrunk += 1
-    return model, f"kernel 3x3 -> 1x1 in all {shrunk} Bottleneck cv2 convs"
+def bottleneck_second_convs(model: torch.nn.Module) -> list[str]:
+    """The 3x3 second conv of every Bottleneck (inside C2f): the kernel-size variant shrinks these."""
+    return [f"{name}.cv2.conv" for name, module in model.named_modules() if isinstance(module, Bottleneck)]
 
 
 def make_variants(base: torch.nn.Module, layers: list[str]) -> dict[str, tuple[torch.nn.Module, str]]:
     def uniform_prune(ratio):
         return apply_candidate(base, uniform_candidate(base, LayerKnobs(prune_ratio=ratio), layers))
 
-    variants = {
+    shrunk = bottleneck_second_convs(base)
+    kernel_1x1 = Candidate({name: LayerKnobs(kernel_size=1) for name in shrunk})
+    return {
         "base": (apply_candidate(base, Candidate({})), "unchanged (fused)"),
         "prune-0.25": (uniform_prune(0.25), "uniform prune 0.25 of every prunable conv"),
         "prune-0.5": (uniform_prune(0.5), "uniform prune 0.5 of every prunable conv"),
+        "kernel-1x1": (apply_candidate(base, kernel_1x1),
+                       f"kernel 3x3 -> 1x1 in all {len(shrunk)} Bottleneck cv2 convs"),
     }
-    try:
-        variants["kernel-1x1"] = kernel_variant(variants["base"][0])
-    except ImportError:  # spaces/kernel_size.py not there: a mixed prune variant instead
-        # TODO(lead): drop this fallback once spaces/kernel_size.py is committed.
-        every_other = sorted(prunable_pairs(base))[::2]
-        mixed = {name: LayerKnobs(prune_ratio=0.75) for name in every_other}
-        variants["mixed-prune"] = (apply_candidate(base, Candidate(mixed)), "prune 0.75 on every other prunable conv")
-    return variants
 
 
 # ---------------------------------------------------------------------------------- timers
