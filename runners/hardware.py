@@ -51,16 +51,25 @@ INT8_SHARE_SOURCE = ("estimated: TVM-planned fp32 activation bytes x {share:.3f}
                      "once int8 layers read 1-byte activations")
 
 
-def export_for_tvm(model: nn.Module, imgsz: int):
-    """A Relax IRModule of the model's inference graph (one output tensor)."""
-    for module in model.modules():  # what ultralytics' exporter sets: a single concatenated output
+def set_export_mode(model: nn.Module) -> None:
+    """What ultralytics' exporter sets on the head: a single concatenated output tensor."""
+    for module in model.modules():
         if isinstance(module, Detect):
             module.export, module.format, module.dynamic = True, "onnx", False
             module.shape = None  # drop anchors cached for another input size
-    example = torch.zeros(1, 3, imgsz, imgsz)
+
+
+def relax_module(module: nn.Module, example_inputs: tuple):
+    """torch.export -> Relax with weights embedded as constants: the one frontend every build uses."""
     with torch.no_grad():
-        exported = torch.export.export(model.eval(), (example,))
+        exported = torch.export.export(module.eval(), example_inputs)
     return from_exported_program(exported, keep_params_as_input=False, unwrap_unit_return_tuple=True)
+
+
+def export_for_tvm(model: nn.Module, imgsz: int):
+    """A Relax IRModule of the model's inference graph (one output tensor)."""
+    set_export_mode(model)
+    return relax_module(model, (torch.zeros(1, 3, imgsz, imgsz),))
 
 
 def relax_pipeline(target, *, schedule: bool, capture: dict):

@@ -35,15 +35,13 @@ import numpy as np
 import torch
 import tvm
 from torch import nn
-from torch.nn.utils import parametrize
 from tvm import relax
-from tvm.relax.frontend.torch import from_exported_program
-from ultralytics.nn.modules.head import Detect
 
 from edgesearch.runners import hardware, tuning, tvm_schedule
 from edgesearch.runners.profiles import HardwareProfile
 from edgesearch.spaces.activations import remove_input_quantizers
 from edgesearch.spaces.errors import InputError
+from edgesearch.spaces.quantize import strip_fake_quant
 
 # Attributes that do not describe a block's computation: its position in the model graph ("i",
 # "f"; the input shapes are recorded instead), ultralytics' bookkeeping ("type"; "np" is the
@@ -99,31 +97,9 @@ class BlockCall(nn.Module):
         return self.block(list(inputs) if self.takes_list else inputs[0])
 
 
-def drop_weight_parametrizations(model: nn.Module) -> None:
-    """Remove fake quantization (torch parametrizations), keeping the float weights underneath:
-    this build computes in fp32, so bit-widths change stored bytes, not latency, and the
-    quantizer must not end up in the exported graph or the signature."""
-    for module in model.modules():
-        if parametrize.is_parametrized(module):
-            for tensor_name in list(module.parametrizations):
-                parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=False)
-
-
-def set_export_mode(model: nn.Module) -> None:
-    """Detect as hardware.export_for_tvm sets it (one concatenated output tensor), so that the
-    block built here computes what the full build computes."""
-    # TODO: once hardware.py has `set_export_mode` (proposed in the layer-table report), use it here.
-    for module in model.modules():
-        if isinstance(module, Detect):
-            module.export, module.format, module.dynamic = True, "onnx", False
-            module.shape = None
-
-
 def export_block(block: nn.Module, inputs: list[torch.Tensor]):
     """A Relax IRModule of one block, through the same torch.export frontend as the full build."""
-    with torch.no_grad():
-        exported = torch.export.export(BlockCall(block).eval(), tuple(inputs))
-    return from_exported_program(exported, keep_params_as_input=False, unwrap_unit_return_tuple=True)
+    return hardware.relax_module(BlockCall(block), tuple(inputs))
 
 
 # ------------------------------------------------------------------------------- signatures
@@ -178,9 +154,9 @@ def describe_blocks(model: nn.Module, imgsz: int) -> list[Block]:
     """The model's top-level blocks with their inputs at imgsz and their signatures. Works on a
     copy: the caller's model is not modified."""
     model = copy.deepcopy(model).eval()
-    drop_weight_parametrizations(model)
+    strip_fake_quant(model)  # the fp32 build's speed does not depend on bit-widths
     remove_input_quantizers(model)  # activation fake-quant: not in the fp32 build either (hardware.py)
-    set_export_mode(model)
+    hardware.set_export_mode(model)
     blocks, block_inputs = [], capture_block_inputs(model, imgsz)
     for index, (module, inputs) in enumerate(zip(top_level_blocks(model), block_inputs, strict=True)):
         shapes = [list(t.shape) for t in inputs]
