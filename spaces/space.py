@@ -24,7 +24,8 @@ A space is a YAML file in this folder (one per model family). Format:
 
 Resolving a space against a model gives each layer its own choices. A knob a layer cannot take
 is fixed there, with the reason recorded: prune_ratio is fixed to 0 where the layer's output
-channels are coupled to other layers (see prune.py).
+channels follow another layer's knob (coupled channels, see prune.py) or must stay (the head's
+outputs, attention); kernel sizes and rank ratios a conv cannot take are dropped.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from edgesearch.spaces.errors import InputError
 from edgesearch.spaces.kernel_size import why_not_shrinkable
 from edgesearch.spaces.low_rank import is_worth_it
 from edgesearch.spaces.named_yaml import names_in, read_named_yaml
-from edgesearch.spaces.prune import prunable_pairs
+from edgesearch.spaces.prune import prunable_groups
 
 SPACES_DIR = Path(__file__).parent
 KNOBS = tuple(f.name for f in dataclasses.fields(LayerKnobs))
@@ -79,15 +80,17 @@ class Space:
 
     def resolve(self, model: nn.Module) -> dict[str, LayerChoices]:
         """Per-layer choices for every searchable Conv2d of `model`."""
-        prunable = prunable_pairs(model)
+        groups = prunable_groups(model)
+        follows = {member: knob for knob, group in groups.items() for member in group.producers if member != knob}
         resolved: dict[str, LayerChoices] = {}
         for name, module in model.named_modules():
             if not (isinstance(module, nn.Conv2d) and self.matches(name)):
                 continue
             layer = LayerChoices(self.choices_for(name))
-            if name not in prunable and layer.choices["prune_ratio"] != [0.0]:
+            if name not in groups and layer.choices["prune_ratio"] != [0.0]:
                 layer.choices["prune_ratio"] = [0.0]
-                layer.notes.append("prune_ratio fixed to 0: output channels coupled to other layers")
+                why = f"its channels follow {follows[name]}" if name in follows else "its output channels must stay"
+                layer.notes.append(f"prune_ratio fixed to 0: {why} (coupled channels)")
             _keep_possible(layer, "kernel_size", lambda k: k == "keep" or why_not_shrinkable(module, k) is None,
                            "kernel sizes this conv cannot shrink to")
             _keep_possible(layer, "rank_ratio", lambda r: r == 1.0 or is_worth_it(module, r),

@@ -43,6 +43,46 @@ def tiny_model():
     return YOLO(TINY_MODEL_YAML).model.eval()
 
 
+@pytest.fixture(scope="module")
+def fused_tiny(tiny_model):
+    """The tiny YOLOv8 fused as it is scored, with weights rescaled so that outputs depend on the input."""
+    import copy
+
+    import torch
+
+    from edgesearch.spaces.apply import apply_candidate
+    from edgesearch.spaces.candidate import Candidate
+
+    model = apply_candidate(copy.deepcopy(tiny_model), Candidate({}))
+    unit_variance_weights(model, torch.rand(1, 3, 64, 64))
+    return model
+
+
+def unit_variance_weights(model, x):
+    """Random ultralytics init makes activations vanish (the output is then just the anchor grid and
+    any comparison of outputs passes); give every conv random weights rescaled so its output has
+    unit spread instead. DFL's conv is a fixed decoding table and keeps its weights."""
+    import torch
+
+    torch.manual_seed(0)
+    convs = [m for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and ".dfl" not in name]
+
+    def rescale(module, inputs, output):
+        spread = output.std().clamp_min(1e-8)
+        module.weight.div_(spread)
+        if module.bias is not None:
+            module.bias.div_(spread)
+        return output / spread
+
+    with torch.no_grad():
+        for conv in convs:
+            torch.nn.init.normal_(conv.weight)
+        handles = [conv.register_forward_hook(rescale) for conv in convs]
+        model(x)
+        for handle in handles:
+            handle.remove()
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
     """`search ...` in a subprocess, as a user would run it."""
     env = dict(os.environ, EDGESEARCH_CACHE=str(SESSION_CACHE))

@@ -1,6 +1,5 @@
 """Cross-builds: a deployable library for each device profile, or one line saying why not."""
 
-import copy
 import dataclasses
 import importlib.metadata
 import shutil
@@ -16,8 +15,6 @@ import torch
 from edgesearch.runners.cross_build import TargetNotBuildable, build_library
 from edgesearch.runners.hardware import export_for_tvm
 from edgesearch.runners.profiles import load_profile
-from edgesearch.spaces.apply import apply_candidate
-from edgesearch.spaces.candidate import Candidate
 
 ELF_64_BIT, ELF_LITTLE_ENDIAN, ELF_SHARED_OBJECT, ELF_AARCH64 = 2, 1, 3, 183
 
@@ -30,33 +27,8 @@ def elf_header(path) -> tuple[int, int, int, int]:
     return head[4], head[5], e_type, e_machine
 
 
-@torch.no_grad()
-def _unit_variance_weights(model, x):
-    """As in test_hardware.py: random ultralytics init makes activations vanish (any comparison of
-    outputs would then pass); rescale every conv so its output has unit spread instead."""
-    torch.manual_seed(0)
-    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.requires_grad]
-
-    def rescale(module, inputs, output):
-        spread = output.std().clamp_min(1e-8)
-        module.weight.div_(spread)
-        if module.bias is not None:
-            module.bias.div_(spread)
-        return output / spread
-
-    for conv in convs:
-        torch.nn.init.normal_(conv.weight)
-    handles = [conv.register_forward_hook(rescale) for conv in convs]
-    model(x)
-    for handle in handles:
-        handle.remove()
 
 
-@pytest.fixture(scope="module")
-def fused_tiny(tiny_model):
-    model = apply_candidate(copy.deepcopy(tiny_model), Candidate({}))  # fused, as scored
-    _unit_variance_weights(model, torch.rand(1, 3, 64, 64))
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -30,9 +30,6 @@ def table_cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-@pytest.fixture(scope="module")
-def fused_tiny(tiny_model):
-    return apply_candidate(copy.deepcopy(tiny_model), Candidate({}))  # fused, as scored
 
 
 def _signatures(model) -> list[str]:
