@@ -30,12 +30,15 @@ def test_default_space_resolves_per_layer(tiny_model):
     resolved = space.resolve(tiny_model)
     assert "model.0.conv" in resolved and not any(name.endswith("dfl.conv") for name in resolved)
     assert resolved["model.0.conv"].choices["weight_bits"] == [8, 32]  # the stem group override
+    assert resolved["model.0.conv"].choices["prune_ratio"] == [0.0]  # the stem group keeps its channels
     prunable = prunable_pairs(tiny_model)
     for name, layer in resolved.items():
-        if name in prunable:
+        if name in prunable and name != "model.0.conv":
             assert len(layer.choices["prune_ratio"]) > 1
-        else:  # coupled layers have pruning fixed off, and the space says why
+        elif name not in prunable:  # coupled layers have pruning fixed off, and the space says why
             assert layer.choices["prune_ratio"] == [0.0] and layer.notes
+    bottleneck = resolved["model.2.m.0.cv1.conv"].choices
+    assert bottleneck["kernel_size"] == ["keep", 1] and bottleneck["rank_ratio"] == [1.0, 0.5, 0.25]
 
 
 @pytest.mark.parametrize(
