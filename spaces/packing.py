@@ -5,7 +5,8 @@ Layout (little-endian), in this order:
              number of dims, group size (uint16), then each dim (uint32)
   sparsity   only when some weights are pruned: a bitmask (1 bit per weight) or a list of the kept
              weights' indices (uint32 count, then uint16 or uint32 each), whichever is shorter
-  params     per parameter set, in SCHEME_PARAMS order, as fp16 (kmeans: 2^b codebook entries)
+  params     per parameter set, in SCHEME_PARAMS order, as fp16 (kmeans: its codebook of
+             min(2^b, set size) entries)
   values     the kept weights in weight order: b-bit codes packed densely (LSB first) when
              quantized, or raw fp16 / fp32 values when the layer stays in float
   bias       fp32 (it becomes the int32 accumulator's offset on integer hardware)
@@ -26,7 +27,14 @@ from torch.nn.utils import parametrize
 
 from edgesearch.spaces.candidate import FLOAT_BITS, LayerKnobs
 from edgesearch.spaces.granularity import GRANULARITIES, SetLayout
-from edgesearch.spaces.quantize import SCHEME_PARAMS, QuantizedWeight, dequantize, layer_quantizer, quantize_weight
+from edgesearch.spaces.quantize import (
+    SCHEME_PARAMS,
+    QuantizedWeight,
+    dequantize,
+    kmeans_clusters,
+    layer_quantizer,
+    quantize_weight,
+)
 
 MAGIC = b"ESQ1"
 HEADER = struct.Struct("<4sBBBBBBH")
@@ -60,8 +68,9 @@ def _sparsity_section(mask: torch.Tensor | None) -> tuple[int, bytes]:
 
 
 def pack_layer(weight: torch.Tensor, bias: torch.Tensor | None, knobs: LayerKnobs,
-               mask: torch.Tensor | None = None) -> bytes:
-    """The packed bytes of one layer (weights quantized per `knobs`, pruned where mask is False)."""
+               mask: torch.Tensor | None = None, fit: torch.Tensor | None = None) -> bytes:
+    """The packed bytes of one layer (weights quantized per `knobs`, pruned where mask is False;
+    `fit`: where PWLQ / k-means start from, see quantize.FakeQuantWeight)."""
     weight = weight.detach().float()
     if mask is not None:
         mask = mask.bool()
@@ -72,7 +81,7 @@ def pack_layer(weight: torch.Tensor, bias: torch.Tensor | None, knobs: LayerKnob
                          sparse_mode, bias is not None, weight.ndim, knobs.group_size)
     parts = [header, struct.pack(f"<{weight.ndim}I", *weight.shape), sparse_bytes]
     if knobs.quantized:
-        quantized = quantize_weight(weight, knobs, mask)
+        quantized = quantize_weight(weight, knobs, mask, fit)
         parts += [quantized.params[name].numpy().astype(np.float16).tobytes() for name in SCHEME_PARAMS[scheme]]
         codes = quantized.layout.merge(quantized.codes).reshape(-1)[kept]
         parts.append(_pack_bits(codes.numpy(), knobs.weight_bits))
@@ -123,7 +132,7 @@ def unpack_layer(blob: bytes) -> tuple[torch.Tensor, torch.Tensor | None]:
     if bits < 16:
         scheme = SCHEMES[scheme_id]
         layout = SetLayout(shape, GRANULARITIES[granularity_id], group_size)
-        per_set = 2**bits if scheme == "kmeans" else 1
+        per_set = kmeans_clusters(bits, layout.row_length) if scheme == "kmeans" else 1
         params = {name: torch.from_numpy(reader.array(np.float16, layout.sets * per_set).astype(np.float32))
                   .reshape(layout.sets, per_set) for name in SCHEME_PARAMS[scheme]}
         codes = torch.zeros(numel, dtype=torch.int64)
@@ -147,7 +156,8 @@ def module_packing(module: nn.Module, knobs: LayerKnobs | None = None) -> bytes:
         return module.packed_layer
     quantizer = layer_quantizer(module)
     if quantizer is not None:
-        return pack_layer(module.parametrizations.weight.original, module.bias, quantizer.knobs, quantizer.mask)
+        return pack_layer(module.parametrizations.weight.original, module.bias, quantizer.knobs, quantizer.mask,
+                          quantizer.fit)
     return pack_layer(module.weight, module.bias, knobs or LayerKnobs(weight_bits=FLOAT_BITS))
 
 

@@ -11,7 +11,8 @@ quantized on its own with b-bit codes and a few fp16 parameters:
               to minimise the squared error; the grid includes the p at which PWLQ's levels are
               exactly symmetric-uniform, so PWLQ is never worse than `symmetric` (up to fp16
               rounding of its parameters). params: max, breakpoint.
-  kmeans    - weight sharing (Tome et al., 2016; Han et al., 2016): 2^b centroids per set from
+  kmeans    - weight sharing (Tome et al., 2016; Han et al., 2016): 2^b centroids per set (fewer
+              when a set has fewer weights) from
               Lloyd's algorithm (two deterministic starts, the better kept), codes are centroid
               indices; params: the codebook.
 
@@ -164,8 +165,13 @@ def _nearest_centroid(rows, codebook):
     return torch.searchsorted(midpoints, rows.contiguous())
 
 
-def _lloyd(rows, weights, codebook):
-    for _ in range(KMEANS_ITERATIONS):
+def kmeans_clusters(bits: int, set_size: int) -> int:
+    """Centroids per set: 2^b, but never more than the set has weights (more could not be used)."""
+    return min(2**bits, set_size)
+
+
+def _lloyd(rows, weights, codebook, iterations=KMEANS_ITERATIONS):
+    for _ in range(iterations):
         codes = _nearest_centroid(rows, codebook)
         sums = torch.zeros_like(codebook).scatter_add_(1, codes, rows * weights)
         members = torch.zeros_like(codebook).scatter_add_(1, codes, weights)
@@ -180,9 +186,10 @@ def _encode_kmeans(rows, valid, bits, fit=None):
     # Lloyd's algorithm from two starts, keeping the better per set: linear over [min, max]
     # (Deep Compression's choice: it keeps centroids on the rare large weights) and quantiles
     # (exact when a set has no more distinct weights than centroids). Deterministic.
-    clusters, weights = 2**bits, valid.float()
-    if fit is not None:  # a codebook to reuse: only assign each weight to its nearest centroid
-        return _nearest_centroid(rows, fit), {"codebook": fit}
+    clusters, weights = kmeans_clusters(bits, rows.shape[1]), valid.float()
+    if fit is not None:  # warm start from a codebook found before: one Lloyd step tracks the weights
+        codes, codebook, _ = _lloyd(rows, weights, fit, iterations=1)
+        return codes, {"codebook": codebook}
     low, high = _row_min_max(rows, valid)
     linear = low + (high - low) * torch.linspace(0, 1, clusters)
     ordered = rows.masked_fill(~valid, float("inf")).sort(dim=1).values
@@ -259,27 +266,35 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor | None
 
 class FakeQuantWeight(nn.Module):
     """Parametrization: the layer sees pruned + quantized weights; gradients pass straight
-    through (STE). The pruning mask is fixed when the knobs are applied. PWLQ's breakpoint search
-    and k-means' clustering cost 10-100x a uniform quantizer, so while training they are redone
-    every REFIT_EVERY steps and reused in between; packing (bake) always searches afresh."""
+    through (STE). The pruning mask is fixed when the knobs are applied.
 
-    REFIT_EVERY = 10
+    PWLQ's breakpoint search and k-means' clustering cost 10-100x a uniform quantizer, so while
+    training they start from the last step's result (`fit`): k-means takes one Lloyd step from the
+    last codebook, PWLQ keeps its breakpoints and searches again every PWLQ_RESEARCH_EVERY steps.
+    Packing a trained layer starts from the same `fit`, so the deployed grid is the one the
+    fine-tune trained against (a fresh search at the end cost up to 14 mAP points, measured)."""
+
+    PWLQ_RESEARCH_EVERY = 10
 
     def __init__(self, knobs: LayerKnobs, mask: torch.Tensor | None):
         super().__init__()
         self.knobs = knobs
         self.register_buffer("mask", mask)
-        self._fit, self._steps = None, 0
+        self.fit, self._steps = None, 0
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        if not self.knobs.quantized or not self.training or self.knobs.scheme not in ("pwlq", "kmeans"):
+        if not self.knobs.quantized or self.knobs.scheme not in ("pwlq", "kmeans"):
             quantized = fake_quantize(weight, self.knobs, self.mask)
+        elif not self.training:  # what packing gives (packing.module_packing starts from the same fit)
+            quantized = dequantize(quantize_weight(weight, self.knobs, self.mask, fit=self.fit)).to(weight.dtype)
         else:
-            if self._steps % self.REFIT_EVERY == 0:
-                self._fit = None
-            found = quantize_weight(weight, self.knobs, self.mask, fit=self._fit)
-            self._fit, self._steps = fitted(found), self._steps + 1
+            if self.knobs.scheme == "pwlq" and self._steps % self.PWLQ_RESEARCH_EVERY == 0:
+                self.fit = None
+            found = quantize_weight(weight, self.knobs, self.mask, fit=self.fit)
+            self.fit, self._steps = fitted(found), self._steps + 1
             quantized = dequantize(found).to(weight.dtype)
+        if not self.training:
+            return quantized  # exactly the quantized values (w + (q - w) can be off by an ulp)
         return weight + (quantized - weight).detach()
 
 

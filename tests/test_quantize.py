@@ -75,7 +75,7 @@ def test_kmeans_indices_fit_in_b_bits_and_each_set_uses_its_codebook(shape, bits
     w = _weights(shape, seed)
     quantized = quantize_weight(w, knobs)
     assert int(quantized.codes.min()) >= 0 and int(quantized.codes.max()) < 2**bits
-    assert quantized.params["codebook"].shape == (quantized.layout.sets, 2**bits)
+    assert quantized.params["codebook"].shape == (quantized.layout.sets, min(2**bits, quantized.layout.row_length))
     rows, valid = _rows(fake_quantize(w, knobs), knobs)
     for row, keep, codebook in zip(rows, valid, quantized.params["codebook"]):
         assert torch.isin(row[keep], codebook).all()
@@ -127,6 +127,7 @@ def test_packed_size_is_header_params_codes_and_bias():
     assert size(weight_bits=3, scheme="symmetric", granularity="tensor") == header + 2 + 432 + 64
     assert size(weight_bits=4, scheme="pwlq", granularity="channel") == header + 8 * 2 * 2 + 576 + 64
     assert size(weight_bits=2, scheme="kmeans", granularity="kernel") == header + 128 * 4 * 2 + 288 + 64
+    assert size(weight_bits=8, scheme="kmeans", granularity="kernel") == header + 128 * 9 * 2 + 1152 + 64  # 9 per set
     assert size(weight_bits=4, scheme="affine", granularity="group", group_size=4) == header + 288 * 4 + 576 + 64
     assert size(weight_bits=32) == header + 1152 * 4 + 64
     assert size(weight_bits=16) == header + 1152 * 2 + 64
@@ -168,3 +169,25 @@ def test_float_and_fp16_layers():
     w = torch.randn(4, 3, 3, 3)
     assert torch.equal(fake_quantize(w, LayerKnobs(weight_bits=32)), w)
     assert torch.equal(fake_quantize(w, LayerKnobs(weight_bits=16)), w.half().float())
+
+
+@pytest.mark.parametrize("scheme", ["pwlq", "kmeans"])
+def test_a_trained_layer_packs_to_what_it_computes_with(scheme):
+    from torch import nn
+
+    from edgesearch.spaces.packing import bake_fake_quant, module_packing
+    from edgesearch.spaces.quantize import attach_fake_quant
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, 3)
+    attach_fake_quant(conv, LayerKnobs(weight_bits=3, scheme=scheme, granularity="filter"))
+    optimizer = torch.optim.SGD(conv.parameters(), lr=0.05)
+    for _ in range(3):  # training steps start PWLQ / k-means from the last step's fit
+        conv(torch.randn(2, 8, 6, 6)).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    conv.eval()
+    computed = conv.weight.detach().clone()
+    assert torch.equal(unpack_layer(module_packing(conv))[0], computed)
+    bake_fake_quant(nn.Sequential(conv))
+    assert torch.equal(conv.weight, computed)
