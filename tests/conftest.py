@@ -58,14 +58,15 @@ def fused_tiny(tiny_model):
     return model
 
 
-def unit_variance_weights(model, x):
+def unit_variance_weights(model, x, *, randomise: bool = True, convs=None):
     """Random ultralytics init makes activations vanish (the output is then just the anchor grid and
-    any comparison of outputs passes); give every conv random weights rescaled so its output has
-    unit spread instead. DFL's conv is a fixed decoding table and keeps its weights."""
+    any comparison of outputs passes): rescale every conv (default: all but DFL's fixed decoding
+    table) so its output has unit spread on `x`, after giving it random weights if `randomise`."""
     import torch
 
     torch.manual_seed(0)
-    convs = [m for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and ".dfl" not in name]
+    if convs is None:
+        convs = [m for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and ".dfl" not in name]
 
     def rescale(module, inputs, output):
         spread = output.std().clamp_min(1e-8)
@@ -75,8 +76,9 @@ def unit_variance_weights(model, x):
         return output / spread
 
     with torch.no_grad():
-        for conv in convs:
-            torch.nn.init.normal_(conv.weight)
+        if randomise:
+            for conv in convs:
+                torch.nn.init.normal_(conv.weight)
         handles = [conv.register_forward_hook(rescale) for conv in convs]
         model(x)
         for handle in handles:

@@ -15,6 +15,7 @@ from ultralytics.nn.modules.block import SPPF, Attention, C2f
 from ultralytics.nn.modules.conv import Conv
 from ultralytics.nn.modules.head import Detect
 
+from conftest import unit_variance_weights
 from edgesearch.spaces.errors import InputError
 from edgesearch.spaces.prune import prunable_groups, prunable_pairs, prune_output_channels, removed_count
 
@@ -52,23 +53,12 @@ def _exportable(model: nn.Module) -> nn.Module:
     return model
 
 
-@torch.no_grad()
 def _unit_spread(model: nn.Module, x: torch.Tensor) -> None:
-    """Rescale every conv so its output has unit spread on `x` (zero weights stay zero): with
-    ultralytics' init, or with half the channels zeroed, activations vanish layer by layer, and a
-    comparison of near-constant outputs would pass whatever the pruning did."""
-    def rescale(module, inputs, output):
-        spread = output.std().clamp_min(1e-8)
-        module.weight.div_(spread)
-        if module.bias is not None:
-            module.bias.div_(spread)
-        return output / spread
-
+    """Rescale every trainable conv so its output has unit spread on `x` (zero weights stay zero):
+    with half the channels zeroed, activations vanish layer by layer, and a comparison of
+    near-constant outputs would pass whatever the pruning did."""
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.weight.requires_grad]
-    handles = [conv.register_forward_hook(rescale) for conv in convs]
-    model(x)
-    for handle in handles:
-        handle.remove()
+    unit_variance_weights(model, x, randomise=False, convs=convs)
 
 
 # --- grouping ---------------------------------------------------------------------------------------
