@@ -43,8 +43,8 @@ from tvm import relax  # noqa: E402
 from ultralytics.nn.modules.block import Bottleneck  # noqa: E402
 
 from edgesearch.runners.costs import layer_costs, roofline_latency_ms  # noqa: E402
-from edgesearch.runners.hardware import build_local, export_for_tvm  # noqa: E402
-from edgesearch.runners.layer_table import build_block, describe_blocks, per_layer_latency, set_export_mode  # noqa: E402
+from edgesearch.runners.hardware import build_local, export_for_tvm, set_export_mode  # noqa: E402
+from edgesearch.runners.layer_table import build_block, describe_blocks, per_layer_latency  # noqa: E402
 from edgesearch.runners.profiles import load_profile  # noqa: E402
 from edgesearch.runners.tuning import tune_and_build  # noqa: E402
 from edgesearch.search.jobs import resolve_inputs  # noqa: E402
@@ -215,6 +215,10 @@ def main(argv=None) -> int:
     parser.add_argument("--number", type=int, default=5, help="runs averaged into one sample")
     parser.add_argument("--tune-trials", type=int, default=0,
                         help="also time MetaSchedule-tuned builds (database in <cache>/tuning/x86-host)")
+    parser.add_argument("--tune-variants", nargs="+", default=["base"],
+                        help="variants to tune with --tune-trials (each new layer shape costs minutes)")
+    parser.add_argument("--tune-blocks", action="store_true",
+                        help="with --tune-trials: also time the tuned per-block sum (a builder pool per block: slow)")
     parser.add_argument("--quick", action="store_true", help="a fast sanity run: 3 rounds of 3 samples")
     parser.add_argument("--out", default="bench/hardware_fidelity", help="writes OUT.json and OUT.md")
     args = parser.parse_args(argv)
@@ -253,10 +257,11 @@ def main(argv=None) -> int:
         timers[name, "tvm_full"] = tvm_timer(executable, [shape], args.number, args.repeats)
         timers[name, "layer_sum"] = layer_sum_timer(
             block_timers(model, args.imgsz, profile, args.number, args.repeats, fixed_blocks))
-        if args.tune_trials > 0:
+        if args.tune_trials > 0 and name in args.tune_variants:
             executable, _ = tune_and_build(export_for_tvm(copy.deepcopy(model), args.imgsz), profile.target,
                                            tuning_db, args.tune_trials)
             timers[name, "tvm_tuned"] = tvm_timer(executable, [shape], args.number, args.repeats)
+        if args.tune_trials > 0 and name in args.tune_variants and args.tune_blocks:
             timers[name, "layer_sum_tuned"] = layer_sum_timer(block_timers(
                 model, args.imgsz, profile, args.number, args.repeats, tuned_blocks, args.tune_trials, tuning_db))
 
