@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import sys
@@ -167,6 +168,7 @@ def cmd_run(args) -> None:
         "sram_budget_bytes": inputs.profile.sram_bytes,
         "space": inputs.space.name,
         "space_file": inputs.space.source,
+        "space_sha256": hashlib.sha256(Path(inputs.space.source).read_bytes()).hexdigest(),
         "preset": args.preset,
         "model": str(inputs.checkpoint),
         "trust_checkpoint": inputs.trust_checkpoint,

@@ -127,6 +127,10 @@ def prepare_run_dir(run_dir: Path, run: dict, resume: bool) -> dict:
         if not run_file.exists():
             raise InputError(f"nothing to resume in {run_dir} (no {RUN_FILE})")
         stored = json.loads(run_file.read_text())
+        if stored.get("space_sha256", run["space_sha256"]) != run["space_sha256"]:
+            # the study's stored choices would no longer match the space's: sampling would break
+            raise InputError(f"space {stored['space_file']} changed since the run in {run_dir} started; "
+                             "start a new run with --out")
         stored["trials"] = max(stored["trials"], run["trials"])  # a resume may ask for more trials
         _write_json(run_file, stored)
         return stored

@@ -87,3 +87,16 @@ def test_a_failing_trial_is_recorded_with_its_error_and_the_search_goes_on(tmp_p
     trials = study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]
     assert all("checkpoint not found" in t.user_attrs[studies.ERROR_ATTR] for t in trials)
+
+
+def test_resume_refuses_a_space_that_changed_since_the_run_started(tmp_path):
+    import pytest
+
+    from edgesearch.search.jobs import prepare_run_dir
+    from edgesearch.spaces.errors import InputError
+
+    run = {"trials": 2, "space_file": "spaces/mine.yaml", "space_sha256": "a" * 64}
+    prepare_run_dir(tmp_path, run, resume=False)
+    assert prepare_run_dir(tmp_path, dict(run, trials=4), resume=True)["trials"] == 4
+    with pytest.raises(InputError, match="changed since the run"):
+        prepare_run_dir(tmp_path, dict(run, space_sha256="b" * 64), resume=True)
