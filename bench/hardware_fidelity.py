@@ -7,7 +7,7 @@ each scored on x86-host (this machine) by:
   layer_sum    the same blocks built and timed one by one (layer_table.build_block), summed
   tvm_tuned / layer_sum_tuned   the same two with MetaSchedule-tuned kernels (--tune-trials N)
 and two figures that are not timed here:
-  layer_table  what the search would use: per_layer_latency(), the per-profile cached table
+  layer_table  per_layer_latency(), the per-profile cached table (runners/layer_table.py; the search builds in full)
   roofline     costs.roofline_latency_ms with the x86-host profile's peak rates
 Every timed (variant, method) pair is timed in every round, in a shuffled order, so load changes on
 a shared machine hit all of them alike; each round contributes `--repeats` samples (each the mean
@@ -59,7 +59,7 @@ SOURCES = {
     "layer_sum": "estimated: sum of per-block TVM builds (fixed schedule), timed here interleaved",
     "tvm_tuned": "measured: TVM full build, MetaSchedule-tuned, time evaluator",
     "layer_sum_tuned": "estimated: sum of per-block TVM builds (MetaSchedule-tuned), timed here interleaved",
-    "layer_table": "estimated: per_layer_latency() - the per-profile cached table the search uses (timed once)",
+    "layer_table": "estimated: per_layer_latency() - the per-profile cached table (timed once; not used by the search)",
     "roofline": "estimated: roofline from x86-host peak fp32 rate and bandwidth (not timed)",
 }
 RATIOS = [  # (label, numerator, denominator)

@@ -40,7 +40,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 def knob_summary(candidate: dict | None) -> str:
     """A one-line summary of a candidate's per-layer knobs, e.g.
-    `4b×20 8b×9 32b×34; kmeans×12 pwlq×9; 7 pruned, 3 sparse, 2 kernel 1x1, 4 low-rank, 10 int8-act`."""
+    `4b×20 8b×9 32b×34; kmeans×12 pwlq×9; 7 pruned, 3 sparse, 2 kernel-shrunk, 4 low-rank, 10 int8-act`."""
     if not candidate:
         return "unmodified"
     layers = list(candidate["layers"].values())
@@ -49,7 +49,7 @@ def knob_summary(candidate: dict | None) -> str:
     counts = {
         "pruned": sum(1 for k in layers if k.get("prune_ratio", 0) > 0),
         "sparse": sum(1 for k in layers if k.get("sparsity", 0) > 0),
-        "kernel 1x1/3x3": sum(1 for k in layers if k.get("kernel_size", "keep") != "keep"),
+        "kernel-shrunk": sum(1 for k in layers if k.get("kernel_size", "keep") != "keep"),
         "low-rank": sum(1 for k in layers if k.get("rank_ratio", 1.0) < 1),
         "int8-act": sum(1 for k in layers if k.get("activation_bits", 32) == 8),
     }
@@ -146,7 +146,7 @@ def _html(run: dict, base: dict, trials: list[dict]) -> str:
     remeasured_note = (f"<p><b>Re-measured latency</b> ({html.escape(remeasured_source)}): the search times each trial "
                        "alone, at its own moment, on a shared machine; this column times the final designs together, so "
                        "compare designs by it. Optimisation used the search figures (latency_ms).</p>"
-                       if remeasured_source else "<p>No re-measured latencies: the profile is not timed on this machine."
+                       if remeasured_source else "<p>No re-measured latencies: the profile is not timed on this machine, or the run has not finished."
                        "</p>")
     settings = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in run.items())
     no_fit = front and not any(t["feasible"] for t in front)

@@ -45,7 +45,8 @@ def finetune(
 
     Fake-quantized layers train through their straight-through estimator. With a `teacher` (the
     base model), the loss adds `distill_weight` x the distillation loss of `distillation_loss`.
-    Returns the loss of every step (for the trial's record).
+    Returns the detection loss of every step (for the trial's record; without the distillation
+    term, so distilled and plain fine-tunes compare).
     """
     if iterations <= 0:
         return []
@@ -71,6 +72,7 @@ def finetune(
         predictions = model(batch_data["img"])
         loss, _ = model.loss(batch_data, predictions)
         loss = loss.sum()
+        losses.append(float(loss.detach()) / batch)
         if teacher is not None:
             with torch.no_grad():
                 _, teacher_predictions = teacher.eval()(batch_data["img"])
@@ -79,7 +81,6 @@ def finetune(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
         optimizer.step()
-        losses.append(float(loss.detach().sum()) / batch)
     model.eval()
     return losses
 
@@ -87,7 +88,9 @@ def finetune(
 def distillation_loss(student: dict, teacher: dict) -> torch.Tensor:
     """Knowledge distillation from the base model's raw head outputs (same anchors, same shapes):
     KL divergence of the DFL box-bin distributions plus binary cross-entropy of the class logits
-    against the teacher's class probabilities, each averaged over anchors."""
+    against the teacher's class probabilities, each averaged over anchors. End-to-end heads
+    (YOLOv10-style) are distilled through their one-to-many branch."""
+    student, teacher = student.get("one2many", student), teacher.get("one2many", teacher)
     batch, channels, anchors = student["boxes"].shape
     bins = (batch, 4, channels // 4, anchors)
     box_kl = torch.nn.functional.kl_div(student["boxes"].view(bins).log_softmax(2),

@@ -77,7 +77,7 @@ def build_library(mod, profile: HardwareProfile, out_path: str | Path, *, check_
     if kind == "cuda" and check_kernels:
         info["kernel_check"] = check_cuda_kernels(_cuda_source(executable), profile)
     export_start = time.perf_counter()
-    path = _export_atomically(executable, Path(out_path), compiler)
+    path = export_atomically(executable, Path(out_path), compiler)
     export_s = time.perf_counter() - export_start
     return {
         "path": str(path),
@@ -215,7 +215,7 @@ def cuda_toolkit_root() -> str:
 
 # --- writing the library ------------------------------------------------------------------------
 
-def _export_atomically(executable, out_path: Path, compiler: str | None) -> Path:
+def export_atomically(executable, out_path: Path, compiler: str | None = None) -> Path:
     """export_library into a temporary file beside `out_path`, then rename: a reader never sees a
     half-written library, and a failed link leaves nothing behind."""
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import statistics
 import tempfile
 import time
@@ -41,12 +42,15 @@ from edgesearch.spaces.activations import activation_byte_share, remove_input_qu
 from edgesearch.spaces.apply import weight_bytes
 
 ACTIVATION_DTYPE_BYTES = 4  # activations stay fp32 in this build
-LOCAL_SOURCE = "measured: TVM llvm build, fixed CPU schedule (no tuning), fp32, time evaluator median"
-TUNED_SOURCE = "measured: TVM llvm build tuned by MetaSchedule (budget {trials} trials), fp32, time evaluator median"
+LOCAL_SOURCE = "measured: TVM llvm build, fixed CPU schedule (no tuning), fp32, {threads} threads, time evaluator median"
+TUNED_SOURCE = ("measured: TVM llvm build tuned by MetaSchedule (budget {trials} trials), fp32, {threads} threads, "
+                "time evaluator median")
 ESTIMATED_SOURCE = "estimated: roofline from profile peak fp32 rate and bandwidth (no device reachable)"
-REMEASURED_SOURCE = ("measured: TVM llvm build, fixed CPU schedule, fp32, re-timed interleaved with the other "
-                     "{designs} final designs ({rounds} rounds x {repeat} repeats)")
+REMEASURED_SOURCE = ("measured: TVM llvm build, fixed CPU schedule, fp32, {threads} threads, re-timed interleaved "
+                     "with the other {designs} final designs ({rounds} rounds x {repeat} repeats)")
 PLANNED_SOURCE = "planned: TVM static memory planning of the fp32 build"
+PLANNED_GENERIC_SOURCE = ("planned: TVM static memory planning of the fp32 model for a generic llvm target "
+                          "(not the profile's own build; GPU plans may differ)")
 INT8_SHARE_SOURCE = ("estimated: TVM-planned fp32 activation bytes x {share:.3f}, the byte share of conv inputs "
                      "once int8 layers read 1-byte activations")
 
@@ -64,6 +68,11 @@ def relax_module(module: nn.Module, example_inputs: tuple):
     with torch.no_grad():
         exported = torch.export.export(module.eval(), example_inputs)
     return from_exported_program(exported, keep_params_as_input=False, unwrap_unit_return_tuple=True)
+
+
+def _tvm_threads() -> str:
+    """TVM's thread count as set for this process (evaluate.py sets it before the first run)."""
+    return os.environ.get("TVM_NUM_THREADS", "default")
 
 
 def export_for_tvm(model: nn.Module, imgsz: int):
@@ -132,9 +141,9 @@ def build_local(mod, target: dict) -> tuple[object, dict]:
 
 
 def plan_memory_only(mod) -> int:
-    """Activation bytes from memory planning alone, without code generation (for profiles whose
-    target this machine does not build yet). Planned for a generic llvm target: the plan does not
-    depend on kernel schedules (a test checks it); for GPU targets it may differ (not checked)."""
+    """Activation bytes from memory planning alone, without code generation (tuned builds and
+    device profiles). Planned for a generic llvm target: the plan does not depend on kernel
+    schedules (a test checks it); for GPU targets it may differ (not checked)."""
     capture: dict = {}
     target = tvm.target.Target({"kind": "llvm"})
     relax_pipeline(target, schedule=False, capture=capture)(mod)
@@ -188,7 +197,8 @@ def remeasure_interleaved(models: dict[str, nn.Module], profile: HardwareProfile
         for name, vm in vms.items():
             timer = vm.time_evaluator("main", tvm.cpu(), number=1, repeat=repeat, min_repeat_ms=10)
             times[name] += [t * 1e3 for t in timer(data).results]
-    source = REMEASURED_SOURCE.format(designs=len(vms), rounds=rounds, repeat=repeat)
+    source = REMEASURED_SOURCE.format(threads=_tvm_threads(), designs=len(vms),
+                                      rounds=rounds, repeat=repeat)
     return {name: {"latency_ms": statistics.median(ms), "latency_spread_ms": max(ms) - min(ms), "latency_source": source}
             for name, ms in times.items()}
 
@@ -216,16 +226,18 @@ def hardware_scores(model: nn.Module, profile: HardwareProfile, imgsz: int, *, t
         executable, build = tune_and_build(mod, profile.target, Path(tuning_db), tune_trials)
         activations = plan_memory_only(mod)  # planning does not depend on the kernels' schedules
         latency = {**measure_latency_local(executable, imgsz), **build,
-                   "latency_source": TUNED_SOURCE.format(trials=tune_trials)}
+                   "latency_source": TUNED_SOURCE.format(trials=tune_trials, threads=_tvm_threads())}
     else:
         executable, build = build_local(mod, profile.target)
         activations = build["activation_bytes"]
         latency = {**measure_latency_local(executable, imgsz), "build_s": build["build_s"],
-                   "unscheduled_kernels": len(build["unscheduled_kernels"]), "latency_source": LOCAL_SOURCE}
-        if library_path:
-            executable.export_library(library_path)
-            latency["library_bytes"] = Path(library_path).stat().st_size
-    activation_source = PLANNED_SOURCE
+                   "unscheduled_kernels": len(build["unscheduled_kernels"]),
+                   "latency_source": LOCAL_SOURCE.format(threads=_tvm_threads())}
+    if library_path and profile.measurement != "rpc":
+        from edgesearch.runners.cross_build import export_atomically
+
+        latency["library_bytes"] = export_atomically(executable, Path(library_path)).stat().st_size
+    activation_source = PLANNED_SOURCE if profile.measurement == "local" else PLANNED_GENERIC_SOURCE
     if byte_share < 1.0:
         activations = math.ceil(activations * byte_share)
         activation_source = INT8_SHARE_SOURCE.format(share=byte_share)

@@ -93,7 +93,10 @@ def tracker_summary(host: str, port: int, timeout_s: float) -> dict:
 
 def device_unavailable_reason(profile: HardwareProfile, timeout_s: float = 2.0) -> str | None:
     """None when the tracker answers and a server is registered under the key; else why not."""
-    host, port, key = tracker_address(profile)
+    try:
+        host, port, key = tracker_address(profile)
+    except InputError as error:  # no tracker configured: no device, and the reason says so
+        return str(error)
     try:
         summary = tracker_summary(host, port, timeout_s)
     except (OSError, ValueError) as error:  # refused, unreachable, timed out, garbled reply

@@ -160,7 +160,7 @@ def run_search(inputs: Inputs, run_dir: Path, run: dict, *, resume: bool, ray_ad
             study.set_user_attr("base", execution.result(execution.submit(base_settings, None, cpus_per_trial)))
         _search_loop(study, inputs, settings, run, parallel, cpus_per_trial)
         if inputs.profile.measurement == "local":
-            _remeasure_front(study, dict(settings, threads=os.cpu_count() or 1))
+            _remeasure_front(study, settings)  # with the trials' thread count
     finally:
         execution.stop_ray()
     return write_run_report(run_dir, study=study)
@@ -199,7 +199,12 @@ def _remeasure_front(study, settings: dict) -> None:
     from edgesearch.runners.evaluate import remeasure_designs  # loads TVM: only when needed
 
     print(f"re-measuring the {len(front)} Pareto design(s) and the base, interleaved")
-    study.set_user_attr("remeasured", remeasure_designs(settings, {"base": None, **front}))
+    try:
+        remeasured = remeasure_designs(settings, {"base": None, **front})
+    except Exception as error:  # the report still gets written, with the search's own figures
+        print(f"re-measuring skipped: {type(error).__name__}: {error}")
+        return
+    study.set_user_attr("remeasured", remeasured)
 
 
 def write_run_report(run_dir: Path, study=None) -> dict:

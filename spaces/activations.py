@@ -30,6 +30,8 @@ class InputQuantizer(nn.Module):
         self.calibrating = True
 
     def freeze(self) -> None:
+        if not torch.isfinite(self.observer.min_val):  # no calibration batch reached this layer
+            raise RuntimeError("an int8 activation quantizer saw no calibration data")
         scale, zero_point = self.observer.calculate_qparams()
         self.scale.copy_(scale.reshape(()))
         self.zero_point.copy_(zero_point.reshape(()))

@@ -54,10 +54,20 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def uniform_candidate(model: nn.Module, knobs: LayerKnobs, layers: list[str]) -> Candidate:
-    """The same knobs on every listed layer; pruning only where the layer allows it."""
-    prunable = prunable_pairs(model)
-    unpruned = dataclasses.replace(knobs, prune_ratio=0.0)
-    return Candidate({name: knobs if name in prunable else unpruned for name in layers})
+    """The same knobs on every listed layer, except the structural ones a layer cannot take:
+    pruning, kernel size and low rank are left off where they do not apply."""
+    prunable, convs = prunable_pairs(model), conv_layers(model)
+    candidate = {}
+    for name in layers:
+        conv, layer_knobs = convs[name], knobs
+        if name not in prunable:
+            layer_knobs = dataclasses.replace(layer_knobs, prune_ratio=0.0)
+        if _changes_kernel(conv, knobs) and why_not_shrinkable(conv, knobs.kernel_size):
+            layer_knobs = dataclasses.replace(layer_knobs, kernel_size="keep")
+        if knobs.rank_ratio < 1 and not is_worth_it(conv, knobs.rank_ratio):
+            layer_knobs = dataclasses.replace(layer_knobs, rank_ratio=1.0)
+        candidate[name] = layer_knobs
+    return Candidate(candidate)
 
 
 def apply_candidate(model: nn.Module, candidate: Candidate) -> nn.Module:
@@ -72,7 +82,7 @@ def apply_candidate(model: nn.Module, candidate: Candidate) -> nn.Module:
         layer: nn.Module = convs[name]
         if _changes_kernel(layer, knobs):
             layer = shrink_kernel(layer, knobs.kernel_size)
-        if knobs.rank_ratio < 1:
+        if knobs.rank_ratio < 1 and is_worth_it(layer, knobs.rank_ratio):  # re-checked: pruning shrank it
             layer = factorize(layer, knobs.rank_ratio)
         if layer is not convs[name]:
             _replace(model, name, layer)

@@ -14,10 +14,10 @@ import json
 from pathlib import Path
 
 from edgesearch.spaces.errors import InputError
+from edgesearch.spaces.granularity import GRANULARITIES
 
 FLOAT_BITS = 32  # weight_bits=32 means "left in float"; 16 means stored as fp16
-SCHEMES = ("affine", "symmetric", "pwlq", "kmeans")
-GRANULARITIES = ("tensor", "filter", "channel", "kernel", "group")
+SCHEMES = ("affine", "symmetric", "pwlq", "kmeans")  # the packed header stores positions in this tuple
 KERNEL_SIZES = ("keep", 5, 3, 1)
 
 
@@ -42,7 +42,7 @@ class LayerKnobs:
             raise InputError(f"granularity must be one of {', '.join(GRANULARITIES)}, not {self.granularity!r}")
         if not 0.0 <= float(self.prune_ratio) < 1.0:
             raise InputError(f"prune_ratio must be in [0, 1), not {self.prune_ratio!r}")
-        if self.kernel_size not in KERNEL_SIZES:
+        if isinstance(self.kernel_size, bool) or self.kernel_size not in KERNEL_SIZES:
             raise InputError(f"kernel_size must be one of {KERNEL_SIZES}, not {self.kernel_size!r}")
         if not isinstance(self.group_size, int) or not 1 <= self.group_size <= 4096:
             raise InputError(f"group_size must be an integer in 1..4096, not {self.group_size!r}")

@@ -22,7 +22,7 @@ import math
 
 import torch
 
-GRANULARITIES = ("tensor", "filter", "channel", "kernel", "group")
+GRANULARITIES = ("tensor", "filter", "channel", "kernel", "group")  # the packed header stores positions in this tuple
 
 
 class SetLayout:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from edgesearch.spaces.candidate import FLOAT_BITS, LayerKnobs
+from edgesearch.spaces.candidate import FLOAT_BITS, SCHEMES, LayerKnobs
 from edgesearch.spaces.granularity import GRANULARITIES, SetLayout
 from edgesearch.spaces.quantize import (
     SCHEME_PARAMS,
@@ -38,7 +38,6 @@ from edgesearch.spaces.quantize import (
 
 MAGIC = b"ESQ1"
 HEADER = struct.Struct("<4sBBBBBBH")
-SCHEMES = tuple(SCHEME_PARAMS)
 DENSE, BITMASK, INDEX_LIST = 0, 1, 2
 
 

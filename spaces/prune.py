@@ -360,15 +360,18 @@ def _analysable(model: nn.Module):
     try:
         yield halves
     finally:
+        unequal = []  # restore every block first, then complain: a raise here would hide the original error
         for block, (cv1, pair) in split.items():
             if pair.first.conv.out_channels != pair.second.conv.out_channels:
-                raise RuntimeError(f"the halves of a {type(block).__name__}'s cv1 became unequal")
+                unequal.append(type(block).__name__)
             pair.merge_into(cv1)
             block.cv1, block.c = cv1, pair.first.conv.out_channels
         for module, forward in replaced_forwards.items():
             del module.forward  # back to the class's forward, or to the instance's own if it had one
             if forward is not None:
                 module.forward = forward
+        if unequal:
+            raise RuntimeError(f"the halves of a cv1 became unequal in {', '.join(unequal)}")
 
 
 def _splits_cv1_in_halves(block: nn.Module) -> bool:

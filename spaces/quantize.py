@@ -33,7 +33,7 @@ from torch.nn.utils import parametrize
 from edgesearch.spaces.candidate import FLOAT_BITS, LayerKnobs
 from edgesearch.spaces.granularity import SetLayout
 
-SCHEME_PARAMS = {  # stored per parameter set, in this order; kmeans stores 2^b codebook entries
+SCHEME_PARAMS = {  # stored per parameter set, in this order; kmeans stores its whole codebook
     "affine": ("scale", "zero_point"),
     "symmetric": ("scale",),
     "pwlq": ("max", "breakpoint"),

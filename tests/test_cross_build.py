@@ -27,10 +27,6 @@ def elf_header(path) -> tuple[int, int, int, int]:
     return head[4], head[5], e_type, e_machine
 
 
-
-
-
-
 @pytest.fixture(scope="module")
 def tiny_relax(fused_tiny):
     """The tiny YOLO exported to Relax at 64x64."""

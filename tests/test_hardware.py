@@ -1,8 +1,8 @@
 """The TVM build: same outputs as PyTorch, planned memory within sane bounds, honest labels."""
 
+from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from edgesearch.runners.costs import layer_costs
@@ -10,10 +10,6 @@ from edgesearch.runners.hardware import build_local, export_for_tvm, hardware_sc
 from edgesearch.runners.profiles import load_profile
 from edgesearch.spaces.apply import apply_candidate, uniform_candidate
 from edgesearch.spaces.candidate import Candidate
-
-
-
-
 
 
 def test_tvm_build_matches_pytorch_and_schedules_every_kernel(fused_tiny):
@@ -40,14 +36,23 @@ def test_planned_activation_memory_is_between_the_largest_tensor_and_the_sum(fus
     assert largest <= planned <= everything
 
 
-def test_remote_profiles_are_estimated_and_local_is_measured(fused_tiny):
+def test_remote_profiles_are_estimated_and_local_is_measured(fused_tiny, tmp_path):
     estimated = hardware_scores(fused_tiny, load_profile("raspberry-pi-4"), 64)
     assert estimated["latency_source"].startswith("estimated") and estimated["latency_ms"] > 0
     assert "latency_spread_ms" not in estimated
-    measured = hardware_scores(fused_tiny, load_profile("x86-host"), 64)
+    measured = hardware_scores(fused_tiny, load_profile("x86-host"), 64, library_path=str(tmp_path / "lib" / "x86.so"))
+    assert measured["library_bytes"] == (tmp_path / "lib" / "x86.so").stat().st_size > 0
     assert measured["latency_source"].startswith("measured") and measured["latency_spread_ms"] >= 0
     assert measured["activation_bytes"] == estimated["activation_bytes"]  # planning does not depend on the target
     assert measured["sram_bytes"] == measured["weight_bytes"] + measured["activation_bytes"]
+
+
+def test_an_rpc_profile_without_a_tracker_is_estimated_and_says_why(fused_tiny, tmp_path, monkeypatch):
+    monkeypatch.delenv("EDGESEARCH_RPC_TRACKER", raising=False)
+    text = Path(load_profile("raspberry-pi-4").source).read_text()
+    (tmp_path / "no-tracker.yaml").write_text(text[:text.index("rpc:")])  # the rpc block is last
+    scores = hardware_scores(fused_tiny, load_profile(tmp_path / "no-tracker.yaml"), 64)
+    assert scores["latency_source"].startswith("estimated") and "rpc" in scores["latency_source"].lower()
 
 
 def test_int8_activations_shrink_the_planned_activation_bytes_and_say_estimated(tiny_model):

@@ -95,7 +95,7 @@ def test_groups_couple_residuals_splits_and_concats_and_spare_outputs_and_attent
 
 # --- the pruned model ---------------------------------------------------------------------------------
 
-def test_pruned_model_runs_with_the_same_outputs_and_fewer_parameters(base_and_pruned):
+def test_pruned_model_runs_with_the_same_output_shapes_and_fewer_parameters(base_and_pruned):
     base, pruned = base_and_pruned
     x = torch.rand(2, 3, IMGSZ, IMGSZ)
     with torch.no_grad():

@@ -86,3 +86,16 @@ def test_apply_leaves_the_input_model_untouched_and_shrinks_the_copy(tiny_model)
     assert sum(p.numel() for p in transformed.parameters()) < sum(p.numel() for p in tiny_model.parameters())
     float_bytes = weight_bytes(apply_candidate(tiny_model, Candidate({})))
     assert weight_bytes(transformed) < float_bytes / 4  # 4-bit indices + pruning, vs fp32
+
+
+def test_uniform_knobs_skip_structural_changes_a_layer_cannot_take(tiny_model):
+    import torch
+
+    layers = list(load_space("yolov8").resolve(tiny_model))
+    candidate = uniform_candidate(tiny_model, parse_uniform("bits=4,rank=0.5,kernel=1,prune=0.25"), layers)
+    knobs = candidate.layers.values()
+    assert any(k.rank_ratio == 0.5 for k in knobs) and any(k.rank_ratio == 1.0 for k in knobs)
+    assert all(k.kernel_size == 1 for k in knobs)  # every conv here can shrink to 1x1 (or is 1x1)
+    model = apply_candidate(tiny_model, candidate).eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 64, 64))[0].shape == tiny_model(torch.rand(1, 3, 64, 64))[0].shape
