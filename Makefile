@@ -15,7 +15,8 @@ install: system-packages $(STAMP)
 # and qemu-aarch64 (tests/test_cross_build.py runs a cross-built library under emulation)
 system-packages:
 	@command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64 >/dev/null || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++-aarch64-linux-gnu qemu-user; }
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++-aarch64-linux-gnu qemu-user; } || \
+	  echo "warning: could not install g++-aarch64-linux-gnu qemu-user (not root?): aarch64 builds will say so"
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
