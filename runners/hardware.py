@@ -16,6 +16,7 @@ and `activation_bytes_source` says that figure is estimated.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -81,21 +82,34 @@ def export_for_tvm(model: nn.Module, imgsz: int):
     return relax_module(model, (torch.zeros(1, 3, imgsz, imgsz),))
 
 
-def relax_pipeline(target, *, schedule: bool, capture: dict):
+def relax_pipeline(target, *, schedule: bool, capture: dict, database=None):
     """TVM's CPU pipeline (library dispatch, legalize, fuse, lower, plan memory, finalize) with two
     changes: edgesearch's tuning-free schedule after fusion, and no FoldConstant (it compiled and ran
     every constant subgraph: +1.5-3 s per YOLOv8n build, no latency gain). The module right after
-    static memory planning is kept in `capture["planned"]` for the activation count."""
+    static memory planning is kept in `capture["planned"]` for the activation count. With a
+    MetaSchedule `database`, kernels found there get their tuned schedule and the rest the fixed
+    one (constants folded first, as tuning.py extracted the tasks, so the kernels match)."""
     @tvm.transform.module_pass(opt_level=0, name="KeepPlannedModule")
     def keep_planned(mod, ctx):
         capture["planned"] = mod
         return mod
 
+    @tvm.transform.module_pass(opt_level=0, name="CountTunedKernels")
+    def count_tuned(mod, ctx):
+        capture["tuned_kernels"] = sum(1 for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)
+                                       and f.attrs and f.attrs.get("tirx.is_scheduled", 0))
+        return mod
+
     @tvm.transform.module_pass(opt_level=0, name="EdgesearchPipeline")
     def pipeline(mod, ctx):
-        with target:
+        with target, database if database is not None else contextlib.nullcontext():
             passes = [*cpu.library_dispatch_passes(target), relax.transform.LegalizeOps(),
-                      relax.transform.AnnotateTIROpPattern(), relax.transform.FuseOps(), relax.transform.FuseTIR()]
+                      relax.transform.AnnotateTIROpPattern()]
+            if database is not None:
+                passes.append(relax.transform.FoldConstant())
+            passes += [relax.transform.FuseOps(), relax.transform.FuseTIR()]
+            if database is not None:
+                passes += [relax.transform.MetaScheduleApplyDatabase(), count_tuned]
             if schedule:
                 passes.append(cpu_schedule_pass(capture.setdefault("unscheduled", [])))
             plan, *finalize = cpu.finalize_passes(target)  # the first one is StaticPlanBlockMemory

@@ -109,8 +109,12 @@ def _fused(mod, target):
 
 
 def tune_and_build(mod, target: dict, db_dir: Path, max_trials: int, trials_per_iter: int = 16) -> tuple[object, dict]:
-    """(executable, {tuned_tasks, total_tasks, tune_s, build_s}): tune the kernels the database
-    lacks, with `max_trials` candidates in all, then compile with the best schedules found."""
+    """(executable, {tuned_tasks, total_tasks, tune_s, build_s, unscheduled_kernels}): tune the
+    kernels the database lacks, with `max_trials` candidates in all, then compile with the best
+    schedules found; kernels the budget did not reach get edgesearch's fixed schedule (TVM's own
+    fallback would leave them as naive loops, ~40x slower)."""
+    from edgesearch.runners.hardware import relax_pipeline  # hardware imports this module
+
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule import relax_integration
 
@@ -129,6 +133,9 @@ def tune_and_build(mod, target: dict, db_dir: Path, max_trials: int, trials_per_
                       num_trials_per_iter=trials_per_iter, builder=_builder(max(1, min(2, os.cpu_count() or 1))),
                       runner=_runner(), database=database)
     tune_s = time.perf_counter() - started
-    executable = relax_integration.compile_relax(database, mod, target, None)
+    capture: dict = {}
+    executable = tvm.compile(mod, target=target,
+                             relax_pipeline=relax_pipeline(target, schedule=True, capture=capture, database=database))
     return executable, {"tuned_tasks": len(todo), "total_tasks": len(tasks), "tune_s": tune_s,
-                        "build_s": time.perf_counter() - started - tune_s}
+                        "build_s": time.perf_counter() - started - tune_s,
+                        "tuned_kernels": capture["tuned_kernels"], "unscheduled_kernels": len(capture["unscheduled"])}

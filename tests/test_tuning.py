@@ -26,6 +26,7 @@ def test_tuning_persists_and_is_reused(tmp_path):
     target = {"kind": "llvm", "num-cores": 2}
     executable, first = tune_and_build(mod, target, tmp_path / "db", max_trials=8, trials_per_iter=8)
     assert first["tuned_tasks"] >= 1 and first["total_tasks"] == first["tuned_tasks"]
+    assert first["tuned_kernels"] >= 1 and first["unscheduled_kernels"] == 0  # the database's schedules are used
     assert (tmp_path / "db" / "database_tuning_record.json").stat().st_size > 0
     vm = relax.VirtualMachine(executable, tvm.cpu())
     out = vm["main"](tvm.runtime.tensor(x, tvm.cpu()))
