@@ -39,7 +39,7 @@ from edgesearch.runners.accuracy import finetune, validate  # noqa: E402
 from edgesearch.search.jobs import Inputs, resolve_inputs  # noqa: E402
 from edgesearch.search.presets import PRESETS  # noqa: E402
 from edgesearch.spaces.apply import apply_candidate, uniform_candidate, weight_bytes  # noqa: E402
-from edgesearch.spaces.candidate import FLOAT_BITS, Candidate, LayerKnobs  # noqa: E402
+from edgesearch.spaces.candidate import Candidate, LayerKnobs  # noqa: E402
 from edgesearch.spaces.errors import InputError  # noqa: E402
 from edgesearch.spaces.packing import bake_fake_quant  # noqa: E402
 
@@ -49,7 +49,7 @@ GRANULARITIES = ("tensor", "filter", "channel", "group")
 GROUP_SIZE = 16
 QUICK_CONFIGS = ("8b-affine-filter", "4b-pwlq-channel")  # one easy, one hard: enough for a sanity run
 QUICK_FINETUNE_ITERS = 6
-FORMAT_VERSION = 1  # bump when what a row means changes, so old JSON is not mixed in
+FORMAT_VERSION = 2  # bump when what a row means changes, so old JSON is not mixed in
 
 
 # ---------------------------------------------------------------------------------------- configs
