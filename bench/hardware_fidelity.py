@@ -193,7 +193,8 @@ def markdown(report: dict) -> str:
     ratios = [label for label, a, b in RATIOS if any(figure(r, a) and figure(r, b) for r in results.values())]
     lines += ["", "Ratios of medians", "", "| variant | " + " | ".join(ratios) + " |", "|---|" + "---:|" * len(ratios)]
     for name, r in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{r['ratios'][label]:.2f}" for label in ratios) + " |")
+        lines.append(f"| {name} | " + " | ".join("-" if r["ratios"][label] is None else f"{r['ratios'][label]:.2f}"
+                                                 for label in ratios) + " |")
     orders = [f"{m}: {'yes' if ok else 'no'}" for m, ok in report["same_order_as_full"].items() if ok is not None]
     lines += ["", "Ranks the variants as the full build does: " + ", ".join(orders),
               "", "Variants: " + "; ".join(f"{name} = {r['description']}" for name, r in results.items()),
@@ -204,6 +205,12 @@ def markdown(report: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------- main
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
 
 
 def main(argv=None) -> int:
@@ -295,10 +302,10 @@ def main(argv=None) -> int:
                                for m in ("layer_sum", "layer_table", "roofline", "ort")},
         "variants": results,
     }
+    _write_atomically(Path(f"{args.out}.json"), json.dumps(report, indent=2))  # before anything can fail
     text = markdown(report)
     print(text)
-    Path(f"{args.out}.json").write_text(json.dumps(report, indent=2))
-    Path(f"{args.out}.md").write_text(text)
+    _write_atomically(Path(f"{args.out}.md"), text)
     print(f"wrote {args.out}.json and {args.out}.md")
     return 0
 
