@@ -149,6 +149,8 @@ def run_search(inputs: Inputs, run_dir: Path, run: dict, *, resume: bool, ray_ad
                              threads=cpus_per_trial, seed=run["seed"], tune_trials=run.get("tune_trials", 0),
                              distill=run.get("distill", False))
     study = studies.open_study(run_dir, seed=run["seed"], population_size=run["population"], create=not resume)
+    if not resume:
+        studies.enqueue_anchors(study, inputs.resolved)
     requeued = studies.requeue_interrupted(study)
     if requeued:
         print(f"resuming: {requeued} interrupted trial(s) queued again")

@@ -46,6 +46,28 @@ def requeue_interrupted(study: optuna.Study) -> int:
     return len(stale)
 
 
+ANCHOR_BITS = (8, 6, 4)
+
+
+def enqueue_anchors(study: optuna.Study, resolved: dict[str, LayerChoices]) -> int:
+    """Queue uniform designs to be scored first: every layer at 8, 6 or 4 bits (or the nearest bits
+    it allows) with every other knob at its first choice (the spaces list "no change" first).
+    With a dozen knobs per layer, random first-generation designs change almost every layer at
+    once; these anchors give the front known-good points that NSGA-II then recombines."""
+    for bits in ANCHOR_BITS:
+        params = {}
+        for name, layer in resolved.items():
+            for knob, choices in layer.choices.items():
+                if len(choices) < 2:
+                    continue
+                if knob == "weight_bits":
+                    params[f"{name}|{knob}"] = min(choices, key=lambda b: (abs(b - bits), -b))
+                else:
+                    params[f"{name}|{knob}"] = choices[0]
+        study.enqueue_trial(params, skip_if_exists=True)
+    return len(ANCHOR_BITS)
+
+
 def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)))
 

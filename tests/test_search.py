@@ -100,3 +100,18 @@ def test_resume_refuses_a_space_that_changed_since_the_run_started(tmp_path):
     assert prepare_run_dir(tmp_path, dict(run, trials=4), resume=True)["trials"] == 4
     with pytest.raises(InputError, match="changed since the run"):
         prepare_run_dir(tmp_path, dict(run, space_sha256="b" * 64), resume=True)
+
+
+def test_a_new_study_scores_uniform_anchor_designs_first(tmp_path, tiny_model):
+    from edgesearch.spaces.space import load_space
+
+    resolved = load_space("yolov8").resolve(tiny_model)
+    study = studies.open_study(tmp_path, seed=0, population_size=2, create=True)
+    assert studies.enqueue_anchors(study, resolved) == len(studies.ANCHOR_BITS)
+    for bits in studies.ANCHOR_BITS:
+        candidate = studies.suggest_candidate(study.ask(), resolved)
+        for name, knobs in candidate.layers.items():
+            allowed = resolved[name].choices["weight_bits"]
+            assert knobs.weight_bits == min(allowed, key=lambda b: (abs(b - bits), -b))
+            assert knobs.prune_ratio == 0 and knobs.sparsity == 0 and knobs.kernel_size == "keep"
+            assert knobs.rank_ratio == 1.0 and knobs.activation_bits == 32
