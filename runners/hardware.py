@@ -76,6 +76,13 @@ def _tvm_threads() -> str:
     return os.environ.get("TVM_NUM_THREADS", "default")
 
 
+def float_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model` as the fp32 build computes it: without activation fake-quant."""
+    model = copy.deepcopy(model)
+    remove_input_quantizers(model)
+    return model
+
+
 def export_for_tvm(model: nn.Module, imgsz: int):
     """A Relax IRModule of the model's inference graph (one output tensor)."""
     set_export_mode(model)
@@ -201,9 +208,7 @@ def remeasure_interleaved(models: dict[str, nn.Module], profile: HardwareProfile
         raise ValueError(f"profile {profile.name} is not measured on this machine")
     vms = {}
     for name, model in models.items():
-        float_model = copy.deepcopy(model)
-        remove_input_quantizers(float_model)
-        executable, _ = build_local(export_for_tvm(float_model, imgsz), profile.target)
+        executable, _ = build_local(export_for_tvm(float_copy(model), imgsz), profile.target)
         vms[name] = relax.VirtualMachine(executable, tvm.cpu())
     data = tvm.runtime.tensor(np.zeros((1, 3, imgsz, imgsz), dtype="float32"), tvm.cpu())
     times: dict[str, list[float]] = {name: [] for name in vms}
@@ -229,9 +234,7 @@ def hardware_scores(model: nn.Module, profile: HardwareProfile, imgsz: int, *, t
     costs = layer_costs(model, (1, 3, imgsz, imgsz))
     packed = weight_bytes(model)
     byte_share = activation_byte_share(model, torch.zeros(1, 3, imgsz, imgsz))
-    float_model = copy.deepcopy(model)
-    remove_input_quantizers(float_model)
-    mod = export_for_tvm(float_model, imgsz)
+    mod = export_for_tvm(float_copy(model), imgsz)
     latency: dict
     if profile.measurement == "rpc":
         activations = plan_memory_only(mod)

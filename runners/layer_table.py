@@ -20,7 +20,6 @@ them, and sections from older code are dropped on the next write.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import fcntl
 import functools
@@ -39,7 +38,6 @@ from tvm import relax
 
 from edgesearch.runners import hardware, tuning, tvm_schedule
 from edgesearch.runners.profiles import HardwareProfile
-from edgesearch.spaces.activations import remove_input_quantizers
 from edgesearch.spaces.errors import InputError
 from edgesearch.spaces.quantize import strip_fake_quant
 
@@ -153,9 +151,8 @@ class Block:
 def describe_blocks(model: nn.Module, imgsz: int) -> list[Block]:
     """The model's top-level blocks with their inputs at imgsz and their signatures. Works on a
     copy: the caller's model is not modified."""
-    model = copy.deepcopy(model).eval()
+    model = hardware.float_copy(model).eval()
     strip_fake_quant(model)  # the fp32 build's speed does not depend on bit-widths
-    remove_input_quantizers(model)  # activation fake-quant: not in the fp32 build either (hardware.py)
     hardware.set_export_mode(model)
     blocks, block_inputs = [], capture_block_inputs(model, imgsz)
     for index, (module, inputs) in enumerate(zip(top_level_blocks(model), block_inputs, strict=True)):

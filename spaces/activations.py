@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.ao.quantization.observer import MinMaxObserver
 
-ACTIVATION_BITS = (8, 32)
+ACTIVATION_BITS = (8, 32)  # 32 = left in float (candidate.FLOAT_BITS)
 
 
 class InputQuantizer(nn.Module):

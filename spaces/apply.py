@@ -34,14 +34,21 @@ def validate_candidate(model: nn.Module, candidate: Candidate) -> None:
     for name, knobs in candidate.layers.items():
         if name not in convs:
             raise InputError(f"candidate names layer {name!r}, which is not a Conv2d of this model")
-        if knobs.prune_ratio > 0 and name not in prunable:
-            raise InputError(f"candidate prunes {name!r}, whose output channels are coupled to other layers")
-        if _changes_kernel(convs[name], knobs):
-            reason = why_not_shrinkable(convs[name], knobs.kernel_size)
-            if reason:
-                raise InputError(f"{name}: kernel_size {knobs.kernel_size}: {reason}")
-        if knobs.rank_ratio < 1 and not is_worth_it(convs[name], knobs.rank_ratio):
-            raise InputError(f"{name}: rank_ratio {knobs.rank_ratio} would not make the layer smaller (or it is grouped)")
+        problems = _structural_knobs_it_cannot_take(name, convs[name], knobs, prunable)
+        if problems:
+            raise InputError(next(iter(problems.values())))
+
+
+def _structural_knobs_it_cannot_take(name: str, conv: nn.Conv2d, knobs: LayerKnobs, prunable) -> dict[str, str]:
+    """{knob: why} for each of pruning, kernel size and low rank that this layer cannot take."""
+    problems = {}
+    if knobs.prune_ratio > 0 and name not in prunable:
+        problems["prune_ratio"] = f"candidate prunes {name!r}, whose output channels are coupled to other layers"
+    if _changes_kernel(conv, knobs) and (reason := why_not_shrinkable(conv, knobs.kernel_size)):
+        problems["kernel_size"] = f"{name}: kernel_size {knobs.kernel_size}: {reason}"
+    if knobs.rank_ratio < 1 and not is_worth_it(conv, knobs.rank_ratio):
+        problems["rank_ratio"] = f"{name}: rank_ratio {knobs.rank_ratio} would not make the layer smaller (or it is grouped)"
+    return problems
 
 
 def _changes_kernel(conv: nn.Conv2d, knobs: LayerKnobs) -> bool:
@@ -56,17 +63,11 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
 def uniform_candidate(model: nn.Module, knobs: LayerKnobs, layers: list[str]) -> Candidate:
     """The same knobs on every listed layer, except the structural ones a layer cannot take:
     pruning, kernel size and low rank are left off where they do not apply."""
-    prunable, convs = prunable_pairs(model), conv_layers(model)
+    prunable, convs, defaults = prunable_pairs(model), conv_layers(model), LayerKnobs()
     candidate = {}
     for name in layers:
-        conv, layer_knobs = convs[name], knobs
-        if name not in prunable:
-            layer_knobs = dataclasses.replace(layer_knobs, prune_ratio=0.0)
-        if _changes_kernel(conv, knobs) and why_not_shrinkable(conv, knobs.kernel_size):
-            layer_knobs = dataclasses.replace(layer_knobs, kernel_size="keep")
-        if knobs.rank_ratio < 1 and not is_worth_it(conv, knobs.rank_ratio):
-            layer_knobs = dataclasses.replace(layer_knobs, rank_ratio=1.0)
-        candidate[name] = layer_knobs
+        problems = _structural_knobs_it_cannot_take(name, convs[name], knobs, prunable)
+        candidate[name] = dataclasses.replace(knobs, **{knob: getattr(defaults, knob) for knob in problems})
     return Candidate(candidate)
 
 

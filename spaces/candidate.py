@@ -13,6 +13,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from edgesearch.spaces.activations import ACTIVATION_BITS
 from edgesearch.spaces.errors import InputError
 from edgesearch.spaces.granularity import GRANULARITIES
 
@@ -48,7 +49,7 @@ class LayerKnobs:
             raise InputError(f"group_size must be an integer in 1..4096, not {self.group_size!r}")
         if not 0.0 <= float(self.sparsity) < 1.0:
             raise InputError(f"sparsity must be in [0, 1), not {self.sparsity!r}")
-        if self.activation_bits not in (8, FLOAT_BITS):
+        if self.activation_bits not in ACTIVATION_BITS:
             raise InputError(f"activation_bits must be 8 or 32, not {self.activation_bits!r}")
         if not 0.0 < float(self.rank_ratio) <= 1.0:
             raise InputError(f"rank_ratio must be in (0, 1], not {self.rank_ratio!r}")
