@@ -48,7 +48,7 @@ from edgesearch.runners.layer_table import build_block, describe_blocks, per_lay
 from edgesearch.runners.profiles import load_profile  # noqa: E402
 from edgesearch.runners.tuning import tune_and_build  # noqa: E402
 from edgesearch.search.jobs import resolve_inputs  # noqa: E402
-from edgesearch.search.paths import cache_dir  # noqa: E402
+from edgesearch.search.paths import cache_dir, write_text_atomically  # noqa: E402
 from edgesearch.spaces.apply import apply_candidate, uniform_candidate  # noqa: E402
 from edgesearch.spaces.candidate import Candidate, LayerKnobs  # noqa: E402
 
@@ -207,12 +207,6 @@ def markdown(report: dict) -> str:
 # ------------------------------------------------------------------------------------- main
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="base model .pt (default: the default preset's cached base YOLO)")
@@ -302,10 +296,10 @@ def main(argv=None) -> int:
                                for m in ("layer_sum", "layer_table", "roofline", "ort")},
         "variants": results,
     }
-    _write_atomically(Path(f"{args.out}.json"), json.dumps(report, indent=2))  # before anything can fail
+    write_text_atomically(Path(f"{args.out}.json"), json.dumps(report, indent=2))  # before anything can fail
     text = markdown(report)
     print(text)
-    _write_atomically(Path(f"{args.out}.md"), text)
+    write_text_atomically(Path(f"{args.out}.md"), text)
     print(f"wrote {args.out}.json and {args.out}.md")
     return 0
 

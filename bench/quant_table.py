@@ -37,6 +37,7 @@ import torch  # noqa: E402
 
 from edgesearch.runners.accuracy import finetune, validate  # noqa: E402
 from edgesearch.search.jobs import Inputs, resolve_inputs  # noqa: E402
+from edgesearch.search.paths import write_text_atomically  # noqa: E402
 from edgesearch.search.presets import PRESETS  # noqa: E402
 from edgesearch.spaces.apply import apply_candidate, uniform_candidate, weight_bytes  # noqa: E402
 from edgesearch.spaces.candidate import Candidate, LayerKnobs  # noqa: E402
@@ -123,12 +124,6 @@ def measure_config(inputs: Inputs, knobs: LayerKnobs, settings: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- results file
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def load_results(path: Path, settings: dict) -> dict:
@@ -236,9 +231,9 @@ def run(args) -> str:
     results = load_results(json_path, settings)
 
     def save():
-        _write_atomic(json_path, json.dumps(results, indent=2))
+        write_text_atomically(json_path, json.dumps(results, indent=2))
         if results["reference"]:
-            _write_atomic(md_path, markdown_table(results))
+            write_text_atomically(md_path, markdown_table(results))
 
     if results["reference"] is None:
         print("measuring the base model (fp32 / fp16 bytes, mAP, fp32 fine-tune)", flush=True)

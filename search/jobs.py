@@ -19,7 +19,7 @@ from edgesearch.runners.profiles import HardwareProfile, load_profile
 from edgesearch.search import execution, study as studies
 from edgesearch.search.base_model import default_base_checkpoint
 from edgesearch.search.default_data import build_digit_dataset
-from edgesearch.search.paths import cache_dir
+from edgesearch.search.paths import cache_dir, write_text_atomically
 from edgesearch.search.presets import PRESETS
 from edgesearch.spaces.errors import InputError
 from edgesearch.spaces.space import LayerChoices, Space, load_space
@@ -115,9 +115,7 @@ class RunLock:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(payload, indent=2))
 
 
 def prepare_run_dir(run_dir: Path, run: dict, resume: bool) -> dict:

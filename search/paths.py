@@ -17,6 +17,15 @@ def cache_dir() -> Path:
     return path
 
 
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, then rename it over `path`: a reader sees
+    the old file or the new one, never half of one."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
 @contextlib.contextmanager
 def atomic_directory(target: Path):
     """Yield an empty staging folder that is renamed to `target` only if the block succeeds."""
