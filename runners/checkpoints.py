@@ -331,11 +331,13 @@ def model_from_checkpoint(ckpt: dict, path=None, device="cpu", fuse: bool = Fals
     from ultralytics.cfg import DEFAULT_CFG_DICT
     from ultralytics.nn.tasks import guess_model_task
 
+    if ckpt.get("modelopt"):
+        # A ModelOpt QAT checkpoint: ultralytics would restore its fake-quant through restore_qat, which
+        # pip-installs nvidia-modelopt unless offline mode is set. No load path may install anything, and
+        # edgesearch quantizes from the float model itself.
+        raise CheckpointError(f"{path or 'checkpoint'} is a ModelOpt quantization-aware checkpoint; "
+                              "give edgesearch the float model it was trained from")
     model = (ckpt.get("ema") or ckpt["model"]).float()  # trainer ckpts: model=None, ema=module; stripped: reverse
-    if ckpt.get("modelopt"):  # QAT checkpoint: ultralytics re-applies fake-quant here
-        from ultralytics.utils.torch_utils import restore_qat
-
-        restore_qat(model, ckpt["modelopt"])
     model.args = {**DEFAULT_CFG_DICT, **(ckpt.get("train_args") or {})}
     model.pt_path = str(path) if path is not None else None
     model.task = getattr(model, "task", None) or guess_model_task(model)

@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--parallel", type=int, default=1, help="trials in flight at once")
     run.add_argument("--population", type=int, help="NSGA-II population size (preset's default)")
     run.add_argument("--resume", action="store_true", help="continue the run in the run folder")
-    run.add_argument("--out", help="run folder (default: reports/<profile>-<space>[-<preset>])")
+    run.add_argument("--out", help="run folder (default: ./reports/<profile>-<space>[-<preset>] under the current "
+                                   "directory); an existing folder must be empty or hold a run")
     run.add_argument("--ray-address", help="join an existing Ray cluster instead of starting a local one")
 
     evaluate = commands.add_parser("eval", help="score one candidate")
@@ -147,16 +148,17 @@ def _score_eval_candidate(args) -> dict:
 
 
 def cmd_run(args) -> None:
-    from edgesearch.search.jobs import RUN_FILE, RunLock, prepare_run_dir, run_folder, run_search
+    from edgesearch.search.jobs import RUN_FILE, RunLock, check_run_dir, prepare_run_dir, run_folder, run_search
     from edgesearch.search.presets import PRESETS
 
+    if args.out or args.resume:  # before the slow work of resolving inputs
+        check_run_dir(run_folder(args.out, args.profile, args.space, args.preset), args.resume)
     if args.resume:  # a resumed run keeps the inputs it started with
-        stored_file = run_folder(args.out, args.profile, args.space, args.preset) / RUN_FILE
-        if not stored_file.exists():
-            raise InputError(f"nothing to resume: {stored_file} does not exist")
-        stored = json.loads(stored_file.read_text())
+        stored = json.loads((run_folder(args.out, args.profile, args.space, args.preset) / RUN_FILE).read_text())
         args.profile, args.space, args.preset = stored["profile_file"], stored["space_file"], stored["preset"]
-        args.model, args.data, args.trust_checkpoint = stored["model"], stored["data"], stored["trust_checkpoint"]
+        args.model, args.data = stored["model"], stored["data"]
+        # trust is never read from the run folder: a doctored run.json must not switch on full
+        # unpickling; --trust-checkpoint counts only when given on this command line
         args.distill = stored.get("distill", False)
     preset = PRESETS[args.preset]
     inputs = _inputs(args)

@@ -24,7 +24,6 @@ from edgesearch.search.presets import PRESETS
 from edgesearch.spaces.errors import InputError
 from edgesearch.spaces.space import LayerChoices, Space, load_space
 
-REPORTS_DIR = Path(__file__).resolve().parent.parent / "reports"
 RUN_FILE = "run.json"
 
 
@@ -89,10 +88,12 @@ def eval_settings(inputs: Inputs, *, imgsz: int, finetune_iters: int, batch: int
 
 
 def run_folder(out: str | None, profile: str, space: str, preset: str) -> Path:
+    """--out, else reports/<profile>-<space>[-<preset>] under the current directory (never inside
+    the installed package)."""
     if out:
         return Path(out).resolve()
     suffix = "" if preset == "default" else f"-{preset}"
-    return REPORTS_DIR / f"{profile}-{space}{suffix}"
+    return Path.cwd().resolve() / "reports" / f"{profile}-{space}{suffix}"
 
 
 class RunLock:
@@ -118,22 +119,32 @@ def _write_json(path: Path, payload: dict) -> None:
     write_text_atomically(path, json.dumps(payload, indent=2))
 
 
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """Refuse a run folder this command cannot use (before any slow work): a resume needs a run
+    there; a new run needs the folder absent or empty (the report would overwrite other files)."""
+    run_file = run_dir / RUN_FILE
+    if resume and not run_file.exists():
+        raise InputError(f"nothing to resume in {run_dir} (no {RUN_FILE})")
+    if not resume and run_file.exists():
+        raise InputError(f"{run_dir} already holds a run; pass --resume to continue it or --out for a new one")
+    if not resume and run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise InputError(f"{run_dir} exists and is not an empty folder or a run folder; choose another --out")
+
+
 def prepare_run_dir(run_dir: Path, run: dict, resume: bool) -> dict:
     """Create (or, with resume, reopen) a run folder; returns the run's settings."""
+    check_run_dir(run_dir, resume)
     run_file = run_dir / RUN_FILE
     if resume:
-        if not run_file.exists():
-            raise InputError(f"nothing to resume in {run_dir} (no {RUN_FILE})")
         stored = json.loads(run_file.read_text())
         if stored.get("space_sha256", run["space_sha256"]) != run["space_sha256"]:
             # the study's stored choices would no longer match the space's: sampling would break
             raise InputError(f"space {stored['space_file']} changed since the run in {run_dir} started; "
                              "start a new run with --out")
         stored["trials"] = max(stored["trials"], run["trials"])  # a resume may ask for more trials
+        stored["trust_checkpoint"] = run["trust_checkpoint"]  # this command line's, never the folder's
         _write_json(run_file, stored)
         return stored
-    if run_file.exists():
-        raise InputError(f"{run_dir} already holds a run; pass --resume to continue it or --out for a new one")
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_json(run_file, run)
     return run
