@@ -35,6 +35,15 @@ class LayerKnobs:
     activation_bits: int = FLOAT_BITS  # 8: the conv's input is quantized to uint8 (activations.py)
 
     def __post_init__(self):
+        # types first: 4.0 == 4 and "0.5" would pass the range checks and fail after the fine-tune
+        for knob in ("weight_bits", "group_size", "activation_bits"):
+            if not _is_int(getattr(self, knob)):
+                raise InputError(f"{knob} must be an integer, not {getattr(self, knob)!r}")
+        for knob in ("prune_ratio", "sparsity", "rank_ratio"):
+            if not (_is_int(getattr(self, knob)) or isinstance(getattr(self, knob), float)):
+                raise InputError(f"{knob} must be a number, not {getattr(self, knob)!r}")
+        if not (self.kernel_size == "keep" or _is_int(self.kernel_size)):
+            raise InputError(f"kernel_size must be 'keep' or an integer, not {self.kernel_size!r}")
         if self.weight_bits not in (*range(2, 9), 16, FLOAT_BITS):
             raise InputError(f"weight_bits must be 2-8, 16 or 32, not {self.weight_bits!r}")
         if self.scheme not in SCHEMES:
@@ -43,9 +52,9 @@ class LayerKnobs:
             raise InputError(f"granularity must be one of {', '.join(GRANULARITIES)}, not {self.granularity!r}")
         if not 0.0 <= float(self.prune_ratio) < 1.0:
             raise InputError(f"prune_ratio must be in [0, 1), not {self.prune_ratio!r}")
-        if isinstance(self.kernel_size, bool) or self.kernel_size not in KERNEL_SIZES:
+        if self.kernel_size not in KERNEL_SIZES:
             raise InputError(f"kernel_size must be one of {KERNEL_SIZES}, not {self.kernel_size!r}")
-        if not isinstance(self.group_size, int) or not 1 <= self.group_size <= 4096:
+        if not 1 <= self.group_size <= 4096:
             raise InputError(f"group_size must be an integer in 1..4096, not {self.group_size!r}")
         if not 0.0 <= float(self.sparsity) < 1.0:
             raise InputError(f"sparsity must be in [0, 1), not {self.sparsity!r}")
@@ -68,6 +77,10 @@ class LayerKnobs:
             return cls(**raw)
         except InputError as error:
             raise InputError(f"{where}{error}") from None
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass

@@ -20,6 +20,19 @@ def test_parse_uniform_refuses_bad_values(spec):
         parse_uniform(spec)
 
 
+@pytest.mark.parametrize("knobs, fragment", [
+    ({"weight_bits": 4.0}, "weight_bits must be an integer"),
+    ({"weight_bits": True}, "weight_bits must be an integer"),
+    ({"prune_ratio": "0.5"}, "prune_ratio must be a number"),
+    ({"sparsity": None}, "sparsity must be a number"),
+    ({"kernel_size": 1.0}, "kernel_size must be 'keep' or an integer"),
+    ({"activation_bits": "8"}, "activation_bits must be an integer"),
+])
+def test_candidate_knobs_are_type_checked(knobs, fragment):
+    with pytest.raises(InputError, match=fragment):
+        Candidate.from_json({"layers": {"model.0.conv": knobs}})
+
+
 def test_candidate_json_round_trip():
     candidate = Candidate({"model.0.conv": LayerKnobs(3, "affine", "tensor", 0.0, "keep")})
     assert Candidate.from_json(json.loads(json.dumps(candidate.to_json()))) == candidate
