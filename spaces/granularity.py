@@ -25,26 +25,32 @@ import torch
 GRANULARITIES = ("tensor", "filter", "channel", "kernel", "group")  # the packed header stores positions in this tuple
 
 
+def set_counts(shape: tuple[int, ...], granularity: str, group_size: int = 16) -> tuple[int, int]:
+    """(parameter sets, row length) of a weight of `shape` at `granularity`, without building rows."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}")
+    out_channels, in_channels = shape[0], shape[1] if len(shape) > 1 else 1
+    spatial = math.prod(shape[2:])
+    in_blocks = math.ceil(in_channels / group_size)
+    sets = {
+        "tensor": 1,
+        "filter": out_channels,
+        "channel": in_channels,
+        "kernel": out_channels * in_channels,
+        "group": out_channels * spatial * in_blocks,
+    }[granularity]
+    padded = in_blocks * group_size if granularity == "group" else in_channels
+    return sets, out_channels * padded * spatial // sets
+
+
 class SetLayout:
     """Maps a 4-d conv weight (or any >= 2-d weight, trailing dims as the kernel) to rows."""
 
     def __init__(self, shape: tuple[int, ...], granularity: str, group_size: int = 16):
-        if granularity not in GRANULARITIES:
-            raise ValueError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}")
         self.shape = tuple(int(s) for s in shape)
         self.granularity, self.group_size = granularity, int(group_size)
-        out_channels, in_channels = self.shape[0], self.shape[1] if len(self.shape) > 1 else 1
-        spatial = math.prod(self.shape[2:])
-        self._in_blocks = math.ceil(in_channels / self.group_size)
-        self.sets = {
-            "tensor": 1,
-            "filter": out_channels,
-            "channel": in_channels,
-            "kernel": out_channels * in_channels,
-            "group": out_channels * spatial * self._in_blocks,
-        }[granularity]
-        padded = self._in_blocks * self.group_size if granularity == "group" else in_channels
-        self.row_length = out_channels * padded * spatial // self.sets
+        self.sets, self.row_length = set_counts(self.shape, granularity, self.group_size)
+        self._in_blocks = math.ceil((self.shape[1] if len(self.shape) > 1 else 1) / self.group_size)
         ones = torch.ones(self.shape, dtype=torch.bool)
         self.valid = self._split(ones, pad_value=False)
 

@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from edgesearch.spaces.candidate import FLOAT_BITS, SCHEMES, LayerKnobs
-from edgesearch.spaces.granularity import GRANULARITIES, SetLayout
+from edgesearch.spaces.granularity import GRANULARITIES, SetLayout, set_counts
 from edgesearch.spaces.quantize import (
     SCHEME_PARAMS,
     QuantizedWeight,
@@ -105,6 +105,24 @@ class _Reader:
 
     def array(self, dtype, count: int) -> np.ndarray:
         return np.frombuffer(self.take(count * np.dtype(dtype).itemsize), dtype).copy()
+
+
+def packed_size(shape: tuple[int, ...], knobs: LayerKnobs, *, kept: int | None = None, has_bias: bool = True) -> int:
+    """len(pack_layer(...)) of a weight of `shape` at `knobs` with `kept` unpruned weights (default:
+    all), computed from the layout alone: the cost tables price thousands of options this way."""
+    numel = math.prod(shape)
+    kept = numel if kept is None else kept
+    size = HEADER.size + 4 * len(shape)
+    if kept < numel:  # the shorter of the two sparse encodings, as _sparsity_section picks
+        size += min(math.ceil(numel / 8), 4 + kept * np.dtype(_index_dtype(numel)).itemsize)
+    if knobs.quantized:
+        sets, row_length = set_counts(tuple(shape), knobs.granularity, knobs.group_size)
+        per_set = kmeans_clusters(knobs.weight_bits, row_length) if knobs.scheme == "kmeans" else 1
+        size += sets * per_set * 2 * len(SCHEME_PARAMS[knobs.scheme])
+        size += math.ceil(kept * knobs.weight_bits / 8)
+    else:
+        size += kept * (2 if knobs.weight_bits == 16 else 4)
+    return size + (4 * shape[0] if has_bias else 0)
 
 
 def unpack_layer(blob: bytes) -> tuple[torch.Tensor, torch.Tensor | None]:

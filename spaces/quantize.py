@@ -256,9 +256,14 @@ def fake_quantize(weight: torch.Tensor, knobs: LayerKnobs, mask: torch.Tensor | 
     return dequantize(quantize_weight(weight, knobs, mask)).to(weight.dtype)
 
 
+def kept_weights(numel: int, sparsity: float) -> int:
+    """Weights left after unstructured pruning at `sparsity`."""
+    return numel - int(round(sparsity * numel))
+
+
 def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor | None:
     """Unstructured magnitude pruning (seed 003): keep all but the smallest `sparsity` fraction."""
-    pruned = int(round(sparsity * weight.numel()))
+    pruned = weight.numel() - kept_weights(weight.numel(), sparsity)
     if pruned == 0:
         return None
     order = weight.detach().abs().flatten().argsort(stable=True)

@@ -9,11 +9,12 @@ from hypothesis import strategies as st
 
 from edgesearch.spaces.candidate import LayerKnobs
 from edgesearch.spaces.granularity import GRANULARITIES, SetLayout
-from edgesearch.spaces.packing import HEADER, pack_layer, unpack_layer
+from edgesearch.spaces.packing import HEADER, pack_layer, packed_size, unpack_layer
 from edgesearch.spaces.quantize import (
     SCHEME_PARAMS,
     FakeQuantWeight,
     fake_quantize,
+    kept_weights,
     magnitude_mask,
     quantize_weight,
 )
@@ -62,8 +63,9 @@ def test_uniform_error_is_at_most_half_a_step(shape, bits, scheme, granularity, 
         step = (high.clamp(min=0) - low.clamp(max=0)) / (2**bits - 1)
     else:
         step = torch.maximum(high.abs(), low.abs()) / (2 ** (bits - 1) - 1)
-    # half a step, plus fp16 rounding of the stored scale (relative 2^-11 over at most 2^b steps)
-    bound = step / 2 * (1 + 2**-10 * 2**bits) + 1e-7
+    # half a step, plus fp16 rounding of the stored scale (relative 2^-11 over at most 2^b steps;
+    # below fp16's normal range, 2^-14, the scale's rounding is absolute: up to 2^-25 per step)
+    bound = step / 2 * (1 + 2**-10 * 2**bits) + 2**-25 * 2**bits + 1e-7
     assert torch.all(error <= bound)
 
 
@@ -113,6 +115,30 @@ def test_unpack_of_pack_is_bit_exact(shape, bits, scheme, granularity, group_siz
     weight, unpacked_bias = unpack_layer(pack_layer(w, bias, knobs, mask))
     assert torch.equal(weight, fake_quantize(w, knobs, mask))
     assert (unpacked_bias is None) == (bias is None) and (bias is None or torch.equal(unpacked_bias, bias))
+
+
+@settings(max_examples=80, deadline=None)
+@given(shape=shapes, bits=st.sampled_from([2, 3, 4, 5, 6, 8, 16, 32]),
+       scheme=st.sampled_from(list(SCHEME_PARAMS)), granularity=granularities, group_size=group_sizes,
+       sparsity=st.sampled_from([0.0, 0.3, 0.9, 0.995]), with_bias=st.booleans())
+def test_packed_size_formula_equals_the_packing(shape, bits, scheme, granularity, group_size, sparsity, with_bias):
+    knobs = LayerKnobs(weight_bits=bits, scheme=scheme, granularity=granularity, group_size=group_size,
+                       sparsity=sparsity)
+    w = _weights(shape, 0, 0.1)
+    bias = _weights(shape[:1], 1) if with_bias else None
+    blob = pack_layer(w, bias, knobs, magnitude_mask(w, sparsity))
+    assert packed_size(shape, knobs, kept=kept_weights(w.numel(), sparsity), has_bias=with_bias) == len(blob)
+
+
+def test_index_list_with_uint32_indices_round_trips():
+    """Over 65,536 weights the kept list needs uint32 indices; 99.9 % sparse makes it shorter than a bitmask."""
+    w = _weights((64, 128, 3, 3), 3)  # 73,728 weights
+    knobs = LayerKnobs(weight_bits=4, scheme="affine", granularity="filter", sparsity=0.999)
+    mask = magnitude_mask(w, knobs.sparsity)
+    blob = pack_layer(w, None, knobs, mask)
+    kept = int(mask.sum())
+    assert len(blob) == HEADER.size + 16 + 4 + 4 * kept + 64 * 2 * 2 + (kept * 4 + 7) // 8  # uint32 index list
+    assert torch.equal(unpack_layer(blob)[0], fake_quantize(w, knobs, mask))
 
 
 def test_packed_size_is_header_params_codes_and_bias():
