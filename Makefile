@@ -11,7 +11,7 @@ DEMO_OUT := reports/demo
 
 install: system-packages $(STAMP)
 
-# Debian packages: the aarch64 cross g++ (runners/cross_build.py links device libraries with it)
+# Debian packages: the aarch64 cross g++ (runners/hardware/cross_build.py links device libraries with it)
 # and qemu-aarch64 (tests/test_cross_build.py runs a cross-built library under emulation)
 system-packages:
 	@command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64 >/dev/null || \

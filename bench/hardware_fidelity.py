@@ -7,7 +7,7 @@ each scored on x86-host (this machine) by:
   layer_sum    the same blocks built and timed one by one (layer_table.build_block), summed
   tvm_tuned / layer_sum_tuned   the same two with MetaSchedule-tuned kernels (--tune-trials N)
 and two figures that are not timed here:
-  layer_table  per_layer_latency(), the per-profile cached table (runners/layer_table.py; the search builds in full)
+  layer_table  per_layer_latency(), the per-profile cached table (runners/hardware/layer_table.py; the search builds in full)
   roofline     costs.roofline_latency_ms with the x86-host profile's peak rates
 Every timed (variant, method) pair is timed in every round, in a shuffled order, so load changes on
 a shared machine hit all of them alike; each round contributes `--repeats` samples (each the mean
@@ -42,11 +42,11 @@ import tvm  # noqa: E402
 from tvm import relax  # noqa: E402
 from ultralytics.nn.modules.block import Bottleneck  # noqa: E402
 
-from edgesearch.runners.costs import layer_costs, roofline_latency_ms  # noqa: E402
-from edgesearch.runners.hardware import build_local, export_for_tvm, set_export_mode  # noqa: E402
-from edgesearch.runners.layer_table import build_block, describe_blocks, per_layer_latency  # noqa: E402
-from edgesearch.runners.profiles import load_profile  # noqa: E402
-from edgesearch.runners.tuning import tune_and_build  # noqa: E402
+from edgesearch.runners.hardware.costs import layer_costs, roofline_latency_ms  # noqa: E402
+from edgesearch.runners.hardware.scores import build_local, export_for_tvm, set_export_mode  # noqa: E402
+from edgesearch.runners.hardware.layer_table import build_block, describe_blocks, per_layer_latency  # noqa: E402
+from edgesearch.runners.hardware.profiles import load_profile  # noqa: E402
+from edgesearch.runners.hardware.tuning import tune_and_build  # noqa: E402
 from edgesearch.search.jobs import resolve_inputs  # noqa: E402
 from edgesearch.search.paths import cache_dir, write_text_atomically  # noqa: E402
 from edgesearch.spaces.apply import apply_candidate, uniform_candidate  # noqa: E402

@@ -35,7 +35,7 @@ apply_process_env()  # before torch / TVM load (the search modules import both)
 
 import torch  # noqa: E402
 
-from edgesearch.runners.accuracy import finetune, validate  # noqa: E402
+from edgesearch.runners.accuracy.finetune import finetune, validate  # noqa: E402
 from edgesearch.search.jobs import Inputs, resolve_inputs  # noqa: E402
 from edgesearch.search.paths import write_text_atomically  # noqa: E402
 from edgesearch.search.presets import PRESETS  # noqa: E402

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from edgesearch.runners.accuracy import calibration_batches, finetune, validate
+from edgesearch.runners.accuracy.finetune import calibration_batches, finetune, validate
 from edgesearch.runners.checkpoints import load_detection_model
-from edgesearch.runners.hardware import hardware_scores, remeasure_interleaved
-from edgesearch.runners.profiles import load_profile
+from edgesearch.runners.hardware.scores import hardware_scores, remeasure_interleaved
+from edgesearch.runners.hardware.profiles import load_profile
 from edgesearch.spaces.activations import calibrate
 from edgesearch.spaces.apply import apply_candidate
 from edgesearch.spaces.candidate import Candidate

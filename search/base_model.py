@@ -9,7 +9,7 @@ from pathlib import Path
 
 import ultralytics
 
-from edgesearch.runners.training import train_base_model
+from edgesearch.runners.accuracy.base_training import train_base_model
 from edgesearch.search.paths import atomic_directory, cache_dir
 from edgesearch.search.presets import Preset
 

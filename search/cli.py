@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_profiles(args) -> None:
-    from edgesearch.runners.profiles import available_profiles, load_profile
+    from edgesearch.runners.hardware.profiles import available_profiles, load_profile
 
     for name in available_profiles():
         profile = load_profile(name)

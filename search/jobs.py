@@ -13,9 +13,9 @@ from torch import nn
 from tqdm import tqdm
 
 from edgesearch.reports.pareto_report import pareto_table, write_report
-from edgesearch.runners.accuracy import load_dataset_info
+from edgesearch.runners.accuracy.finetune import load_dataset_info
 from edgesearch.runners.checkpoints import load_detection_model
-from edgesearch.runners.profiles import HardwareProfile, load_profile
+from edgesearch.runners.hardware.profiles import HardwareProfile, load_profile
 from edgesearch.search import execution, study as studies
 from edgesearch.search.base_model import default_base_checkpoint
 from edgesearch.search.default_data import build_digit_dataset

@@ -86,7 +86,7 @@ def remove_input_quantizers(model: nn.Module) -> None:
 
 def activation_byte_share(model: nn.Module, example: torch.Tensor) -> float:
     """Bytes of all conv inputs at their activation dtypes / the same at fp32 (1.0 = all float).
-    Used to scale the fp32 build's planned activation memory (an estimate: see hardware.py)."""
+    Used to scale the fp32 build's planned activation memory (an estimate: see runners/hardware/scores.py)."""
     totals = {"actual": 0.0, "fp32": 0.0}
 
     def count(conv, args):

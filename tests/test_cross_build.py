@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from edgesearch.runners.cross_build import TargetNotBuildable, build_library
-from edgesearch.runners.hardware import export_for_tvm
-from edgesearch.runners.profiles import load_profile
+from edgesearch.runners.hardware.cross_build import TargetNotBuildable, build_library
+from edgesearch.runners.hardware.scores import export_for_tvm
+from edgesearch.runners.hardware.profiles import load_profile
 
 ELF_64_BIT, ELF_LITTLE_ENDIAN, ELF_SHARED_OBJECT, ELF_AARCH64 = 2, 1, 3, 183
 

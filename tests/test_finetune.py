@@ -1,6 +1,6 @@
 import torch
 
-from edgesearch.runners.accuracy import finetune, validate
+from edgesearch.runners.accuracy.finetune import finetune, validate
 from edgesearch.runners.checkpoints import load_detection_model
 from edgesearch.spaces.apply import apply_candidate, uniform_candidate
 from edgesearch.spaces.candidate import LayerKnobs, parse_uniform
@@ -27,7 +27,7 @@ def test_short_finetune_trains_quantized_layers_of_a_released_checkpoint(smoke_i
 
 
 def test_distillation_from_the_base_trains_the_student_and_leaves_the_teacher_alone(smoke_inputs):
-    from edgesearch.runners.accuracy import distillation_loss
+    from edgesearch.runners.accuracy.finetune import distillation_loss
 
     base = load_detection_model(smoke_inputs.checkpoint)
     teacher_state = {k: v.clone() for k, v in base.state_dict().items()}
@@ -47,7 +47,7 @@ def test_distillation_from_the_base_trains_the_student_and_leaves_the_teacher_al
 
 
 def test_int8_activations_are_calibrated_on_train_images(smoke_inputs):
-    from edgesearch.runners.accuracy import calibration_batches
+    from edgesearch.runners.accuracy.finetune import calibration_batches
     from edgesearch.spaces.activations import calibrate, input_quantizers
 
     base = load_detection_model(smoke_inputs.checkpoint)

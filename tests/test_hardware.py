@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgesearch.runners.costs import layer_costs
-from edgesearch.runners.hardware import build_local, export_for_tvm, hardware_scores, plan_memory_only
-from edgesearch.runners.profiles import load_profile
+from edgesearch.runners.hardware.costs import layer_costs
+from edgesearch.runners.hardware.scores import build_local, export_for_tvm, hardware_scores, plan_memory_only
+from edgesearch.runners.hardware.profiles import load_profile
 from edgesearch.spaces.apply import apply_candidate, uniform_candidate
 from edgesearch.spaces.candidate import Candidate
 

@@ -7,14 +7,14 @@ import json
 import pytest
 import torch
 
-from edgesearch.runners.layer_table import (
+from edgesearch.runners.hardware.layer_table import (
     describe_blocks,
     load_table,
     per_layer_latency,
     save_entries,
     table_path,
 )
-from edgesearch.runners.profiles import load_profile
+from edgesearch.runners.hardware.profiles import load_profile
 from edgesearch.spaces.apply import apply_candidate, uniform_candidate
 from edgesearch.spaces.candidate import LayerKnobs
 from edgesearch.spaces.errors import InputError
@@ -68,7 +68,7 @@ def test_every_block_is_timed_once_then_served_from_the_cache(fused_tiny, table_
     def no_builds(*args, **kwargs):
         raise AssertionError("a cached block was built again")
 
-    monkeypatch.setattr("edgesearch.runners.layer_table.build_block", no_builds)
+    monkeypatch.setattr("edgesearch.runners.hardware.layer_table.build_block", no_builds)
     second = per_layer_latency(fused_tiny, profile, IMGSZ, repeat=3, min_repeat_ms=5)
     assert second["measured_blocks"] == 0 and all(row["cached"] for row in second["blocks"])
     assert second["latency_ms"] == first["latency_ms"]

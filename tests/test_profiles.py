@@ -1,6 +1,6 @@
 import pytest
 
-from edgesearch.runners.profiles import available_profiles, load_profile
+from edgesearch.runners.hardware.profiles import available_profiles, load_profile
 from edgesearch.spaces.errors import InputError
 
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 import yaml
 
-from edgesearch.runners.hardware import build_local, export_for_tvm
-from edgesearch.runners.profiles import PROFILES_DIR, load_profile
-from edgesearch.runners.rpc_runner import (
+from edgesearch.runners.hardware.scores import build_local, export_for_tvm
+from edgesearch.runners.hardware.profiles import PROFILES_DIR, load_profile
+from edgesearch.runners.hardware.rpc_runner import (
     device_available,
     device_unavailable_reason,
     measure_latency_rpc,
@@ -182,7 +182,7 @@ def test_tracker_address_from_profile_and_environment(monkeypatch):
 
 
 def test_hardware_scores_of_an_rpc_profile_are_measured_on_its_device(tiny_model, loopback_profile, tracker_port):
-    from edgesearch.runners.hardware import hardware_scores
+    from edgesearch.runners.hardware.scores import hardware_scores
 
     model = apply_candidate(copy.deepcopy(tiny_model), Candidate({}))
     scores = hardware_scores(model, loopback_profile, 64)

@@ -36,7 +36,7 @@ def test_resume_never_takes_trust_from_the_run_folder(tmp_path, smoke_inputs):
 
 def test_no_code_path_runs_a_datasets_download_script(tmp_path, smoke_inputs):
     """The val folder vanishes after the check: validation must fail, not run `download:`."""
-    from edgesearch.runners.accuracy import load_dataset_info, validate
+    from edgesearch.runners.accuracy.finetune import load_dataset_info, validate
     from edgesearch.runners.checkpoints import load_detection_model
 
     marker = tmp_path / "downloaded"

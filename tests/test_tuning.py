@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from edgesearch.runners.tuning import tune_and_build
+from edgesearch.runners.hardware.tuning import tune_and_build
 
 
 def _tiny_relax_module():

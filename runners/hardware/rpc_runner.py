@@ -29,7 +29,7 @@ import tvm
 from tvm import relax, rpc
 from tvm.rpc import base as rpc_protocol
 
-from edgesearch.runners.profiles import HardwareProfile
+from edgesearch.runners.hardware.profiles import HardwareProfile
 from edgesearch.spaces.errors import InputError
 
 TRACKER_ENV = "EDGESEARCH_RPC_TRACKER"

@@ -8,7 +8,7 @@ from pathlib import Path
 from edgesearch.spaces.errors import InputError
 from edgesearch.spaces.named_yaml import names_in, read_named_yaml
 
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "hardware_profiles"
+PROFILES_DIR = Path(__file__).resolve().parents[2] / "hardware_profiles"
 REQUIRED = ("name", "description", "measurement", "threads", "tvm", "sram_bytes", "dram_bytes",
             "peak_ops_per_s", "memory_bandwidth_bytes_per_s")
 

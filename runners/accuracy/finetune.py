@@ -14,7 +14,7 @@ from ultralytics.data.utils import check_det_dataset
 from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.utils import IterableSimpleNamespace
 
-from edgesearch.runners import ultralytics_io  # noqa: F401  (never write into the user's dataset)
+from edgesearch.runners.accuracy import ultralytics_io  # noqa: F401  (never write into the user's dataset)
 from edgesearch.spaces.errors import InputError
 
 

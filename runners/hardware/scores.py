@@ -34,11 +34,11 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu
 from tvm.relax.frontend.torch import from_exported_program
 from ultralytics.nn.modules.head import Detect
 
-from edgesearch.runners.costs import layer_costs, roofline_latency_ms
-from edgesearch.runners.profiles import HardwareProfile
-from edgesearch.runners.rpc_runner import device_unavailable_reason, measure_latency_rpc
-from edgesearch.runners.tuning import tune_and_build
-from edgesearch.runners.tvm_schedule import cpu_schedule_pass
+from edgesearch.runners.hardware.costs import layer_costs, roofline_latency_ms
+from edgesearch.runners.hardware.profiles import HardwareProfile
+from edgesearch.runners.hardware.rpc_runner import device_unavailable_reason, measure_latency_rpc
+from edgesearch.runners.hardware.tuning import tune_and_build
+from edgesearch.runners.hardware.tvm_schedule import cpu_schedule_pass
 from edgesearch.spaces.activations import activation_byte_share, remove_input_quantizers
 from edgesearch.spaces.apply import weight_bytes
 
@@ -183,7 +183,7 @@ def measure_latency_local(executable, imgsz: int, *, repeat: int = 20, min_repea
 
 def _remote_latency(mod, profile: HardwareProfile, imgsz: int, costs, packed: int, library_path: str | None) -> dict:
     """Measured over RPC when the profile's device is registered with its tracker, else estimated."""
-    from edgesearch.runners.cross_build import build_library  # it builds on relax_pipeline above
+    from edgesearch.runners.hardware.cross_build import build_library  # it builds on relax_pipeline above
 
     unavailable = device_unavailable_reason(profile)
     result: dict = {}
@@ -251,7 +251,7 @@ def hardware_scores(model: nn.Module, profile: HardwareProfile, imgsz: int, *, t
                    "unscheduled_kernels": len(build["unscheduled_kernels"]),
                    "latency_source": LOCAL_SOURCE.format(threads=_tvm_threads())}
     if library_path and profile.measurement != "rpc":
-        from edgesearch.runners.cross_build import export_atomically
+        from edgesearch.runners.hardware.cross_build import export_atomically
 
         latency["library_bytes"] = export_atomically(executable, Path(library_path)).stat().st_size
     activation_source = PLANNED_SOURCE if profile.measurement == "local" else PLANNED_GENERIC_SOURCE

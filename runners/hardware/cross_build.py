@@ -38,8 +38,8 @@ from tvm.relax.backend.cuda import pipeline as cuda_backend
 from tvm.s_tir import dlight
 from tvm.support import cc
 
-from edgesearch.runners.hardware import relax_pipeline
-from edgesearch.runners.profiles import HardwareProfile
+from edgesearch.runners.hardware.scores import relax_pipeline
+from edgesearch.runners.hardware.profiles import HardwareProfile
 from edgesearch.spaces.errors import InputError
 
 KERNEL_CHECK_FORMAT = "cubin"  # machine code for one GPU: proves the arch is supported, not just parsed

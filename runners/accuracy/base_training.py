@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ultralytics import YOLO
 
-from edgesearch.runners import ultralytics_io  # noqa: F401  (never write into the user's dataset)
+from edgesearch.runners.accuracy import ultralytics_io  # noqa: F401  (never write into the user's dataset)
 
 
 def train_base_model(model_yaml: str, data_yaml: Path, out_dir: Path, *, epochs: int, imgsz: int,

@@ -36,8 +36,8 @@ import tvm
 from torch import nn
 from tvm import relax
 
-from edgesearch.runners import hardware, tuning, tvm_schedule
-from edgesearch.runners.profiles import HardwareProfile
+from edgesearch.runners.hardware import scores as hardware, tuning, tvm_schedule
+from edgesearch.runners.hardware.profiles import HardwareProfile
 from edgesearch.spaces.errors import InputError
 from edgesearch.spaces.quantize import strip_fake_quant
 
@@ -177,7 +177,7 @@ def table_path(profile: HardwareProfile) -> Path:
 
 @functools.cache
 def build_code_hash() -> str:
-    """Hash of the code that builds: hardware.py's pipeline, the fixed schedule, the tuning driver.
+    """Hash of the code that builds: scores.py's pipeline, the fixed schedule, the tuning driver.
     Read once per process, so it describes the code this process runs even if the files are
     edited meanwhile."""
     digest = hashlib.sha256()

@@ -113,7 +113,7 @@ def tune_and_build(mod, target: dict, db_dir: Path, max_trials: int, trials_per_
     kernels the database lacks, with `max_trials` candidates in all, then compile with the best
     schedules found; kernels the budget did not reach get edgesearch's fixed schedule (TVM's own
     fallback would leave them as naive loops, ~40x slower)."""
-    from edgesearch.runners.hardware import relax_pipeline  # hardware imports this module
+    from edgesearch.runners.hardware.scores import relax_pipeline  # hardware imports this module
 
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule import relax_integration

@@ -1,0 +1,1 @@
+"""How a candidate is scored for accuracy: short fine-tune, mAP, sensitivity (imports only spaces/)."""
