@@ -144,19 +144,15 @@ def _encode_pwlq(rows, valid, bits, fit=None):
         ratios = [(fit * step).clamp(0.01, 0.99) for step in PWLQ_LOCAL_STEPS]
     else:
         ratios = sorted({*torch.linspace(0.02, 0.98, PWLQ_BREAKPOINT_GRID).tolist(), uniform_ratio})
-    best_error = best_codes = best_breakpoint = None
-    for ratio in ratios:
-        breakpoint = torch.minimum(_fp16(largest * ratio), largest)
-        codes = _pwlq_encode_at(rows, largest, breakpoint, bits)
-        values = _decode_pwlq(codes, {"max": largest, "breakpoint": breakpoint}, bits)
-        error = ((values - rows) ** 2 * valid).sum(dim=1, keepdim=True)
-        if best_error is None:
-            best_error, best_codes, best_breakpoint = error, codes, breakpoint
-            continue
-        better = error < best_error
-        best_error = torch.where(better, error, best_error)
-        best_codes = torch.where(better, codes, best_codes)
-        best_breakpoint = torch.where(better, breakpoint, best_breakpoint)
+    # every candidate breakpoint at once, [ratios, sets, 1]; the first of equal errors wins
+    ratios = torch.stack([torch.as_tensor(r, dtype=rows.dtype).expand_as(largest) for r in ratios])
+    breakpoints = torch.minimum(_fp16(largest * ratios), largest)
+    codes = _pwlq_encode_at(rows, largest, breakpoints, bits)
+    values = _decode_pwlq(codes, {"max": largest, "breakpoint": breakpoints}, bits)
+    errors = ((values - rows) ** 2 * valid).sum(dim=2, keepdim=True)
+    best = errors.argmin(dim=0, keepdim=True)
+    best_codes = codes.gather(0, best.expand(1, *codes.shape[1:]))[0]
+    best_breakpoint = breakpoints.gather(0, best)[0]
     return best_codes, {"max": largest, "breakpoint": best_breakpoint}
 
 
