@@ -226,6 +226,66 @@ def quantize_weight(weight: torch.Tensor, knobs: LayerKnobs, mask: torch.Tensor 
     return QuantizedWeight(layout, knobs.weight_bits, knobs.scheme, codes, params, mask)
 
 
+def squared_errors(weight: torch.Tensor, options: list[LayerKnobs], *, max_elements: int | None = None,
+                   seed: int = 0) -> dict[LayerKnobs, float]:
+    """||W - Q(W)||^2 of each option (pruned weights count as set to zero), with the weight split,
+    masked and laid out once per (sparsity, granularity) instead of once per option.
+
+    `max_elements`: PWLQ and k-means search per set (breakpoints, Lloyd's iterations) and cost
+    10-100x a uniform quantizer; where a layout has more entries than this, their error is
+    estimated on a fixed random sample of its sets (and, for few long sets, of each set's
+    entries), scaled to the whole layer. Exact (equal to fake_quantize's error) without it."""
+    weight = weight.detach().float()
+    generator = torch.Generator().manual_seed(seed)
+    errors: dict[LayerKnobs, float] = {}
+    by_sparsity: dict[float, list[LayerKnobs]] = {}
+    for knobs in options:
+        by_sparsity.setdefault(knobs.sparsity, []).append(knobs)
+    for sparsity, group in by_sparsity.items():
+        mask = magnitude_mask(weight, sparsity)
+        kept = weight if mask is None else weight * mask
+        pruned_error = float((weight - kept).pow(2).sum())
+        layouts: dict[tuple, tuple] = {}
+        for knobs in group:
+            if knobs.weight_bits >= FLOAT_BITS:
+                errors[knobs] = pruned_error
+                continue
+            if knobs.weight_bits == 16:
+                errors[knobs] = pruned_error + float((kept.half().float() - kept).pow(2).sum())
+                continue
+            key = (knobs.granularity, knobs.group_size, knobs.scheme in ("pwlq", "kmeans"))
+            if key not in layouts:
+                layouts[key] = _error_rows(weight, mask, knobs, max_elements if key[2] else None, generator)
+            rows, valid, scale = layouts[key]
+            codes, params = ENCODERS[knobs.scheme](rows, valid, knobs.weight_bits, None)
+            values = DECODERS[knobs.scheme](codes, params, knobs.weight_bits)
+            errors[knobs] = pruned_error + scale * float(((values - rows) ** 2 * valid).sum())
+    return errors
+
+
+def _error_rows(weight, mask, knobs, max_elements, generator):
+    """(rows, valid, scale): the layout's rows, or a sample of them, and the factor from the
+    sample's kept entries to the layer's."""
+    layout = SetLayout(tuple(weight.shape), knobs.granularity, knobs.group_size)
+    rows = layout.split(weight)
+    valid = layout.valid if mask is None else layout.valid & layout.split(mask.bool())
+    if max_elements is None or rows.numel() <= max_elements:
+        return rows, valid, 1.0
+    total = valid.sum()
+    sets = max(1, max_elements // rows.shape[1])
+    if sets < rows.shape[0]:
+        picked = torch.randperm(rows.shape[0], generator=generator)[:sets]
+        rows, valid = rows[picked], valid[picked]
+    if rows.numel() > max_elements:  # few long sets (tensor granularity): sample entries too, keeping
+        # each row's extremes so that ranges (affine, PWLQ's max, k-means' linear start) stay the layer's
+        extremes = torch.cat([rows.masked_fill(~valid, float("inf")).argmin(1),
+                              rows.masked_fill(~valid, float("-inf")).argmax(1)])
+        picked = torch.randperm(rows.shape[1], generator=generator)[:max(1, max_elements // rows.shape[0])]
+        picked = torch.unique(torch.cat([picked, extremes]))
+        rows, valid = rows[:, picked], valid[:, picked]
+    return rows, valid, float(total) / max(1, int(valid.sum()))
+
+
 def fitted(quantized: QuantizedWeight) -> torch.Tensor | None:
     """What the costly search found (pwlq: breakpoint / max; kmeans: the codebook), to pass back
     as `fit` while the weights change little."""

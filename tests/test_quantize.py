@@ -217,3 +217,28 @@ def test_a_trained_layer_packs_to_what_it_computes_with(scheme):
     assert torch.equal(unpack_layer(module_packing(conv))[0], computed)
     bake_fake_quant(nn.Sequential(conv))
     assert torch.equal(conv.weight, computed)
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=shapes, seed=st.integers(0, 10_000))
+def test_squared_errors_equal_the_fake_quant_error(shape, seed):
+    from edgesearch.spaces.quantize import squared_errors
+
+    w = _weights(shape, seed, 0.1)
+    options = [LayerKnobs(weight_bits=b, scheme=s, granularity=g, sparsity=p)
+               for b in (3, 8, 16, 32) for s in SCHEME_PARAMS for g in ("tensor", "filter", "group") for p in (0.0, 0.5)]
+    errors = squared_errors(w, options)
+    for knobs in options:
+        expected = float(((fake_quantize(w, knobs, magnitude_mask(w, knobs.sparsity)) - w) ** 2).sum())
+        assert errors[knobs] == pytest.approx(expected, rel=1e-5, abs=1e-9)
+
+
+def test_sampled_squared_errors_estimate_a_large_layer_within_a_few_percent():
+    from edgesearch.spaces.quantize import squared_errors
+
+    w = _weights((128, 64, 3, 3), 4, 0.1)  # 73,728 weights
+    options = [LayerKnobs(weight_bits=4, scheme=s, granularity=g) for s in ("pwlq", "kmeans")
+               for g in ("tensor", "filter", "group")]
+    exact, sampled = squared_errors(w, options), squared_errors(w, options, max_elements=8192)
+    for knobs in options:  # i.i.d. weights: a sample of sets (or entries) is representative
+        assert sampled[knobs] == pytest.approx(exact[knobs], rel=0.05), knobs
