@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
+import math
 
 from torch import nn
 
@@ -18,10 +20,10 @@ from edgesearch.spaces.activations import attach_input_quantizer
 from edgesearch.spaces.candidate import Candidate, LayerKnobs
 from edgesearch.spaces.errors import InputError
 from edgesearch.spaces.kernel_size import shrink_kernel, why_not_shrinkable
-from edgesearch.spaces.low_rank import factorize, is_worth_it
-from edgesearch.spaces.prune import prunable_pairs, prune_output_channels
-from edgesearch.spaces.packing import module_packing
-from edgesearch.spaces.quantize import attach_fake_quant
+from edgesearch.spaces.low_rank import factorize, factorized_shapes, is_worth_it
+from edgesearch.spaces.prune import prunable_groups, prunable_pairs, prune_output_channels, removed_count
+from edgesearch.spaces.packing import module_packing, packed_size
+from edgesearch.spaces.quantize import attach_fake_quant, kept_weights
 
 
 def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
@@ -55,7 +57,7 @@ def _changes_kernel(conv: nn.Conv2d, knobs: LayerKnobs) -> bool:
     return knobs.kernel_size != "keep" and conv.kernel_size != (knobs.kernel_size, knobs.kernel_size)
 
 
-def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
@@ -69,6 +71,45 @@ def uniform_candidate(model: nn.Module, knobs: LayerKnobs, layers: list[str]) ->
         problems = _structural_knobs_it_cannot_take(name, convs[name], knobs, prunable)
         candidate[name] = dataclasses.replace(knobs, **{knob: getattr(defaults, knob) for knob in problems})
     return Candidate(candidate)
+
+
+def option_weight_shapes(shape: tuple[int, ...], knobs: LayerKnobs, *, groups: int = 1,
+                         pruned_out_channels: int | None = None) -> list[tuple[int, ...]]:
+    """Weight shapes of the conv(s) a fused conv with weight `shape` becomes under `knobs`, as
+    apply_candidate leaves them: output channels cut to `pruned_out_channels` (what the knob's
+    pruning group leaves), then the kernel crop, then the low-rank pair where it is smaller."""
+    out_channels = shape[0] if pruned_out_channels is None else pruned_out_channels
+    shape = (out_channels, *shape[1:])
+    if knobs.kernel_size != "keep" and tuple(shape[2:]) != (knobs.kernel_size, knobs.kernel_size):
+        shape = (*shape[:2], knobs.kernel_size, knobs.kernel_size)
+    if knobs.rank_ratio < 1 and groups == 1:
+        pair = factorized_shapes(shape, knobs.rank_ratio)
+        if sum(math.prod(s) for s in pair) < math.prod(shape):  # low_rank.is_worth_it
+            return pair
+    return [shape]
+
+
+def smallest_candidate(model: nn.Module, choices: dict[str, dict[str, list]]) -> Candidate:
+    """The design of least packed weight bytes the choices allow (int8 activations where offered):
+    per layer, the knob values whose packing of the layer's own conv(s) is smallest."""
+    convs, groups = conv_layers(model), prunable_groups(model)
+    layers = {}
+    for name, knobs in choices.items():
+        conv, best = convs[name], None
+        for values in itertools.product(*knobs.values()):
+            option = LayerKnobs(**dict(zip(knobs, values, strict=True)))
+            out = conv.out_channels
+            if option.prune_ratio > 0:  # what the group's pruning leaves this conv (see prune.py)
+                group = groups[name]
+                out = 2 * (group.channels - removed_count(group.channels, option.prune_ratio)) if group.halves \
+                    else out - removed_count(out, option.prune_ratio)
+            shapes = option_weight_shapes(tuple(conv.weight.shape), option, groups=conv.groups, pruned_out_channels=out)
+            size = sum(packed_size(s, option, kept=kept_weights(math.prod(s), option.sparsity)) for s in shapes)
+            key = (size, option.activation_bits)  # at equal size, int8 activations (smaller plan)
+            if best is None or key < best[0]:
+                best = (key, option)
+        layers[name] = best[1]
+    return Candidate(layers)
 
 
 def apply_candidate(model: nn.Module, candidate: Candidate) -> nn.Module:
@@ -86,7 +127,7 @@ def apply_candidate(model: nn.Module, candidate: Candidate) -> nn.Module:
         if knobs.rank_ratio < 1 and is_worth_it(layer, knobs.rank_ratio):  # re-checked: pruning shrank it
             layer = factorize(layer, knobs.rank_ratio)
         if layer is not convs[name]:
-            _replace(model, name, layer)
+            replace_module(model, name, layer)
         for conv in (layer if isinstance(layer, nn.Sequential) else [layer]):
             attach_fake_quant(conv, knobs)
             if knobs.activation_bits == 8:

@@ -48,9 +48,20 @@ def full_rank(conv: nn.Conv2d) -> int:
 
 def rank_for(conv: nn.Conv2d, ratio: float) -> int:
     """Rank kept at `ratio` in (0, 1]: max(1, round(ratio × full rank))."""
+    return rank_for_shape(tuple(conv.weight.shape), ratio)
+
+
+def rank_for_shape(shape: tuple[int, ...], ratio: float) -> int:
+    """rank_for of a conv whose weight has `shape` (c_out, c_in/groups, kh, kw)."""
     if not 0.0 < float(ratio) <= 1.0:
         raise InputError(f"low-rank ratio must be in (0, 1], not {ratio!r}")
-    return max(1, round(ratio * full_rank(conv)))
+    return max(1, round(ratio * min(shape[0], math.prod(shape[1:]))))
+
+
+def factorized_shapes(shape: tuple[int, ...], ratio: float) -> list[tuple[int, ...]]:
+    """Weight shapes of the factorized pair of a conv with weight `shape`: (r, c_in, kh, kw), (c_out, r, 1, 1)."""
+    rank = rank_for_shape(shape, ratio)
+    return [(rank, *shape[1:]), (shape[0], rank, 1, 1)]
 
 
 def weight_count(conv: nn.Conv2d) -> int:
