@@ -33,3 +33,15 @@ def test_a_string_target_is_refused(tmp_path):
     text.write_text(open(good).read().replace("target: {kind: llvm, num-cores: 2, mcpu: znver4}", "target: llvm"))
     with pytest.raises(InputError, match="JSON-style dict"):
         load_profile(text)
+
+
+def test_each_profile_says_which_memory_is_its_hard_limit(tmp_path):
+    # on a Jetson or a Pi the model lives in DRAM: on-chip fit is information, not a constraint
+    assert {name: load_profile(name).memory_limit for name in ("x86-host", "jetson-nano", "raspberry-pi-4")} == {
+        "x86-host": "sram", "jetson-nano": "dram", "raspberry-pi-4": "dram"}
+    nano = load_profile("jetson-nano")
+    assert nano.memory_budget_bytes == nano.dram_bytes
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(open(load_profile("x86-host").source).read().replace("memory_limit: sram", "memory_limit: l3"))
+    with pytest.raises(InputError, match="memory_limit must be"):
+        load_profile(bad)

@@ -27,6 +27,13 @@ class HardwareProfile:
     memory_bandwidth_bytes_per_s: float
     rpc: dict | None = None
     source: str = ""  # the YAML it was read from
+    # which memory a design must fit, as a hard constraint of the search: "sram" (on-chip, where the
+    # model must live on chip), "dram" (the board's memory; on-chip fit is shown, not required) or "none"
+    memory_limit: str = "sram"
+
+    @property
+    def memory_budget_bytes(self) -> int | None:
+        return {"sram": self.sram_bytes, "dram": self.dram_bytes, "none": None}[self.memory_limit]
 
 
 def load_profile(name_or_path: str | Path) -> HardwareProfile:
@@ -40,6 +47,8 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
     tvm_cfg = raw["tvm"]
     if not isinstance(tvm_cfg, dict) or not isinstance(tvm_cfg.get("target"), dict) or "kind" not in tvm_cfg["target"]:
         raise InputError(f"{where}: tvm.target must be a JSON-style dict with a 'kind' (e.g. {{kind: llvm}})")
+    if raw.get("memory_limit", "sram") not in ("sram", "dram", "none"):
+        raise InputError(f"{where}: memory_limit must be 'sram', 'dram' or 'none', not {raw['memory_limit']!r}")
     peaks = raw["peak_ops_per_s"]
     if not isinstance(peaks, dict) or "fp32" not in peaks:
         raise InputError(f"{where}: peak_ops_per_s needs at least an fp32 entry")
@@ -57,6 +66,7 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
             memory_bandwidth_bytes_per_s=float(raw["memory_bandwidth_bytes_per_s"]),
             rpc=raw.get("rpc"),
             source=str(path.resolve()),
+            memory_limit=raw.get("memory_limit", "sram"),
         )
     except (TypeError, ValueError) as error:
         raise InputError(f"{where}: {error}") from None
