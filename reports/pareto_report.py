@@ -62,16 +62,18 @@ def knob_summary(candidate: dict | None) -> str:
 def _csv_bytes(trials: list[dict]) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["trial", "state", "pareto", "feasible", *SCORE_COLUMNS, "knobs", "duration_s", "error"])
+    writer.writerow(["trial", "state", "pareto", "feasible", *SCORE_COLUMNS, "knobs", "duration_s", "error", "origin",
+                     "predicted_map50_95", "predicted_omega"])
     for t in trials:
-        scores = t.get("scores") or {}
+        scores, predicted = t.get("scores") or {}, t.get("predicted") or {}
         writer.writerow([t["number"], t["state"], t["pareto"], t["feasible"], *(scores.get(c) for c in SCORE_COLUMNS),
-                         knob_summary(t.get("candidate")), t.get("duration_s"), t.get("error") or ""])
+                         knob_summary(t.get("candidate")), t.get("duration_s"), t.get("error") or "", t.get("origin", ""),
+                         predicted.get("map50_95"), predicted.get("omega")])
     return out.getvalue().encode()
 
 
 def _plot_png(base: dict, trials: list[dict], sram_budget: int | None, latency_label: str) -> bytes:
-    done = [t for t in trials if t.get("scores")]
+    done = [t for t in trials if t.get("scores")]  # screened-out designs have none
     front = sorted((t for t in done if t["pareto"]), key=lambda t: t["scores"]["latency_ms"])
     fig, (ax_lat, ax_mem) = plt.subplots(1, 2, figsize=(12, 4.8))
     for ax, key, label in ((ax_lat, "latency_ms", f"latency (ms, {latency_label})"),
@@ -138,7 +140,8 @@ def _design_rows(label: str, scores: dict, candidate: dict | None, remeasured: d
 
 def _html(run: dict, base: dict, trials: list[dict]) -> str:
     front = sorted((t for t in trials if t["pareto"]), key=lambda t: -t["scores"]["map50_95"])
-    failed = [t for t in trials if t["state"] != "COMPLETE"]
+    failed = [t for t in trials if t["state"] == "FAIL"]
+    screened = [t for t in trials if t["state"] == "PRUNED"]
     head = "".join(f"<th>{c}</th>" for c in SCORE_COLUMNS)
     body = _design_rows("base", base, None, base.get("remeasured")) + "".join(
         _design_rows(f"#{t['number']}", t["scores"], t["candidate"], t.get("remeasured")) for t in front)
@@ -159,7 +162,8 @@ def _html(run: dict, base: dict, trials: list[dict]) -> str:
 td,th{{border:1px solid #ccc;padding:3px 6px;font-size:13px;text-align:right;vertical-align:top}}
 table.knobs td,table.knobs th{{font-size:11px}} details summary{{cursor:pointer;text-align:left}}</style></head>
 <body><h1>Pareto designs for {html.escape(str(run.get('profile', '')))}</h1>
-<p>{len(trials)} finished trials, {len(front)} on the Pareto front (feasible under the SRAM budget and
+<p>{len(trials) - len(screened)} finished trials ({len(screened)} more screened out by the proxy, never
+fine-tuned), {len(front)} on the Pareto front (feasible under the SRAM budget and
 non-dominated in mAP50-95 ↑, latency ↓, SRAM ↓), {len(failed)} failed. mAP is measured on the val split by
 ultralytics' validator after the short fine-tune. <b>latency_source</b> says how each latency was obtained:
 <i>measured</i> figures come from a TVM build timed on the device, <i>estimated</i> ones from the profile's roofline.</p>
@@ -172,7 +176,9 @@ ultralytics' validator after the short fine-tune. <b>latency_source</b> says how
 </body></html>"""
 
 
-def write_report(out_dir: Path, *, run: dict, base: dict, trials: list[dict]) -> dict[str, Path]:
+def write_report(out_dir: Path, *, run: dict, base: dict, trials: list[dict], extras: dict | None = None
+                 ) -> dict[str, Path]:
+    """`extras` (optional): sensitivity, cost_basis, proxy_quality, recommended - see search/jobs.py."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     front = [t for t in trials if t["pareto"]]
@@ -182,7 +188,9 @@ def write_report(out_dir: Path, *, run: dict, base: dict, trials: list[dict]) ->
         "objectives": {"map50_95": "maximize", "latency_ms": "minimize", "sram_bytes": "minimize"},
         "base": base,
         "pareto": [{"trial": t["number"], "scores": t["scores"], "remeasured": t.get("remeasured"),
-                    "candidate": t["candidate"]} for t in front],
+                    "candidate": t["candidate"], "origin": t.get("origin")} for t in front],
+        "recommended": (extras or {}).get("recommended"),
+        "proxy_quality": (extras or {}).get("proxy_quality"),
     }
     files = {
         "trials.csv": _csv_bytes(trials),

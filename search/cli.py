@@ -7,13 +7,15 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
-from edgesearch.search.cli_env import apply_process_env
+from edgesearch.search.cli_env import apply_process_env, quiet_console
 
 apply_process_env()  # before torch or TVM load (OpenMP reads it once, at load)
 
+from edgesearch.search.presets import STRATEGIES  # noqa: E402
 from edgesearch.spaces.errors import InputError  # noqa: E402
 
 
@@ -37,6 +39,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow arbitrary pickled objects in --model (only for checkpoints you trust)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--verbose", action="store_true",
+                        help="show ultralytics', Optuna's and torch's own output (default: one progress bar per stage)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,8 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run (or resume) a Pareto search and write its report")
     _common(run)
-    run.add_argument("--trials", type=int, help="number of trials (preset's default)")
+    run.add_argument("--trials", type=int, help="fully scored trials, recipes included (preset's default)")
     run.add_argument("--parallel", type=int, default=1, help="trials in flight at once")
+    run.add_argument("--strategy", choices=STRATEGIES,
+                     help="guided: recipes, budgeted seeds, screened few-layer moves (default); nsga2: uniform "
+                          "anchors then Optuna's NSGA-II over per-layer knobs; random: Optuna's random sampler")
+    run.add_argument("--max-map-drop", type=float,
+                     help="accuracy floor: keep designs within this relative mAP50-95 drop of the base "
+                          "(e.g. 0.01) and aim at the smallest and fastest of them")
+    run.add_argument("--sram-budget", help="hard memory budget instead of the profile's, e.g. 2MiB, 512KiB, 3000000")
+    run.add_argument("--latency-budget", type=float, help="latency budget in ms (a constraint of the search)")
     run.add_argument("--population", type=int, help="NSGA-II population size (preset's default)")
     run.add_argument("--resume", action="store_true", help="continue the run in the run folder")
     run.add_argument("--out", help="run folder (default: ./reports/<profile>-<space>[-<preset>] under the current "
@@ -147,10 +159,49 @@ def _score_eval_candidate(args) -> dict:
     return score_candidate(settings, candidate.to_json() if candidate else None)
 
 
+BYTE_UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2, "gb": 1000**3, "gib": 1024**3}
+
+
+def parse_bytes(text: str) -> int:
+    """'2MiB', '512 KiB', '1.5MB', '3000000' -> bytes."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in BYTE_UNITS:
+        raise InputError(f"--sram-budget {text!r}: give a size such as 2MiB, 512KiB or 3000000")
+    value = float(match.group(1)) * BYTE_UNITS[match.group(2).lower()]
+    if value < 1:
+        raise InputError(f"--sram-budget {text!r}: must be at least one byte")
+    return int(value)
+
+
+def check_run_arguments(args) -> None:
+    """Refuse numbers a search cannot run with, before anything is written."""
+    if args.trials is not None and args.trials < 1:
+        raise InputError(f"--trials must be at least 1, not {args.trials}")
+    if args.parallel < 1:
+        raise InputError(f"--parallel must be at least 1, not {args.parallel}")
+    if args.population is not None and args.population < 2:
+        raise InputError(f"--population must be at least 2, not {args.population}")
+    if args.max_map_drop is not None and not 0 < args.max_map_drop < 1:
+        raise InputError(f"--max-map-drop is a relative drop in (0, 1), e.g. 0.01 for 1 %, not {args.max_map_drop}")
+    if args.latency_budget is not None and not args.latency_budget > 0:
+        raise InputError(f"--latency-budget must be a positive number of ms, not {args.latency_budget}")
+    if args.sram_budget is not None:
+        parse_bytes(args.sram_budget)
+
+
+def _memory_budget(args, profile) -> dict:
+    if args.sram_budget is not None:
+        return {"kind": "sram", "bytes": parse_bytes(args.sram_budget), "source": "--sram-budget"}
+    return {"kind": profile.memory_limit, "bytes": profile.memory_budget_bytes,
+            "source": f"profile {profile.name} (memory_limit: {profile.memory_limit})"}
+
+
 def cmd_run(args) -> None:
-    from edgesearch.search.jobs import RUN_FILE, RunLock, check_run_dir, prepare_run_dir, run_folder, run_search
+    from edgesearch.search.jobs import (RUN_FILE, RunLock, check_run_dir, check_smallest_design_fits, prepare_run_dir,
+                                        run_folder, run_search)
     from edgesearch.search.presets import PRESETS
 
+    check_run_arguments(args)
     if args.out or args.resume:  # before the slow work of resolving inputs
         check_run_dir(run_folder(args.out, args.profile, args.space, args.preset), args.resume)
     if args.resume:  # a resumed run keeps the inputs it started with
@@ -175,6 +226,10 @@ def cmd_run(args) -> None:
         "model": str(inputs.checkpoint),
         "trust_checkpoint": inputs.trust_checkpoint,
         "data": str(inputs.data_yaml),
+        "memory_budget": _memory_budget(args, inputs.profile),
+        "max_map_drop": args.max_map_drop,
+        "latency_budget_ms": args.latency_budget,
+        "strategy": args.strategy or STRATEGIES[0],
         "trials": args.trials or preset.trials,
         "parallel": args.parallel,
         "population": args.population or preset.population,
@@ -184,7 +239,11 @@ def cmd_run(args) -> None:
         "batch": preset.batch,
         "seed": args.seed,
     }
-    run = prepare_run_dir(run_dir, run, args.resume)
+    if not args.resume:
+        check_smallest_design_fits(inputs, run)  # says at once when no design can meet the budget
+    run = prepare_run_dir(run_dir, run, args.resume, explicit={
+        "max_map_drop": args.max_map_drop, "latency_budget_ms": args.latency_budget, "strategy": args.strategy,
+        "memory_budget": run["memory_budget"] if args.sram_budget else None})
     with RunLock(run_dir):
         run_search(inputs, run_dir, run, resume=args.resume, ray_address=args.ray_address)
 
@@ -203,6 +262,8 @@ COMMANDS = {"run": cmd_run, "eval": cmd_eval, "profiles": cmd_profiles, "spaces"
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not getattr(args, "verbose", False):
+        quiet_console()
     try:
         COMMANDS[args.command](args)
     except InputError as error:

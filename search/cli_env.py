@@ -15,3 +15,17 @@ def apply_process_env() -> None:
     """Set PROCESS_ENV (values the user already set win); call before torch or TVM is imported."""
     for name, value in PROCESS_ENV.items():
         os.environ.setdefault(name, value)
+
+
+def quiet_console() -> None:
+    """One progress bar per stage instead of library chatter (`--verbose` keeps it all): ultralytics'
+    per-batch lines and dataset scans, Optuna's per-trial INFO lines, and the FutureWarnings that
+    torch.export repeats for every build. Call before ultralytics is imported."""
+    import logging
+    import warnings
+
+    os.environ["YOLO_VERBOSE"] = "False"
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\..*")
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+

@@ -131,8 +131,9 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
         raise InputError(f"{run_dir} exists and is not an empty folder or a run folder; choose another --out")
 
 
-def prepare_run_dir(run_dir: Path, run: dict, resume: bool) -> dict:
-    """Create (or, with resume, reopen) a run folder; returns the run's settings."""
+def prepare_run_dir(run_dir: Path, run: dict, resume: bool, explicit: dict | None = None) -> dict:
+    """Create (or, with resume, reopen) a run folder; returns the run's settings. On resume,
+    settings given explicitly on the command line (`explicit`, None = not given) must match the run's."""
     check_run_dir(run_dir, resume)
     run_file = run_dir / RUN_FILE
     if resume:
@@ -141,13 +142,50 @@ def prepare_run_dir(run_dir: Path, run: dict, resume: bool) -> dict:
             # the study's stored choices would no longer match the space's: sampling would break
             raise InputError(f"space {stored['space_file']} changed since the run in {run_dir} started; "
                              "start a new run with --out")
+        for key, value in (explicit or {}).items():
+            if value is not None and stored.get(key) != value:
+                raise InputError(f"the run in {run_dir} started with {key} {stored.get(key)!r}, not {value!r}; "
+                                 "start a new run with --out")
         stored["trials"] = max(stored["trials"], run["trials"])  # a resume may ask for more trials
-        stored["trust_checkpoint"] = run["trust_checkpoint"]  # this command line's, never the folder's
+        stored["trust_checkpoint"] = run.get("trust_checkpoint", False)  # this command line's, never the folder's
         _write_json(run_file, stored)
         return stored
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_json(run_file, run)
     return run
+
+
+def memory_budget(run: dict) -> dict:
+    """The run's hard memory budget ({kind, bytes, source}); runs from before memory_limit had the
+    profile's SRAM."""
+    return run.get("memory_budget") or {"kind": "sram", "bytes": run["sram_budget_bytes"], "source": "profile"}
+
+
+def run_budgets(run: dict, base: dict) -> dict:
+    """The constraints of the study: memory (hard), latency (if asked), accuracy floor (if asked)."""
+    drop = run.get("max_map_drop")
+    return {"memory_bytes": memory_budget(run)["bytes"], "latency_ms": run.get("latency_budget_ms"),
+            "map_floor": base["map50_95"] * (1 - drop) if drop else None}
+
+
+def check_smallest_design_fits(inputs: Inputs, run: dict) -> None:
+    """Refuse a budget no design of the space can meet, before any search: the smallest design
+    (least packed bytes per layer, int8 activations where offered) is packed and its activations
+    planned by TVM."""
+    budget = memory_budget(run)
+    if budget["bytes"] is None:
+        return
+    from edgesearch.runners.hardware.memory import design_memory  # loads TVM
+    from edgesearch.spaces.apply import apply_candidate, smallest_candidate
+
+    smallest = smallest_candidate(inputs.base_model, {n: layer.choices for n, layer in inputs.resolved.items()})
+    memory = design_memory(apply_candidate(inputs.base_model, smallest), run["imgsz"])
+    if memory["memory_bytes"] > budget["bytes"]:
+        raise InputError(
+            f"no design can meet the {budget['kind'].upper()} budget of {budget['bytes'] / 1024:,.0f} KiB "
+            f"({budget['source']}): the smallest design of space {inputs.space.name} needs "
+            f"{memory['memory_bytes'] / 1024:,.0f} KiB ({memory['weight_bytes'] / 1024:,.0f} KiB packed weights + "
+            f"{memory['activation_bytes'] / 1024:,.0f} KiB planned activations); set --sram-budget or another profile")
 
 
 def run_search(inputs: Inputs, run_dir: Path, run: dict, *, resume: bool, ray_address: str | None) -> dict:
@@ -157,8 +195,10 @@ def run_search(inputs: Inputs, run_dir: Path, run: dict, *, resume: bool, ray_ad
     settings = eval_settings(inputs, imgsz=run["imgsz"], finetune_iters=run["finetune_iters"], batch=run["batch"],
                              threads=cpus_per_trial, seed=run["seed"], tune_trials=run.get("tune_trials", 0),
                              distill=run.get("distill", False))
-    study = studies.open_study(run_dir, seed=run["seed"], population_size=run["population"], create=not resume)
-    if not resume:
+    strategy = run.get("strategy", "nsga2")  # runs from before the guided search used NSGA-II
+    study = studies.open_study(run_dir, seed=run["seed"], population_size=run["population"], create=not resume,
+                               strategy=strategy)
+    if not resume and strategy == "nsga2":
         studies.enqueue_anchors(study, inputs.resolved)
     requeued = studies.requeue_interrupted(study)
     if requeued:
@@ -169,7 +209,9 @@ def run_search(inputs: Inputs, run_dir: Path, run: dict, *, resume: bool, ray_ad
             print("scoring the base model (no changes, no fine-tune)")
             base_settings = dict(settings, finetune_iters=0)
             study.set_user_attr("base", execution.result(execution.submit(base_settings, None, cpus_per_trial)))
-        _search_loop(study, inputs, settings, run, parallel, cpus_per_trial)
+        budgets = run_budgets(run, study.user_attrs["base"])
+        guide = _prepare_guide(inputs, settings, run, run_dir, study, budgets) if strategy == "guided" else None
+        _search_loop(study, inputs, settings, run, parallel, cpus_per_trial, budgets, guide)
         if inputs.profile.measurement == "local":
             _remeasure_front(study, settings)  # with the trials' thread count
     finally:
@@ -177,16 +219,57 @@ def run_search(inputs: Inputs, run_dir: Path, run: dict, *, resume: bool, ray_ad
     return write_run_report(run_dir, study=study)
 
 
-def _search_loop(study, inputs: Inputs, settings: dict, run: dict, parallel: int, cpus: int) -> None:
+def _prepare_guide(inputs: Inputs, settings: dict, run: dict, run_dir: Path, study, budgets: dict):
+    """Sensitivity and cost tables (cached), then, in a new study, recipes and seeds queued first."""
+    from edgesearch.search import analysis
+    from edgesearch.search.guided import Guide
+    from edgesearch.search.options import OptionPricer
+    from edgesearch.search.recipes import recipe_candidates, recipe_options
+
+    layers = list(inputs.resolved)
+    recipes = recipe_candidates(inputs.base_model, layers)
+    extra = recipe_options(inputs.base_model, layers)  # recipes are priced too, whatever the space offers
+    options = {name: {knob: _merged(values, extra[name].get(knob, ())) for knob, values in layer.choices.items()}
+               for name, layer in inputs.resolved.items()}
+    cpus = os.cpu_count() or 1
+    pricer = OptionPricer(analysis.sensitivity(settings, options, run_dir, cpus),
+                          analysis.cost_basis(settings, run_dir, cpus))
+    guide = Guide(pricer, inputs.resolved, study.user_attrs["base"], budgets, run["seed"])
+    if not study.user_attrs.get("seeded"):
+        for name, candidate in recipes.items():
+            candidate = candidate.to_json()
+            studies.enqueue_design(study, candidate, f"recipe: {name}", recipe=name,
+                                   predicted={"omega": guide.omega(candidate)})
+        for origin, candidate in guide.seeds(recipes, seed_count(run["trials"], len(recipes))):
+            studies.enqueue_design(study, candidate, origin, predicted={"omega": guide.omega(candidate)})
+        study.set_user_attr("seeded", True)
+    return guide
+
+
+def seed_count(trials: int, recipes: int) -> int:
+    """Budgeted seeds after the recipes: about a quarter of the trials (2-8), never more than remain."""
+    return max(0, min(max(2, trials // 4), 8, trials - recipes))
+
+
+def _merged(values: list, extra) -> list:
+    return list(values) + [v for v in sorted(extra, key=str) if v not in values]
+
+
+def _search_loop(study, inputs: Inputs, settings: dict, run: dict, parallel: int, cpus: int, budgets: dict,
+                 guide=None) -> None:
     finished = studies.finished_count(study)
     in_flight: dict = {}
     with tqdm(total=run["trials"], initial=finished, desc="trials", unit="trial") as bar:
         while finished + len(in_flight) < run["trials"] or in_flight:
             while len(in_flight) < parallel and finished + len(in_flight) < run["trials"]:
+                if guide is not None and not studies.has_waiting(study) and not guide.propose_into(study):
+                    break  # no scored design to move from yet (or no new move): wait for one
                 trial = study.ask()
-                candidate = studies.suggest_candidate(trial, inputs.resolved).to_json()
-                trial.set_user_attr(studies.CANDIDATE_ATTR, candidate)
+                candidate = studies.candidate_of(trial, inputs.resolved)
                 in_flight[execution.submit(settings, candidate, cpus)] = trial
+            if not in_flight:
+                bar.write("no new design to try: every move from the front was tried already")
+                break
             ref = execution.wait_one(list(in_flight))
             trial = in_flight.pop(ref)
             try:
@@ -195,9 +278,21 @@ def _search_loop(study, inputs: Inputs, settings: dict, run: dict, parallel: int
                 studies.tell_failure(study, trial, execution.describe_error(error))
                 bar.write(f"trial {trial.number} failed: {execution.describe_error(error)}")
             else:
-                studies.tell_scores(study, trial, scores, inputs.profile.sram_bytes)
+                studies.tell_scores(study, trial, scores, budgets)
             finished += 1
             bar.update(1)
+            bar.set_postfix_str(_front_summary(study), refresh=True)
+
+
+def _front_summary(study) -> str:
+    """The current front in a few words, for the trials' progress bar."""
+    front = studies.pareto_trials(study)
+    if not front:
+        return "no design scored yet"
+    scores = [t.user_attrs[studies.SCORE_ATTR] for t in front]
+    return (f"front {len(front)}: best mAP50-95 {max(s['map50_95'] for s in scores):.3f}, "
+            f"smallest {min(s['sram_bytes'] for s in scores) / 2**20:.2f} MiB, "
+            f"fastest {min(s['latency_ms'] for s in scores):.2f} ms")
 
 
 def _remeasure_front(study, settings: dict) -> None:
@@ -228,7 +323,59 @@ def write_run_report(run_dir: Path, study=None) -> dict:
     remeasured = study.user_attrs.get("remeasured", {})
     base = dict(base, remeasured=remeasured.get("base"))
     trials = [dict(row, remeasured=remeasured.get(str(row["number"]))) for row in studies.trial_rows(study)]
-    files = write_report(run_dir, run=run, base=base, trials=trials)
+    extras = {"proxy_quality": proxy_quality(trials),
+              "recommended": recommended(trials, run_budgets(run, study.user_attrs["base"]))}
+    for key, name in (("sensitivity", "sensitivity.json"), ("cost_basis", "cost_basis.json")):
+        if (run_dir / name).exists():
+            extras[key] = json.loads((run_dir / name).read_text())
+    files = write_report(run_dir, run=run, base=base, trials=trials, extras=extras)
+    for line in _recommended_lines(extras["recommended"], run):
+        print(line)
     print(pareto_table(base, trials))
+    quality = extras["proxy_quality"]
+    if quality["omega"]:
+        print(f"proxy: {quality['screened']} design(s) screened out; predicted accuracy cost ranks the "
+              f"{quality['omega']['n']} scored designs with Spearman rho {quality['omega']['rho']:+.2f} "
+              "(against -mAP50-95)")
     print(f"report: {files['index.html']}")
     return files
+
+
+def proxy_quality(trials: list[dict]) -> dict:
+    """How well the screening proxy ranked the designs that were then scored in full: Spearman
+    rho of predicted omega against -mAP50-95 (all scored designs with a prediction) and of
+    predicted mAP against mAP (the moves, whose prediction is a mAP)."""
+    from scipy.stats import spearmanr
+
+    scored = [t for t in trials if t["state"] == "COMPLETE" and t.get("predicted")]
+
+    def rho(pairs):
+        if len(pairs) < 3 or len({a for a, _ in pairs}) < 2 or len({b for _, b in pairs}) < 2:
+            return None
+        return {"rho": float(spearmanr(*zip(*pairs)).statistic), "n": len(pairs)}
+
+    return {
+        "screened": sum(t["state"] == "PRUNED" for t in trials),
+        "omega": rho([(t["predicted"]["omega"], -t["scores"]["map50_95"]) for t in scored
+                      if t["predicted"].get("omega") is not None]),
+        "moves": rho([(t["predicted"]["map50_95"], t["scores"]["map50_95"]) for t in scored
+                      if t["predicted"].get("map50_95") is not None]),
+    }
+
+
+def recommended(trials: list[dict], budgets: dict) -> dict:
+    """The smallest and the fastest feasible designs (within the accuracy floor when there is one)."""
+    feasible = [t for t in trials if t["state"] == "COMPLETE" and t["feasible"] is not False]
+    if not feasible:
+        return {}
+    return {"smallest": min(feasible, key=lambda t: t["scores"]["sram_bytes"])["number"],
+            "fastest": min(feasible, key=lambda t: t["scores"]["latency_ms"])["number"],
+            "map_floor": budgets.get("map_floor")}
+
+
+def _recommended_lines(chosen: dict, run: dict) -> list[str]:
+    if not chosen:
+        return ["no scored design meets the run's constraints"]
+    where = (f"within {run['max_map_drop']:.1%} of the base's mAP50-95 (>= {chosen['map_floor']:.3f})"
+             if chosen.get("map_floor") is not None else "meeting the budgets")
+    return [f"smallest design {where}: #{chosen['smallest']}; fastest: #{chosen['fastest']}"]

@@ -13,6 +13,7 @@ from pathlib import Path
 from edgesearch.search.default_data import DigitCanvasRecipe
 
 TINY_MODEL_YAML = str(Path(__file__).parent / "yolov8-tiny.yaml")
+STRATEGIES = ("guided", "nsga2", "random")  # search strategies (study.py); the first is the default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,12 +39,12 @@ PRESETS = {
         trials=12,
         population=4,
     ),
-    "smoke": Preset(
-        data=DigitCanvasRecipe(n_train=48, n_val=16, canvas=64, min_digit_px=16, max_digit_px=30, max_digits=3),
+    "smoke": Preset(  # a base that scores well above 0 (tests check accuracy, not only mechanics): ~1.5 min
+        data=DigitCanvasRecipe(n_train=400, n_val=48, canvas=64, min_digit_px=16, max_digit_px=30, max_digits=3),
         model_yaml=TINY_MODEL_YAML,
-        base_epochs=1,
+        base_epochs=30,
         imgsz=64,
-        batch=8,
+        batch=16,
         finetune_iters=2,
         trials=2,
         population=2,

@@ -1,9 +1,17 @@
 """The Optuna study: ask a candidate from the space, tell its scores, read the Pareto front.
 
-Objectives: maximize mAP50-95, minimize latency, minimize SRAM footprint. The device's SRAM
-budget is a constraint (sram_bytes - budget <= 0). The study lives in SQLite inside the run
-folder, so a stopped run resumes where it was: finished trials stay, trials that were in flight
-when the run died are marked failed and their candidates queued again.
+Objectives: maximize mAP50-95, minimize latency, minimize SRAM footprint. Budgets are
+constraints (value - budget <= 0): the profile's hard memory limit (or --sram-budget), and, where
+asked, a latency budget and an accuracy floor. The study lives in SQLite inside the run folder,
+so a stopped run resumes where it was: finished trials stay, trials that were in flight when the
+run died are marked failed and their candidates queued again.
+
+Strategies: `guided` (default) hands Optuna every design it scores - recipes, budgeted seeds,
+few-layer moves (search/guided.py) - through `enqueue_trial`, with the design in the trial's
+`candidate` attribute; moves screened out by the proxy are stored as PRUNED trials with their
+predicted scores, never fine-tuned and never on the front. `nsga2` (the search before guided
+moves: uniform 8/6/4-bit anchors, then Optuna's NSGA-II over per-layer parameters) and `random`
+(Optuna's RandomSampler) sample per-layer parameters, one Optuna parameter per layer and knob.
 """
 
 from __future__ import annotations
@@ -19,6 +27,9 @@ OBJECTIVES = ("map50_95", "latency_ms", "sram_bytes")
 DIRECTIONS = ("maximize", "minimize", "minimize")
 SCORE_ATTR = "scores"  # user attr holding every score of a trial
 CANDIDATE_ATTR = "candidate"
+ORIGIN_ATTR = "origin"  # one line: where the design came from (recipe, seed, move, sampler)
+PREDICTED_ATTR = "predicted"  # proxy scores before the fine-tune (guided strategy)
+RECIPE_ATTR = "recipe"
 ERROR_ATTR = "error"
 INTERRUPTED = "interrupted: the run stopped while this trial was in flight; its candidate was queued again"
 
@@ -27,8 +38,11 @@ def storage_url(run_dir) -> str:
     return f"sqlite:///{run_dir}/study.db"
 
 
-def open_study(run_dir, *, seed: int, population_size: int, create: bool) -> optuna.Study:
-    sampler = optuna.samplers.NSGAIISampler(population_size=population_size, seed=seed)
+def open_study(run_dir, *, seed: int, population_size: int, create: bool, strategy: str = "guided") -> optuna.Study:
+    if strategy == "nsga2":
+        sampler = optuna.samplers.NSGAIISampler(population_size=population_size, seed=seed)
+    else:  # guided trials are all enqueued: the sampler never picks a value for them
+        sampler = optuna.samplers.RandomSampler(seed=seed)
     if create:
         return optuna.create_study(study_name=STUDY_NAME, storage=storage_url(run_dir), directions=list(DIRECTIONS),
                                    sampler=sampler)
@@ -42,8 +56,36 @@ def requeue_interrupted(study: optuna.Study) -> int:
         # no public setter for a trial this process did not ask for; the state change is public
         study._storage.set_trial_user_attr(trial._trial_id, ERROR_ATTR, INTERRUPTED)
         study.tell(trial.number, state=TrialState.FAIL)
-        study.enqueue_trial(trial.params, skip_if_exists=False)
+        kept = {k: v for k, v in trial.user_attrs.items() if k in (CANDIDATE_ATTR, ORIGIN_ATTR, PREDICTED_ATTR,
+                                                                       RECIPE_ATTR)}
+        study.enqueue_trial(trial.params, user_attrs=kept, skip_if_exists=False)
     return len(stale)
+
+
+def enqueue_design(study: optuna.Study, candidate: dict, origin: str, *, predicted: dict | None = None,
+                   recipe: str | None = None) -> None:
+    """Queue a design chosen by the caller (guided strategy): the next `ask` returns it."""
+    attrs = {CANDIDATE_ATTR: candidate, ORIGIN_ATTR: origin, PREDICTED_ATTR: predicted, RECIPE_ATTR: recipe}
+    study.enqueue_trial({}, user_attrs={k: v for k, v in attrs.items() if v is not None})
+
+
+def record_screened(study: optuna.Study, candidate: dict, origin: str, predicted: dict) -> None:
+    """Store a design the screen passed over: PRUNED, with its proxy scores, never on the front."""
+    study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, user_attrs={
+        CANDIDATE_ATTR: candidate, ORIGIN_ATTR: origin, PREDICTED_ATTR: predicted}))
+
+
+def has_waiting(study: optuna.Study) -> bool:
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
+def candidate_of(trial: Trial, resolved: dict[str, LayerChoices]) -> dict:
+    """The design a trial scores: the one enqueued with it, else sampled from its parameters."""
+    candidate = trial.user_attrs.get(CANDIDATE_ATTR)
+    if candidate is None:
+        candidate = suggest_candidate(trial, resolved).to_json()
+        trial.set_user_attr(CANDIDATE_ATTR, candidate)
+    return candidate
 
 
 ANCHOR_BITS = (8, 6, 4)
@@ -84,9 +126,22 @@ def suggest_candidate(trial: Trial, resolved: dict[str, LayerChoices]) -> Candid
     return Candidate(layers)
 
 
-def tell_scores(study: optuna.Study, trial: Trial, scores: dict, sram_budget: int) -> None:
+def constraint_values(scores: dict, budgets: dict) -> dict[str, float]:
+    """{constraint: value - budget} for the run's budgets (see jobs.run_budgets); <= 0 is feasible."""
+    values = {}
+    if budgets.get("memory_bytes") is not None:
+        values["memory_over_budget_bytes"] = scores["sram_bytes"] - budgets["memory_bytes"]
+    if budgets.get("latency_ms") is not None:
+        values["latency_over_budget_ms"] = scores["latency_ms"] - budgets["latency_ms"]
+    if budgets.get("map_floor") is not None:
+        values["map_below_floor"] = budgets["map_floor"] - scores["map50_95"]
+    return values
+
+
+def tell_scores(study: optuna.Study, trial: Trial, scores: dict, budgets: dict) -> None:
     trial.set_user_attr(SCORE_ATTR, scores)
-    trial.set_constraint("sram_over_budget_bytes", scores["sram_bytes"] - sram_budget)
+    for name, value in constraint_values(scores, budgets).items():
+        trial.set_constraint(name, value)
     study.tell(trial, [scores[name] for name in OBJECTIVES])
 
 
@@ -116,7 +171,8 @@ def trial_rows(study: optuna.Study) -> list[dict]:
     """Every finished trial as plain data, for the report."""
     pareto = {t.number for t in pareto_trials(study)}
     rows = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+    states = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+    for trial in study.get_trials(deepcopy=False, states=states):
         rows.append({
             "number": trial.number,
             "state": trial.state.name,
@@ -126,5 +182,8 @@ def trial_rows(study: optuna.Study) -> list[dict]:
             "candidate": trial.user_attrs.get(CANDIDATE_ATTR),
             "error": trial.user_attrs.get(ERROR_ATTR),
             "duration_s": trial.duration.total_seconds() if trial.duration else None,
+            "origin": trial.user_attrs.get(ORIGIN_ATTR, "sampled by Optuna"),
+            "recipe": trial.user_attrs.get(RECIPE_ATTR),
+            "predicted": trial.user_attrs.get(PREDICTED_ATTR),
         })
     return rows

@@ -110,3 +110,32 @@ def test_a_users_dataset_and_checkpoint_are_never_modified(tmp_path, smoke_input
                      "--uniform", "bits=6", "--finetune-iters", "1", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     assert snapshot() == before
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--trials", "0"], "--trials must be at least 1"),
+    (["--parallel", "0"], "--parallel must be at least 1"),
+    (["--max-map-drop", "1.5"], "--max-map-drop is a relative drop"),
+    (["--max-map-drop", "0"], "--max-map-drop is a relative drop"),
+    (["--latency-budget", "-3"], "--latency-budget must be a positive"),
+    (["--sram-budget", "lots"], "--sram-budget 'lots'"),
+])
+def test_bad_search_numbers_are_refused_before_anything_runs(tmp_path, args, fragment):
+    out = tmp_path / "run"
+    result = run_cli("run", "--preset", "smoke", "--out", str(out), *args)
+    _assert_one_line_error(result, fragment)
+    assert not out.exists()
+
+
+def test_a_budget_no_design_can_meet_is_refused_at_once(tmp_path, smoke_inputs):
+    out = tmp_path / "run"
+    result = run_cli("run", "--preset", "smoke", "--out", str(out), "--sram-budget", "4KiB")
+    _assert_one_line_error(result, "no design can meet the SRAM budget of 4 KiB")
+    assert "smallest design" in result.stderr and not out.exists()
+
+
+def test_byte_sizes_parse_with_units():
+    from edgesearch.search.cli import parse_bytes
+
+    assert parse_bytes("2MiB") == 2 * 1024**2 and parse_bytes("512 KiB") == 512 * 1024
+    assert parse_bytes("1.5MB") == 1_500_000 and parse_bytes("3000000") == 3_000_000

@@ -2,6 +2,8 @@
 
 import csv
 import json
+import re
+from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
@@ -9,6 +11,7 @@ from optuna.trial import TrialState
 from conftest import run_cli
 from edgesearch.search import study as studies
 
+SMOKE_SPACE = str(Path(__file__).parent / "data" / "smoke-space.yaml")  # few options: a fast sensitivity pass
 DIRECTIONS = {"map50_95": 1, "latency_ms": -1, "sram_bytes": -1}  # +1 maximize, -1 minimize
 
 
@@ -19,7 +22,7 @@ def _dominates(a: dict, b: dict) -> bool:
 
 def test_two_trial_search_writes_a_correct_report_and_resumes(tmp_path, smoke_inputs):
     out = tmp_path / "run"
-    result = run_cli("run", "--preset", "smoke", "--out", str(out), "--trials", "2")
+    result = run_cli("run", "--preset", "smoke", "--space", SMOKE_SPACE, "--out", str(out), "--trials", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("index.html", "pareto.png", "trials.csv", "pareto.json", "study.db"):
         assert (out / name).stat().st_size > 0
@@ -41,7 +44,8 @@ def test_two_trial_search_writes_a_correct_report_and_resumes(tmp_path, smoke_in
     assert "re-measured" in (out / "index.html").read_text()
 
     first_trials = {int(r["trial"]): r["map50_95"] for r in rows}
-    resumed = run_cli("run", "--preset", "smoke", "--out", str(out), "--trials", "3", "--resume")
+    resumed = run_cli("run", "--preset", "smoke", "--space", SMOKE_SPACE, "--out", str(out), "--trials", "3",
+                      "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     rows = list(csv.DictReader((out / "trials.csv").open()))
     assert len(rows) == 3
@@ -50,19 +54,19 @@ def test_two_trial_search_writes_a_correct_report_and_resumes(tmp_path, smoke_in
     rebuilt = run_cli("report", str(out))
     assert rebuilt.returncode == 0 and "report:" in rebuilt.stdout
 
-    again = run_cli("run", "--preset", "smoke", "--out", str(out), "--trials", "2")
+    again = run_cli("run", "--preset", "smoke", "--space", SMOKE_SPACE, "--out", str(out), "--trials", "2")
     assert again.returncode == 2 and "--resume" in again.stderr
 
 
 def test_interrupted_trials_are_failed_and_queued_again(tmp_path):
-    study = studies.open_study(tmp_path, seed=0, population_size=2, create=True)
+    study = studies.open_study(tmp_path, seed=0, population_size=2, create=True, strategy="nsga2")
     done = study.ask()
     done.suggest_categorical("layer|weight_bits", [4, 8])
     study.tell(done, [0.5, 1.0, 100.0])
     lost = study.ask()  # the run dies while this one is in flight
     lost_params = {"layer|weight_bits": lost.suggest_categorical("layer|weight_bits", [4, 8])}
 
-    reopened = studies.open_study(tmp_path, seed=0, population_size=2, create=False)
+    reopened = studies.open_study(tmp_path, seed=0, population_size=2, create=False, strategy="nsga2")
     assert studies.requeue_interrupted(reopened) == 1
     trials = reopened.get_trials(deepcopy=False)
     assert trials[0].state == TrialState.COMPLETE and trials[0].values == [0.5, 1.0, 100.0]
@@ -70,6 +74,18 @@ def test_interrupted_trials_are_failed_and_queued_again(tmp_path):
     retry = reopened.ask()
     assert retry.suggest_categorical("layer|weight_bits", [4, 8]) == lost_params["layer|weight_bits"]
     assert isinstance(reopened.sampler, optuna.samplers.NSGAIISampler)
+
+
+def test_an_interrupted_guided_trial_is_queued_again_with_its_design(tmp_path):
+    study = studies.open_study(tmp_path, seed=0, population_size=2, create=True)
+    design = {"layers": {"model.0.conv": {"weight_bits": 4}}}
+    studies.enqueue_design(study, design, "seed: test", predicted={"omega": 0.5})
+    assert study.ask().user_attrs[studies.CANDIDATE_ATTR] == design  # the run dies while it is in flight
+    reopened = studies.open_study(tmp_path, seed=0, population_size=2, create=False)
+    assert studies.requeue_interrupted(reopened) == 1
+    retry = reopened.ask()
+    assert retry.user_attrs[studies.CANDIDATE_ATTR] == design and retry.user_attrs[studies.ORIGIN_ATTR] == "seed: test"
+    assert studies.candidate_of(retry, {}) == design
 
 
 def test_a_failing_trial_is_recorded_with_its_error_and_the_search_goes_on(tmp_path, smoke_inputs):
@@ -81,7 +97,7 @@ def test_a_failing_trial_is_recorded_with_its_error_and_the_search_goes_on(tmp_p
     settings["checkpoint"] = str(tmp_path / "vanished.pt")  # every trial will raise inside its Ray task
     execution.start_ray(None)
     try:
-        _search_loop(study, smoke_inputs, settings, {"trials": 2}, parallel=2, cpus=1)
+        _search_loop(study, smoke_inputs, settings, {"trials": 2}, parallel=2, cpus=1, budgets={})
     finally:
         execution.stop_ray()
     trials = study.get_trials(deepcopy=False)
@@ -115,3 +131,38 @@ def test_a_new_study_scores_uniform_anchor_designs_first(tmp_path, tiny_model):
             assert knobs.weight_bits == min(allowed, key=lambda b: (abs(b - bits), -b))
             assert knobs.prune_ratio == 0 and knobs.sparsity == 0 and knobs.kernel_size == "keep"
             assert knobs.rank_ratio == 1.0 and knobs.activation_bits == 32
+
+
+def test_a_guided_search_scores_recipes_then_seeds_then_screened_few_layer_moves(tmp_path, smoke_inputs):
+    from edgesearch.search.recipes import RECIPES
+
+    out = tmp_path / "guided"
+    trials = len(RECIPES) + 4  # recipes, two budgeted seeds, then moves
+    result = run_cli("run", "--preset", "smoke", "--space", SMOKE_SPACE, "--out", str(out), "--trials", str(trials))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "sensitivity.json").stat().st_size > 0 and (out / "cost_basis.json").stat().st_size > 0
+    study = optuna.load_study(study_name=studies.STUDY_NAME, storage=studies.storage_url(out))
+    scored = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    screened = [t for t in study.trials if t.state == TrialState.PRUNED]
+    assert len(scored) == trials
+    origins = [t.user_attrs[studies.ORIGIN_ATTR] for t in sorted(scored, key=lambda t: t.number)]
+    assert [o.removeprefix("recipe: ") for o in origins[:len(RECIPES)]] == list(RECIPES)
+    assert all(o.startswith("seed: ") for o in origins[len(RECIPES):len(RECIPES) + 2])
+    assert any(o.startswith("move: ") for o in origins)
+
+    by_number = {t.number: t for t in study.trials}
+    for trial in [t for t in scored + screened if t.user_attrs[studies.ORIGIN_ATTR].startswith("move: ")]:
+        parent = int(re.search(r"from #(\d+)", trial.user_attrs[studies.ORIGIN_ATTR]).group(1))
+        mine = trial.user_attrs[studies.CANDIDATE_ATTR]["layers"]
+        theirs = by_number[parent].user_attrs[studies.CANDIDATE_ATTR]["layers"]
+        changed = [layer for layer in mine if mine[layer] != theirs.get(layer)]
+        assert 1 <= len(changed) <= 3, changed
+        assert "map50_95" in trial.user_attrs[studies.PREDICTED_ATTR]  # the proxy that screened it
+
+    # a screened-out design is never on the front, and the report counts it apart
+    assert screened, "each move slot draws several moves and scores one"
+    report = json.loads((out / "pareto.json").read_text())
+    front = {design["trial"] for design in report["pareto"]}
+    assert front and front <= {t.number for t in scored}
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert sum(r["state"] == "PRUNED" for r in rows) == len(screened)

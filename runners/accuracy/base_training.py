@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tqdm import tqdm
 from ultralytics import YOLO
 
 from edgesearch.runners.accuracy import ultralytics_io  # noqa: F401  (never write into the user's dataset)
@@ -13,9 +14,12 @@ def train_base_model(model_yaml: str, data_yaml: Path, out_dir: Path, *, epochs:
                      batch: int, seed: int = 0) -> Path:
     """Train and return the path of the best checkpoint (by val fitness)."""
     model = YOLO(model_yaml)
-    model.train(data=str(data_yaml), epochs=epochs, imgsz=imgsz, batch=batch, device="cpu", workers=2,
-                project=str(out_dir), name="train", exist_ok=True, plots=False, seed=seed,
-                deterministic=True, amp=False, verbose=False, patience=epochs)
+    bar = tqdm(total=epochs, desc="base training", unit="epoch")
+    model.add_callback("on_train_epoch_end", lambda trainer: bar.update(1))
+    with bar:
+        model.train(data=str(data_yaml), epochs=epochs, imgsz=imgsz, batch=batch, device="cpu", workers=2,
+                    project=str(out_dir), name="train", exist_ok=True, plots=False, seed=seed,
+                    deterministic=True, amp=False, verbose=False, patience=epochs)
     best = Path(model.trainer.best)
     if not best.exists():
         raise RuntimeError(f"base training finished without writing {best}")

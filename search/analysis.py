@@ -1,0 +1,89 @@
+"""The once-per-base analysis a guided search starts from: sensitivity and hardware cost basis.
+
+Both are cached by content hash in the user's cache (`<cache>/analysis/`), so a second search on
+the same base, data, space and input size (or profile) reuses them, and copied into the run folder
+(`sensitivity.json`, `cost_basis.json`), where the report reads them. They run once, in the
+driver's process (with progress bars), before any trial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+from edgesearch.search.paths import cache_dir, write_text_atomically
+
+SENSITIVITY_FILE = "sensitivity.json"
+BASIS_FILE = "cost_basis.json"
+
+
+def file_digest(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def dataset_fingerprint(data_yaml: str | Path) -> str:
+    """data.yaml's bytes and, for each file under its folder, name, size and mtime (a changed
+    image or label changes the fingerprint without hashing every byte)."""
+    data_yaml = Path(data_yaml)
+    digest = hashlib.sha256(data_yaml.read_bytes())
+    for path in sorted(data_yaml.parent.rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            digest.update(f"{path.relative_to(data_yaml.parent)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def _cached(kind: str, key_material: dict, compute, run_dir: Path, file_name: str) -> dict:
+    key = hashlib.sha256(json.dumps(key_material, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    path = cache_dir() / "analysis" / f"{kind}-{key}.json"
+    if path.exists():
+        result = json.loads(path.read_text())
+    else:
+        result = compute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(path, json.dumps(result))
+    write_text_atomically(run_dir / file_name, json.dumps(result))
+    return result
+
+
+def sensitivity(settings: dict, layer_options: dict[str, dict[str, list]], run_dir: Path, cpus: int) -> dict:
+    """The sensitivity pass (runners/accuracy/sensitivity.py) of the base to every option, cached."""
+    from edgesearch.runners.accuracy.sensitivity import VERSION, SensitivitySettings
+
+    config = {k: settings[k] for k in ("checkpoint", "data_yaml", "imgsz", "batch", "trust_checkpoint", "seed")}
+    material = {"version": VERSION, "checkpoint": file_digest(config["checkpoint"]),
+                "data": dataset_fingerprint(config["data_yaml"]), "options": layer_options,
+                "settings": {k: v for k, v in config.items() if k not in ("checkpoint", "data_yaml")},
+                "defaults": {f.name: f.default for f in dataclasses.fields(SensitivitySettings)}}
+    config["threads"] = cpus
+
+    def compute():
+        print(f"sensitivity pass: {sum(len(v) for v in layer_options.values())} knob lists over "
+              f"{len(layer_options)} layers (once per base, data, space and input size; cached)")
+        from edgesearch.runners.accuracy.sensitivity import analyse
+
+        return analyse(config, layer_options, progress=True)
+
+    return _cached("sensitivity", material, compute, run_dir, SENSITIVITY_FILE)
+
+
+def cost_basis(settings: dict, run_dir: Path, cpus: int) -> dict:
+    """The hardware cost basis (runners/hardware/cost_basis.py) of the base on the profile, cached."""
+    config = {k: settings[k] for k in ("checkpoint", "trust_checkpoint", "profile", "imgsz")}
+    material = {"checkpoint": file_digest(config["checkpoint"]), "profile": file_digest(config["profile"]),
+                "imgsz": config["imgsz"], "threads": cpus}
+    config["threads"] = cpus
+
+    def compute():
+        print("hardware cost basis: per-layer latency shares and the base's planned activations (cached)")
+        from edgesearch.runners.hardware.cost_basis import cost_basis as compute_basis
+
+        return compute_basis(config)
+
+    return _cached("cost-basis", material, compute, run_dir, BASIS_FILE)

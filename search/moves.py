@@ -1,0 +1,167 @@
+"""Moves that change few layers of front designs, and the screen that picks which to score.
+
+A move starts from a design on the current front and changes 1-3 layers (1.85 on average), each
+to a neighbouring option on that layer's own trade-off between omega (predicted accuracy cost)
+and one resource (SRAM bytes or latency):
+
+  cheapen  - the next cheaper option; layers are drawn in proportion to resource saved per unit
+             of omega added, so insensitive layers are cheapened first;
+  restore  - the next more accurate option; layers are drawn in proportion to the omega they
+             currently carry, so the most sensitive ones are restored first.
+
+Why not Optuna's NSGA-II: it samples at random until a generation is complete, then its uniform
+crossover swaps about half of ~500 per-layer parameters between two parents - a child of two good
+designs changes dozens of layers and loses the accuracy of both (measured: issue 8). Moves are
+generated here and handed to Optuna with `enqueue_trial`, its public API for trials whose values
+the caller chooses; the study still stores, resumes and reports every trial.
+
+Screening: each slot draws several moves and predicts each child's scores without fine-tuning
+- mAP from the parent's measured mAP less alpha x the omega the move adds (alpha fitted on the
+scored trials), SRAM and latency from the parent's measured figures plus the priced change - and
+only the child that adds most hypervolume to the current front gets the full fine-tune.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from optuna._hypervolume import compute_hypervolume  # optuna is pinned (==5.0.0); no public equivalent
+
+from edgesearch.search.options import Option, OptionPricer
+from edgesearch.spaces.candidate import LayerKnobs
+
+RESOURCES = {"sram_bytes": ("weight_bytes", "activation_bytes"), "latency_ms": ("latency_ms",)}
+LAYERS_CHANGED = (1, 2, 3)
+LAYERS_CHANGED_ODDS = (0.4, 0.35, 0.25)  # 1.85 layers per move on average
+EPSILON = 1e-9
+
+
+@dataclasses.dataclass
+class Scored:
+    """A fully scored design, as the moves see it."""
+
+    number: int
+    layers: dict[str, LayerKnobs]
+    map50_95: float
+    sram_bytes: float
+    latency_ms: float
+    omega: float  # predicted accuracy cost (sum over layers)
+
+
+@dataclasses.dataclass
+class Move:
+    parent: int
+    layers: dict[str, LayerKnobs]
+    changes: list[str]  # "layer: old -> new" per changed layer
+    direction: str
+    resource: str
+    predicted: dict  # map50_95, sram_bytes, latency_ms, omega
+
+    def describe(self) -> str:
+        return f"{self.direction} {self.resource} from #{self.parent}: " + "; ".join(self.changes)
+
+
+def _resource(option: Option, resource: str) -> float:
+    return sum(option.price(part) for part in RESOURCES[resource])
+
+
+def layer_fronts(tables: dict[str, list[Option]], resource: str) -> dict[str, list[Option]]:
+    """Per layer, the options on its own (omega, resource) trade-off, cheapest first."""
+    fronts = {}
+    for layer, options in tables.items():
+        best: list[Option] = []
+        for option in sorted(options, key=lambda o: (_resource(o, resource), o.omega)):
+            if not best or option.omega < best[-1].omega - EPSILON:
+                best.append(option)
+        fronts[layer] = best
+    return fronts
+
+
+def knob_change(old: LayerKnobs, new: LayerKnobs) -> str:
+    changed = [f"{f.name} {getattr(old, f.name)}->{getattr(new, f.name)}" for f in dataclasses.fields(LayerKnobs)
+               if getattr(old, f.name) != getattr(new, f.name)]
+    return ", ".join(changed)
+
+
+def propose(parent: Scored, fronts: dict[str, dict[str, list[Option]]], pricer: OptionPricer, alpha: float,
+            rng: np.random.Generator, *, cheapen_probability: float) -> Move | None:
+    """One move from `parent`, or None when no layer can move in the drawn direction."""
+    resource = rng.choice(list(fronts))
+    direction = "cheapen" if rng.random() < cheapen_probability else "restore"
+    steps: dict[str, Option] = {}
+    weights: dict[str, float] = {}
+    current = {layer: pricer.price(layer, parent.layers.get(layer, LayerKnobs())) for layer in fronts[resource]}
+    for layer, front in fronts[resource].items():
+        here = current[layer]
+        if direction == "cheapen":
+            cheaper = [o for o in front if _resource(o, resource) < _resource(here, resource) - EPSILON]
+            if cheaper:
+                step = cheaper[-1]  # the smallest step down
+                saved = _resource(here, resource) - _resource(step, resource)
+                steps[layer], weights[layer] = step, saved / (max(step.omega - here.omega, 0.0) + EPSILON)
+        else:
+            better = [o for o in front if o.omega < here.omega - EPSILON]
+            if better:
+                step = min(better, key=lambda o: _resource(o, resource))  # the cheapest that is more accurate
+                steps[layer], weights[layer] = step, here.omega
+    if not steps:
+        return None
+    names = list(steps)
+    odds = np.array([weights[n] for n in names], dtype=float)
+    odds = odds / odds.sum() if odds.sum() > 0 and np.isfinite(odds.sum()) else None
+    count = min(len(names), int(rng.choice(LAYERS_CHANGED, p=LAYERS_CHANGED_ODDS)))
+    chosen = rng.choice(names, size=count, replace=False, p=odds)
+    layers = dict(parent.layers)
+    changes = []
+    for layer in chosen:
+        old = parent.layers.get(layer, LayerKnobs())
+        layers[layer] = steps[layer].knobs
+        changes.append(f"{layer}: {knob_change(old, steps[layer].knobs)}")
+    before = pricer.design(parent.layers)
+    after = pricer.design(layers)
+    predicted = {
+        "omega": after["omega"],
+        "map50_95": parent.map50_95 - alpha * (after["omega"] - before["omega"]),
+        "sram_bytes": parent.sram_bytes + after["sram_bytes"] - before["sram_bytes"],
+        "latency_ms": parent.latency_ms + after["latency_ms"] - before["latency_ms"],
+    }
+    return Move(parent.number, layers, changes, direction, str(resource), predicted)
+
+
+def fit_accuracy_model(scored: list[Scored], default_alpha: float, default_intercept: float) -> tuple[float, float]:
+    """(alpha, intercept) of mAP ~ intercept - alpha x omega, least squares over the scored designs
+    (the intercept absorbs what the fine-tune itself adds or costs); the defaults until three
+    designs with distinct omegas exist, or while the fitted slope is not negative."""
+    points = np.array([(s.omega, s.map50_95) for s in scored], dtype=float).reshape(-1, 2)
+    if len(np.unique(points[:, 0])) < 3:
+        return default_alpha, default_intercept
+    slope, intercept = np.polyfit(points[:, 0], points[:, 1], 1)
+    return (float(-slope), float(intercept)) if slope < 0 else (default_alpha, default_intercept)
+
+
+def hypervolume(points: list[tuple[float, float, float]], reference: tuple[float, float, float]) -> float:
+    """Hypervolume of (mAP up, SRAM down, latency down) points against `reference`."""
+    losses = np.array([(-m, s, t) for m, s, t in points if -m < -reference[0] and s < reference[1]
+                       and t < reference[2]], dtype=float).reshape(-1, 3)
+    if not len(losses):
+        return 0.0
+    return float(compute_hypervolume(losses, np.array([-reference[0], reference[1], reference[2]], dtype=float)))
+
+
+def screen(moves: list[Move], front: list[Scored], reference: tuple[float, float, float],
+           map_floor: float | None = None) -> int:
+    """Index of the move whose predicted design adds the most hypervolume to `front` (designs
+    under `map_floor` add none); ties, including all-zero gains, go to the higher predicted mAP."""
+    points = [(s.map50_95, s.sram_bytes, s.latency_ms) for s in front]
+    now = hypervolume(points, reference)
+
+    def gain(move: Move) -> tuple[float, float]:
+        p = move.predicted
+        if map_floor is not None and p["map50_95"] < map_floor:
+            return (0.0, p["map50_95"])
+        return (hypervolume(points + [(p["map50_95"], p["sram_bytes"], p["latency_ms"])], reference) - now,
+                p["map50_95"])
+
+    return max(range(len(moves)), key=lambda i: gain(moves[i]))
+

@@ -1,0 +1,136 @@
+"""Per-layer option tables: every option a layer can take, priced on every objective.
+
+An option is one value per knob for one layer. Its prices, from the sensitivity pass
+(runners/accuracy/sensitivity.py) and the hardware cost basis (runners/hardware/cost_basis.py):
+
+  omega           predicted increase of the detection loss (weight option + each structural change)
+  weight_bytes    exact packed bytes of the layer's own conv(s) at that option (spaces/packing.py)
+  activation_bytes  the layer's share of the planned activation memory: the base's planned bytes
+                  x this conv's input elements x (1 byte if int8 else 4) / (4 x all conv inputs) -
+                  the same int8 scaling every trial's SRAM figure uses (runners/hardware/scores.py), so a
+                  design's SRAM is the sum over its layers
+  latency_ms      the layer's latency share (its integer-kernel share for int8 inputs and <= 8-bit
+                  weights, where the basis has one), changed by its structural changes in
+                  proportion to the FLOPs they remove (estimated, see cost_basis.py)
+
+Prices add over layers, with two approximations, both on the safe side: a pruning group's
+change is priced on the conv carrying its knob (its FLOPs and loss cover the whole group, but only
+that conv's weight bytes shrink), and activation bytes do not shrink with pruning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+
+import numpy as np
+
+from edgesearch.spaces.apply import option_weight_shapes
+from edgesearch.spaces.candidate import LayerKnobs
+from edgesearch.spaces.packing import packed_size
+from edgesearch.spaces.quantize import kept_weights
+
+PRICES = ("omega", "weight_bytes", "activation_bytes", "latency_ms")
+STRUCTURAL = ("prune_ratio", "kernel_size", "rank_ratio", "activation_bits")
+WEIGHT_KNOBS = ("weight_bits", "scheme", "granularity", "group_size", "sparsity")
+DEFAULTS = LayerKnobs()
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    knobs: LayerKnobs
+    omega: float
+    weight_bytes: int
+    activation_bytes: float
+    latency_ms: float
+
+    def price(self, name: str) -> float:
+        return getattr(self, name)
+
+
+class OptionPricer:
+    """Prices any knobs of any searchable layer (recipes included, whatever the space allows)."""
+
+    def __init__(self, sensitivity: dict, basis: dict):
+        self.sensitivity, self.basis = sensitivity, basis
+        self._bytes_per_input_element = basis["activation_bytes"] / (4 * basis["input_elements"])
+
+    def layers(self) -> list[str]:
+        return list(self.sensitivity["layers"])
+
+    def weight_key(self, knobs: LayerKnobs) -> str:
+        if not knobs.quantized:  # the packing ignores scheme and granularity of float layers
+            knobs = dataclasses.replace(knobs, scheme=DEFAULTS.scheme, granularity=DEFAULTS.granularity,
+                                        group_size=DEFAULTS.group_size)
+        return "|".join(str(getattr(knobs, k)) for k in WEIGHT_KNOBS)
+
+    def price(self, layer: str, knobs: LayerKnobs) -> Option:
+        info = self.sensitivity["layers"][layer]
+        cost = self.basis["layers"][layer]
+        try:
+            omega = info["weight_options"][self.weight_key(knobs)]["omega"]
+        except KeyError:
+            raise KeyError(f"{layer}: the sensitivity pass did not price weight option {self.weight_key(knobs)}") from None
+        omega = max(0.0, omega)
+        # an int8-input conv with <= 8-bit weights runs as an integer kernel where the basis times one
+        integer = knobs.activation_bits == 8 and knobs.weight_bits <= 8 and "latency_ms_int8" in cost
+        latency = cost["latency_ms_int8" if integer else "latency_ms"]
+        per_flop = latency / cost["flops"] if cost["flops"] else 0.0
+        pruned_out = None
+        for knob in STRUCTURAL:
+            value = getattr(knobs, knob)
+            if value == getattr(DEFAULTS, knob):
+                continue
+            change = info["changes"][knob][str(value)]
+            omega += max(0.0, change["delta_loss"])
+            latency += change["delta_flops"] * per_flop  # the layer's share of time, less what the change removes
+            if knob == "prune_ratio":
+                pruned_out = change["out_channels"]
+        shape = tuple(info["shape"])
+        shapes = option_weight_shapes(shape, knobs, groups=info.get("groups", 1), pruned_out_channels=pruned_out)
+        weight_bytes = sum(
+            packed_size(s, knobs, kept=kept_weights(math.prod(s), knobs.sparsity), has_bias=i == len(shapes) - 1
+                        and info.get("bias", True))
+            for i, s in enumerate(shapes))
+        act_bytes = (1 if knobs.activation_bits == 8 else 4) * cost["input_elements"] * self._bytes_per_input_element
+        return Option(knobs, omega, weight_bytes, act_bytes, max(0.0, latency))
+
+    def design(self, layers: dict[str, LayerKnobs]) -> dict[str, float]:
+        """Summed prices of a design; layers it does not name keep their defaults (float, unchanged)."""
+        totals = dict.fromkeys(PRICES, 0.0)
+        for layer in self.layers():
+            option = self.price(layer, layers.get(layer, DEFAULTS))
+            for name in PRICES:
+                totals[name] += option.price(name)
+        totals["latency_ms"] += self.basis["fixed_ms"]
+        totals["sram_bytes"] = totals["weight_bytes"] + totals["activation_bytes"]
+        return totals
+
+
+def layer_options(pricer: OptionPricer, layer: str, choices: dict[str, list]) -> list[Option]:
+    """The options of `choices` that no other option of the layer beats on every price, sorted by
+    weight bytes (fewest first)."""
+    knobs = list(choices)
+    options = {}
+    for values in itertools.product(*(choices[k] for k in knobs)):
+        candidate = LayerKnobs(**dict(zip(knobs, values, strict=True)))
+        if not candidate.quantized:  # scheme and granularity mean nothing for float weights
+            candidate = dataclasses.replace(candidate, scheme=DEFAULTS.scheme, granularity=DEFAULTS.granularity,
+                                            group_size=DEFAULTS.group_size)
+        if candidate not in options:
+            options[candidate] = pricer.price(layer, candidate)
+    return non_dominated(list(options.values()))
+
+
+def non_dominated(options: list[Option]) -> list[Option]:
+    """Options not dominated on (omega, weight bytes, activation bytes, latency), by weight bytes."""
+    prices = np.array([[o.price(p) for p in PRICES] for o in options])
+    order = np.lexsort(prices.T[::-1])  # by omega, then bytes, ...: a dominator comes first
+    kept: list[int] = []
+    for index in order:
+        row = prices[index]
+        if kept and np.any(np.all(prices[kept] <= row, axis=1)):
+            continue
+        kept.append(index)
+    return sorted((options[i] for i in kept), key=lambda o: (o.weight_bytes, o.omega))
