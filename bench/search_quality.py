@@ -1,0 +1,198 @@
+"""Search quality on the default model: the same budget of fully scored trials for random search,
+the search as it was before the guided search (uniform 8/6/4-bit anchors, then NSGA-II), and the
+guided search, at two or more seeds.
+
+Each search is a real `search run` (a subprocess, its own run folder; an existing folder is
+resumed, so a stopped benchmark continues). Per run, from its study:
+
+  - hypervolume of (mAP50-95 up, SRAM down) and of (mAP50-95 up, latency down) over its feasible
+    scored trials, against one reference for all runs: mAP 0, the base's SRAM x 1.1 and the
+    base's latency x 1.1 (latency: each trial's own measurement, taken while it ran);
+  - among designs within 1 % relative mAP50-95 drop of the base: the best weight-memory saving
+    vs FP32 (the base's packed fp32 weights) and the best latency ratio (base / design);
+  - which recipes its designs dominate (recipes as scored by the guided run of the same seed);
+  - wall time, and the sensitivity pass's own cost (cached across runs: counted once, and added
+    to every guided run's wall time in the "incl. sensitivity" column).
+
+    .venv/bin/python bench/search_quality.py [--trials 24] [--seeds 0 1] [--parallel 1]
+
+Prints a markdown table and writes bench/search_quality.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from edgesearch.search.cli_env import apply_process_env
+
+apply_process_env()
+
+import numpy as np  # noqa: E402
+import optuna  # noqa: E402
+from optuna._hypervolume import compute_hypervolume  # noqa: E402  (optuna is pinned; no public equivalent)
+from optuna.trial import TrialState  # noqa: E402
+
+from edgesearch.search import study as studies  # noqa: E402
+from edgesearch.search.paths import write_text_atomically  # noqa: E402
+
+STRATEGIES = ("random", "nsga2", "guided")
+MAX_DROP = 0.01
+
+
+def run_search(folder: Path, strategy: str, seed: int, trials: int, parallel: int) -> float:
+    """Run (or resume) one search; returns its wall time in seconds (0 when it was complete)."""
+    command = [sys.executable, "-m", "edgesearch.search.cli", "run", "--profile", "x86-host", "--strategy", strategy,
+               "--seed", str(seed), "--trials", str(trials), "--parallel", str(parallel), "--out", str(folder)]
+    if (folder / "run.json").exists():
+        study = _study(folder)
+        if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))) >= trials:
+            return 0.0
+        command.append("--resume")
+    started = time.perf_counter()
+    with open(folder.parent / f"{folder.name}.log", "a") as log:
+        subprocess.run(command, check=True, stdout=log, stderr=log)
+    return time.perf_counter() - started
+
+
+def _study(folder: Path) -> optuna.Study:
+    return optuna.load_study(study_name=studies.STUDY_NAME, storage=studies.storage_url(folder))
+
+
+def _hypervolume(points: list[tuple[float, float]], reference: tuple[float, float]) -> float:
+    """2-D hypervolume of (mAP up, cost down) points against (mAP, cost) `reference`."""
+    losses = np.array([(-m, c) for m, c in points if m > reference[0] and c < reference[1]], dtype=float)
+    if not len(losses):
+        return 0.0
+    return float(compute_hypervolume(losses.reshape(-1, 2), np.array([-reference[0], reference[1]], dtype=float)))
+
+
+def _dominates(a: dict, b: dict) -> bool:
+    keys = (("map50_95", 1), ("sram_bytes", -1), ("latency_ms", -1))
+    return all(s * a[k] >= s * b[k] for k, s in keys) and any(s * a[k] > s * b[k] for k, s in keys)
+
+
+def summarise(folder: Path, reference: dict, recipes: dict[str, dict], wall_s: float) -> dict:
+    study = _study(folder)
+    base = study.user_attrs["base"]
+    trials = study.get_trials(deepcopy=False)
+    scored = [t for t in trials if t.state == TrialState.COMPLETE]
+    feasible = [t.user_attrs[studies.SCORE_ATTR] for t in scored
+                if all(v <= 0 for v in t.constraints.values())]
+    floor = base["map50_95"] * (1 - MAX_DROP)
+    within = [s for s in feasible if s["map50_95"] >= floor]
+    return {
+        "scored": len(scored),
+        "screened": sum(t.state == TrialState.PRUNED for t in trials),
+        "failed": sum(t.state == TrialState.FAIL for t in trials),
+        "hv_map_sram": _hypervolume([(s["map50_95"], s["sram_bytes"]) for s in feasible],
+                                    (0.0, reference["sram_bytes"])),
+        "hv_map_latency": _hypervolume([(s["map50_95"], s["latency_ms"]) for s in feasible],
+                                       (0.0, reference["latency_ms"])),
+        "best_map": max((s["map50_95"] for s in feasible), default=None),
+        "within_1pct": len(within),
+        "best_weight_saving_within_1pct": max((base["weight_bytes"] / s["weight_bytes"] for s in within), default=None),
+        "best_latency_ratio_within_1pct": max((base["latency_ms"] / s["latency_ms"] for s in within), default=None),
+        "recipes_dominated": sorted(name for name, r in recipes.items() if any(_dominates(s, r) for s in feasible)),
+        "wall_s": wall_s,
+    }
+
+
+def recipe_scores(folder: Path) -> dict[str, dict]:
+    study = _study(folder)
+    return {t.user_attrs[studies.RECIPE_ATTR]: t.user_attrs[studies.SCORE_ATTR]
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get(studies.RECIPE_ATTR) and not t.user_attrs[studies.RECIPE_ATTR].startswith("control")}
+
+
+def _fmt(value, digits=3):
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def markdown(results: dict, recipes: list[str], sensitivity_s: float) -> str:
+    lines = ["| strategy | seed | scored | screened | failed | HV mAP×SRAM (MiB) | HV mAP×latency (ms) | best mAP | "
+             "designs within 1 % | best weight saving within 1 % | best latency ratio within 1 % | recipes dominated | "
+             "wall min | wall min incl. sensitivity |", "|" + "---|" * 14]
+    for key, r in results.items():
+        strategy, seed = key.split("/")
+        incl = r["wall_s"] + (sensitivity_s if strategy == "guided" else 0)
+        lines.append(f"| {strategy} | {seed} | {r['scored']} | {r['screened']} | {r['failed']} | "
+                     f"{r['hv_map_sram'] / 2**20:.3f} | {r['hv_map_latency']:.3f} | {_fmt(r['best_map'])} | "
+                     f"{r['within_1pct']} | {_fmt(r['best_weight_saving_within_1pct'], 2)}x | "
+                     f"{_fmt(r['best_latency_ratio_within_1pct'], 2)}x | {len(r['recipes_dominated'])}/{len(recipes)} | "
+                     f"{r['wall_s'] / 60:.1f} | {incl / 60:.1f} |")
+    lines += ["", "Medians over seeds (ratio to random search's median hypervolume):", "",
+              "| strategy | HV mAP×SRAM | ratio | HV mAP×latency | ratio |", "|---|---|---|---|---|"]
+    medians = {}
+    for strategy in STRATEGIES:
+        rows = [r for k, r in results.items() if k.startswith(strategy + "/")]
+        if rows:
+            medians[strategy] = (statistics.median(r["hv_map_sram"] for r in rows),
+                                 statistics.median(r["hv_map_latency"] for r in rows))
+    for strategy, (sram, latency) in medians.items():
+        random_sram, random_latency = medians.get("random", (None, None))
+        lines.append(f"| {strategy} | {sram / 2**20:.3f} | {_fmt(sram / random_sram if random_sram else None, 2)} | "
+                     f"{latency:.3f} | {_fmt(latency / random_latency if random_latency else None, 2)} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=24)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    parser.add_argument("--parallel", type=int, default=1)
+    parser.add_argument("--runs", default="bench/search_quality_runs", help="run folders (kept; resumed)")
+    parser.add_argument("--out", default="bench/search_quality")
+    args = parser.parse_args(argv)
+
+    runs = Path(args.runs)
+    runs.mkdir(parents=True, exist_ok=True)
+    walls_file = runs / "wall_s.json"
+    walls = json.loads(walls_file.read_text()) if walls_file.exists() else {}
+    # guided first: its recipes are the reference points every strategy of the same seed is compared with
+    order = sorted(args.strategies, key=lambda s: s != "guided")
+    for seed in args.seeds:
+        for strategy in order:
+            key = f"{strategy}/{seed}"
+            folder = runs / f"{strategy}-{seed}"
+            print(f"{key}: running", flush=True)
+            walls[key] = walls.get(key, 0.0) + run_search(folder, strategy, seed, args.trials, args.parallel)
+            write_text_atomically(walls_file, json.dumps(walls))
+
+    bases = [_study(runs / f"{s}-{seed}").user_attrs["base"] for seed in args.seeds for s in args.strategies]
+    reference = {"sram_bytes": 1.1 * statistics.median(b["sram_bytes"] for b in bases),
+                 "latency_ms": 1.1 * statistics.median(b["latency_ms"] for b in bases)}
+    sensitivity_file = runs / f"guided-{args.seeds[0]}" / "sensitivity.json"
+    sensitivity_s = sum(json.loads(sensitivity_file.read_text())["seconds"].values()) if sensitivity_file.exists() else 0
+    results, recipe_names = {}, set()
+    for seed in args.seeds:
+        recipes = recipe_scores(runs / f"guided-{seed}") if "guided" in args.strategies else {}
+        recipe_names |= set(recipes)
+        for strategy in args.strategies:
+            key = f"{strategy}/{seed}"
+            results[key] = summarise(runs / f"{strategy}-{seed}", reference, recipes, walls.get(key, 0.0))
+    table = markdown(results, sorted(recipe_names), sensitivity_s)
+    header = (f"Search quality: x86-host, default YOLOv8n (base mAP50-95 {bases[0]['map50_95']:.3f}), "
+              f"{args.trials} fully scored trials per run; hypervolume reference: mAP 0, SRAM "
+              f"{reference['sram_bytes'] / 2**20:.2f} MiB, latency {reference['latency_ms']:.2f} ms (base x 1.1); "
+              f"sensitivity pass {sensitivity_s / 60:.1f} min (cached, once).")
+    payload = {"trials": args.trials, "seeds": args.seeds, "reference": reference, "sensitivity_s": sensitivity_s,
+               "results": results, "recipes": {seed: recipe_scores(runs / f"guided-{seed}") for seed in args.seeds
+                                               if "guided" in args.strategies}}
+    write_text_atomically(Path(args.out + ".json"), json.dumps(payload, indent=2))
+    write_text_atomically(Path(args.out + ".md"), header + "\n\n" + table + "\n")
+    print(header + "\n\n" + table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
