@@ -17,6 +17,7 @@ from edgesearch.runners.accuracy.finetune import load_dataset_info
 from edgesearch.runners.checkpoints import load_detection_model
 from edgesearch.runners.hardware.profiles import HardwareProfile, load_profile
 from edgesearch.search import execution, study as studies
+from edgesearch.search.report_inputs import report_extras
 from edgesearch.search.base_model import default_base_checkpoint
 from edgesearch.search.default_data import build_digit_dataset
 from edgesearch.search.paths import cache_dir, write_text_atomically
@@ -228,7 +229,8 @@ def write_run_report(run_dir: Path, study=None) -> dict:
     remeasured = study.user_attrs.get("remeasured", {})
     base = dict(base, remeasured=remeasured.get("base"))
     trials = [dict(row, remeasured=remeasured.get(str(row["number"]))) for row in studies.trial_rows(study)]
-    files = write_report(run_dir, run=run, base=base, trials=trials)
+    files = write_report(run_dir, run=run, base=base, trials=trials,
+                         extras=report_extras(run_dir, run, study, base, trials))
     print(pareto_table(base, trials))
     print(f"report: {files['index.html']}")
     return files
