@@ -34,6 +34,27 @@ def smoke_inputs(isolated_cache):
 
 
 @pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, smoke_inputs):
+    """A real smoke search through the CLI, shared by the search and report tests: 2 trials, then
+    resumed to 3. Keeps what the first run wrote (its results are checked against the resumed run)."""
+    import csv
+    import json
+    from types import SimpleNamespace
+
+    out = tmp_path_factory.mktemp("smoke-run") / "run"
+    first = run_cli("run", "--preset", "smoke", "--out", str(out), "--trials", "2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    written = {name: (out / name).stat().st_size for name in ("index.html", "trials.csv", "pareto.json", "study.db")}
+    first_rows = list(csv.DictReader((out / "trials.csv").open()))
+    first_report = json.loads((out / "pareto.json").read_text())
+    first_html = (out / "index.html").read_text()
+    resumed = run_cli("run", "--preset", "smoke", "--out", str(out), "--trials", "3", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return SimpleNamespace(out=out, first=first, written=written, first_rows=first_rows, first_report=first_report,
+                           first_html=first_html, resumed=resumed)
+
+
+@pytest.fixture(scope="session")
 def tiny_model():
     """An untrained tiny YOLOv8 (from the smoke preset's YAML) for structural tests."""
     from ultralytics import YOLO
