@@ -216,6 +216,9 @@ class Report:
             rows[key] = dd.layer_rows(t.get("candidate"), self.names, self.extras, packed.get(key))
             title = f"{self.label(t)}: {knob_summary(t.get('candidate'))}"
             figs[key] = figure_spec(figures.layer_figure(title, rows[key], base_rows, marks))
+        for design_rows in rows.values():
+            for r in design_rows:
+                r["text"] = {knob: figures.knob_text(knob, r) for _, knob, _ in figures.KNOB_ROWS}
         return figs, rows
 
     # take-away ---------------------------------------------------------------------------------
@@ -362,17 +365,13 @@ def _settings(run: dict) -> str:
 
 
 SCRIPT = r"""
-const KNOBS = [["weight_bits","bits"],["scheme","scheme"],["granularity","granularity"],["group_size","group"],
+const KNOBS = [["weight_bits","weight bits"],["scheme","scheme"],["granularity","granularity"],
   ["prune_ratio","prune ratio"],["sparsity","sparsity"],["kernel_size","kernel"],["rank_ratio","rank ratio"],
   ["activation_bits","activations"]];
 function cell(v, digits) { if (v === null || v === undefined) return "—";
   return (typeof v === "number" && !Number.isInteger(v)) ? v.toFixed(digits === undefined ? 3 : digits) : String(v); }
 function kib(b) { return (b === null || b === undefined) ? "—" : (b / 1024).toFixed(2); }
-function knobShown(row, knob) {
-  if (["scheme","granularity","group_size"].includes(knob) && row.weight_bits >= 16) return "-";
-  if (knob === "group_size" && row.granularity !== "group") return "-";
-  return cell(row[knob], 2);
-}
+function knobShown(row, knob) { return row.text[knob]; }
 function layerTable(key) {
   const rows = PAGE.layers[key];
   let html = "<table><thead><tr><th>layer</th>" + KNOBS.map(k => "<th>" + k[1] + "</th>").join("") +
