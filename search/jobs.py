@@ -12,6 +12,7 @@ from pathlib import Path
 from torch import nn
 from tqdm import tqdm
 
+from edgesearch.reports.compare_report import write_comparison
 from edgesearch.reports.pareto_report import pareto_table, write_report
 from edgesearch.runners.accuracy.finetune import load_dataset_info
 from edgesearch.runners.checkpoints import load_detection_model
@@ -219,7 +220,8 @@ def _remeasure_front(study, settings: dict) -> None:
     study.set_user_attr("remeasured", remeasured)
 
 
-def write_run_report(run_dir: Path, study=None) -> dict:
+def report_data(run_dir: Path, study=None) -> dict:
+    """The plain data a report is written from: run, base, trials, extras."""
     run = json.loads((run_dir / RUN_FILE).read_text())
     if study is None:
         study = studies.open_study(run_dir, seed=run["seed"], population_size=run["population"], create=False)
@@ -229,8 +231,28 @@ def write_run_report(run_dir: Path, study=None) -> dict:
     remeasured = study.user_attrs.get("remeasured", {})
     base = dict(base, remeasured=remeasured.get("base"))
     trials = [dict(row, remeasured=remeasured.get(str(row["number"]))) for row in studies.trial_rows(study)]
-    files = write_report(run_dir, run=run, base=base, trials=trials,
-                         extras=report_extras(run_dir, run, study, base, trials))
-    print(pareto_table(base, trials))
+    return {"run": run, "base": base, "trials": trials, "extras": report_extras(run_dir, run, study, base, trials)}
+
+
+def write_run_report(run_dir: Path, study=None) -> dict:
+    data = report_data(run_dir, study)
+    files = write_report(run_dir, **data)
+    print(pareto_table(data["base"], data["trials"]))
     print(f"report: {files['index.html']}")
     return files
+
+
+def write_comparison_report(run_dirs: list[Path], out: Path | None) -> Path:
+    """Each run's own report, then one page comparing them (runs of one model on several profiles)."""
+    entries = [dict(report_data(run_dir), run_dir=run_dir) for run_dir in run_dirs]
+    models = {str(e["run"].get("model")) for e in entries}
+    if len(models) > 1:  # checked before anything is written
+        raise InputError("search report compares runs of one model; these use " + ", ".join(sorted(models)))
+    for entry in entries:
+        entry["report"] = write_report(entry.pop("run_dir"), **entry)["index.html"]
+    if out is None:
+        parent = Path(os.path.commonpath([str(d.resolve().parent) for d in run_dirs]))
+        out = parent / ("compare-" + "-".join(e["run"].get("profile", "run") for e in entries))
+    path = write_comparison(out, entries)
+    print(f"comparison: {path}")
+    return path
