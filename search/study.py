@@ -11,6 +11,7 @@ from __future__ import annotations
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from edgesearch.reports.pareto_report import knob_summary
 from edgesearch.spaces.candidate import Candidate, LayerKnobs
 from edgesearch.spaces.space import LayerChoices
 
@@ -27,12 +28,25 @@ def storage_url(run_dir) -> str:
     return f"sqlite:///{run_dir}/study.db"
 
 
+METRIC_NAMES = ("mAP50-95", "latency_ms", "memory_footprint_bytes")  # what optuna-dashboard shows for the objectives
+SUMMARY_ATTR = "design"  # a one-line summary of the candidate, readable in optuna-dashboard's trial list
+READ_ME = ("objectives: mAP50-95 on val (maximize), latency_ms (minimize), memory_footprint_bytes = packed weights + "
+           "planned activations (minimize); constraint sram_over_budget_bytes <= 0. Trial user attributes: design (summary), "
+           "scores (every figure, each with its source), candidate (per-layer knobs, the JSON `search eval --candidate` "
+           "takes), error. The run's report is index.html beside study.db.")
+
+
 def open_study(run_dir, *, seed: int, population_size: int, create: bool) -> optuna.Study:
     sampler = optuna.samplers.NSGAIISampler(population_size=population_size, seed=seed)
     if create:
-        return optuna.create_study(study_name=STUDY_NAME, storage=storage_url(run_dir), directions=list(DIRECTIONS),
-                                   sampler=sampler)
-    return optuna.load_study(study_name=STUDY_NAME, storage=storage_url(run_dir), sampler=sampler)
+        study = optuna.create_study(study_name=STUDY_NAME, storage=storage_url(run_dir), directions=list(DIRECTIONS),
+                                    sampler=sampler)
+    else:
+        study = optuna.load_study(study_name=STUDY_NAME, storage=storage_url(run_dir), sampler=sampler)
+    if study.metric_names is None:  # new studies, and those made before the names were set
+        study.set_metric_names(list(METRIC_NAMES))
+        study.set_user_attr("read_me", READ_ME)
+    return study
 
 
 def requeue_interrupted(study: optuna.Study) -> int:
@@ -86,6 +100,7 @@ def suggest_candidate(trial: Trial, resolved: dict[str, LayerChoices]) -> Candid
 
 def tell_scores(study: optuna.Study, trial: Trial, scores: dict, sram_budget: int) -> None:
     trial.set_user_attr(SCORE_ATTR, scores)
+    trial.set_user_attr(SUMMARY_ATTR, knob_summary(trial.user_attrs.get(CANDIDATE_ATTR)))
     trial.set_constraint("sram_over_budget_bytes", scores["sram_bytes"] - sram_budget)
     study.tell(trial, [scores[name] for name in OBJECTIVES])
 

@@ -200,3 +200,33 @@ def test_a_report_of_a_run_without_optional_fields_or_scores(tmp_path):
     with open_page(files["index.html"]) as (page, problems):
         assert plot_points(page, "fig-pareto-latency") == 1
         assert problems == [], problems
+
+
+def test_agreement_matches_boxes_one_to_one_at_iou_half():
+    import numpy as np
+
+    from edgesearch.runners.shadow import agreement
+
+    base = [np.array([[0, 0, 10, 10, 0.9, 1], [20, 20, 30, 30, 0.8, 2]], dtype=np.float32), np.zeros((0, 6), np.float32)]
+    same = agreement(base, [b.copy() for b in base])
+    assert same["matched"] == same["same_class"] == 2 and same["class_agreement"] == 1.0 and same["mean_iou"] == 1.0
+    assert same["identical_images"] == 2
+    design = [np.array([[1, 1, 10, 10, 0.9, 1],      # IoU 0.81 with the first box, same class
+                        [20, 20, 30, 24, 0.7, 3],    # IoU 0.4 with the second: not matched
+                        [0, 0, 10, 10, 0.5, 4]], dtype=np.float32),  # IoU 1 with the first: takes it, other class
+              np.array([[5, 5, 9, 9, 0.6, 0]], dtype=np.float32)]
+    found = agreement(base, design)
+    assert (found["matched"], found["same_class"], found["base_boxes"], found["design_boxes"]) == (1, 0, 2, 4)
+    assert found["mean_iou"] == 1.0 and found["class_agreement"] == 0.0
+    assert found["base_recall"] == 0.5 and found["design_precision"] == 0.25 and found["identical_images"] == 0
+
+
+def test_the_study_reads_sensibly_in_optuna_dashboard(tmp_path):
+    from edgesearch.search import study as studies
+
+    study = studies.open_study(tmp_path, seed=0, population_size=2, create=True)
+    assert study.metric_names == list(studies.METRIC_NAMES) and "objectives" in study.user_attrs["read_me"]
+    trial = study.ask()
+    trial.set_user_attr(studies.CANDIDATE_ATTR, candidate([4, 4, 8]))
+    studies.tell_scores(study, trial, scores(0.5, 1.0, 10), sram_budget=100 * 1024)
+    assert study.trials[0].user_attrs[studies.SUMMARY_ATTR] == "4b×2 8b×1; affine×3; no structural change"

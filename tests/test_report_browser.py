@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import shlex
+import shutil
 from pathlib import Path
 
 from browser import open_page, plot_points
@@ -105,3 +106,65 @@ def test_the_pages_command_line_rescores_the_design_and_writes_its_library(smoke
     scores = json.loads(result.stdout)
     assert scores["weight_bytes"] == report["pareto"][0]["scores"]["weight_bytes"]  # the same design, packed alike
     assert library.stat().st_size > 0
+
+
+def test_several_runs_of_one_model_compare_on_one_page(smoke_run, tmp_path):
+    """A real second run of the same model on another profile (raspberry-pi-4: no device here, so
+    its latencies are estimated), compared with the x86-host run."""
+    pi4 = tmp_path / "pi4"
+    result = run_cli("run", "--preset", "smoke", "--profile", "raspberry-pi-4", "--out", str(pi4), "--trials", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "compare"
+    compared = run_cli("report", str(smoke_run.out), str(pi4), "--out", str(out))
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    fronts = [json.loads((d / "pareto.json").read_text())["pareto"] for d in (smoke_run.out, pi4)]
+    html = (out / "index.html").read_text()
+    assert "x86-host" in html and "raspberry-pi-4" in html and html.count("estimated</span>") >= 1
+    with open_page(out / "index.html") as (page, problems):
+        for figure in ("fig-compare-latency", "fig-compare-memory"):
+            assert plot_points(page, figure) == sum(len(f) for f in fronts) + 2  # each front and each base
+            profiles = page.evaluate(f"document.getElementById('{figure}').data.map(t => t.meta.profile)")
+            assert set(profiles) == {"x86-host", "raspberry-pi-4"}
+        assert page.evaluate("document.getElementById('fig-compare-memory').layout.shapes.length") == 2  # two budgets
+        assert page.locator("#profiles-table tbody tr").count() == 2
+        # the anchor designs are the same candidates on both profiles
+        assert page.locator("#same-designs tbody tr").count() >= 2
+        page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
+        assert problems == [], problems
+
+    # runs of different models are refused before anything is written
+    other = tmp_path / "other"
+    shutil.copytree(pi4, other)
+    run_file = other / "run.json"
+    run_file.write_text(json.dumps(dict(json.loads(run_file.read_text()), model="/elsewhere/other.pt")))
+    refused = run_cli("report", str(smoke_run.out), str(other), "--out", str(tmp_path / "refused"))
+    assert refused.returncode == 2 and "one model" in refused.stderr and not (tmp_path / "refused").exists()
+
+
+def test_shadow_runs_a_design_beside_the_base_on_a_second_folder(smoke_run, smoke_inputs, tmp_path):
+    """A design from the report against the base on a copy of the val images with their labels."""
+    data = Path(smoke_inputs.data_yaml).parent
+    folder = tmp_path / "second"
+    shutil.copytree(data / "images" / "val", folder / "images")
+    shutil.copytree(data / "labels" / "val", folder / "labels")
+    design = sorted((smoke_run.out / "designs").glob("trial-*.json"))[-1]
+    out = tmp_path / "shadow"
+    # the smoke base is barely trained: its confidences are low, so compare everything above 0.001
+    result = run_cli("shadow", "--preset", "smoke", "--candidate", str(design), "--images", str(folder / "images"),
+                     "--conf", "0.001", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "shadow.json").read_text())
+    a = report["agreement"]
+    assert report["images"] == len(list((folder / "images").iterdir())) == report["labelled_images"]
+    assert a["base_boxes"] > 0 and 0 <= a["same_class"] <= a["matched"] <= min(a["base_boxes"], a["design_boxes"])
+    assert len(a["per_image"]) == report["images"]
+    assert set(report["accuracy"]["base"]["classes"]) == set(report["accuracy"]["design"]["classes"])
+    assert all(report["latency"][who]["latency_ms"] > 0 for who in ("base", "design"))
+    assert "matched boxes (IoU 0.5)" in result.stdout
+    with open_page(out / "index.html") as (page, problems):
+        assert page.evaluate("document.getElementById('fig-agreement').data[0].x.length") == report["images"]
+        assert page.locator("#class-table tbody tr").count() == len(report["accuracy"]["base"]["classes"])
+        assert problems == [], problems
+    # bad input fails in a line, before the slow work
+    missing = run_cli("shadow", "--preset", "smoke", "--candidate", str(design), "--images", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
