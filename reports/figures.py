@@ -106,6 +106,7 @@ KNOB_ROWS = (  # (row label, knob, intensity 0 = unchanged .. 1 = most compresse
 
 
 def knob_text(knob: str, k: dict) -> str:
+    """A knob's value as the per-layer view shows it; "-" where the layer keeps the base's."""
     value = k[knob]
     if knob == "weight_bits":
         return "float" if value >= 32 else ("fp16" if value == 16 else f"{value}")
@@ -114,13 +115,13 @@ def knob_text(knob: str, k: dict) -> str:
     if knob == "granularity" and value == "group":
         return f"group {k['group_size']}"
     if knob == "activation_bits":
-        return "int8" if value == 8 else "float"
+        return "int8" if value == 8 else "-"
     if knob in ("prune_ratio", "sparsity"):
         return "-" if not value else f"{float(value):.0%}"
     if knob == "rank_ratio":
         return "-" if float(value) >= 1 else f"{float(value):.2f}"
     if knob == "kernel_size":
-        return "keep" if value == "keep" else f"{value}×{value}"
+        return "-" if value == "keep" else f"{value}×{value}"
     return str(value)
 
 

@@ -112,7 +112,7 @@ def test_several_runs_of_one_model_compare_on_one_page(smoke_run, tmp_path):
     """A real second run of the same model on another profile (raspberry-pi-4: no device here, so
     its latencies are estimated), compared with the x86-host run."""
     pi4 = tmp_path / "pi4"
-    result = run_cli("run", "--preset", "smoke", "--profile", "raspberry-pi-4", "--out", str(pi4), "--trials", "2")
+    result = run_cli("run", "--preset", "smoke", "--profile", "raspberry-pi-4", "--out", str(pi4), "--trials", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "compare"
     compared = run_cli("report", str(smoke_run.out), str(pi4), "--out", str(out))
@@ -127,8 +127,8 @@ def test_several_runs_of_one_model_compare_on_one_page(smoke_run, tmp_path):
             assert set(profiles) == {"x86-host", "raspberry-pi-4"}
         assert page.evaluate("document.getElementById('fig-compare-memory').layout.shapes.length") == 2  # two budgets
         assert page.locator("#profiles-table tbody tr").count() == 2
-        # the anchor designs are the same candidates on both profiles
-        assert page.locator("#same-designs tbody tr").count() >= 2
+        # the anchor design is the same candidate on both profiles
+        assert page.locator("#same-designs tbody tr").count() >= 1
         page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
         assert problems == [], problems
 
@@ -141,7 +141,7 @@ def test_several_runs_of_one_model_compare_on_one_page(smoke_run, tmp_path):
     assert refused.returncode == 2 and "one model" in refused.stderr and not (tmp_path / "refused").exists()
 
 
-def test_shadow_runs_a_design_beside_the_base_on_a_second_folder(smoke_run, smoke_inputs, tmp_path):
+def test_shadow_runs_a_design_beside_the_base_on_a_second_folder(smoke_run, smoke_inputs, tmp_path, capsys):
     """A design from the report against the base on a copy of the val images with their labels."""
     data = Path(smoke_inputs.data_yaml).parent
     folder = tmp_path / "second"
@@ -166,5 +166,7 @@ def test_shadow_runs_a_design_beside_the_base_on_a_second_folder(smoke_run, smok
         assert page.locator("#class-table tbody tr").count() == len(report["accuracy"]["base"]["classes"])
         assert problems == [], problems
     # bad input fails in a line, before the slow work
-    missing = run_cli("shadow", "--preset", "smoke", "--candidate", str(design), "--images", str(tmp_path / "nowhere"))
-    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    from edgesearch.search.cli import main
+
+    assert main(["shadow", "--preset", "smoke", "--candidate", str(design), "--images", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
