@@ -8,6 +8,8 @@ when the run died are marked failed and their candidates queued again.
 
 from __future__ import annotations
 
+import warnings
+
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
@@ -44,7 +46,9 @@ def open_study(run_dir, *, seed: int, population_size: int, create: bool) -> opt
     else:
         study = optuna.load_study(study_name=STUDY_NAME, storage=storage_url(run_dir), sampler=sampler)
     if study.metric_names is None:  # new studies, and those made before the names were set
-        study.set_metric_names(list(METRIC_NAMES))
+        with warnings.catch_warnings():  # experimental since optuna 3.2; optuna is pinned
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(METRIC_NAMES))
         study.set_user_attr("read_me", READ_ME)
     return study
 
