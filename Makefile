@@ -11,12 +11,13 @@ DEMO_OUT := reports/demo
 
 install: system-packages $(STAMP)
 
-# Debian packages: the aarch64 cross g++ (runners/hardware/cross_build.py links device libraries with it)
-# and qemu-aarch64 (tests/test_cross_build.py runs a cross-built library under emulation)
+# Debian packages: the aarch64 cross g++ (runners/hardware/cross_build.py links device libraries with it),
+# qemu-aarch64 (tests/test_cross_build.py runs a cross-built library under emulation) and chromium
+# (tests/test_report_browser.py renders reports in it, headless, through playwright)
 system-packages:
-	@command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64 >/dev/null || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++-aarch64-linux-gnu qemu-user; } || \
-	  echo "warning: could not install g++-aarch64-linux-gnu qemu-user (not root?): aarch64 builds will say so"
+	@command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64 >/dev/null && command -v chromium >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++-aarch64-linux-gnu qemu-user chromium; } || \
+	  echo "warning: could not install g++-aarch64-linux-gnu qemu-user chromium (not root?): aarch64 builds and browser tests will say so"
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -1,41 +1,36 @@
-"""The Pareto report of a run: index.html, pareto.png, trials.csv, pareto.json.
+"""The report of a run: index.html (one self-contained interactive page), trials.csv, pareto.json
+and designs/<design>.json (each a candidate for `search eval --candidate`).
 
-Input is plain data: a `base` row (the unmodified model's scores), `trials` (one dict per
-finished trial: number, state, pareto, feasible, scores, candidate, error, duration_s) and `run`
-(settings shown in the header). Every file is written to a temporary name and renamed into
-place, so a reader never sees a half-written report.
+Input is plain data (nothing of edgesearch is imported here):
+  run     run.json (run_name, profile, sram_budget_bytes, ...; optional memory_budget,
+          max_map_drop, latency_budget_ms, strategy)
+  base    the unmodified model's scores, with `remeasured` (dict or None)
+  trials  one dict per trial: number, state (COMPLETE, FAIL, PRUNED = screened out), pareto,
+          feasible, scores, candidate, error, duration_s, remeasured; optional origin, recipe,
+          predicted, node
+  extras  optional: sensitivity, cost_basis, proxy_quality, accuracy_basis ({split, images}),
+          packed_layers ({design key: {layer: packed bytes}}, "base" for the base) with
+          packed_layers_source
+Every file is written to a temporary name and renamed into place, so a reader never sees a
+half-written report.
 """
 
 from __future__ import annotations
 
 import csv
-import html
 import io
 import json
-import os
-import tempfile
+import shlex
 from collections import Counter
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
+from . import design_data as dd
+from . import figures
+from .page import atomic_write, data_url, esc, figure_spec, fmt, fmt_bytes, mark, render
 
 SCORE_COLUMNS = ("map50_95", "map50", "latency_ms", "latency_spread_ms", "latency_source", "sram_bytes", "weight_bytes",
                  "activation_bytes", "fits_sram", "params", "flops")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+DESIGNS_DIR = "designs"
 
 
 def knob_summary(candidate: dict | None) -> str:
@@ -44,8 +39,8 @@ def knob_summary(candidate: dict | None) -> str:
     if not candidate:
         return "unmodified"
     layers = list(candidate["layers"].values())
-    bits = Counter(k["weight_bits"] for k in layers)
-    schemes = Counter(k.get("scheme", "affine") for k in layers if k["weight_bits"] < 16)
+    bits = Counter(k.get("weight_bits", 32) for k in layers)
+    schemes = Counter(k.get("scheme", "affine") for k in layers if k.get("weight_bits", 32) < 16)
     counts = {
         "pruned": sum(1 for k in layers if k.get("prune_ratio", 0) > 0),
         "sparse": sum(1 for k in layers if k.get("sparsity", 0) > 0),
@@ -62,145 +57,475 @@ def knob_summary(candidate: dict | None) -> str:
 def _csv_bytes(trials: list[dict]) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["trial", "state", "pareto", "feasible", *SCORE_COLUMNS, "knobs", "duration_s", "error", "origin",
-                     "predicted_map50_95", "predicted_omega"])
-    for t in trials:
+    writer.writerow(["trial", "state", "pareto", "feasible", *SCORE_COLUMNS, "knobs", "origin", "recipe", "duration_s",
+                     "error", "predicted_map50_95", "predicted_omega"])
+    for t in sorted(trials, key=lambda t: t["number"]):
         scores, predicted = t.get("scores") or {}, t.get("predicted") or {}
-        writer.writerow([t["number"], t["state"], t["pareto"], t["feasible"], *(scores.get(c) for c in SCORE_COLUMNS),
-                         knob_summary(t.get("candidate")), t.get("duration_s"), t.get("error") or "", t.get("origin", ""),
+        writer.writerow([t["number"], t["state"], t.get("pareto"), t.get("feasible"),
+                         *(scores.get(c) for c in SCORE_COLUMNS), knob_summary(t.get("candidate")),
+                         t.get("origin") or "", t.get("recipe") or "", t.get("duration_s"), t.get("error") or "",
                          predicted.get("map50_95"), predicted.get("omega")])
     return out.getvalue().encode()
 
 
-def _plot_png(base: dict, trials: list[dict], sram_budget: int | None, latency_label: str) -> bytes:
-    done = [t for t in trials if t.get("scores")]  # screened-out designs have none
-    front = sorted((t for t in done if t["pareto"]), key=lambda t: t["scores"]["latency_ms"])
-    fig, (ax_lat, ax_mem) = plt.subplots(1, 2, figsize=(12, 4.8))
-    for ax, key, label in ((ax_lat, "latency_ms", f"latency (ms, {latency_label})"),
-                           (ax_mem, "sram_bytes", "SRAM footprint (KiB)")):
-        scale = 1 / 1024 if key == "sram_bytes" else 1
-        others = [t for t in done if not t["pareto"]]
-        ax.scatter([t["scores"][key] * scale for t in others], [t["scores"]["map50_95"] for t in others],
-                   c="lightgray", edgecolors="gray", label="other trials")
-        ax.scatter([t["scores"][key] * scale for t in front], [t["scores"]["map50_95"] for t in front],
-                   c="tab:blue", label="Pareto designs", zorder=3)
-        for t in front:
-            ax.annotate(f"#{t['number']}", (t["scores"][key] * scale, t["scores"]["map50_95"]), fontsize=8,
-                        xytext=(3, 3), textcoords="offset points")
-        ax.scatter([base[key] * scale], [base["map50_95"]], marker="*", s=220, c="tab:red", label="base", zorder=4)
-        if key == "sram_bytes" and sram_budget:
-            ax.axvline(sram_budget * scale, color="tab:orange", linestyle="--", label="SRAM budget")
-        ax.set_xlabel(label)
-        ax.set_ylabel("mAP50-95 (val)")
-        ax.grid(alpha=0.3)
-    ax_lat.legend(loc="lower right", fontsize=8)
-    ax_mem.legend(loc="lower right", fontsize=8)
-    fig.suptitle("Designs found: accuracy vs latency and vs on-chip memory")
-    fig.tight_layout()
-    out = io.BytesIO()
-    fig.savefig(out, format="png", dpi=110)
-    plt.close(fig)
-    return out.getvalue()
+# ------------------------------------------------------------------------------ the page's model
 
 
-def _fmt(value, key: str) -> str:
-    if value is None:
-        return "—"
-    if key in ("map50_95", "map50"):
-        return f"{value:.3f}"
-    if key in ("latency_ms", "latency_spread_ms"):
-        return f"{value:.2f}"
-    if key.endswith("_bytes"):
-        return f"{value / 1024:,.1f} KiB"
-    if key in ("params", "flops"):
-        return f"{value / 1e6:,.2f} M"
-    return html.escape(str(value))
+class Report:
+    """Everything the page shows, derived once from the plain data."""
+
+    def __init__(self, run: dict, base: dict, trials: list[dict], extras: dict, out_dir: Path):
+        self.run, self.base, self.trials, self.extras, self.out_dir = run, base, trials, extras or {}, out_dir
+        self.prov = dd.Provenance()
+        self.accuracy_mark = self.prov.mark("A", dd.accuracy_source(run, self.extras))
+        self.budget = dd.memory_budget(run)
+        self.floor = dd.accuracy_floor(run, base)
+        self.scored = dd.scored(trials)
+        self.recommended = dd.recommendations(run, base, trials)
+        self.names = dd.layer_names(trials, self.extras)
+        self.by_number = {t["number"]: t for t in trials}
+        weights = self.prov.mark("M", dd.WEIGHT_BYTES_SOURCE)
+        self.memory_marks = lambda s: [weights, self.prov.mark("M", (s or {}).get("activation_bytes_source"))]
+        self.designs = dd.shown_designs(run, base, trials)
+        self.base_row = self._row(None)
+        self.rows = {t["number"]: self._row(t) for t in self.scored}
+
+    # a design's figures, deltas and hover text ------------------------------------------------
+    def label(self, t: dict | None) -> str:
+        if t is None:
+            return "base"
+        return f"#{t['number']}" + (f" {t['recipe']}" if t.get("recipe") else "")
+
+    def _row(self, t: dict | None) -> dict:
+        base = self.base
+        s = base if t is None else dd.scores_of(t)
+        remeasured = base.get("remeasured") if t is None else t.get("remeasured")
+        speed = dd.latency_pair(base, s, base.get("remeasured"), remeasured)
+        d_map = None if t is None else s["map50_95"] - (base.get("map50_95") or 0.0)
+        row = {
+            "key": "base" if t is None else str(t["number"]),
+            "number": None if t is None else t["number"],
+            "label": self.label(t),
+            "origin": "the unmodified model" if t is None else (t.get("origin") or ("recipe: " + t["recipe"] if t.get("recipe") else "")),
+            "summary": knob_summary(None if t is None else t.get("candidate")),
+            "map50_95": s.get("map50_95"), "map50": s.get("map50"),
+            "d_map_points": None if d_map is None else 100 * d_map,
+            "d_map_relative": (d_map / base["map50_95"]) if d_map is not None and base.get("map50_95") else None,
+            "latency_ms": s.get("latency_ms"), "latency_mark": self.prov.mark("L", s.get("latency_source")),
+            "remeasured_ms": (remeasured or {}).get("latency_ms"),
+            "remeasured_mark": self.prov.mark("R", (remeasured or {}).get("latency_source")),
+            "speedup": speed["speedup"], "speedup_basis": speed["basis"],
+            "sram_bytes": s.get("sram_bytes"), "weight_bytes": s.get("weight_bytes"),
+            "activation_bytes": s.get("activation_bytes"), "memory_marks": self.memory_marks(s),
+            "smaller": dd.ratio(base.get("sram_bytes"), s.get("sram_bytes")),
+            "fits": None if t is None and not self.budget["bytes"] else (
+                s.get("sram_bytes") <= self.budget["bytes"] if self.budget["bytes"] and s.get("sram_bytes") is not None
+                else t.get("feasible") if t else None),
+            "params": s.get("params"), "flops": s.get("flops"),
+            "node": None if t is None else t.get("node"),
+            "pareto": bool(t and t.get("pareto")), "recipe": None if t is None else t.get("recipe"),
+        }
+        row["hover"] = self._hover(row)
+        return row
+
+    def _hover(self, r: dict) -> str:
+        lines = [f"<b>{esc(r['label'])}</b>" + (f" · {esc(r['origin'])}" if r["origin"] else ""), esc(r["summary"]),
+                 f"mAP50-95 {fmt(r['map50_95'])}" + (f" ({r['d_map_points']:+.1f} points vs base)" if r["d_map_points"] is not None else "")
+                 + f" [{self.accuracy_mark}]",
+                 f"latency {fmt(r['latency_ms'], 2)} ms [{r['latency_mark']}]"
+                 + (f", re-measured {fmt(r['remeasured_ms'], 2)} ms [{r['remeasured_mark']}]" if r["remeasured_ms"] else "")
+                 + (f" · {r['speedup']:.2f}× faster ({r['speedup_basis']})" if r["speedup"] and r["number"] is not None else ""),
+                 f"footprint {fmt_bytes(r['sram_bytes'])} KiB [{', '.join(m for m in r['memory_marks'] if m)}]"
+                 + (f" · {r['smaller']:.2f}× smaller" if r["smaller"] and r["number"] is not None else "")]
+        return "<br>".join(lines)
+
+    # plots ------------------------------------------------------------------------------------
+    def pareto_points(self, axis: str) -> list[dict]:
+        points = []
+        for t in self.scored:
+            r = self.rows[t["number"]]
+            category = "front" if t.get("pareto") else "recipe" if t.get("recipe") else "other"
+            x = r["latency_ms"] if axis == "latency_ms" else r["sram_bytes"] / figures.KIB
+            points.append({"number": t["number"], "category": category, "x": x, "y": r["map50_95"], "hover": r["hover"],
+                           "group": r["latency_mark"] if axis == "latency_ms" else None})
+        predicted_mark = None
+        for t in self.trials:
+            p = t.get("predicted") or {}
+            if t.get("state") != "PRUNED" or p.get("map50_95") is None or p.get(axis) is None:
+                continue
+            predicted_mark = predicted_mark or self.predicted_mark()
+            x = p[axis] if axis == "latency_ms" else p[axis] / figures.KIB
+            hover = (f"<b>#{t['number']}</b> screened out [{predicted_mark}]" + (f" · {esc(t['origin'])}" if t.get("origin") else "")
+                     + f"<br>predicted mAP50-95 {p['map50_95']:.3f}, "
+                     + (f"{p[axis]:.2f} ms" if axis == "latency_ms" else f"{p[axis] / 1024:,.1f} KiB") + " (never fine-tuned)")
+            points.append({"number": t["number"], "category": "screened", "x": x, "y": p["map50_95"], "hover": hover,
+                           "group": predicted_mark if axis == "latency_ms" else None})
+        return points
+
+    def predicted_mark(self) -> str:
+        quality = self.extras.get("proxy_quality") or {}
+        text = ("predicted: proxy scores of a screened-out design (from its parent's measured scores and the "
+                "sensitivity table; never fine-tuned nor built)")
+        if quality.get("spearman_rho") is not None:
+            text += (f"; the proxy ranks scored designs with Spearman ρ = {quality['spearman_rho']:.2f} against "
+                     f"their measured mAP50-95 (n = {quality.get('n', '?')})")
+        return self.prov.mark("P", text)
+
+    def highlights(self) -> dict[int, str]:
+        short = {"floor": "floor", "budget": "budget", "knee": "knee"}
+        out: dict[int, list[str]] = {}
+        for r in self.recommended:
+            if r["trial"] is not None:
+                out.setdefault(r["trial"], []).append(short[r["key"]])
+        return {n: "/".join(v) for n, v in out.items()}
+
+    def figures(self) -> dict[str, dict]:
+        base_lat = {"x": self.base["latency_ms"], "y": self.base["map50_95"], "hover": self.base_row["hover"]}
+        base_mem = dict(base_lat, x=self.base["sram_bytes"] / figures.KIB)
+        lat_marks = sorted({self.base_row["latency_mark"], *(self.rows[t["number"]]["latency_mark"] for t in self.scored)} - {None})
+        mem_marks = sorted({m for r in [self.base_row, *self.rows.values()] for m in r["memory_marks"] if m})
+        out = {
+            "fig-pareto-latency": figures.pareto_figure(
+                "latency_ms", self.pareto_points("latency_ms"), base_point=base_lat, budget=self.budget, floor=self.floor,
+                latency_budget_ms=self.run.get("latency_budget_ms"), highlights=self.highlights(),
+                x_title="latency (ms)", caption_marks=[self.accuracy_mark, *lat_marks]),
+            "fig-pareto-memory": figures.pareto_figure(
+                "sram_bytes", self.pareto_points("sram_bytes"), base_point=base_mem, budget=self.budget, floor=self.floor,
+                latency_budget_ms=None, highlights=self.highlights(),
+                x_title="memory footprint: weights + activations (KiB)", caption_marks=[self.accuracy_mark, *mem_marks]),
+            "fig-progress": figures.progress_figure(dd.progress(self.trials, self.base), self.prov.mark("H", self.progress_method())),
+        }
+        return {k: figure_spec(v) for k, v in out.items()}
+
+    def progress_method(self) -> str:
+        return "computed: " + dd.progress(self.trials, self.base)["method"]
+
+    def layer_marks(self) -> dict:
+        return {"bytes": self.prov.mark("B", self.extras.get("packed_layers_source")),
+                "cost": self.prov.mark("C", (self.extras.get("cost_basis") or {}).get("latency_source")),
+                "sensitivity": self.prov.mark("S", (self.extras.get("sensitivity") or {}).get("method"))}
+
+    def layer_data(self) -> tuple[dict, dict]:
+        """(figures per design key, rows per design key) for the per-layer view."""
+        packed = self.extras.get("packed_layers") or {}
+        marks = self.layer_marks()
+        base_rows = dd.layer_rows(None, self.names, self.extras, packed.get("base"))
+        rows = {"base": base_rows}
+        figs = {}
+        for t in self.designs:
+            key = str(t["number"])
+            rows[key] = dd.layer_rows(t.get("candidate"), self.names, self.extras, packed.get(key))
+            title = f"{self.label(t)}: {knob_summary(t.get('candidate'))}"
+            figs[key] = figure_spec(figures.layer_figure(title, rows[key], base_rows, marks))
+        for design_rows in rows.values():
+            for r in design_rows:
+                r["text"] = {knob: figures.knob_text(knob, r) for _, knob, _ in figures.KNOB_ROWS}
+        return figs, rows
+
+    # take-away ---------------------------------------------------------------------------------
+    def design_file(self, t: dict) -> Path:
+        return self.out_dir / DESIGNS_DIR / f"trial-{t['number']}.json"
+
+    def eval_command(self, t: dict) -> str:
+        run = self.run
+        args = ["search", "eval", "--candidate", str(self.design_file(t)),
+                "--profile", str(run.get("profile_file") or run.get("profile")),
+                "--space", str(run.get("space_file") or run.get("space")),
+                "--preset", str(run.get("preset", "default"))]
+        for flag, key in (("--model", "model"), ("--data", "data"), ("--imgsz", "imgsz"),
+                          ("--finetune-iters", "finetune_iters"), ("--seed", "seed")):
+            if run.get(key) is not None:
+                args += [flag, str(run[key])]
+        if run.get("tune_trials"):
+            args += ["--tune-trials", str(run["tune_trials"])]
+        if run.get("distill"):
+            args.append("--distill")
+        args += ["--library", f"{run.get('run_name', 'design')}-trial-{t['number']}-{run.get('profile', 'profile')}.so"]
+        return shlex.join(args)
+
+
+# ------------------------------------------------------------------------------ HTML
+
+
+def _table(report: Report) -> str:
+    rows = [report.base_row] + [report.rows[t["number"]] for t in report.designs]
+
+    def column_marks(key):
+        marks = {r[key] for r in rows if r.get(key)}
+        return (mark(next(iter(marks))) if len(marks) == 1 else ""), len(marks) > 1
+
+    lat_head, lat_cells = column_marks("latency_mark")
+    rem_head, rem_cells = column_marks("remeasured_mark")
+    has_remeasured = any(r["remeasured_ms"] for r in rows)
+    mem_sets = {tuple(r["memory_marks"]) for r in rows}
+    mem_head = "".join(mark(m) for m in next(iter(mem_sets))) if len(mem_sets) == 1 else ""
+    head = ["design", "origin", f"mAP50-95 (val){mark(report.accuracy_mark)}", "Δ mAP50-95 vs base (points)",
+            "mAP50 (val)", f"latency (ms){lat_head}"]
+    if has_remeasured:
+        head.append(f"latency re-measured together (ms){rem_head}")
+    head += ["× faster than base", f"memory footprint (KiB){mem_head}", "× smaller than base", "weights (KiB)",
+             "activations (KiB)", f"fits {esc(report.budget['label'])}", "parameters (M)", "FLOPs (M)", "what changed",
+             "candidate"]
+    body = []
+    for r in rows:
+        t = report.by_number.get(r["number"])
+        cls = "base" if r["number"] is None else "front" if r["pareto"] else "recipe" if r["recipe"] else ""
+        d_map = "—" if r["d_map_points"] is None else f"{r['d_map_points']:+.1f}" + (
+            f" ({r['d_map_relative']:+.1%})" if r["d_map_relative"] is not None else "")
+        cells = [f"<b>{esc(r['label'])}</b>" + (" <span class='muted'>front</span>" if r["pareto"] else ""),
+                 esc(r["origin"]), fmt(r["map50_95"]), d_map, fmt(r["map50"]),
+                 fmt(r["latency_ms"], 2) + (mark(r["latency_mark"]) if lat_cells else "")]
+        if has_remeasured:
+            cells.append(fmt(r["remeasured_ms"], 2) + (mark(r["remeasured_mark"]) if rem_cells and r["remeasured_ms"] else ""))
+        speed = "1.00" if r["number"] is None else (
+            f"{r['speedup']:.2f}×<br><span class='muted'>{esc(r['speedup_basis'])}</span>" if r["speedup"]
+            else f"—<br><span class='muted'>{esc(r['speedup_basis'])}</span>")
+        cells += [speed, fmt_bytes(r["sram_bytes"]) + ("" if mem_head else "".join(mark(m) for m in r["memory_marks"])),
+                  "1.00" if r["number"] is None else (f"{r['smaller']:.2f}×" if r["smaller"] else "—"),
+                  fmt_bytes(r["weight_bytes"]), fmt_bytes(r["activation_bytes"]),
+                  {True: "yes", False: "<span class='warn'>no</span>", None: "—"}[r["fits"]],
+                  fmt(r["params"] / 1e6 if r["params"] else None, 3), fmt(r["flops"] / 1e6 if r["flops"] else None, 1),
+                  esc(r["summary"]),
+                  (f"<a download='{esc(report.run.get('run_name', 'design'))}-trial-{r['number']}.json' "
+                   f"href='{data_url(t['candidate'])}'>download</a>" if t and t.get("candidate") else "—")]
+        numeric = {2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14} if has_remeasured else {2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13}
+        body.append(f"<tr class='{cls}' id='design-{r['key']}'>"
+                    + "".join(f"<td class='{'n' if i in numeric else ''}'>{c}</td>" for i, c in enumerate(cells)) + "</tr>")
+    note = ("<p class='muted'>× faster compares a design with the base on figures of one source: the latencies "
+            "re-measured together where both have one, else the search's own when both came from the same source; "
+            "otherwise it is left blank. The search optimised the search figures.</p>")
+    return (f"<div class='scroll'><table id='designs-table'><thead><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table></div>{note}")
+
+
+def _all_trials_table(report: Report) -> str:
+    head = ["trial", "state", "origin", "mAP50-95", "latency (ms)", "footprint (KiB)", "feasible", "front", "node",
+            "duration (s)", "error"]
+    body = []
+    for t in sorted(report.trials, key=lambda t: t["number"]):
+        s = dd.scores_of(t) or {}
+        state = {"PRUNED": "screened out", "FAIL": "failed", "COMPLETE": "scored"}.get(t.get("state"), t.get("state"))
+        cells = [f"#{t['number']}", state, esc(t.get("origin") or (("recipe: " + t["recipe"]) if t.get("recipe") else "")),
+                 fmt(s.get("map50_95")), fmt(s.get("latency_ms"), 2), fmt_bytes(s.get("sram_bytes")),
+                 {True: "yes", False: "no", None: "—"}[t.get("feasible")], "yes" if t.get("pareto") else "",
+                 esc(t.get("node") or ""), fmt(t.get("duration_s"), 1), esc(t.get("error") or "")]
+        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return (f"<details><summary>All {len(report.trials)} trials</summary><div class='scroll'><table>"
+            f"<thead><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+            "</div></details>")
+
+
+def _cards(report: Report) -> str:
+    cards = []
+    for rec in report.recommended:
+        if rec["trial"] is None:
+            cards.append(f"<div class='card' data-recommendation='{rec['key']}'><h3>{esc(rec['title'])}</h3>"
+                         f"<p class='warn'>none: {esc(rec['why'])}</p><p class='muted'>{esc(rec['rule'])}</p></div>")
+            continue
+        r = report.rows[rec["trial"]]
+        speed = f"{r['speedup']:.2f}× faster" if r["speedup"] else "speed-up not comparable"
+        smaller = f"{r['smaller']:.2f}× smaller" if r["smaller"] else ""
+        d_map = f"{r['d_map_points']:+.1f} points mAP50-95" if r["d_map_points"] is not None else ""
+        cards.append(
+            f"<div class='card' data-recommendation='{rec['key']}' data-trial='{rec['trial']}'>"
+            f"<h3>{esc(rec['title'])}</h3><div class='big'><a href='#design-{r['key']}'>{esc(r['label'])}</a></div>"
+            f"<div>{esc(r['origin'])}</div>"
+            f"<div>mAP50-95 {fmt(r['map50_95'])} ({d_map}) · {fmt(r['latency_ms'], 2)} ms · "
+            f"{fmt_bytes(r['sram_bytes'])} KiB</div><div><b>{speed}</b>, <b>{smaller}</b> than the base</div>"
+            f"<div class='muted'>{esc(r['summary'])}</div><p class='muted'>{esc(rec['rule'])}</p></div>")
+    return f"<div class='cards'>{''.join(cards)}</div>"
+
+
+def _provenance(report: Report) -> str:
+    names = {"A": "accuracy", "L": "latency (search)", "R": "latency (re-measured together)", "M": "memory footprint",
+             "P": "screened-out designs", "B": "packed bytes per layer", "C": "latency share per layer",
+             "S": "sensitivity per layer", "H": "search progress"}
+    items = "".join(
+        f"<dt id='prov-{e['mark']}'>[{e['mark']}] {names.get(e['category'], e['category'])}: "
+        f"<span class='kind-{e['kind']}'>{e['kind']}</span></dt><dd>{esc(e['text'])}</dd>"
+        for e in report.prov.rows())
+    return f"<dl class='prov'>{items}</dl>"
+
+
+def _takeaway(report: Report) -> str:
+    items = []
+    for t in report.designs:
+        r = report.rows[t["number"]]
+        items.append(
+            f"<li id='take-{t['number']}'><b>{esc(r['label'])}</b> ({esc(r['summary'])}): "
+            f"<a download='{esc(report.run.get('run_name', 'design'))}-trial-{t['number']}.json' href='{data_url(t['candidate'])}'>"
+            f"candidate JSON</a> (also <code>{esc(report.design_file(t).relative_to(report.out_dir))}</code> beside this page)"
+            f"<pre>{esc(report.eval_command(t))}</pre></li>")
+    return ("<p>Each command re-scores the design (fine-tune, mAP, latency and footprint on this profile) and writes the "
+            "deployable library for the profile (<code>--library</code>). Paths are this run's.</p>"
+            f"<ul>{''.join(items) or '<li>no scored design</li>'}</ul>")
+
+
+def _settings(run: dict) -> str:
+    return "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in run.items())
+
+
+SCRIPT = r"""
+const KNOBS = [["weight_bits","weight bits"],["scheme","scheme"],["granularity","granularity"],
+  ["prune_ratio","prune ratio"],["sparsity","sparsity"],["kernel_size","kernel"],["rank_ratio","rank ratio"],
+  ["activation_bits","activations"]];
+function cell(v, digits) { if (v === null || v === undefined) return "—";
+  return (typeof v === "number" && !Number.isInteger(v)) ? v.toFixed(digits === undefined ? 3 : digits) : String(v); }
+function kib(b) { return (b === null || b === undefined) ? "—" : (b / 1024).toFixed(2); }
+function knobShown(row, knob) { return row.text[knob]; }
+function layerTable(key) {
+  const rows = PAGE.layers[key];
+  let html = "<table><thead><tr><th>layer</th>" + KNOBS.map(k => "<th>" + k[1] + "</th>").join("") +
+    "<th>packed KiB</th><th>base latency share</th><th>ω of the option</th><th>Δ loss of other changes</th></tr></thead><tbody>";
+  for (const r of rows) {
+    html += "<tr><td>" + r.layer + "</td>" + KNOBS.map(k => "<td>" + knobShown(r, k[0]) + "</td>").join("") +
+      "<td class='n'>" + kib(r.packed_bytes) + "</td><td class='n'>" +
+      (r.latency_share === null ? "—" : (100 * r.latency_share).toFixed(1) + "%") + "</td><td class='n'>" +
+      (r.omega === null ? "—" : r.omega.toPrecision(3)) + "</td><td class='n'>" +
+      (r.delta_loss === null ? "—" : r.delta_loss.toPrecision(3)) + "</td></tr>";
+  }
+  return html + "</tbody></table>";
+}
+function showLayers() {
+  const key = document.getElementById("layer-design").value;
+  draw("fig-layers", PAGE.layer_figures[key]);
+  document.getElementById("layer-table").innerHTML = layerTable(key);
+}
+function compareDesigns() {
+  const a = document.getElementById("compare-a").value, b = document.getElementById("compare-b").value;
+  const ra = PAGE.layers[a], rb = PAGE.layers[b];
+  const sa = PAGE.rows[a], sb = PAGE.rows[b];
+  let html = "<table><thead><tr><th></th><th>" + sa.label + "</th><th>" + sb.label + "</th></tr></thead><tbody>";
+  for (const [k, name, d] of [["map50_95","mAP50-95",3],["latency_ms","latency (ms)",2],["sram_bytes","footprint (KiB)",-1],
+                              ["weight_bytes","weights (KiB)",-1]]) {
+    const f = v => d < 0 ? kib(v) : cell(v, d);
+    html += "<tr><th>" + name + "</th><td class='n'>" + f(sa[k]) + "</td><td class='n'>" + f(sb[k]) + "</td></tr>";
+  }
+  html += "</tbody></table><h4>Layers that differ</h4>";
+  let diff = "", count = 0;
+  for (let i = 0; i < ra.length; i++) {
+    const changes = [];
+    for (const [k, name] of KNOBS) {
+      const va = knobShown(ra[i], k), vb = knobShown(rb[i], k);
+      if (va !== vb) changes.push("<b>" + name + "</b> " + va + " → " + vb);
+    }
+    if (changes.length) { count++;
+      diff += "<tr><td>" + ra[i].layer + "</td><td>" + changes.join(", ") + "</td><td class='n'>" + kib(ra[i].packed_bytes) +
+        "</td><td class='n'>" + kib(rb[i].packed_bytes) + "</td></tr>"; }
+  }
+  html += count ? "<table><thead><tr><th>layer</th><th>" + sa.label + " → " + sb.label +
+    "</th><th>packed KiB " + sa.label + "</th><th>packed KiB " + sb.label + "</th></tr></thead><tbody>" + diff + "</tbody></table>"
+    : "<p>The two designs set every layer alike.</p>";
+  document.getElementById("compare-out").innerHTML = html;
+  const x = ra.map(r => r.layer.replace(/^model\./, ""));
+  const traces = [a, b].map((key, j) => ({type: "bar", name: PAGE.rows[key].label, x: x,
+    y: PAGE.layers[key].map(r => r.packed_bytes === null ? null : r.packed_bytes / 1024)}));
+  Plotly.react(document.getElementById("fig-compare"), traces, {template: FIGURES["fig-progress"].layout.template,
+    barmode: "group", height: 320, margin: {l: 60, r: 20, t: 40, b: 90}, title: {text: "packed KiB per layer", font: {size: 14}},
+    xaxis: {tickangle: -60, tickfont: {size: 9}}, yaxis: {title: {text: "packed KiB"}}}, CONFIG);
+}
+if (PAGE.layer_figures && Object.keys(PAGE.layer_figures).length) {
+  document.getElementById("layer-design").addEventListener("change", showLayers);
+  showLayers();
+  document.getElementById("compare-a").addEventListener("change", compareDesigns);
+  document.getElementById("compare-b").addEventListener("change", compareDesigns);
+  compareDesigns();
+}
+"""
+
+
+def _html(report: Report) -> str:
+    run, trials = report.run, report.trials
+    counts = Counter(t.get("state") for t in trials)
+    front = [t for t in report.scored if t.get("pareto")]
+    no_fit = front and not any(t.get("feasible") for t in front)
+    warning = ("<p class='warn'>No design meets the memory budget. The front below ignores the budget: these are the "
+               "non-dominated designs that come closest.</p>") if no_fit else ""
+    layer_figs, layer_rows = report.layer_data()
+    options = "".join(f"<option value='{t['number']}'>{esc(report.label(t))}: {esc(report.rows[t['number']]['summary'])}</option>"
+                      for t in report.designs)
+    compare_a = "<option value='base' selected>base</option>" + options
+    b_default = report.designs[0]["number"] if report.designs else None
+    compare_b = compare_a.replace(" selected", "").replace(f"value='{b_default}'", f"value='{b_default}' selected")
+    per_layer = (
+        f"<p><label>design <select id='layer-design'>{options}</select></label></p>"
+        "<div id='fig-layers' class='plot'></div><details open><summary>layer table</summary>"
+        "<div class='scroll' id='layer-table'></div></details>"
+        "<h3>Compare two designs</h3>"
+        f"<p><label>A <select id='compare-a'>{compare_a}</select></label> "
+        f"<label>B <select id='compare-b'>{compare_b}</select></label></p>"
+        "<div id='compare-out' class='scroll'></div><div id='fig-compare' class='plot'></div>"
+    ) if report.designs else "<p>No scored design yet.</p>"
+    sensitivity = report.extras.get("sensitivity")
+    sens_note = (f"<p class='muted'>Sensitivity: ω is the predicted accuracy cost of the layer's weight option, "
+                 f"Δ loss the measured loss change of its structural and activation changes{mark(report.layer_marks()['sensitivity'])}.</p>"
+                 if sensitivity else "<p class='muted'>This run has no sensitivity table (no ω per layer).</p>")
+    proxy = report.extras.get("proxy_quality") or {}
+    proxy_text = (f" The screening proxy ranks scored designs with Spearman ρ = {proxy['spearman_rho']:.2f} against their "
+                  f"measured mAP50-95 (n = {proxy.get('n', '?')})." if proxy.get("spearman_rho") is not None else "")
+    strategy = f", strategy {esc(run['strategy'])}" if run.get("strategy") else ""
+    figs = report.figures()
+    body = f"""
+<h1>{esc(run.get('run_name', 'run'))}: designs for {esc(run.get('profile', '?'))}</h1>
+<p class="lede">{len(trials)} trials{strategy}: {counts.get('COMPLETE', 0)} scored, {counts.get('FAIL', 0)} failed,
+{counts.get('PRUNED', 0)} screened out (predicted only, never fine-tuned). {len(front)} on the Pareto front (mAP50-95 ↑,
+latency ↓, memory footprint ↓, {esc(report.budget['label'])} as a constraint). Model <code>{esc(Path(str(run.get('model', '?'))).name)}</code>,
+input {esc(run.get('imgsz', '?'))} px. Figures carry a mark such as [L1] naming their source, stated once under
+<a href="#provenance">Where the figures come from</a>.</p>{warning}
+<h2 id="recommended">Recommended designs</h2>{_cards(report)}
+<h2 id="pareto">Accuracy against latency and memory</h2>
+<p class="muted">Hover a point for the design. Dashed: the budget; dotted: the accuracy floor; green rings: the recommended designs.</p>
+<div class="grid2"><div id="fig-pareto-latency" class="plot"></div><div id="fig-pareto-memory" class="plot"></div></div>
+<h2 id="designs">Designs against the base</h2>{_table(report)}{_all_trials_table(report)}
+<h2 id="layers">What each design does to each layer</h2>
+<p class="muted">Layers in model order. Darker = more compressed; cells say the value.</p>{sens_note}{per_layer}
+<h2 id="progress">Search progress</h2>
+<p>{counts.get('COMPLETE', 0)} scored, {counts.get('FAIL', 0)} failed, {counts.get('PRUNED', 0)} screened out.{proxy_text}</p>
+<div id="fig-progress" class="plot"></div>
+<h2 id="takeaway">Take a design away</h2>{_takeaway(report)}
+<h2 id="provenance">Where the figures come from</h2>{_provenance(report)}
+<h2 id="run">Run settings</h2><table>{_settings(run)}</table>
+<p class="muted">Files: <a href="trials.csv">trials.csv</a> (every trial), <a href="pareto.json">pareto.json</a>
+(the front with knobs), <code>{DESIGNS_DIR}/</code> (candidate JSON of each design above). Live view while a search runs:
+<code>optuna-dashboard sqlite:///{esc(report.out_dir / 'study.db')}</code>.</p>
+"""
+    rows = {"base": report.base_row, **{str(n): r for n, r in report.rows.items()}}
+    data = {"layer_figures": layer_figs, "layers": layer_rows,
+            "rows": {k: {x: r[x] for x in ("label", "map50_95", "latency_ms", "sram_bytes", "weight_bytes")}
+                     for k, r in rows.items()}}
+    return render(title=f"edgesearch: {run.get('run_name', '')} on {run.get('profile', '')}", body=body,
+                  figures=figs, data=data, script=SCRIPT)
+
+
+def write_report(out_dir: Path, *, run: dict, base: dict, trials: list[dict], extras: dict | None = None) -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    (out_dir / DESIGNS_DIR).mkdir(parents=True, exist_ok=True)
+    report = Report(run, base, trials, extras or {}, out_dir)
+    front = [t for t in trials if t.get("pareto")]
+    pareto = {
+        "run": run,
+        "objectives": {"map50_95": "maximize", "latency_ms": "minimize", "sram_bytes": "minimize"},
+        "base": base,
+        "pareto": [{"trial": t["number"], "scores": t["scores"], "remeasured": t.get("remeasured"),
+                    "origin": t.get("origin"), "recipe": t.get("recipe"), "candidate": t["candidate"]} for t in front],
+        "recommended": report.recommended,
+    }
+    files = {
+        "trials.csv": _csv_bytes(trials),
+        "pareto.json": json.dumps(pareto, indent=2).encode(),
+        **{str(report.design_file(t).relative_to(out_dir)): json.dumps(t["candidate"], indent=2).encode()
+           for t in report.designs if t.get("candidate")},
+        "index.html": _html(report).encode(),
+    }
+    for name, data in files.items():
+        atomic_write(out_dir / name, data)
+    return {name: out_dir / name for name in files}
 
 
 def _remeasured_text(remeasured: dict | None) -> str:
     if not remeasured:
         return "-"
     return f"{remeasured['latency_ms']:.2f} ({remeasured['latency_spread_ms']:.2f})"
-
-
-def _design_rows(label: str, scores: dict, candidate: dict | None, remeasured: dict | None) -> str:
-    cells = "".join(f"<td>{_fmt(scores.get(c), c)}</td>" for c in SCORE_COLUMNS)
-    cells += f"<td>{_remeasured_text(remeasured)}</td>"
-    knobs = ""
-    if candidate:
-        rows = "".join(
-            f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in k.values()) + "</tr>"
-            for name, k in candidate["layers"].items()
-        )
-        head = "".join(f"<th>{html.escape(k)}</th>" for k in next(iter(candidate["layers"].values()), {}))
-        knobs = (f"<details><summary>{html.escape(knob_summary(candidate))}</summary>"
-                 f"<table class='knobs'><tr><th>layer</th>{head}</tr>{rows}</table></details>")
-    return f"<tr><td>{html.escape(label)}</td>{cells}<td>{knobs or 'unmodified'}</td></tr>"
-
-
-def _html(run: dict, base: dict, trials: list[dict]) -> str:
-    front = sorted((t for t in trials if t["pareto"]), key=lambda t: -t["scores"]["map50_95"])
-    failed = [t for t in trials if t["state"] == "FAIL"]
-    screened = [t for t in trials if t["state"] == "PRUNED"]
-    head = "".join(f"<th>{c}</th>" for c in SCORE_COLUMNS)
-    body = _design_rows("base", base, None, base.get("remeasured")) + "".join(
-        _design_rows(f"#{t['number']}", t["scores"], t["candidate"], t.get("remeasured")) for t in front)
-    remeasured_source = (base.get("remeasured") or {}).get("latency_source")
-    remeasured_note = (f"<p><b>Re-measured latency</b> ({html.escape(remeasured_source)}): the search times each trial "
-                       "alone, at its own moment, on a shared machine; this column times the final designs together, so "
-                       "compare designs by it. Optimisation used the search figures (latency_ms).</p>"
-                       if remeasured_source else "<p>No re-measured latencies: the profile is not timed on this machine, or the run has not finished."
-                       "</p>")
-    settings = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in run.items())
-    no_fit = front and not any(t["feasible"] for t in front)
-    warning = ("<p style='color:#b00'><b>No design meets the SRAM budget.</b> The front below ignores the budget: "
-               "these are the non-dominated designs that come closest.</p>") if no_fit else ""
-    failures = "".join(f"<li>#{t['number']}: {html.escape(t.get('error') or 'unknown error')}</li>" for t in failed)
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>edgesearch report: {html.escape(str(run.get('run_name', '')))}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1400px}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:3px 6px;font-size:13px;text-align:right;vertical-align:top}}
-table.knobs td,table.knobs th{{font-size:11px}} details summary{{cursor:pointer;text-align:left}}</style></head>
-<body><h1>Pareto designs for {html.escape(str(run.get('profile', '')))}</h1>
-<p>{len(trials) - len(screened)} finished trials ({len(screened)} more screened out by the proxy, never
-fine-tuned), {len(front)} on the Pareto front (feasible under the SRAM budget and
-non-dominated in mAP50-95 ↑, latency ↓, SRAM ↓), {len(failed)} failed. mAP is measured on the val split by
-ultralytics' validator after the short fine-tune. <b>latency_source</b> says how each latency was obtained:
-<i>measured</i> figures come from a TVM build timed on the device, <i>estimated</i> ones from the profile's roofline.</p>
-{warning}<img src="pareto.png" alt="Pareto plot" style="max-width:100%">
-<h2>Designs</h2>{remeasured_note}
-<table><tr><th>design</th>{head}<th>latency re-measured ms (spread)</th><th>per-layer knobs</th></tr>{body}</table>
-<h2>Run</h2><table>{settings}</table>
-{f'<h2>Failed trials</h2><ul>{failures}</ul>' if failures else ''}
-<p>Files: <a href="trials.csv">trials.csv</a> (every trial), <a href="pareto.json">pareto.json</a> (Pareto designs with knobs).</p>
-</body></html>"""
-
-
-def write_report(out_dir: Path, *, run: dict, base: dict, trials: list[dict], extras: dict | None = None
-                 ) -> dict[str, Path]:
-    """`extras` (optional): sensitivity, cost_basis, proxy_quality, recommended - see search/jobs.py."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    front = [t for t in trials if t["pareto"]]
-    latency_sources = sorted({t["scores"]["latency_source"] for t in trials if t.get("scores")} | {base["latency_source"]})
-    pareto = {
-        "run": run,
-        "objectives": {"map50_95": "maximize", "latency_ms": "minimize", "sram_bytes": "minimize"},
-        "base": base,
-        "pareto": [{"trial": t["number"], "scores": t["scores"], "remeasured": t.get("remeasured"),
-                    "candidate": t["candidate"], "origin": t.get("origin")} for t in front],
-        "recommended": (extras or {}).get("recommended"),
-        "proxy_quality": (extras or {}).get("proxy_quality"),
-    }
-    files = {
-        "trials.csv": _csv_bytes(trials),
-        "pareto.json": json.dumps(pareto, indent=2).encode(),
-        "pareto.png": _plot_png(base, trials, run.get("sram_budget_bytes"), " / ".join(s.split(":")[0] for s in latency_sources)),
-        "index.html": _html(run, base, trials).encode(),
-    }
-    for name, data in files.items():
-        _atomic_write(out_dir / name, data)
-    return {name: out_dir / name for name in files}
 
 
 def pareto_table(base: dict, trials: list[dict]) -> str:

@@ -50,16 +50,7 @@ def score_candidate(settings: dict, candidate: dict | None) -> dict:
     # OMP_NUM_THREADS=1, which TVM also honours): say how many threads to use before its first run
     os.environ["TVM_NUM_THREADS"] = str(config.threads)
     started = time.perf_counter()
-    base = load_detection_model(config.checkpoint, trust=config.trust_checkpoint)
-    design = Candidate.from_json(candidate) if candidate else Candidate({})
-    model = apply_candidate(base, design)
-    calibrated = calibrate(model, calibration_batches(Path(config.data_yaml), imgsz=config.imgsz, batch=config.batch,
-                                                      count=config.calibration_batches, stride=int(model.stride.max())))
-    teacher = base if config.distill else None
-    losses, finetune_s = _timed(lambda: finetune(model, Path(config.data_yaml), iterations=config.finetune_iters,
-                                                 imgsz=config.imgsz, batch=config.batch, seed=config.seed,
-                                                 teacher=teacher))
-    bake_fake_quant(model)  # from here on the model holds exactly the quantized weights
+    _, model, calibrated, losses, finetune_s = build_design(config, candidate)
     accuracy, validate_s = _timed(lambda: validate(model, Path(config.data_yaml), imgsz=config.imgsz))
     hardware, hardware_s = _timed(lambda: hardware_scores(model, load_profile(config.profile), config.imgsz,
                                                           tune_trials=config.tune_trials, tuning_db=config.tuning_db,
@@ -76,6 +67,22 @@ def score_candidate(settings: dict, candidate: dict | None) -> dict:
         "hardware_s": hardware_s,
         "eval_s": time.perf_counter() - started,
     }
+
+
+def build_design(config: EvalSettings, candidate: dict | None):
+    """(base, design, calibrated quantizers, fine-tune losses, fine-tune seconds): the candidate
+    applied to the base, calibrated, fine-tuned and baked - the model a trial scores and deploys."""
+    base = load_detection_model(config.checkpoint, trust=config.trust_checkpoint)
+    design = Candidate.from_json(candidate) if candidate else Candidate({})
+    model = apply_candidate(base, design)
+    calibrated = calibrate(model, calibration_batches(Path(config.data_yaml), imgsz=config.imgsz, batch=config.batch,
+                                                      count=config.calibration_batches, stride=int(model.stride.max())))
+    teacher = base if config.distill else None
+    losses, finetune_s = _timed(lambda: finetune(model, Path(config.data_yaml), iterations=config.finetune_iters,
+                                                 imgsz=config.imgsz, batch=config.batch, seed=config.seed,
+                                                 teacher=teacher))
+    bake_fake_quant(model)  # from here on the model holds exactly the quantized weights
+    return base, model, calibrated, losses, finetune_s
 
 
 def remeasure_designs(settings: dict, candidates: dict[str, dict | None]) -> dict[str, dict]:

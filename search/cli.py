@@ -73,10 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--library", help="also write the deployable library for the profile to this path (.so)")
 
+    shadow = commands.add_parser("shadow", help="run a design beside the base on a second image folder: detection "
+                                                "agreement, per-class mAP deltas (where labelled), latency of both")
+    _common(shadow)
+    shadow.add_argument("--candidate", required=True, help="candidate JSON file (e.g. from a report's designs/)")
+    shadow.add_argument("--images", required=True,
+                        help="image folder; labels are read where ultralytics' layout has them (images/ -> labels/)")
+    shadow.add_argument("--conf", type=float, default=0.25, help="confidence threshold of the compared detections")
+    shadow.add_argument("--out", help="report folder (default: ./reports/shadow-<candidate name>)")
+
     commands.add_parser("profiles", help="list hardware profiles")
     commands.add_parser("spaces", help="list design spaces")
-    report = commands.add_parser("report", help="rebuild a run's report from its study")
-    report.add_argument("run_dir")
+    report = commands.add_parser("report", help="rebuild a run's report from its study; with several runs of one "
+                                                "model (e.g. one per profile), also one page comparing them")
+    report.add_argument("run_dir", nargs="+")
+    report.add_argument("--out", help="folder of the comparison page (default: compare-<profiles> beside the runs)")
     return parser
 
 
@@ -249,15 +260,46 @@ def cmd_run(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from edgesearch.search.jobs import RUN_FILE, write_run_report
+    from edgesearch.search.jobs import RUN_FILE, write_comparison_report, write_run_report
 
-    run_dir = Path(args.run_dir)
-    if not (run_dir / RUN_FILE).exists():
-        raise InputError(f"{run_dir} is not a run folder (no {RUN_FILE})")
-    write_run_report(run_dir)
+    run_dirs = [Path(d) for d in args.run_dir]
+    for run_dir in run_dirs:
+        if not (run_dir / RUN_FILE).exists():
+            raise InputError(f"{run_dir} is not a run folder (no {RUN_FILE})")
+    if len(run_dirs) == 1 and not args.out:
+        write_run_report(run_dirs[0])
+    else:
+        write_comparison_report(run_dirs, Path(args.out) if args.out else None)
 
 
-COMMANDS = {"run": cmd_run, "eval": cmd_eval, "profiles": cmd_profiles, "spaces": cmd_spaces, "report": cmd_report}
+def cmd_shadow(args) -> None:
+    from edgesearch.reports.shadow_report import write_shadow_report
+    from edgesearch.runners.shadow import list_images, shadow
+    from edgesearch.search.jobs import eval_settings
+    from edgesearch.search.presets import PRESETS
+    from edgesearch.spaces.candidate import Candidate
+
+    preset = PRESETS[args.preset]
+    candidate = Candidate.load(Path(args.candidate))  # bad input fails before slow work
+    list_images(Path(args.images))
+    out = Path(args.out) if args.out else Path.cwd() / "reports" / f"shadow-{Path(args.candidate).stem}"
+    inputs = _inputs(args)
+    settings = eval_settings(inputs, **_trial_sizes(args, preset), batch=preset.batch, threads=os.cpu_count() or 1,
+                             seed=args.seed, tune_trials=args.tune_trials, distill=args.distill)
+    result = shadow(settings, candidate.to_json(), args.images, conf=args.conf)
+    context = {"candidate": str(Path(args.candidate).resolve()), "profile": inputs.profile.name,
+               "model": str(inputs.checkpoint), "data": str(inputs.data_yaml)}
+    files = write_shadow_report(out, result, context)
+    a = result["agreement"]
+    print(f"matched boxes (IoU {a['match_iou']}): {a['matched']} of base {a['base_boxes']}, design {a['design_boxes']}; "
+          f"class agreement {a['class_agreement'] if a['class_agreement'] is None else round(a['class_agreement'], 3)}")
+    for who in ("base", "design"):
+        lat = result["latency"][who]
+        print(f"{who} latency {lat['latency_ms']:.2f} ms ({lat['latency_source']})")
+    print(f"shadow report: {files['index.html']}")
+
+
+COMMANDS = {"run": cmd_run, "eval": cmd_eval, "shadow": cmd_shadow, "profiles": cmd_profiles, "spaces": cmd_spaces, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

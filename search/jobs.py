@@ -12,11 +12,14 @@ from pathlib import Path
 from torch import nn
 from tqdm import tqdm
 
+from edgesearch.reports.compare_report import write_comparison
+from edgesearch.reports.design_data import recommendations
 from edgesearch.reports.pareto_report import pareto_table, write_report
 from edgesearch.runners.accuracy.finetune import load_dataset_info
 from edgesearch.runners.checkpoints import load_detection_model
 from edgesearch.runners.hardware.profiles import HardwareProfile, load_profile
 from edgesearch.search import execution, study as studies
+from edgesearch.search.report_inputs import report_extras
 from edgesearch.search.base_model import default_base_checkpoint
 from edgesearch.search.default_data import build_digit_dataset
 from edgesearch.search.paths import cache_dir, write_text_atomically
@@ -313,7 +316,8 @@ def _remeasure_front(study, settings: dict) -> None:
     study.set_user_attr("remeasured", remeasured)
 
 
-def write_run_report(run_dir: Path, study=None) -> dict:
+def report_data(run_dir: Path, study=None) -> dict:
+    """The plain data a report is written from: run, base, trials, extras."""
     run = json.loads((run_dir / RUN_FILE).read_text())
     if study is None:
         study = studies.open_study(run_dir, seed=run["seed"], population_size=run["population"], create=False)
@@ -323,16 +327,17 @@ def write_run_report(run_dir: Path, study=None) -> dict:
     remeasured = study.user_attrs.get("remeasured", {})
     base = dict(base, remeasured=remeasured.get("base"))
     trials = [dict(row, remeasured=remeasured.get(str(row["number"]))) for row in studies.trial_rows(study)]
-    extras = {"proxy_quality": proxy_quality(trials),
-              "recommended": recommended(trials, run_budgets(run, study.user_attrs["base"]))}
-    for key, name in (("sensitivity", "sensitivity.json"), ("cost_basis", "cost_basis.json")):
-        if (run_dir / name).exists():
-            extras[key] = json.loads((run_dir / name).read_text())
-    files = write_report(run_dir, run=run, base=base, trials=trials, extras=extras)
-    for line in _recommended_lines(extras["recommended"], run):
-        print(line)
-    print(pareto_table(base, trials))
-    quality = extras["proxy_quality"]
+    return {"run": run, "base": base, "trials": trials, "extras": report_extras(run_dir, run, study, base, trials)}
+
+
+def write_run_report(run_dir: Path, study=None) -> dict:
+    data = report_data(run_dir, study)
+    files = write_report(run_dir, **data)
+    for pick in recommendations(data["run"], data["base"], data["trials"]):  # an accuracy floor leads
+        print(f"{pick['title']}: " + (f"#{pick['trial']}" if pick["trial"] is not None else pick["why"])
+              + f" ({pick['rule']})")
+    print(pareto_table(data["base"], data["trials"]))
+    quality = data["extras"]["proxy_quality"]
     if quality["omega"]:
         print(f"proxy: {quality['screened']} design(s) screened out; predicted accuracy cost ranks the "
               f"{quality['omega']['n']} scored designs with Spearman rho {quality['omega']['rho']:+.2f} "
@@ -341,41 +346,17 @@ def write_run_report(run_dir: Path, study=None) -> dict:
     return files
 
 
-def proxy_quality(trials: list[dict]) -> dict:
-    """How well the screening proxy ranked the designs that were then scored in full: Spearman
-    rho of predicted omega against -mAP50-95 (all scored designs with a prediction) and of
-    predicted mAP against mAP (the moves, whose prediction is a mAP)."""
-    from scipy.stats import spearmanr
-
-    scored = [t for t in trials if t["state"] == "COMPLETE" and t.get("predicted")]
-
-    def rho(pairs):
-        if len(pairs) < 3 or len({a for a, _ in pairs}) < 2 or len({b for _, b in pairs}) < 2:
-            return None
-        return {"rho": float(spearmanr(*zip(*pairs)).statistic), "n": len(pairs)}
-
-    return {
-        "screened": sum(t["state"] == "PRUNED" for t in trials),
-        "omega": rho([(t["predicted"]["omega"], -t["scores"]["map50_95"]) for t in scored
-                      if t["predicted"].get("omega") is not None]),
-        "moves": rho([(t["predicted"]["map50_95"], t["scores"]["map50_95"]) for t in scored
-                      if t["predicted"].get("map50_95") is not None]),
-    }
-
-
-def recommended(trials: list[dict], budgets: dict) -> dict:
-    """The smallest and the fastest feasible designs (within the accuracy floor when there is one)."""
-    feasible = [t for t in trials if t["state"] == "COMPLETE" and t["feasible"] is not False]
-    if not feasible:
-        return {}
-    return {"smallest": min(feasible, key=lambda t: t["scores"]["sram_bytes"])["number"],
-            "fastest": min(feasible, key=lambda t: t["scores"]["latency_ms"])["number"],
-            "map_floor": budgets.get("map_floor")}
-
-
-def _recommended_lines(chosen: dict, run: dict) -> list[str]:
-    if not chosen:
-        return ["no scored design meets the run's constraints"]
-    where = (f"within {run['max_map_drop']:.1%} of the base's mAP50-95 (>= {chosen['map_floor']:.3f})"
-             if chosen.get("map_floor") is not None else "meeting the budgets")
-    return [f"smallest design {where}: #{chosen['smallest']}; fastest: #{chosen['fastest']}"]
+def write_comparison_report(run_dirs: list[Path], out: Path | None) -> Path:
+    """Each run's own report, then one page comparing them (runs of one model on several profiles)."""
+    entries = [dict(report_data(run_dir), run_dir=run_dir) for run_dir in run_dirs]
+    models = {str(e["run"].get("model")) for e in entries}
+    if len(models) > 1:  # checked before anything is written
+        raise InputError("search report compares runs of one model; these use " + ", ".join(sorted(models)))
+    for entry in entries:
+        entry["report"] = write_report(entry.pop("run_dir"), **entry)["index.html"]
+    if out is None:
+        parent = Path(os.path.commonpath([str(d.resolve().parent) for d in run_dirs]))
+        out = parent / ("compare-" + "-".join(e["run"].get("profile", "run") for e in entries))
+    path = write_comparison(out, entries)
+    print(f"comparison: {path}")
+    return path

@@ -16,9 +16,12 @@ moves: uniform 8/6/4-bit anchors, then Optuna's NSGA-II over per-layer parameter
 
 from __future__ import annotations
 
+import warnings
+
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from edgesearch.reports.pareto_report import knob_summary
 from edgesearch.spaces.candidate import Candidate, LayerKnobs
 from edgesearch.spaces.space import LayerChoices
 
@@ -38,15 +41,33 @@ def storage_url(run_dir) -> str:
     return f"sqlite:///{run_dir}/study.db"
 
 
+METRIC_NAMES = ("mAP50-95", "latency_ms", "memory_footprint_bytes")  # what optuna-dashboard shows for the objectives
+SUMMARY_ATTR = "design"  # a one-line summary of the candidate, readable in optuna-dashboard's trial list
+READ_ME = ("objectives: mAP50-95 on val (maximize), latency_ms (minimize), memory_footprint_bytes = packed weights + "
+           "planned activations (minimize); constraints: memory_over_budget_bytes, and where asked "
+           "latency_over_budget_ms and map_below_floor, each <= 0 when met. Trial user attributes: design (summary), "
+           "origin (recipe, seed, move or sampler), predicted (proxy scores before the fine-tune), scores (every "
+           "figure, each with its source), candidate (per-layer knobs, the JSON `search eval --candidate` takes), "
+           "error. PRUNED trials were screened out by the proxy and never fine-tuned. The run's report is "
+           "index.html beside study.db.")
+
+
 def open_study(run_dir, *, seed: int, population_size: int, create: bool, strategy: str = "guided") -> optuna.Study:
     if strategy == "nsga2":
         sampler = optuna.samplers.NSGAIISampler(population_size=population_size, seed=seed)
     else:  # guided trials are all enqueued: the sampler never picks a value for them
         sampler = optuna.samplers.RandomSampler(seed=seed)
     if create:
-        return optuna.create_study(study_name=STUDY_NAME, storage=storage_url(run_dir), directions=list(DIRECTIONS),
-                                   sampler=sampler)
-    return optuna.load_study(study_name=STUDY_NAME, storage=storage_url(run_dir), sampler=sampler)
+        study = optuna.create_study(study_name=STUDY_NAME, storage=storage_url(run_dir), directions=list(DIRECTIONS),
+                                    sampler=sampler)
+    else:
+        study = optuna.load_study(study_name=STUDY_NAME, storage=storage_url(run_dir), sampler=sampler)
+    if study.metric_names is None:  # new studies, and those made before the names were set
+        with warnings.catch_warnings():  # experimental since optuna 3.2; optuna is pinned
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(METRIC_NAMES))
+        study.set_user_attr("read_me", READ_ME)
+    return study
 
 
 def requeue_interrupted(study: optuna.Study) -> int:
@@ -140,6 +161,7 @@ def constraint_values(scores: dict, budgets: dict) -> dict[str, float]:
 
 def tell_scores(study: optuna.Study, trial: Trial, scores: dict, budgets: dict) -> None:
     trial.set_user_attr(SCORE_ATTR, scores)
+    trial.set_user_attr(SUMMARY_ATTR, knob_summary(trial.user_attrs.get(CANDIDATE_ATTR)))
     for name, value in constraint_values(scores, budgets).items():
         trial.set_constraint(name, value)
     study.tell(trial, [scores[name] for name in OBJECTIVES])

@@ -14,6 +14,9 @@ from edgesearch.search.cli_env import apply_process_env
 
 apply_process_env()  # before any test module loads torch or TVM
 SESSION_CACHE = None
+SMOKE_SPACE = str(Path(__file__).parent / "data" / "smoke-space.yaml")  # few options: a fast sensitivity pass
+SMOKE_FIRST_TRIALS = 8  # the 6 recipes (search/recipes.py) and 2 budgeted seeds
+RESUMED_TRIALS = 10  # then two screened moves
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -31,6 +34,30 @@ def smoke_inputs(isolated_cache):
     from edgesearch.search.jobs import resolve_inputs
 
     return resolve_inputs(profile="x86-host", space="yolov8", model=None, data=None, preset="smoke")
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, smoke_inputs):
+    """A real guided smoke search through the CLI, shared by the search and report tests: the recipes
+    and two seeds, then resumed for two moves. Keeps what the first run wrote (its results are
+    checked against the resumed run)."""
+    import csv
+    import json
+    from types import SimpleNamespace
+
+    out = tmp_path_factory.mktemp("smoke-run") / "run"
+    first = run_cli("run", "--preset", "smoke", "--space", SMOKE_SPACE, "--out", str(out), "--trials",
+                    str(SMOKE_FIRST_TRIALS))
+    assert first.returncode == 0, first.stderr[-3000:]
+    written = {name: (out / name).stat().st_size for name in ("index.html", "trials.csv", "pareto.json", "study.db")}
+    first_rows = list(csv.DictReader((out / "trials.csv").open()))
+    first_report = json.loads((out / "pareto.json").read_text())
+    first_html = (out / "index.html").read_text()
+    resumed = run_cli("run", "--preset", "smoke", "--space", SMOKE_SPACE, "--out", str(out), "--trials",
+                      str(RESUMED_TRIALS), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return SimpleNamespace(out=out, first=first, written=written, first_rows=first_rows, first_report=first_report,
+                           first_html=first_html, resumed=resumed)
 
 
 @pytest.fixture(scope="session")

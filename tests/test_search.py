@@ -1,17 +1,16 @@
-"""A real search through a local Ray: report files, Pareto correctness, resume."""
+"""A real search through a local Ray: report files, Pareto correctness, resume, the guided search's stages."""
 
 import csv
 import json
 import re
-from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
-from conftest import run_cli
+from conftest import RESUMED_TRIALS, SMOKE_SPACE, run_cli
+from conftest import SMOKE_FIRST_TRIALS as FIRST_TRIALS
 from edgesearch.search import study as studies
 
-SMOKE_SPACE = str(Path(__file__).parent / "data" / "smoke-space.yaml")  # few options: a fast sensitivity pass
 DIRECTIONS = {"map50_95": 1, "latency_ms": -1, "sram_bytes": -1}  # +1 maximize, -1 minimize
 
 
@@ -20,18 +19,14 @@ def _dominates(a: dict, b: dict) -> bool:
     return better_or_equal and any(s * a[k] > s * b[k] for k, s in DIRECTIONS.items())
 
 
-def test_two_trial_search_writes_a_correct_report_and_resumes(tmp_path, smoke_inputs):
-    out = tmp_path / "run"
-    result = run_cli("run", "--preset", "smoke", "--space", SMOKE_SPACE, "--out", str(out), "--trials", "2")
-    assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("index.html", "pareto.png", "trials.csv", "pareto.json", "study.db"):
-        assert (out / name).stat().st_size > 0
+def test_a_search_writes_a_correct_report_and_resumes(smoke_run):
+    out, result = smoke_run.out, smoke_run.first
+    assert all(size > 0 for size in smoke_run.written.values())
     assert "base" in result.stdout and "mAP50-95" in result.stdout  # the Pareto table is printed
 
-    report = json.loads((out / "pareto.json").read_text())
-    rows = list(csv.DictReader((out / "trials.csv").open()))
-    assert len(rows) == 2 and report["base"]["map50_95"] >= 0
-    assert report["pareto"], "a 2-trial search has at least one Pareto design"
+    report, rows = smoke_run.first_report, smoke_run.first_rows
+    assert len(rows) == FIRST_TRIALS and report["base"]["map50_95"] >= 0
+    assert report["pareto"], "a search has at least one Pareto design"
     feasible = [r for r in rows if r["state"] == "COMPLETE" and r["feasible"] == "True"]
     all_scores = {int(r["trial"]): {k: float(r[k]) for k in DIRECTIONS} for r in feasible}
     for design in report["pareto"]:
@@ -41,14 +36,11 @@ def test_two_trial_search_writes_a_correct_report_and_resumes(tmp_path, smoke_in
         # the final designs are timed again together, interleaved, and say so
         assert design["remeasured"]["latency_ms"] > 0 and "interleaved" in design["remeasured"]["latency_source"]
     assert report["base"]["remeasured"]["latency_ms"] > 0
-    assert "re-measured" in (out / "index.html").read_text()
+    assert "re-timed interleaved" in smoke_run.first_html
 
     first_trials = {int(r["trial"]): r["map50_95"] for r in rows}
-    resumed = run_cli("run", "--preset", "smoke", "--space", SMOKE_SPACE, "--out", str(out), "--trials", "3",
-                      "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    rows = list(csv.DictReader((out / "trials.csv").open()))
-    assert len(rows) == 3
+    rows = list(csv.DictReader((out / "trials.csv").open()))  # after the resume
+    assert sum(r["state"] == "COMPLETE" for r in rows) == RESUMED_TRIALS
     assert {int(r["trial"]): r["map50_95"] for r in rows if int(r["trial"]) in first_trials} == first_trials
 
     rebuilt = run_cli("report", str(out))
@@ -133,18 +125,15 @@ def test_a_new_study_scores_uniform_anchor_designs_first(tmp_path, tiny_model):
             assert knobs.rank_ratio == 1.0 and knobs.activation_bits == 32
 
 
-def test_a_guided_search_scores_recipes_then_seeds_then_screened_few_layer_moves(tmp_path, smoke_inputs):
+def test_a_guided_search_scores_recipes_then_seeds_then_screened_few_layer_moves(smoke_run):
     from edgesearch.search.recipes import RECIPES
 
-    out = tmp_path / "guided"
-    trials = len(RECIPES) + 4  # recipes, two budgeted seeds, then moves
-    result = run_cli("run", "--preset", "smoke", "--space", SMOKE_SPACE, "--out", str(out), "--trials", str(trials))
-    assert result.returncode == 0, result.stderr[-3000:]
+    out = smoke_run.out
     assert (out / "sensitivity.json").stat().st_size > 0 and (out / "cost_basis.json").stat().st_size > 0
     study = optuna.load_study(study_name=studies.STUDY_NAME, storage=studies.storage_url(out))
     scored = [t for t in study.trials if t.state == TrialState.COMPLETE]
     screened = [t for t in study.trials if t.state == TrialState.PRUNED]
-    assert len(scored) == trials
+    assert len(scored) == RESUMED_TRIALS
     origins = [t.user_attrs[studies.ORIGIN_ATTR] for t in sorted(scored, key=lambda t: t.number)]
     assert [o.removeprefix("recipe: ") for o in origins[:len(RECIPES)]] == list(RECIPES)
     assert all(o.startswith("seed: ") for o in origins[len(RECIPES):len(RECIPES) + 2])

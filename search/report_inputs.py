@@ -1,0 +1,114 @@
+"""What the report needs beyond the study's trial rows, gathered as plain data (reports/ imports
+nothing of edgesearch): the run folder's analysis files, how many images the mAP figures rest
+on, and each shown design's packed bytes per layer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edgesearch.reports import design_data
+from edgesearch.spaces.errors import InputError
+
+PACKED_SOURCE = ("computed: each layer's packed length at the design's layout (spaces/packing.packed_size after applying "
+                 "the candidate to the base: pruned shape, kernel crop, low-rank halves, sparsity mask), "
+                 "the same length the trial's packing has")
+
+
+def report_extras(run_dir: Path, run: dict, study, base: dict, trials: list[dict]) -> dict:
+    extras: dict = {}
+    for key, name in (("sensitivity", "sensitivity.json"), ("cost_basis", "cost_basis.json")):
+        path = run_dir / name
+        if path.is_file():
+            extras[key] = json.loads(path.read_text())
+    extras["proxy_quality"] = proxy_quality(trials)
+    extras["accuracy_basis"] = {"split": "val", "images": split_images(run.get("data"), "val")}
+    extras.update(packed_layers(run, base, trials))
+    return extras
+
+
+def split_images(data_yaml: str | None, split: str) -> int | None:
+    """Images in a data.yaml's split (a folder, a list file or a list of either); None if unreadable."""
+    from ultralytics.data.utils import IMG_FORMATS
+
+    from edgesearch.runners.accuracy.finetune import load_dataset_info
+
+    try:
+        entries = load_dataset_info(Path(data_yaml))[split]
+    except (InputError, KeyError, TypeError):
+        return None
+    total = 0
+    for entry in entries if isinstance(entries, list) else [entries]:
+        path = Path(entry)
+        if path.is_dir():
+            total += sum(1 for p in path.rglob("*") if p.suffix[1:].lower() in IMG_FORMATS)
+        elif path.is_file():
+            total += sum(1 for line in path.read_text().splitlines() if line.strip())
+    return total
+
+
+def packed_layers(run: dict, base: dict, trials: list[dict]) -> dict:
+    """{packed_layers: {design key: {layer: bytes}}, packed_layers_source} for the base and every
+    design the report shows. The checkpoint is loaded without --trust-checkpoint (never read from a
+    run folder); one that needs it gets the reason in the source text instead."""
+    from edgesearch.runners.checkpoints import load_detection_model
+
+    shown = design_data.shown_designs(run, base, trials)
+    try:
+        model = load_detection_model(Path(run["model"]), trust=False)
+    except (InputError, KeyError, OSError) as error:
+        return {"packed_layers": {}, "packed_layers_source": f"not computed: {error}"}
+    out = {"base": layer_bytes(model, None, design_data.layer_names(trials, {}))}
+    for t in shown:
+        out[str(t["number"])] = layer_bytes(model, t["candidate"], list(t["candidate"]["layers"]))
+    return {"packed_layers": out, "packed_layers_source": PACKED_SOURCE}
+
+
+def layer_bytes(model, candidate: dict | None, names: list[str]) -> dict[str, int]:
+    """Packed bytes of each named layer of `model` with `candidate` applied (a factorized layer
+    counts both halves); from the layout alone, so no fine-tune or packing is run."""
+    from edgesearch.spaces.apply import apply_candidate, conv_layers
+    from edgesearch.spaces.candidate import FLOAT_BITS, Candidate, LayerKnobs
+    from edgesearch.spaces.packing import packed_size
+    from edgesearch.spaces.quantize import layer_quantizer
+
+    transformed = apply_candidate(model, Candidate.from_json(candidate) if candidate else Candidate({}))
+    convs = conv_layers(transformed)
+    out = {}
+    for name in names:
+        parts = [convs[name]] if name in convs else [c for n, c in convs.items() if n in (f"{name}.0", f"{name}.1")]
+        total = 0
+        for conv in parts:
+            quantizer = layer_quantizer(conv)
+            if quantizer is None:
+                total += packed_size(tuple(conv.weight.shape), LayerKnobs(weight_bits=FLOAT_BITS),
+                                     has_bias=conv.bias is not None)
+                continue
+            weight = conv.parametrizations.weight.original
+            kept = int(quantizer.mask.sum()) if quantizer.mask is not None else None
+            total += packed_size(tuple(weight.shape), quantizer.knobs, kept=kept, has_bias=conv.bias is not None)
+        out[name] = total
+    return out
+
+
+def proxy_quality(trials: list[dict]) -> dict:
+    """How well the screening proxy ranked the designs then scored in full: Spearman rho of
+    predicted omega against -mAP50-95 (every scored design with a prediction) and of predicted
+    mAP against mAP (the moves, whose prediction is a mAP); and how many were screened out."""
+    from scipy.stats import spearmanr
+
+    scored = [t for t in trials if t["state"] == "COMPLETE" and t.get("predicted")]
+
+    def rho(pairs):
+        if len(pairs) < 3 or len({a for a, _ in pairs}) < 2 or len({b for _, b in pairs}) < 2:
+            return None
+        return {"rho": float(spearmanr(*zip(*pairs)).statistic), "n": len(pairs)}
+
+    return {
+        "screened": sum(t["state"] == "PRUNED" for t in trials),
+        "omega": rho([(t["predicted"]["omega"], -t["scores"]["map50_95"]) for t in scored
+                      if t["predicted"].get("omega") is not None]),
+        "moves": rho([(t["predicted"]["map50_95"], t["scores"]["map50_95"]) for t in scored
+                      if t["predicted"].get("map50_95") is not None]),
+    }
+
