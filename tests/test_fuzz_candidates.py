@@ -10,7 +10,8 @@ from ultralytics import YOLO
 
 from edgesearch.spaces.apply import apply_candidate, conv_layers, weight_bytes
 from edgesearch.spaces.candidate import Candidate, LayerKnobs
-from edgesearch.spaces.packing import bake_fake_quant
+from edgesearch.spaces.packing import bake_fake_quant, packed_size
+from edgesearch.spaces.quantize import kept_weights
 from edgesearch.spaces.space import load_space
 from edgesearch.search.presets import TINY_MODEL_YAML
 
@@ -46,7 +47,21 @@ def test_random_candidates_run_with_the_base_output_shapes(family):
         # what fake-quant computed is exactly what the packing holds
         assert all(torch.equal(conv.weight, weights_before[name]) for name, conv in conv_layers(model).items())
         assert all(torch.equal(a, b) for a, b in zip(outputs, before))
-        assert weight_bytes(model) == packed_before_bake
+        assert weight_bytes(model) == packed_before_bake == _counted_bytes(model, candidate)
+
+
+def _counted_bytes(model, candidate: Candidate) -> int:
+    """The packed size counted independently of the packing: each conv's final shape, its knobs and
+    its count of kept weights through the documented layout (packing.packed_size), every other
+    parameter (unfused BatchNorm) at 4 bytes."""
+    total, counted = 0, set()
+    for name, conv in conv_layers(model).items():
+        owner = name.rsplit(".", 1)[0]  # the halves X.0 and X.1 of a factorized conv X take X's knobs
+        knobs = candidate.layers.get(name) or candidate.layers.get(owner) or LayerKnobs()
+        total += packed_size(tuple(conv.weight.shape), knobs, kept=kept_weights(conv.weight.numel(), knobs.sparsity),
+                             has_bias=conv.bias is not None)
+        counted.update(id(p) for p in conv.parameters())
+    return total + sum(p.numel() * 4 for p in model.parameters() if id(p) not in counted)
 
 
 def _head_outputs(model, x):
