@@ -28,7 +28,7 @@ from . import design_data as dd
 from . import figures
 from .page import atomic_write, data_url, esc, figure_spec, fmt, fmt_bytes, mark, render
 
-SCORE_COLUMNS = ("map50_95", "map50", "latency_ms", "latency_spread_ms", "latency_source", "sram_bytes", "weight_bytes",
+SCORE_COLUMNS = ("map50_95", "map50", "holdout_map50_95", "holdout_map50", "latency_ms", "latency_spread_ms", "latency_source", "sram_bytes", "weight_bytes",
                  "activation_bytes", "fits_sram", "params", "flops")
 DESIGNS_DIR = "designs"
 
@@ -108,7 +108,8 @@ class Report:
             "label": self.label(t),
             "origin": "the unmodified model" if t is None else (t.get("origin") or ("recipe: " + t["recipe"] if t.get("recipe") else "")),
             "summary": knob_summary(None if t is None else t.get("candidate")),
-            "map50_95": s.get("map50_95"), "map50": s.get("map50"),
+            "map50_95": s.get("map50_95"), "map50": s.get("map50"), "holdout_map50_95": s.get("holdout_map50_95"),
+            "holdout_mark": self.prov.mark("H", s.get("holdout_source")) if s.get("holdout_source") else "",
             "d_map_points": None if d_map is None else 100 * d_map,
             "d_map_relative": (d_map / base["map50_95"]) if d_map is not None and base.get("map50_95") else None,
             "latency_ms": s.get("latency_ms"), "latency_mark": self.prov.mark("L", s.get("latency_source")),
@@ -172,7 +173,7 @@ class Report:
         return self.prov.mark("P", text)
 
     def highlights(self) -> dict[int, str]:
-        short = {"floor": "floor", "budget": "budget", "knee": "knee"}
+        short = {"floor": "floor", "floor-fastest": "fastest in floor", "budget": "budget", "knee": "knee"}
         out: dict[int, list[str]] = {}
         for r in self.recommended:
             if r["trial"] is not None:
@@ -260,7 +261,7 @@ def _table(report: Report) -> str:
     mem_sets = {tuple(r["memory_marks"]) for r in rows}
     mem_head = "".join(mark(m) for m in next(iter(mem_sets))) if len(mem_sets) == 1 else ""
     head = ["design", "origin", f"mAP50-95 (val){mark(report.accuracy_mark)}", "Δ mAP50-95 vs base (points)",
-            "mAP50 (val)", f"latency (ms){lat_head}"]
+            "mAP50 (val)", "mAP50-95 held out (never selected on)", f"latency (ms){lat_head}"]
     if has_remeasured:
         head.append(f"latency re-measured together (ms){rem_head}")
     head += ["× faster than base", f"memory footprint (KiB){mem_head}", "× smaller than base", "weights (KiB)",
@@ -274,6 +275,7 @@ def _table(report: Report) -> str:
             f" ({r['d_map_relative']:+.1%})" if r["d_map_relative"] is not None else "")
         cells = [f"<b>{esc(r['label'])}</b>" + (" <span class='muted'>front</span>" if r["pareto"] else ""),
                  esc(r["origin"]), fmt(r["map50_95"]), d_map, fmt(r["map50"]),
+                 fmt(r["holdout_map50_95"]) + (mark(r["holdout_mark"]) if r["holdout_mark"] else ""),
                  fmt(r["latency_ms"], 2) + (mark(r["latency_mark"]) if lat_cells else "")]
         if has_remeasured:
             cells.append(fmt(r["remeasured_ms"], 2) + (mark(r["remeasured_mark"]) if rem_cells and r["remeasured_ms"] else ""))
@@ -288,7 +290,8 @@ def _table(report: Report) -> str:
                   esc(r["summary"]),
                   (f"<a download='{esc(report.run.get('run_name', 'design'))}-trial-{r['number']}.json' "
                    f"href='{data_url(t['candidate'])}'>download</a>" if t and t.get("candidate") else "—")]
-        numeric = {2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14} if has_remeasured else {2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13}
+        numeric = ({2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 15} if has_remeasured
+                   else {2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14})
         body.append(f"<tr class='{cls}' id='design-{r['key']}'>"
                     + "".join(f"<td class='{'n' if i in numeric else ''}'>{c}</td>" for i, c in enumerate(cells)) + "</tr>")
     note = ("<p class='muted'>× faster compares a design with the base on figures of one source: the latencies "
@@ -530,12 +533,13 @@ def _remeasured_text(remeasured: dict | None) -> str:
 
 def pareto_table(base: dict, trials: list[dict]) -> str:
     """The Pareto designs as a fixed-width text table for the terminal."""
-    header = (f"{'design':>8} {'mAP50-95':>9} {'mAP50':>7} {'latency ms':>11} {'re-measured':>14} {'SRAM KiB':>10} "
-              f"{'fits':>5}  knobs")
+    header = (f"{'design':>8} {'mAP50-95':>9} {'held out':>9} {'mAP50':>7} {'latency ms':>11} {'re-measured':>14} "
+              f"{'SRAM KiB':>10} {'fits':>5}  knobs")
     lines = [header, "-" * len(header)]
 
     def line(label, s, remeasured, knobs):
-        return (f"{label:>8} {s['map50_95']:9.3f} {s['map50']:7.3f} {s['latency_ms']:11.2f} "
+        held = f"{s['holdout_map50_95']:9.3f}" if s.get("holdout_map50_95") is not None else f"{'-':>9}"
+        return (f"{label:>8} {s['map50_95']:9.3f} {held} {s['map50']:7.3f} {s['latency_ms']:11.2f} "
                 f"{_remeasured_text(remeasured):>14} {s['sram_bytes'] / 1024:10.1f} {str(s['fits_sram']):>5}  {knobs}")
 
     lines.append(line("base", base, base.get("remeasured"), "unmodified"))
@@ -543,6 +547,8 @@ def pareto_table(base: dict, trials: list[dict]) -> str:
         lines.append(line(f"#{t['number']}", t["scores"], t.get("remeasured"), knob_summary(t["candidate"])))
     if any(t["pareto"] for t in trials) and not any(t["pareto"] and t["feasible"] for t in trials):
         lines.append("no design meets the SRAM budget: these are the non-dominated designs ignoring it")
+    if base.get("holdout_source"):
+        lines.append(f"mAP50-95 on the val images the search selects on; held out: {base['holdout_source']}")
     lines.append(f"latency: {base['latency_source']}")
     if base.get("remeasured"):
         lines.append(f"re-measured: {base['remeasured']['latency_source']}")

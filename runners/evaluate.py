@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from edgesearch.runners.accuracy.finetune import calibration_batches, finetune, validate
+from edgesearch.runners.accuracy.splits import search_and_holdout
 from edgesearch.runners.checkpoints import load_detection_model
 from edgesearch.runners.hardware.scores import hardware_scores, remeasure_interleaved
 from edgesearch.runners.hardware.profiles import load_profile
@@ -51,12 +52,18 @@ def score_candidate(settings: dict, candidate: dict | None) -> dict:
     os.environ["TVM_NUM_THREADS"] = str(config.threads)
     started = time.perf_counter()
     _, model, calibrated, losses, finetune_s = build_design(config, candidate)
-    accuracy, validate_s = _timed(lambda: validate(model, Path(config.data_yaml), imgsz=config.imgsz))
+    with search_and_holdout(Path(config.data_yaml)) as (search_data, holdout_data, holdout_split, holdout_how):
+        accuracy, validate_s = _timed(lambda: validate(model, search_data, imgsz=config.imgsz))
+        holdout = validate(model, holdout_data, imgsz=config.imgsz, split=holdout_split)
     hardware, hardware_s = _timed(lambda: hardware_scores(model, load_profile(config.profile), config.imgsz,
                                                           tune_trials=config.tune_trials, tuning_db=config.tuning_db,
                                                           library_path=config.library_path or None))
     return {
         **accuracy,
+        # scored on images no choice of the search used (splits.py): what the search selects on is `map50_95`
+        "holdout_map50_95": holdout["map50_95"],
+        "holdout_map50": holdout["map50"],
+        "holdout_source": f"held out: {holdout_how}",
         **hardware,
         "finetune_iters": config.finetune_iters,
         "distilled": config.distill,

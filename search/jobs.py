@@ -338,10 +338,11 @@ def write_run_report(run_dir: Path, study=None) -> dict:
               + f" ({pick['rule']})")
     print(pareto_table(data["base"], data["trials"]))
     quality = data["extras"]["proxy_quality"]
-    if quality["omega"]:
-        print(f"proxy: {quality['screened']} design(s) screened out; predicted accuracy cost ranks the "
-              f"{quality['omega']['n']} scored designs with Spearman rho {quality['omega']['rho']:+.2f} "
-              "(against -mAP50-95)")
+    if quality["spearman_rho"] is not None:
+        moves = quality["moves"]
+        print(f"proxy: {quality['screened']} design(s) screened out; the predicted accuracy cost ranks the "
+              f"{quality['n']} scored designs with Spearman rho {quality['spearman_rho']:+.2f} against mAP50-95"
+              + (f"; the moves' predicted mAP50-95, rho {moves['rho']:+.2f} (n = {moves['n']})" if moves else ""))
     print(f"report: {files['index.html']}")
     return files
 

@@ -22,9 +22,22 @@ def report_extras(run_dir: Path, run: dict, study, base: dict, trials: list[dict
         if path.is_file():
             extras[key] = json.loads(path.read_text())
     extras["proxy_quality"] = proxy_quality(trials)
-    extras["accuracy_basis"] = {"split": "val", "images": split_images(run.get("data"), "val")}
+    extras["accuracy_basis"] = accuracy_basis(run.get("data"))
     extras.update(packed_layers(run, base, trials))
     return extras
+
+
+def accuracy_basis(data_yaml: str | None) -> dict:
+    """Which images the search's mAP figures rest on: val, less the held-out images when the
+    dataset has no test split (runners/accuracy/splits.py)."""
+    from edgesearch.runners.accuracy.splits import search_and_holdout
+
+    try:
+        with search_and_holdout(Path(data_yaml)) as (search_data, _, _, how):
+            return {"split": "val" if search_data == Path(data_yaml) else "val, less the held-out images",
+                    "images": split_images(str(search_data), "val"), "holdout": how}
+    except (InputError, TypeError, OSError):
+        return {"split": "val", "images": None}
 
 
 def split_images(data_yaml: str | None, split: str) -> int | None:
@@ -92,9 +105,9 @@ def layer_bytes(model, candidate: dict | None, names: list[str]) -> dict[str, in
 
 
 def proxy_quality(trials: list[dict]) -> dict:
-    """How well the screening proxy ranked the designs then scored in full: Spearman rho of
-    predicted omega against -mAP50-95 (every scored design with a prediction) and of predicted
-    mAP against mAP (the moves, whose prediction is a mAP); and how many were screened out."""
+    """How well the screening proxy ranked the designs then scored in full: Spearman rho of -omega
+    (predicted accuracy cost) against mAP50-95 over every scored design with a prediction, and of
+    predicted mAP against mAP over the moves (whose prediction is a mAP); how many were screened out."""
     from scipy.stats import spearmanr
 
     scored = [t for t in trials if t["state"] == "COMPLETE" and t.get("predicted")]
@@ -104,10 +117,12 @@ def proxy_quality(trials: list[dict]) -> dict:
             return None
         return {"rho": float(spearmanr(*zip(*pairs)).statistic), "n": len(pairs)}
 
+    omega = rho([(-t["predicted"]["omega"], t["scores"]["map50_95"]) for t in scored
+                 if t["predicted"].get("omega") is not None])
     return {
         "screened": sum(t["state"] == "PRUNED" for t in trials),
-        "omega": rho([(t["predicted"]["omega"], -t["scores"]["map50_95"]) for t in scored
-                      if t["predicted"].get("omega") is not None]),
+        "spearman_rho": omega["rho"] if omega else None,  # the headline: the sensitivity model's ranking
+        "n": omega["n"] if omega else 0,
         "moves": rho([(t["predicted"]["map50_95"], t["scores"]["map50_95"]) for t in scored
                       if t["predicted"].get("map50_95") is not None]),
     }

@@ -228,5 +228,5 @@ def test_the_study_reads_sensibly_in_optuna_dashboard(tmp_path):
     assert study.metric_names == list(studies.METRIC_NAMES) and "objectives" in study.user_attrs["read_me"]
     trial = study.ask()
     trial.set_user_attr(studies.CANDIDATE_ATTR, candidate([4, 4, 8]))
-    studies.tell_scores(study, trial, scores(0.5, 1.0, 10), sram_budget=100 * 1024)
+    studies.tell_scores(study, trial, scores(0.5, 1.0, 10), {"memory_bytes": 100 * 1024})
     assert study.trials[0].user_attrs[studies.SUMMARY_ATTR] == "4b×2 8b×1; affine×3; no structural change"

@@ -158,10 +158,10 @@ def _endless(loader):
         yield from loader
 
 
-def validate(model: nn.Module, data_yaml: Path, *, imgsz: int, batch: int = 32) -> dict[str, float]:
-    """mAP50-95 and mAP50 on the val split, computed by ultralytics' DetectionValidator."""
+def validate(model: nn.Module, data_yaml: Path, *, imgsz: int, batch: int = 32, split: str = "val") -> dict[str, float]:
+    """mAP50-95 and mAP50 on a split (default val), computed by ultralytics' DetectionValidator."""
     args = dict(data=str(data_yaml), imgsz=imgsz, batch=batch, workers=0, device="cpu",
-                plots=False, verbose=False, save_json=False)
+                plots=False, verbose=False, save_json=False, split=split)
     with tempfile.TemporaryDirectory() as save_dir:
         validator = DetectionValidator(save_dir=Path(save_dir), args=args)
         stats = validator(model=model)

@@ -128,7 +128,7 @@ def analyse(settings: dict, layer_options: dict[str, dict[str, list]], progress:
     base_costs = _model_costs(fused, config.imgsz)
     for name, knob, value in tqdm(changes, desc="sensitivity: structural changes", unit="change",
                                   disable=not progress):
-        loss, costs = _changed_loss(base, fused, name, knob, value, batches, config.imgsz)
+        loss, costs = _changed_loss(base, fused, name, knob, value, batches, config.imgsz, base_costs)
         layers[name]["changes"].setdefault(knob, {})[str(value)] = {
             "delta_loss": loss - base_loss,
             "delta_flops": costs["flops"] - base_costs["flops"],
@@ -229,18 +229,18 @@ def _model_costs(model: nn.Module, imgsz: int) -> dict:
 
 
 def _changed_loss(base: nn.Module, fused: nn.Module, name: str, knob: str, value, batches: list[dict],
-                  imgsz: int) -> tuple[float, dict]:
+                  imgsz: int, base_costs: dict) -> tuple[float, dict]:
     """The loss and costs of the fused base with one change at one layer."""
     if knob == "prune_ratio":  # a pruning group reaches several layers: prune the base, then fold
         model = apply_candidate(base, Candidate({name: LayerKnobs(prune_ratio=value)}))
         costs = {**_model_costs(model, imgsz), "out_channels": conv_layers(model)[name].out_channels}
         return detection_loss(model, batches), costs
     original = conv_layers(fused)[name]
-    if knob == "activation_bits":
+    if knob == "activation_bits":  # the same arithmetic on fake-quantized inputs: costs unchanged
         attach_input_quantizer(original)
         try:
             calibrate(fused, (b["img"] for b in batches))
-            return detection_loss(fused, batches), _model_costs(fused, imgsz)
+            return detection_loss(fused, batches), base_costs
         finally:
             remove_input_quantizers(fused)
     changed = shrink_kernel(original, value) if knob == "kernel_size" else factorize(original, value)
