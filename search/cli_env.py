@@ -27,5 +27,6 @@ def quiet_console() -> None:
     os.environ["YOLO_VERBOSE"] = "False"
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\..*")
+    warnings.filterwarnings("ignore", message=".*were assigned during export.*")  # every torch.export of a YOLO
     logging.getLogger("optuna").setLevel(logging.WARNING)
 

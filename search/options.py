@@ -35,6 +35,7 @@ PRICES = ("omega", "weight_bytes", "activation_bytes", "latency_ms")
 STRUCTURAL = ("prune_ratio", "kernel_size", "rank_ratio", "activation_bits")
 WEIGHT_KNOBS = ("weight_bits", "scheme", "granularity", "group_size", "sparsity")
 DEFAULTS = LayerKnobs()
+CHANGE_FLOOR = 1e-3  # least omega of a structural or activation change, as a share of the base's loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +55,10 @@ class OptionPricer:
 
     def __init__(self, sensitivity: dict, basis: dict):
         self.sensitivity, self.basis = sensitivity, basis
+        # A change measured as free (the loss can fall: the first-order term) is still a change: each
+        # costs at least this much, so equal predictions favour designs that change fewer layers,
+        # instead of piling up dozens of "free" changes whose losses do not add as measured.
+        self.change_floor = CHANGE_FLOOR * sensitivity["base_loss"]
         self._bytes_per_input_element = basis["activation_bytes"] / (4 * basis["input_elements"])
 
     def layers(self) -> list[str]:
@@ -83,7 +88,7 @@ class OptionPricer:
             if value == getattr(DEFAULTS, knob):
                 continue
             change = info["changes"][knob][str(value)]
-            omega += max(0.0, change["delta_loss"])
+            omega += max(0.0, change["delta_loss"]) + self.change_floor
             latency += change["delta_flops"] * per_flop  # the layer's share of time, less what the change removes
             if knob == "prune_ratio":
                 pruned_out = change["out_channels"]
