@@ -297,6 +297,11 @@ def _table(report: Report) -> str:
     note = ("<p class='muted'>× faster compares a design with the base on figures of one source: the latencies "
             "re-measured together where both have one, else the search's own when both came from the same source; "
             "otherwise it is left blank. The search optimised the search figures.</p>")
+    remeasure = report.extras.get("remeasure") or {}
+    if remeasure.get("state") in ("failed", "skipped") or remeasure.get("why"):
+        what = {"failed": "The final re-measure failed", "skipped": "No final re-measure",
+                "done": "Re-measured"}[remeasure["state"]]
+        note += f"<p class='{'warn' if remeasure['state'] == 'failed' else 'muted'}'>{what}: {esc(remeasure['why'])}</p>"
     return (f"<div class='scroll'><table id='designs-table'><thead><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table></div>{note}")
 

@@ -18,6 +18,7 @@ from edgesearch.runners.accuracy.splits import search_and_holdout
 from edgesearch.runners.checkpoints import load_detection_model
 from edgesearch.runners.hardware.scores import hardware_scores, remeasure_interleaved
 from edgesearch.runners.hardware.profiles import load_profile
+from edgesearch.runners.hardware.turns import running_trial
 from edgesearch.spaces.activations import calibrate
 from edgesearch.spaces.apply import apply_candidate
 from edgesearch.spaces.candidate import Candidate
@@ -50,6 +51,11 @@ def score_candidate(settings: dict, candidate: dict | None) -> dict:
     # TVM's thread pool starts with half the cores on x86 (and `import ultralytics` sets
     # OMP_NUM_THREADS=1, which TVM also honours): say how many threads to use before its first run
     os.environ["TVM_NUM_THREADS"] = str(config.threads)
+    with running_trial():  # other trials on this machine see it while they are timed (turns.py)
+        return _score(config, candidate)
+
+
+def _score(config: EvalSettings, candidate: dict | None) -> dict:
     started = time.perf_counter()
     _, model, calibrated, losses, finetune_s = build_design(config, candidate)
     with search_and_holdout(Path(config.data_yaml)) as (search_data, holdout_data, holdout_split, holdout_how):

@@ -28,6 +28,7 @@ from edgesearch.spaces.errors import InputError
 from edgesearch.spaces.space import LayerChoices, Space, load_space
 
 RUN_FILE = "run.json"
+REMEASURE_ATTR = "remeasure"  # {state: done | failed | skipped, why}: what became of the final re-measure
 
 
 @dataclasses.dataclass
@@ -217,6 +218,9 @@ def run_search(inputs: Inputs, run_dir: Path, run: dict, *, resume: bool, ray_ad
         _search_loop(study, inputs, settings, run, parallel, cpus_per_trial, budgets, guide)
         if inputs.profile.measurement == "local":
             _remeasure_front(study, settings)  # with the trials' thread count
+        else:
+            study.set_user_attr(REMEASURE_ATTR, {"state": "skipped", "why": f"profile {inputs.profile.name} is not "
+                                                 "timed on this machine: its figures are the search's own"})
     finally:
         execution.stop_ray()
     return write_run_report(run_dir, study=study)
@@ -310,10 +314,16 @@ def _remeasure_front(study, settings: dict) -> None:
     print(f"re-measuring the {len(front)} Pareto design(s) and the base, interleaved")
     try:
         remeasured = remeasure_designs(settings, {"base": None, **front})
-    except Exception as error:  # the report still gets written, with the search's own figures
-        print(f"re-measuring skipped: {type(error).__name__}: {error}")
+    except Exception as error:  # the report still gets written, with the search's own figures, and says why
+        why = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
+        print(f"re-measuring failed: {why}")
+        study.set_user_attr(REMEASURE_ATTR, {"state": "failed", "why": why})
         return
     study.set_user_attr("remeasured", remeasured)
+    note = ("the search's own figures came from MetaSchedule-tuned builds; the re-measure builds with the fixed "
+            "schedule, so compare re-measured figures with each other, not with the search's"
+            if settings.get("tune_trials") else "")
+    study.set_user_attr(REMEASURE_ATTR, {"state": "done", "why": note})
 
 
 def report_data(run_dir: Path, study=None) -> dict:

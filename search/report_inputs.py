@@ -22,6 +22,7 @@ def report_extras(run_dir: Path, run: dict, study, base: dict, trials: list[dict
         if path.is_file():
             extras[key] = json.loads(path.read_text())
     extras["proxy_quality"] = proxy_quality(trials)
+    extras["remeasure"] = study.user_attrs.get("remeasure")
     extras["accuracy_basis"] = accuracy_basis(run.get("data"))
     extras.update(packed_layers(run, base, trials))
     return extras

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import os
 import statistics
 import tempfile
 import time
@@ -38,6 +37,7 @@ from edgesearch.runners.hardware.costs import layer_costs, roofline_latency_ms
 from edgesearch.runners.hardware.profiles import HardwareProfile
 from edgesearch.runners.hardware.rpc_runner import device_unavailable_reason, measure_latency_rpc
 from edgesearch.runners.hardware.tuning import tune_and_build
+from edgesearch.runners.hardware.turns import timing_turn
 from edgesearch.runners.hardware.tvm_schedule import cpu_schedule_pass
 from edgesearch.spaces.activations import activation_byte_share, remove_input_quantizers
 from edgesearch.spaces.apply import weight_bytes
@@ -46,6 +46,7 @@ ACTIVATION_DTYPE_BYTES = 4  # activations stay fp32 in this build
 LOCAL_SOURCE = "measured: TVM llvm build, fixed CPU schedule (no tuning), fp32, {threads} threads, time evaluator median"
 TUNED_SOURCE = ("measured: TVM llvm build tuned by MetaSchedule (budget {trials} trials), fp32, {threads} threads, "
                 "time evaluator median")
+SHARED_NOTE = "; {others} other trial(s) ran on this machine while it was timed (trials take turns to be timed)"
 ESTIMATED_SOURCE = "estimated: roofline from profile peak fp32 rate and bandwidth (no device reachable)"
 REMEASURED_SOURCE = ("measured: TVM llvm build, fixed CPU schedule, fp32, {threads} threads, re-timed interleaved "
                      "with the other {designs} final designs ({rounds} rounds x {repeat} repeats)")
@@ -71,9 +72,9 @@ def relax_module(module: nn.Module, example_inputs: tuple):
     return from_exported_program(exported, keep_params_as_input=False, unwrap_unit_return_tuple=True)
 
 
-def _tvm_threads() -> str:
-    """TVM's thread count as set for this process (evaluate.py sets it before the first run)."""
-    return os.environ.get("TVM_NUM_THREADS", "default")
+def _tvm_threads() -> int:
+    """TVM's thread-pool size as its runtime reports it (evaluate.py asks for one before the first run)."""
+    return tvm.runtime.num_threads()
 
 
 def float_copy(model: nn.Module) -> nn.Module:
@@ -242,14 +243,18 @@ def hardware_scores(model: nn.Module, profile: HardwareProfile, imgsz: int, *, t
     elif tune_trials > 0:
         executable, build = tune_and_build(mod, profile.target, Path(tuning_db), tune_trials)
         activations = plan_memory_only(mod)  # planning does not depend on the kernels' schedules
-        latency = {**measure_latency_local(executable, imgsz), **build,
-                   "latency_source": TUNED_SOURCE.format(trials=tune_trials, threads=_tvm_threads())}
+        with timing_turn() as turn:
+            latency = {**measure_latency_local(executable, imgsz), **build}
+        latency["latency_source"] = (TUNED_SOURCE.format(trials=tune_trials, threads=_tvm_threads())
+                                     + SHARED_NOTE.format(others=turn["others"]))
     else:
         executable, build = build_local(mod, profile.target)
         activations = build["activation_bytes"]
-        latency = {**measure_latency_local(executable, imgsz), "build_s": build["build_s"],
-                   "unscheduled_kernels": len(build["unscheduled_kernels"]),
-                   "latency_source": LOCAL_SOURCE.format(threads=_tvm_threads())}
+        with timing_turn() as turn:
+            latency = {**measure_latency_local(executable, imgsz), "build_s": build["build_s"],
+                       "unscheduled_kernels": len(build["unscheduled_kernels"])}
+        latency["latency_source"] = LOCAL_SOURCE.format(threads=_tvm_threads()) + SHARED_NOTE.format(
+            others=turn["others"])
     if library_path and profile.measurement != "rpc":
         from edgesearch.runners.hardware.cross_build import export_atomically
 
