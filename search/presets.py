@@ -36,7 +36,7 @@ PRESETS = {
         imgsz=128,
         batch=16,
         finetune_iters=60,
-        trials=12,
+        trials=24,  # 6 recipes, 6 budgeted seeds, 12 screened moves (guided)
         population=4,
     ),
     "smoke": Preset(  # a base that scores well above 0 (tests check accuracy, not only mechanics): ~1.5 min
