@@ -8,6 +8,7 @@ YOLO_OFFLINE=1: there is no model hub to reach; never let ultralytics try to dow
 
 import os
 
+QUIET = "EDGESEARCH_QUIET"
 PROCESS_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "YOLO_OFFLINE": "1"}
 
 
@@ -21,12 +22,11 @@ def quiet_console() -> None:
     """One progress bar per stage instead of library chatter (`--verbose` keeps it all): ultralytics'
     per-batch lines and dataset scans, Optuna's per-trial INFO lines, and the FutureWarnings that
     torch.export repeats for every build. Call before ultralytics is imported."""
-    import logging
     import warnings
 
     os.environ["YOLO_VERBOSE"] = "False"
+    os.environ[QUIET] = "1"  # read where optuna is imported (study.py): importing it here would slow every command
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\..*")
     warnings.filterwarnings("ignore", message=".*were assigned during export.*")  # every torch.export of a YOLO
-    logging.getLogger("optuna").setLevel(logging.WARNING)
 

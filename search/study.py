@@ -16,14 +16,19 @@ moves: uniform 8/6/4-bit anchors, then Optuna's NSGA-II over per-layer parameter
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from edgesearch.reports.pareto_report import knob_summary
+from edgesearch.search.cli_env import QUIET
 from edgesearch.spaces.candidate import Candidate, LayerKnobs
 from edgesearch.spaces.space import LayerChoices
+
+if os.environ.get(QUIET):  # search/cli_env.quiet_console: no INFO line per trial
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 STUDY_NAME = "edgesearch"
 OBJECTIVES = ("map50_95", "latency_ms", "sram_bytes")
