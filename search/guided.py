@@ -24,7 +24,8 @@ from edgesearch.spaces.candidate import Candidate
 from edgesearch.spaces.space import LayerChoices
 
 PROPOSALS_PER_SLOT = 8  # moves drawn per fully scored trial; the proxy picks one
-DEFAULT_ALPHA = 0.05  # mAP per unit of omega until two scored designs fit it (seeds come first)
+DEFAULT_ALPHA = 0.05  # mAP per unit of omega until three scored designs fit it (recipes come first)
+LATENCY_SEED_TOP = 0.9  # latency seeds go up to this share of the base's predicted latency
 CHEAPEN_PROBABILITY = 0.5
 CHEAPEN_PROBABILITY_WITH_FLOOR = 0.75  # an accuracy floor asks for the smallest designs above it
 MIB = 1024 * 1024
@@ -32,6 +33,12 @@ MIB = 1024 * 1024
 
 def candidate_key(candidate: dict) -> str:
     return json.dumps(candidate, sort_keys=True)
+
+
+def _designs_tried(study: optuna.Study) -> set[str]:
+    """Keys of every design the study holds: scored, failed, in flight, queued or screened."""
+    return {candidate_key(t.user_attrs[studies.CANDIDATE_ATTR]) for t in study.get_trials(deepcopy=False)
+            if studies.CANDIDATE_ATTR in t.user_attrs}
 
 
 class Guide:
@@ -69,12 +76,12 @@ class Guide:
         low = max(low, design_price(smallest, "sram_bytes") * 1.001)
         for limit, design in budget_sweep(self.tables, low, high, sram_points, budget="sram_bytes"):
             designs.append((f"seed: least omega under {limit / MIB:.2f} MiB SRAM (predicted)", design))
-        if "latency_ms" in self.fronts:
+        if "latency_ms" in self.fronts:  # from the fastest design to just under the base's latency
             fastest = allocate(self.tables, {}, minimise="latency_ms")
             low = design_price(fastest, "latency_ms", self.offsets) * 1.001
-            high = self.pricer.design({})["latency_ms"]
-            for limit, design in budget_sweep(self.tables, low, high, count - sram_points + 1, budget="latency_ms",
-                                              offsets=self.offsets)[:-1]:  # the last is the base's latency
+            high = max(low, LATENCY_SEED_TOP * self.pricer.design({})["latency_ms"])
+            for limit, design in budget_sweep(self.tables, low, high, count - sram_points, budget="latency_ms",
+                                              offsets=self.offsets):
                 designs.append((f"seed: least omega under {limit:.2f} ms latency (predicted)", design))
         return [(origin, Candidate({layer: option.knobs for layer, option in design.items()}).to_json())
                 for origin, design in designs]
@@ -121,16 +128,14 @@ class Guide:
         floor = self.budgets.get("map_floor")
         if floor is not None and not study.user_attrs.get("floor_seeded"):
             study.set_user_attr("floor_seeded", True)
-            seen = {candidate_key(t.user_attrs[studies.CANDIDATE_ATTR]) for t in study.get_trials(deepcopy=False)
-                    if studies.CANDIDATE_ATTR in t.user_attrs}
+            seen = _designs_tried(study)
             seeds = [(o, c) for o, c in self.floor_seeds(alpha, intercept) if candidate_key(c) not in seen]
             for origin, candidate in seeds:
                 studies.enqueue_design(study, candidate, origin, predicted={"omega": self.omega(candidate)})
             if seeds:
                 return True
         cheapen = CHEAPEN_PROBABILITY_WITH_FLOOR if floor is not None else CHEAPEN_PROBABILITY
-        seen = {candidate_key(t.user_attrs[studies.CANDIDATE_ATTR]) for t in study.get_trials(deepcopy=False)
-                if studies.CANDIDATE_ATTR in t.user_attrs}
+        seen = _designs_tried(study)
         moves = []
         for _ in range(PROPOSALS_PER_SLOT * 4):  # draws that repeat a design are skipped
             parent = front[self.rng.integers(len(front))]
