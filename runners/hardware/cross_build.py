@@ -38,7 +38,7 @@ from tvm.relax.backend.cuda import pipeline as cuda_backend
 from tvm.s_tir import dlight
 from tvm.support import cc
 
-from edgesearch.runners.hardware.scores import relax_pipeline
+from edgesearch.runners.hardware.build import relax_pipeline
 from edgesearch.runners.hardware.profiles import HardwareProfile
 from edgesearch.spaces.errors import InputError
 

@@ -28,6 +28,8 @@ from pathlib import Path
 import tvm
 from tvm import relax
 
+from edgesearch.runners.hardware.build import relax_pipeline
+
 
 def install_fast_inspect_stack() -> None:
     """Give TVMScript's parser modules a cheap `inspect.stack()` (idempotent; the global
@@ -113,8 +115,6 @@ def tune_and_build(mod, target: dict, db_dir: Path, max_trials: int, trials_per_
     kernels the database lacks, with `max_trials` candidates in all, then compile with the best
     schedules found; kernels the budget did not reach get edgesearch's fixed schedule (TVM's own
     fallback would leave them as naive loops, ~40x slower)."""
-    from edgesearch.runners.hardware.scores import relax_pipeline  # hardware imports this module
-
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule import relax_integration
 

@@ -11,6 +11,9 @@ kernel a simple fixed schedule instead:
     parallel stage, the epilogue computed per tile;
   - every other kernel: intermediates inlined, leading spatial loops fused and parallel.
 
+  - an integer conv (integer_kernels.py): that module's schedule for the target's family
+    (VNNI / NEON dot-product tensorization).
+
 A kernel the rule cannot handle keeps its naive (correct, slow) loops and is listed in
 `unscheduled`. MetaSchedule tuning would search these choices; this fixed rule needs no search.
 """
@@ -136,10 +139,15 @@ def _schedule_conv(sch, conv) -> None:
         sch.vectorize(epilogue_loops[-1])
 
 
-def schedule_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
+def schedule_kernel(func: tirx.PrimFunc, target=None) -> tirx.PrimFunc | None:
     """The scheduled kernel, or None where the rule does not apply (the caller keeps it naive)."""
+    from edgesearch.runners.hardware import integer_kernels  # it imports nothing of this module
+
     sch = Schedule(func)
     try:
+        if integer_kernels.is_integer_conv(sch):
+            integer_kernels.schedule_integer_conv(sch, target or tvm.target.Target.current(), _inline_all)
+            return sch.mod["main"]
         blocks = _root_blocks(sch)
         convs = [b for b in blocks if "conv2d" in sch.get(b).name_hint and _iter_kinds(sch, b) == "SSSSRRR"]
         if len(convs) == 1:
@@ -156,7 +164,7 @@ def schedule_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
         return None
 
 
-def cpu_schedule_pass(unscheduled: list[str]):
+def cpu_schedule_pass(unscheduled: list[str], target=None):
     """A module pass scheduling every unscheduled kernel; names it could not schedule go to `unscheduled`."""
 
     @tvm.transform.module_pass(opt_level=0, name="EdgesearchCPUSchedule")
@@ -164,7 +172,7 @@ def cpu_schedule_pass(unscheduled: list[str]):
         updates = {}
         for var, func in mod.functions_items():
             if isinstance(func, tirx.PrimFunc) and not (func.attrs and func.attrs.get("tirx.is_scheduled", 0)):
-                scheduled = schedule_kernel(func)
+                scheduled = schedule_kernel(func, target)
                 if scheduled is None:
                     unscheduled.append(var.name_hint)
                 else:
