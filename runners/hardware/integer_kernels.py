@@ -25,7 +25,8 @@ Per target family (chosen from the TVM target):
         (vpdpbusd) when the target has AVX-512 VNNI, plain vectorized loops otherwise.
   arm   oi=4, ci=4, int8 x int8: tensorized with `dot_4x4_i8i8s32_neon` (smull/saddlp/addp,
         which the Cortex-A72 has; sdot needs Armv8.2 dotprod).
-  cuda  oi=4, ci=4, uint8 x int8: scheduled by integer_cuda.py (dp4a).
+  cuda  oi=4, ci=4, int8 x int8: `schedule_integer_conv_cuda`, the 4-byte dot products with __dp4a
+        (CUDA has no uchar4 x char4 __dp4a, hence int8 codes as on Arm).
 
 `schedule_integer_conv` is the tuning-free schedule for the CPU families (tvm_schedule.py calls it
 for every kernel holding an `es_int8_conv` block): output channels by oi x `OC_TILES`, output
@@ -65,7 +66,7 @@ class Family:
 FAMILIES = {
     "x86": Family("x86", oi=16, ci=4, act_dtype="uint8", oc_tiles=2, x_tile=8),
     "arm": Family("arm", oi=4, ci=4, act_dtype="int8", oc_tiles=4, x_tile=4),
-    "cuda": Family("cuda", oi=4, ci=4, act_dtype="uint8", oc_tiles=1, x_tile=1),
+    "cuda": Family("cuda", oi=4, ci=4, act_dtype="int8", oc_tiles=1, x_tile=1),
 }
 
 
@@ -276,3 +277,65 @@ def kernel_description(target) -> str:
     if family.name == "arm":
         return "NEON int8 dot product (smull/saddlp)"
     return "int8 loops without a dot-product instruction"
+
+
+CUDA_THREADS = 128
+
+
+def _bind_flat(sch, block, threads: int = CUDA_THREADS) -> None:
+    """All spatial loops of a block fused and spread over CUDA blocks x `threads` threads."""
+    loops = sch.get_loops(block)
+    block_x, thread_x = sch.split(sch.fuse(*loops), [None, threads])
+    sch.bind(block_x, "blockIdx.x")
+    sch.bind(thread_x, "threadIdx.x")
+
+
+def schedule_integer_conv_cuda(sch) -> None:
+    """The CUDA schedule: three launches, one per stage. pack and the epilogue (with whatever
+    FuseOps fused after it) one thread per element; conv one thread per int32 accumulator (kept
+    in a register), its reduction over input-channel blocks and the kernel window serial, each
+    4-channel step one __dp4a on 4-byte operands read from global memory. No shared-memory
+    tiling: a correct, compilable, dp4a kernel, not a tuned one."""
+    outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
+    if len(outputs) != 1:
+        raise ValueError("integer conv kernel with several outputs")
+    from edgesearch.runners.hardware.tvm_schedule import _inline_all
+
+    _inline_all(sch, {PACK, CONV} | outputs)
+    (output_name,) = outputs
+    conv = sch.get_sblock(CONV)
+    accumulator = sch.cache_write(conv, 0, "local")
+    b, o, y, x, lane, r_block, r_y, r_x, r_c = sch.get_loops(conv)
+    block_x, thread_x = sch.split(sch.fuse(b, o, y, x, lane), [None, CUDA_THREADS])
+    sch.bind(block_x, "blockIdx.x")
+    sch.bind(thread_x, "threadIdx.x")
+    sch.reverse_compute_at(accumulator, thread_x)
+    sch.decompose_reduction(conv, r_block)
+    sch.tensorize(r_c, tensor_intrinsics.dp4a_intrinsic())
+    _bind_flat(sch, sch.get_sblock(PACK))
+    _bind_flat(sch, sch.get_sblock(output_name))
+
+
+def cuda_schedule_pass():
+    """A module pass giving every integer conv kernel `schedule_integer_conv_cuda` (marked
+    scheduled, so dlight's rules leave it alone)."""
+    from tvm.s_tir import Schedule
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgesearchIntegerCUDASchedule")
+    def schedule_all(mod, ctx):
+        updates = {}
+        for var, func in mod.functions_items():
+            if isinstance(func, tirx.PrimFunc):
+                sch = Schedule(func)
+                if is_integer_conv(sch):
+                    # Relax's TE kernels index in int64 and the dp4a description in int32:
+                    # tensorize cannot match them (IterVar dtype check), so narrow first
+                    narrowed = tirx.transform.ForceNarrowIndexToInt32()(tvm.IRModule({"main": func}))
+                    sch = Schedule(narrowed["main"])
+                    schedule_integer_conv_cuda(sch)
+                    updates[var] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+        for var, func in updates.items():
+            mod[var] = func
+        return mod
+
+    return schedule_all

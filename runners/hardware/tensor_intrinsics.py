@@ -7,7 +7,11 @@ Two problems with using them as shipped in apache-tvm 0.27.0.post1:
    `load_tvm_intrinsics` executes only the file that defines them (0.2 s), registered in
    sys.modules under its own name so that a later full import (MetaSchedule does one) reuses it
    instead of registering everything twice.
-2. x86 `dot_16x4_vnni` passes its operands to `llvm.x86.avx512.vpdpbusd.512` as <16 x i32>; since
+2. CUDA `dp4a_s8s8s32` declares its operands in shared memory and the accumulator in registers;
+   the integer conv reads its 4-byte operands straight from global memory (each is used once per
+   thread), so `dp4a_intrinsic` registers the same computation (TVM's `__dp4a` call) over
+   global operands.
+3. x86 `dot_16x4_vnni` passes its operands to `llvm.x86.avx512.vpdpbusd.512` as <16 x i32>; since
    LLVM 20 (TVM 0.27 links LLVM 22) the intrinsic takes <64 x i8>, and LLVM rejects the call
    ("Call parameter type does not match function signature"). `vnni_intrinsic` re-registers it,
    with TVM's own description and the operands reinterpreted as bytes, under the same name
@@ -22,7 +26,7 @@ from pathlib import Path
 
 VNNI = "dot_16x4_vnni"  # uint8[4] x int8[16, 4] -> int32[16]: one vpdpbusd
 NEON = "dot_4x4_i8i8s32_neon"  # int8[4] x int8[4, 4] -> int32[4]: smull + saddlp + addp (no sdot needed)
-DP4A = "dp4a_u8s8s32"  # uint8[4] . int8[4] -> int32: one __dp4a (CUDA sm_61+)
+DP4A = "edgesearch_dp4a_s8s8s32"  # int8[4] . int8[4] -> int32: one __dp4a (CUDA sm_61+)
 
 
 def load_tvm_intrinsics(name: str):
@@ -88,6 +92,38 @@ def neon_intrinsic() -> str:
     return NEON
 
 
+_DP4A_REGISTERED = False
+
+
 def dp4a_intrinsic() -> str:
-    load_tvm_intrinsics("dot_product_common")
+    """int8[4] . int8[4] + int32 with `__dp4a`, operands in global memory (module doc). Signed x
+    signed: CUDA's __dp4a has no mixed uchar4 x char4 overload."""
+    global _DP4A_REGISTERED
+    if _DP4A_REGISTERED:
+        return DP4A
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((4,), "int8", offset_factor=1, align=4), B: T.Buffer((4,), "int8", offset_factor=1, align=4),
+             C: T.Buffer((1,), "int32", offset_factor=1, align=4, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0], A[0:4], B[0:4])
+            T.writes(C[0])
+            for i in range(0, 4):
+                with T.sblock("update"):
+                    vi = T.axis.remap("R", [i])
+                    C[0] = C[0] + T.cast(A[vi], "int32") * T.cast(B[vi], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((4,), "int8", offset_factor=1, align=4), B: T.Buffer((4,), "int8", offset_factor=1, align=4),
+             C: T.Buffer((1,), "int32", offset_factor=1, align=4, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0], A[0:4], B[0:4])
+            T.writes(C[0])
+            C[0] += T.call_pure_extern("__dp4a", A.vload([0], "int8x4"), B.vload([0], "int8x4"), T.int32(0),
+                                       dtype="int32")
+
+    TensorIntrin.register(DP4A, desc, impl, override=True)
+    _DP4A_REGISTERED = True
     return DP4A

@@ -75,6 +75,22 @@ def _parallel_spatial(sch, block, max_fused: int | None = None) -> None:
         sch.parallel(sch.fuse(*loops[:spatial]) if spatial > 1 else loops[0])
 
 
+def _vectorize_innermost(sch, block) -> None:
+    """Vectorize a spatial block's innermost loop when it is short and not the parallel one: the
+    upsample / concat / requantize kernels between convs ran scalar (0.3 ms for a 49k-element
+    resize + concat + quantize)."""
+    if "R" in _iter_kinds(sch, block):
+        return
+    loops = sch.get_loops(block)
+    extent = _extent(sch, loops[-1]) if len(loops) > 1 else None
+    if extent is None or extent > 4 * VECTOR_LANES:
+        return
+    try:
+        sch.vectorize(loops[-1])
+    except Exception:  # noqa: BLE001  (left scalar: still correct)
+        pass
+
+
 def _is_pointwise_stride1(sch, conv) -> bool:
     """1x1 kernel, stride 1, no padding: the data input has the output's spatial shape."""
     block = sch.get(conv)
@@ -159,6 +175,7 @@ def schedule_kernel(func: tirx.PrimFunc, target=None) -> tirx.PrimFunc | None:
                     _parallel_spatial(sch, block)
                 except Exception:  # noqa: BLE001  (left serial: still correct)
                     pass
+                _vectorize_innermost(sch, block)
         return sch.mod["main"]
     except Exception:  # noqa: BLE001  (any failure of the rule: keep the naive kernel, which is correct)
         return None
