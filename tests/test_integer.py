@@ -55,27 +55,61 @@ def test_int8_weights_are_the_layers_own_grid_where_it_is_one_else_requantized()
             assert ((decoded - layer.weight.detach()).abs() <= scale.reshape(-1, 1, 1, 1) / 2 * 1.0001).all()
 
 
+def assert_matches_up_to_code_flips(out: np.ndarray, reference: np.ndarray) -> None:
+    """Whole-model tolerance. The integer kernels sum codes exactly in int32 and scale once; the
+    reference sums fp32 products (and TVM's SiLU uses a fast exp, relative error ~1e-6). Those
+    ~1e-6 differences matter only where an activation sits that close to a rounding boundary of
+    the next uint8 quantizer: its code then differs by one step (1/255 of that tensor's range), and
+    the step travels on through later layers. Measured on this tiny model over inputs: most inputs
+    match to 1e-7 of the output range; some show a cascade of flips, up to 1.3% of the range at
+    worst, 0.2% at the 99th percentile, the median under 1e-5. A real fault (zero-point, scale,
+    layout, padding) is off by the order of the range in most outputs. Hence: median <= 1e-4,
+    99th percentile <= 1e-2, max <= 5e-2 of the range."""
+    error = np.abs(out - reference) / np.abs(reference).max()
+    assert np.median(error) <= 1e-4 and np.quantile(error, 0.99) <= 1e-2 and error.max() <= 5e-2
+
+
 def test_integer_build_matches_the_fake_quantized_model(int8_tiny, x86_build):
     model, layers = int8_tiny
     executable, build, summary = x86_build
     assert summary.integer_layers == len(layers) and summary.requantized_weight_layers == 0
     assert build["unscheduled_kernels"] == []
-    x = torch.rand(1, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(7))
+    for seed in (7, 11):
+        x = torch.rand(1, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            reference = model(x).numpy()  # fake-quant: float conv on dequantized inputs and weights
+            integer_reference = integer_copy(model)[0](x).numpy()
+        # PyTorch's integer form computes the same float arithmetic as the fake-quant model: identical
+        assert np.array_equal(integer_reference, reference)
+        assert_matches_up_to_code_flips(run_tvm(executable, x), reference)
+
+
+@pytest.mark.parametrize("in_channels,out_channels,kernel,stride", [(3, 16, 3, 2), (24, 40, 3, 1), (64, 32, 1, 1),
+                                                                    (32, 80, 3, 2)])
+def test_one_integer_conv_matches_pytorch_to_fp32_rounding(in_channels, out_channels, kernel, stride):
+    """One conv, no later quantizer to flip: exact int32 sums against fp32 sums of the same
+    products, so the outputs agree to fp32 rounding of a K-term sum (K = in x k x k <= 576 here:
+    relative ~K x 6e-8 < 1e-4 of the largest output at worst). Channel counts that are not
+    multiples of the kernels' 16/4 blocks, stride 2, the 3-channel stem and 1x1 are covered."""
+    from edgesearch.runners.hardware.integer_model import IntegerConv2d
+    from edgesearch.spaces.activations import InputQuantizer
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2)
+    quantizer = InputQuantizer()
+    x = torch.randn(1, in_channels, 20, 20) * 2 + 0.5
+    quantizer(x)
+    quantizer.freeze()
+    weight = torch.randint(-127, 128, conv.weight.shape).float()
+    scale = torch.rand(out_channels) * 0.01 + 1e-3
+    module = torch.nn.Sequential(IntegerConv2d(conv, quantizer, weight, scale), torch.nn.SiLU()).eval()
+    target = load_profile("x86-host").target
+    from edgesearch.runners.hardware.build import relax_module
+
+    executable, _ = build_local(relax_module(module, (x,), target), target)
     with torch.no_grad():
-        reference = model(x).numpy()  # fake-quant: float conv on dequantized inputs and weights
-        integer_reference = integer_copy(model)[0](x).numpy()
-    out = run_tvm(executable, x)
-    # PyTorch's integer form computes the same float arithmetic as the fake-quant model: identical
-    assert np.array_equal(integer_reference, reference)
-    # TVM accumulates codes exactly in int32 and scales once; PyTorch sums fp32 products, whose
-    # rounding (relative ~1e-6 per layer here) reaches later layers only through their fp32 inputs -
-    # or by moving an activation across a rounding boundary of the next uint8 quantizer, a
-    # one-step change that is rare. So: almost every output equal to 1e-5 of the output range, and
-    # none off by more than 1e-3 of it (one flipped step of one activation stays far below that).
-    scale = np.abs(reference).max()
-    error = np.abs(out - reference)
-    assert np.mean(error <= 1e-5 * scale) >= 0.999
-    assert error.max() <= 1e-3 * scale
+        reference = module(x).numpy()
+    assert np.abs(run_tvm(executable, x) - reference).max() <= 1e-4 * np.abs(reference).max()
 
 
 def test_x86_integer_kernels_use_vnni(x86_build):
@@ -100,9 +134,7 @@ def test_requantized_layers_match_the_integer_reference(fused_tiny):
     x = torch.rand(1, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         reference = integer(x).numpy()
-    error = np.abs(run_tvm(executable, x) - reference)
-    scale = np.abs(reference).max()  # tolerances as in test_integer_build_matches_the_fake_quantized_model
-    assert np.mean(error <= 1e-5 * scale) >= 0.999 and error.max() <= 1e-3 * scale
+    assert_matches_up_to_code_flips(run_tvm(executable, x), reference)
 
 
 def test_only_eligible_convs_run_integer(fused_tiny):

@@ -306,7 +306,10 @@ def schedule_integer_conv_cuda(sch) -> None:
     conv = sch.get_sblock(CONV)
     accumulator = sch.cache_write(conv, 0, "local")
     b, o, y, x, lane, r_block, r_y, r_x, r_c = sch.get_loops(conv)
-    block_x, thread_x = sch.split(sch.fuse(b, o, y, x, lane), [None, CUDA_THREADS])
+    spatial = sch.fuse(b, o, y, x, lane)
+    # threads dividing the accumulator count: a ragged last block would put a predicate on the
+    # conv block, and tensorize cannot match a predicated block
+    block_x, thread_x = sch.split(spatial, [None, _largest_divisor(int(sch.get(spatial).extent), CUDA_THREADS)])
     sch.bind(block_x, "blockIdx.x")
     sch.bind(thread_x, "threadIdx.x")
     sch.reverse_compute_at(accumulator, thread_x)
