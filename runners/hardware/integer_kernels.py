@@ -40,6 +40,7 @@ import dataclasses
 import functools
 
 import numpy as np
+import torch
 import tvm
 from tvm import relax, te, tirx
 
@@ -155,7 +156,7 @@ def epilogue_constants(weight: np.ndarray, weight_scale: np.ndarray, bias: np.nd
 
 def exported_values(exported) -> dict[str, np.ndarray]:
     """Placeholder name -> value for the parameters, buffers and constants of an ExportedProgram."""
-    kinds = torch_input_kinds()
+    kinds = torch.export.graph_signature.InputKind
     values = {}
     for spec in exported.graph_signature.input_specs:
         if spec.kind in (kinds.PARAMETER, kinds.BUFFER):
@@ -163,12 +164,6 @@ def exported_values(exported) -> dict[str, np.ndarray]:
         elif spec.kind == kinds.CONSTANT_TENSOR:
             values[spec.arg.name] = exported.constants[spec.target]
     return {name: value.detach().cpu().numpy() for name, value in values.items()}
-
-
-def torch_input_kinds():
-    import torch
-
-    return torch.export.graph_signature.InputKind
 
 
 def convert_map(exported, target) -> dict:

@@ -191,15 +191,15 @@ def integer_copy(model: nn.Module) -> tuple[nn.Module, IntegerSummary]:
     model = copy.deepcopy(model)
     summary = IntegerSummary()
     replacements = {}
-    for name, module in model.named_modules():
+    for name, module in list(model.named_modules()):
         if not isinstance(module, nn.Conv2d):
             continue
         quantizer = getattr(module, "input_quantizer", None)
-        if quantizer is not None:
+        integer = runs_integer(module)
+        if quantizer is not None:  # the fake-quant hook goes: the replacement quantizes instead
             module.input_quantizer_hook.remove()
             del module.input_quantizer, module.input_quantizer_hook
-            module.input_quantizer = quantizer  # plain attribute again, for runs_integer
-        if runs_integer(module):
+        if integer:
             weight, scale, exact = integer_weights(module)
             replacements[name] = IntegerConv2d(module, quantizer, weight, scale)
             summary.integer_layers += 1
@@ -207,13 +207,10 @@ def integer_copy(model: nn.Module) -> tuple[nn.Module, IntegerSummary]:
             summary.requantized_weight_layers += not exact
             summary.names.append(name)
         elif quantizer is not None:
-            del module.input_quantizer
             replacements[name] = nn.Sequential(FakeQuantU8(quantizer), module)
             summary.fake_quant_float_layers += 1
         else:
             summary.float_layers += 1
-        if quantizer is not None and hasattr(module, "input_quantizer"):
-            del module.input_quantizer
     for name, replacement in replacements.items():
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, replacement)
