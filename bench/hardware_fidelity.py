@@ -240,7 +240,7 @@ def main(argv=None) -> int:
     for name, (model, description) in variants.items():
         print(f"building {name}: {description}", flush=True)
         costs = layer_costs(model, shape)
-        fp32_weight_bytes = sum(p.numel() * 4 for p in model.parameters())
+        fp32_weight_bytes = {c.name: c.weight_elements * 4 for c in costs}  # float variants: fp32 weights
         table = per_layer_latency(model, profile, args.imgsz)
         results[name] = {
             "description": description, "params": sum(p.numel() for p in model.parameters()),
@@ -248,7 +248,7 @@ def main(argv=None) -> int:
             "methods": {
                 "layer_table": {"median_ms": table["latency_ms"], "spread_ms": table["latency_spread_ms"],
                                 "measured_blocks": table["measured_blocks"], "cached_blocks": table["cached_blocks"]},
-                "roofline": {"median_ms": roofline_latency_ms(costs, profile.peak_ops_per_s["fp32"],
+                "roofline": {"median_ms": roofline_latency_ms(costs, profile.peak_ops_per_s,
                                                               profile.memory_bandwidth_bytes_per_s, fp32_weight_bytes)},
             },
             "blocks": table["blocks"],

@@ -23,7 +23,6 @@ from edgesearch.spaces.activations import calibrate
 from edgesearch.spaces.apply import apply_candidate
 from edgesearch.spaces.candidate import Candidate
 from edgesearch.spaces.packing import bake_fake_quant
-from edgesearch.spaces.quantize import strip_fake_quant
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,15 +99,18 @@ def build_design(config: EvalSettings, candidate: dict | None):
 
 def remeasure_designs(settings: dict, candidates: dict[str, dict | None]) -> dict[str, dict]:
     """Latency of the final designs (name -> candidate JSON, None = the base) re-timed together,
-    interleaved (hardware.remeasure_interleaved). The float build's speed depends only on the
-    architecture, so the designs are rebuilt from the candidates without fine-tuning."""
+    interleaved (hardware.remeasure_interleaved). A build's speed depends on the architecture and
+    on which convs run as integer kernels, not on weight values or activation ranges, so the
+    designs are rebuilt from the candidates without fine-tuning: int8 activation ranges are
+    calibrated on one random batch and the weights baked at their knobs (as a trial bakes them)."""
     config = EvalSettings(**settings)
     os.environ["TVM_NUM_THREADS"] = str(config.threads)
     base = load_detection_model(config.checkpoint, trust=config.trust_checkpoint)
     models = {}
     for name, candidate in candidates.items():
         model = apply_candidate(base, Candidate.from_json(candidate) if candidate else Candidate({}))
-        strip_fake_quant(model)
+        calibrate(model, [torch.rand(2, 3, config.imgsz, config.imgsz, generator=torch.Generator().manual_seed(0))])
+        bake_fake_quant(model)
         models[name] = model
     return remeasure_interleaved(models, load_profile(config.profile), config.imgsz)
 

@@ -183,7 +183,7 @@ def check_smallest_design_fits(inputs: Inputs, run: dict) -> None:
     from edgesearch.spaces.apply import apply_candidate, smallest_candidate
 
     smallest = smallest_candidate(inputs.base_model, {n: layer.choices for n, layer in inputs.resolved.items()})
-    memory = design_memory(apply_candidate(inputs.base_model, smallest), run["imgsz"])
+    memory = design_memory(apply_candidate(inputs.base_model, smallest), run["imgsz"], inputs.profile.target)
     if memory["memory_bytes"] > budget["bytes"]:
         raise InputError(
             f"no design can meet the {budget['kind'].upper()} budget of {budget['bytes'] / 1024:,.0f} KiB "

@@ -6,9 +6,9 @@ An option is one value per knob for one layer. Its prices, from the sensitivity 
   omega           predicted increase of the detection loss (weight option + each structural change)
   weight_bytes    exact packed bytes of the layer's own conv(s) at that option (spaces/packing.py)
   activation_bytes  the layer's share of the planned activation memory: the base's planned bytes
-                  x this conv's input elements x (1 byte if int8 else 4) / (4 x all conv inputs) -
-                  the same int8 scaling every trial's SRAM figure uses (runners/hardware/scores.py), so a
-                  design's SRAM is the sum over its layers
+                  x this conv's input elements x (1 byte if int8 else 4) / (4 x all conv inputs), so a
+                  design's predicted SRAM is a sum over its layers (an estimate: each trial measures
+                  the plan of its own build, integer layers included, runners/hardware/scores.py)
   latency_ms      the layer's latency share (its integer-kernel share for int8 inputs and <= 8-bit
                   weights, where the basis has one), changed by its structural changes in
                   proportion to the FLOPs they remove (estimated, see cost_basis.py)

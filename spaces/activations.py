@@ -83,22 +83,3 @@ def remove_input_quantizers(model: nn.Module) -> None:
             module.input_quantizer_hook.remove()
             del module.input_quantizer, module.input_quantizer_hook
 
-
-def activation_byte_share(model: nn.Module, example: torch.Tensor) -> float:
-    """Bytes of all conv inputs at their activation dtypes / the same at fp32 (1.0 = all float).
-    Used to scale the fp32 build's planned activation memory (an estimate: see runners/hardware/scores.py)."""
-    totals = {"actual": 0.0, "fp32": 0.0}
-
-    def count(conv, args):
-        elements = args[0].numel()
-        totals["fp32"] += 4 * elements
-        totals["actual"] += (1 if hasattr(conv, "input_quantizer") else 4) * elements
-
-    handles = [m.register_forward_pre_hook(count) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return totals["actual"] / totals["fp32"] if totals["fp32"] else 1.0

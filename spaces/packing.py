@@ -17,6 +17,7 @@ Layout (little-endian), in this order:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import struct
 
@@ -125,8 +126,28 @@ def packed_size(shape: tuple[int, ...], knobs: LayerKnobs, *, kept: int | None =
     return size + (4 * shape[0] if has_bias else 0)
 
 
-def unpack_layer(blob: bytes) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(weight, bias) decoded from `pack_layer`'s bytes."""
+@dataclasses.dataclass
+class PackedLayer:
+    """What one packing holds, decoded: the quantized grid (codes and per-set parameters) for
+    quantized layers, raw float values otherwise."""
+
+    shape: tuple[int, ...]
+    bits: int
+    scheme: str  # "affine" for float layers (meaningless there)
+    granularity: str
+    group_size: int
+    mask: torch.Tensor | None
+    quantized: QuantizedWeight | None  # None for float (16/32-bit) layers
+    float_weight: torch.Tensor | None  # the weight of a float layer
+    bias: torch.Tensor | None
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.float_weight if self.quantized is None else dequantize(self.quantized)
+
+
+def read_layer(blob: bytes) -> PackedLayer:
+    """Decode `pack_layer`'s bytes (integer kernels read the grid; unpack_layer the weights)."""
     reader = _Reader(blob)
     magic, scheme_id, granularity_id, bits, sparse_mode, has_bias, ndim, group_size = HEADER.unpack(
         reader.take(HEADER.size))
@@ -146,6 +167,7 @@ def unpack_layer(blob: bytes) -> tuple[torch.Tensor, torch.Tensor | None]:
         mask = torch.from_numpy(flat).reshape(shape)
     kept = slice(None) if mask is None else mask.reshape(-1)
     stored = numel if mask is None else int(mask.sum())
+    quantized = weight = None
     if bits < 16:
         scheme = SCHEMES[scheme_id]
         layout = SetLayout(shape, GRANULARITIES[granularity_id], group_size)
@@ -154,7 +176,7 @@ def unpack_layer(blob: bytes) -> tuple[torch.Tensor, torch.Tensor | None]:
                   .reshape(layout.sets, per_set) for name in SCHEME_PARAMS[scheme]}
         codes = torch.zeros(numel, dtype=torch.int64)
         codes[kept] = torch.from_numpy(_unpack_bits(reader.take(math.ceil(stored * bits / 8)), stored, bits))
-        weight = dequantize(QuantizedWeight(layout, bits, scheme, layout.split(codes.reshape(shape)), params, mask))
+        quantized = QuantizedWeight(layout, bits, scheme, layout.split(codes.reshape(shape)), params, mask)
     else:
         dtype = np.float16 if bits == 16 else np.float32
         weight = torch.zeros(numel)
@@ -163,7 +185,14 @@ def unpack_layer(blob: bytes) -> tuple[torch.Tensor, torch.Tensor | None]:
     bias = torch.from_numpy(reader.array(np.float32, shape[0])) if has_bias else None
     if reader.at != len(blob):
         raise ValueError("packed layer has trailing bytes")
-    return weight, bias
+    return PackedLayer(tuple(shape), bits, SCHEMES[scheme_id], GRANULARITIES[granularity_id], group_size, mask,
+                       quantized, weight, bias)
+
+
+def unpack_layer(blob: bytes) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight, bias) decoded from `pack_layer`'s bytes."""
+    layer = read_layer(blob)
+    return layer.weight, layer.bias
 
 
 def module_packing(module: nn.Module, knobs: LayerKnobs | None = None) -> bytes:

@@ -117,3 +117,30 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 900) -> subproce
     env = dict(os.environ, EDGESEARCH_CACHE=str(SESSION_CACHE))
     return subprocess.run([sys.executable, "-m", "edgesearch.search.cli", *args], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=timeout)
+
+
+def quantized_model(fused, spec: str, imgsz: int = 64, *, seed: int = 0):
+    """`fused` (a fused YOLO) at the uniform `spec` on every searchable layer, int8 activation
+    ranges calibrated on random images, baked, in export mode: (model, layer names)."""
+    import torch
+
+    from edgesearch.runners.hardware.build import set_export_mode
+    from edgesearch.spaces.activations import calibrate
+    from edgesearch.spaces.apply import apply_candidate, uniform_candidate
+    from edgesearch.spaces.candidate import parse_uniform
+    from edgesearch.spaces.packing import bake_fake_quant
+    from edgesearch.spaces.space import load_space
+
+    layers = list(load_space("yolov8").resolve(fused))
+    model = apply_candidate(fused, uniform_candidate(fused, parse_uniform(spec), layers))
+    calibrate(model, [torch.rand(4, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(seed))])
+    bake_fake_quant(model)
+    set_export_mode(model)
+    return model.eval(), layers
+
+
+@pytest.fixture(scope="module")
+def int8_tiny(fused_tiny):
+    """The tiny YOLO with every searchable conv at 8-bit symmetric per-filter weights and int8
+    activations: every one runs as an integer kernel."""
+    return quantized_model(fused_tiny, "bits=8,scheme=symmetric,granularity=filter,act=8")

@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from edgesearch.runners.hardware.cross_build import TargetNotBuildable, build_library
-from edgesearch.runners.hardware.scores import export_for_tvm
+from edgesearch.runners.hardware.build import export_for_tvm
+from test_integer import assert_matches_up_to_code_flips
+from edgesearch.runners.hardware.integer_model import integer_copy
 from edgesearch.runners.hardware.profiles import load_profile
 
 ELF_64_BIT, ELF_LITTLE_ENDIAN, ELF_SHARED_OBJECT, ELF_AARCH64 = 2, 1, 3, 183
@@ -96,28 +98,62 @@ def aarch64_tvm_runtime(folder):
     return folder
 
 
-def test_raspberry_pi_4_library_runs_on_aarch64_and_matches_pytorch(rpi4_library, fused_tiny, tmp_path):
-    """The library loads and runs with the aarch64 TVM runtime, under qemu-aarch64 (user-mode emulation)."""
+def run_under_qemu(library_path, x: torch.Tensor, folder) -> np.ndarray:
+    """main(x) of an aarch64 library, run by a minimal C++ runner with the aarch64 TVM runtime under
+    qemu-aarch64 (user-mode emulation); the output as float32, flat."""
     for tool, package in (("qemu-aarch64", "qemu-user"), ("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu")):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} not found; apt-get install {package}")
-    runtime = aarch64_tvm_runtime(tmp_path)
-    runner = tmp_path / "run_vm"
-    (tmp_path / "run_vm.cc").write_text(RUNNER_SOURCE)
-    subprocess.run(["aarch64-linux-gnu-g++", "-std=c++17", "-O1", f"-I{runtime / 'tvm_ffi/include'}", str(tmp_path / "run_vm.cc"),
+    runtime = aarch64_tvm_runtime(folder)
+    runner = folder / "run_vm"
+    (folder / "run_vm.cc").write_text(RUNNER_SOURCE)
+    subprocess.run(["aarch64-linux-gnu-g++", "-std=c++17", "-O1", f"-I{runtime / 'tvm_ffi/include'}", str(folder / "run_vm.cc"),
                     "-o", str(runner), f"-L{runtime / 'tvm_ffi/lib'}", f"-L{runtime / 'tvm/lib'}",
                     "-Wl,--no-as-needed", "-ltvm_runtime", "-ltvm_ffi"], check=True)
-    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    x.numpy().tofile(tmp_path / "in.f32")
+    x.numpy().tofile(folder / "in.f32")
     env = {"LD_LIBRARY_PATH": f"{runtime / 'tvm_ffi/lib'}:{runtime / 'tvm/lib'}"}
-    run = subprocess.run(["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", str(runner), rpi4_library[0]["path"],
-                          str(tmp_path / "in.f32"), "1", "3", "64", "64", str(tmp_path / "out.f32")],
+    run = subprocess.run(["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", str(runner), str(library_path),
+                          str(folder / "in.f32"), *(str(d) for d in x.shape), str(folder / "out.f32")],
                          capture_output=True, text=True, env=env, timeout=120, check=False)
     assert run.returncode == 0, run.stderr[-2000:]
+    return np.fromfile(folder / "out.f32", dtype=np.float32)
+
+
+def test_raspberry_pi_4_library_runs_on_aarch64_and_matches_pytorch(rpi4_library, fused_tiny, tmp_path):
+    """The library loads and runs with the aarch64 TVM runtime, under qemu-aarch64 (user-mode emulation)."""
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    out = run_under_qemu(rpi4_library[0]["path"], x, tmp_path)
     with torch.no_grad():
         reference = fused_tiny(x).numpy()
-    out = np.fromfile(tmp_path / "out.f32", dtype=np.float32).reshape(reference.shape)
+    out = out.reshape(reference.shape)
     assert np.abs(out - reference).max() <= 1e-3 * max(1.0, np.abs(reference).max())
+
+
+def test_raspberry_pi_4_integer_library_uses_neon_int8_and_matches_pytorch(int8_tiny, tmp_path):
+    """Every conv as an int8 kernel (NEON smull/saddlp dot products), run under qemu: it matches
+    the fake-quantized PyTorch model as the x86 integer build does (tolerance: test_integer.py)."""
+    model, layers = int8_tiny
+    integer, summary = integer_copy(model)
+    assert summary.integer_layers == len(layers)
+    profile = load_profile("raspberry-pi-4")
+    result = build_library(export_for_tvm(integer, 64, profile.target), profile, tmp_path / "int8.so")
+    assert result["unscheduled_kernels"] == 0
+    disassembly = subprocess.run(["aarch64-linux-gnu-objdump", "-d", result["path"]], capture_output=True, text=True,
+                                 check=True).stdout
+    assert "smull" in disassembly and "saddlp" in disassembly  # TVM's dot_4x4_i8i8s32_neon
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    out = run_under_qemu(result["path"], x, tmp_path)
+    with torch.no_grad():
+        reference = model(x).numpy()
+    assert_matches_up_to_code_flips(out.reshape(reference.shape), reference)
+
+
+def test_jetson_orin_nano_integer_kernels_use_dp4a_and_compile_for_sm_87(int8_tiny, tmp_path):
+    model, _ = int8_tiny
+    profile = load_profile("jetson-orin-nano")
+    result = build_library(export_for_tvm(integer_copy(model)[0], 64, profile.target), profile, tmp_path / "int8.so")
+    assert b"__dp4a" in (tmp_path / "int8.so").read_bytes()  # the integer convs' 4-byte dot products
+    assert result["kernel_check"]["arch"] == "sm_87" and result["kernel_check"]["bytes"] > 0  # NVRTC compiled them
 
 
 def test_jetson_orin_nano_library_carries_cuda_kernels_that_compile_for_sm_87(tiny_relax, tmp_path):

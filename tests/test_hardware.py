@@ -55,7 +55,7 @@ def test_an_rpc_profile_without_a_tracker_is_estimated_and_says_why(fused_tiny, 
     assert scores["latency_source"].startswith("estimated") and "rpc" in scores["latency_source"].lower()
 
 
-def test_int8_activations_shrink_the_planned_activation_bytes_and_say_estimated(tiny_model):
+def test_int8_layers_run_integer_shrink_the_planned_activations_and_the_roofline(tiny_model):
     from edgesearch.spaces.activations import calibrate
     from edgesearch.spaces.candidate import parse_uniform
     from edgesearch.spaces.packing import bake_fake_quant
@@ -68,6 +68,10 @@ def test_int8_activations_shrink_the_planned_activation_bytes_and_say_estimated(
     calibrate(model, [torch.rand(2, 3, 64, 64)])
     bake_fake_quant(model)
     int8_scores = hardware_scores(model, profile, 64)
-    assert float_scores["activation_bytes_source"].startswith("planned")
-    assert int8_scores["activation_bytes_source"].startswith("estimated")
-    assert float_scores["activation_bytes"] / 4 <= int8_scores["activation_bytes"] < float_scores["activation_bytes"]
+    assert float_scores["integer_layers"] == 0 and int8_scores["integer_layers"] == len(layers)
+    assert float_scores["activation_bytes_source"].startswith("planned") and "fp32" in float_scores["activation_bytes_source"]
+    # the plan of the integer build itself (uint8 tensors between requantizing convs), not a scaled fp32 plan
+    assert int8_scores["activation_bytes_source"].startswith("planned") and "int8 kernels" in int8_scores["activation_bytes_source"]
+    assert int8_scores["activation_bytes"] < float_scores["activation_bytes"]
+    assert f"{len(layers)} integer convs at its int8 peak" in int8_scores["latency_source"]
+    assert int8_scores["latency_ms"] < float_scores["latency_ms"]  # the profile's int8 peak is above its fp32 peak

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from edgesearch.runners.hardware.layer_table import (
+    build_pipeline,
     describe_blocks,
     load_table,
     per_layer_latency,
@@ -127,3 +128,17 @@ def test_remote_profiles_and_plain_modules_are_refused(fused_tiny, table_cache):
         per_layer_latency(fused_tiny, load_profile("raspberry-pi-4"), IMGSZ)
     with pytest.raises(InputError, match="DetectionModel"):
         per_layer_latency(torch.nn.Conv2d(3, 8, 3), load_profile("x86-host"), IMGSZ)
+
+
+def test_integer_blocks_have_their_own_signatures_and_table_section(int8_tiny, fused_tiny):
+    """The integer form of a block is a different build: its signature differs where convs run as
+    int8 kernels, not where nothing is quantized, and its timings sit in their own section."""
+    model, _ = int8_tiny
+    fp32 = describe_blocks(model, IMGSZ)
+    integer = describe_blocks(model, IMGSZ, integer=True)
+    assert [b.signature for b in fp32] == _signatures(fused_tiny)  # fp32 form: bits change nothing
+    for a, b in zip(fp32, integer, strict=True):
+        has_convs = any(isinstance(m, torch.nn.Conv2d) for m in a.module.modules())
+        assert (a.signature != b.signature) == has_convs, a.type
+    profile = load_profile("x86-host")
+    assert build_pipeline(profile, "fixed schedule", integer=True) != build_pipeline(profile, "fixed schedule")

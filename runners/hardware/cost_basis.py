@@ -1,11 +1,17 @@
 """What the per-layer option tables need from the hardware side, for the base model on a profile.
 
 Per searchable conv: its FLOPs, its input's element count (int8 activations shrink those bytes),
-and its share of the latency:
+and its share of the latency twice, `latency_ms` as an fp32 kernel and `latency_ms_int8` as an
+integer kernel (what it costs with activation_bits 8 and weight_bits <= 8, integer_model.py):
   x86-host (measured profiles): the per-block TVM timings of the profile's layer table
       (layer_table.py: each top-level block built and timed alone), a block's time shared among
-      its convs by FLOPs. Blocks without convs (upsample, concat) are `fixed_ms`.
-  device profiles: a per-conv roofline from the profile's fp32 peak and bandwidth.
+      its convs by FLOPs. `latency_ms` from the fp32 blocks of the base; `latency_ms_int8` from
+      the integer blocks of the base with every conv at 8-bit symmetric per-filter weights and
+      int8 activations (ranges calibrated on one random batch: the speed does not depend on
+      them). Blocks without convs (upsample, concat) are `fixed_ms` (fp32 table).
+  device profiles: a per-conv roofline (costs.layer_roofline_s) from the profile's bandwidth and
+      its fp32 peak with fp32 weights and input for `latency_ms`, its int8 peak with 1-byte
+      weights and input for `latency_ms_int8` (outputs 4 bytes: the fp32 epilogue).
 Both are estimates per layer, and say so; a design's real latency comes from its full build.
 Plus the base's activation bytes after TVM's static memory planning (what the SRAM figure of a
 trial starts from, scores.py).
@@ -19,14 +25,15 @@ from collections import defaultdict
 import torch
 
 from edgesearch.runners.checkpoints import load_detection_model
-from edgesearch.runners.hardware.costs import layer_costs
-from edgesearch.runners.hardware.scores import export_for_tvm, float_copy, plan_memory_only
+from edgesearch.runners.hardware.costs import layer_costs, layer_roofline_s
+from edgesearch.runners.hardware.build import export_for_tvm, float_copy, plan_memory_only
 from edgesearch.runners.hardware.layer_table import per_layer_latency
 from edgesearch.runners.hardware.profiles import load_profile
-from edgesearch.spaces.apply import apply_candidate
-from edgesearch.spaces.candidate import Candidate
+from edgesearch.spaces.activations import calibrate
+from edgesearch.spaces.apply import apply_candidate, conv_layers
+from edgesearch.spaces.candidate import Candidate, LayerKnobs
+from edgesearch.spaces.packing import bake_fake_quant
 
-ACTIVATION_DTYPE_BYTES = 4
 
 
 def cost_basis(settings: dict) -> dict:
@@ -42,25 +49,20 @@ def cost_basis(settings: dict) -> dict:
     fixed_ms = 0.0
     if profile.measurement == "local":
         table = per_layer_latency(fused, profile, imgsz)
-        convs_of_block = defaultdict(list)
-        for name in layers:
-            convs_of_block[int(name.split(".")[1])].append(name)
-        for block in table["blocks"]:
-            members = convs_of_block.get(block["index"], [])
-            flops = sum(layers[n]["flops"] for n in members)
-            if not flops:
-                fixed_ms += block["latency_ms"]
-            for name in members:
-                layers[name]["latency_ms"] = block["latency_ms"] * layers[name]["flops"] / flops
+        int8_table = per_layer_latency(all_int8(fused, imgsz), profile, imgsz, integer=True)
+        fixed_ms = _share_blocks(table, layers, "latency_ms")
+        _share_blocks(int8_table, layers, "latency_ms_int8")
         source = ("estimated: per-block TVM timings of the profile's layer table (measured, "
-                  f"{table['measured_blocks']} timed now, {table['cached_blocks']} cached), shared among a block's "
-                  "convs by FLOPs")
+                  f"{table['measured_blocks'] + int8_table['measured_blocks']} timed now, "
+                  f"{table['cached_blocks'] + int8_table['cached_blocks']} cached; fp32 blocks for latency_ms, "
+                  "integer blocks for latency_ms_int8), shared among a block's convs by FLOPs")
     else:
-        peak, bandwidth = profile.peak_ops_per_s["fp32"], profile.memory_bandwidth_bytes_per_s
+        peaks, bandwidth = profile.peak_ops_per_s, profile.memory_bandwidth_bytes_per_s
         for name, c in costs.items():
-            traffic = (c.weight_elements + c.input_elements + c.output_elements) * ACTIVATION_DTYPE_BYTES
-            layers[name]["latency_ms"] = max(c.flops / peak, traffic / bandwidth) * 1e3
-        source = f"estimated: per-conv roofline from {profile.name}'s fp32 peak and bandwidth"
+            layers[name]["latency_ms"] = layer_roofline_s(c, peaks["fp32"], bandwidth, c.weight_elements * 4, 4) * 1e3
+            layers[name]["latency_ms_int8"] = layer_roofline_s(c, peaks["int8"], bandwidth, c.weight_elements, 1) * 1e3
+        source = (f"estimated: per-conv roofline from {profile.name}'s bandwidth and fp32 peak (latency_ms) or "
+                  "int8 peak with 1-byte weights and inputs (latency_ms_int8)")
     return {
         "profile": profile.name,
         "imgsz": imgsz,
@@ -71,3 +73,31 @@ def cost_basis(settings: dict) -> dict:
         "activation_bytes": plan_memory_only(export_for_tvm(float_copy(fused), imgsz)),
         "input_elements": sum(layer["input_elements"] for layer in layers.values()),
     }
+
+
+def all_int8(fused, imgsz: int):
+    """The base with every conv but DFL's fixed decoding table at 8-bit symmetric per-filter weights
+    and int8 activations, calibrated on one random batch and baked: its integer blocks time what
+    an int8 option costs."""
+    knobs = LayerKnobs(weight_bits=8, scheme="symmetric", granularity="filter", activation_bits=8)
+    model = apply_candidate(fused, Candidate({name: knobs for name in conv_layers(fused) if ".dfl." not in name}))
+    calibrate(model, [torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))])
+    bake_fake_quant(model)
+    return model
+
+
+def _share_blocks(table: dict, layers: dict, key: str) -> float:
+    """Share each block's time among its convs by FLOPs into layers[conv][key]; returns the time
+    of blocks without convs."""
+    convs_of_block = defaultdict(list)
+    for name in layers:
+        convs_of_block[int(name.split(".")[1])].append(name)
+    fixed_ms = 0.0
+    for block in table["blocks"]:
+        members = convs_of_block.get(block["index"], [])
+        flops = sum(layers[n]["flops"] for n in members)
+        if not flops:
+            fixed_ms += block["latency_ms"]
+        for name in members:
+            layers[name][key] = block["latency_ms"] * layers[name]["flops"] / flops
+    return fixed_ms

@@ -44,14 +44,24 @@ def layer_costs(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerCos
     return costs
 
 
-def roofline_latency_ms(costs: list[LayerCost], peak_ops_per_s: float, bandwidth_bytes_per_s: float,
-                        weight_bytes: int, activation_dtype_bytes: int = 4) -> float:
-    """Sum over layers of max(compute time, memory time): weights read once (at their packed
-    size, spread over layers by element count), activations read and written once."""
-    total_weight_elems = sum(c.weight_elements for c in costs) or 1
+def layer_roofline_s(cost: LayerCost, ops_per_s: float, bandwidth_bytes_per_s: float, weight_bytes: float,
+                     input_bytes_per_element: int, output_bytes_per_element: int = 4) -> float:
+    """max(compute time, memory time) of one layer: weights read once at `weight_bytes`, the
+    input read and the output written once."""
+    traffic = (weight_bytes + cost.input_elements * input_bytes_per_element
+               + cost.output_elements * output_bytes_per_element)
+    return max(cost.flops / ops_per_s, traffic / bandwidth_bytes_per_s)
+
+
+def roofline_latency_ms(costs: list[LayerCost], peak_ops_per_s: dict[str, float], bandwidth_bytes_per_s: float,
+                        layer_weight_bytes: dict[str, int], integer: frozenset[str] | set[str] = frozenset()) -> float:
+    """Sum over layers of their roofline (layer_roofline_s): weights at their packed bytes
+    (`layer_weight_bytes`, by layer name), activations at fp32, except that an `integer` layer
+    computes at the int8 peak and reads its input at 1 byte per element (its output stays 4:
+    the fp32 epilogue; a requantizing producer would write 1, which this ignores)."""
     latency_s = 0.0
     for c in costs:
-        traffic = (weight_bytes * c.weight_elements / total_weight_elems
-                   + (c.input_elements + c.output_elements) * activation_dtype_bytes)
-        latency_s += max(c.flops / peak_ops_per_s, traffic / bandwidth_bytes_per_s)
+        runs_int8 = c.name in integer
+        latency_s += layer_roofline_s(c, peak_ops_per_s["int8" if runs_int8 else "fp32"], bandwidth_bytes_per_s,
+                                      layer_weight_bytes[c.name], 1 if runs_int8 else 4)
     return latency_s * 1e3

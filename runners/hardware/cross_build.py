@@ -4,7 +4,8 @@
     -> executable.export_library(out_path), linked by the g++ that targets the library's CPU.
 
 - llvm targets use edgesearch's CPU pipeline (hardware.relax_pipeline: the fixed CPU schedule).
-- cuda targets use TVM's CUDA pipeline (dlight's default GPU schedules); the host code (kernel
+- cuda targets use TVM's CUDA pipeline (dlight's default GPU schedules; integer convs get
+  integer_kernels.py's dp4a schedule); the host code (kernel
   launches, the Relax VM's functions) is compiled for `profile.host`.
 - Where the library's CPU is not this machine's (an `mtriple` such as aarch64-linux-gnu), Debian's
   cross compiler `<triple>-g++` links it (package g++-<triple>).
@@ -38,7 +39,8 @@ from tvm.relax.backend.cuda import pipeline as cuda_backend
 from tvm.s_tir import dlight
 from tvm.support import cc
 
-from edgesearch.runners.hardware.scores import relax_pipeline
+from edgesearch.runners.hardware import integer_kernels
+from edgesearch.runners.hardware.build import relax_pipeline
 from edgesearch.runners.hardware.profiles import HardwareProfile
 from edgesearch.spaces.errors import InputError
 
@@ -127,6 +129,7 @@ def cuda_pipeline(target):
                 *cuda_backend.library_dispatch_passes(target),
                 relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
                 relax.transform.FuseOps(), relax.transform.FuseTIR(),
+                integer_kernels.cuda_schedule_pass(),  # integer convs: dp4a (integer_kernels.py)
                 dlight.ApplyDefaultSchedule(dlight.gpu.Matmul(), dlight.gpu.GEMV(), dlight.gpu.Reduction(),
                                             dlight.gpu.GeneralReduction(), dlight.gpu.Fallback()),
                 *cuda_backend.dataflow_lower_passes(target),

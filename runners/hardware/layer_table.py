@@ -3,9 +3,11 @@
 A full TVM build per candidate costs seconds to minutes (more with tuning). Most candidates share
 most of their blocks with designs already seen, so instead each top-level block of the YOLO
 (`model.model[i]`: Conv, C2f, SPPF, Upsample, Concat, Detect) is built and timed alone, once, and
-its latency is stored under a signature of what decides it in this fp32 build: the block's module
-structure (types, conv channels / kernel sizes / strides / groups, parameter shapes) and its input
-shapes - never weight values. A candidate's latency is the sum over its blocks; only blocks with a
+its latency is stored under a signature of what decides it in this build: the block's module
+structure (types, conv channels / kernel sizes / strides / groups, parameter shapes; an integer
+conv is an IntegerConv2d, integer_model.py) and its input shapes - never weight values or
+quantization scales. `integer=True` times the blocks of the model's integer form (convs with int8
+activations and <=8-bit weights as int8 kernels); the default times the fp32 form. A candidate's latency is the sum over its blocks; only blocks with a
 signature not yet in the table are built and timed.
 
 The sum is an estimate, and says so: a full build fuses across block boundaries and pays no
@@ -36,7 +38,8 @@ import tvm
 from torch import nn
 from tvm import relax
 
-from edgesearch.runners.hardware import scores as hardware, tuning, tvm_schedule
+from edgesearch.runners.hardware import build, integer_kernels, integer_model, tensor_intrinsics, tuning, tvm_schedule
+from edgesearch.runners.hardware.integer_model import integer_copy
 from edgesearch.runners.hardware.profiles import HardwareProfile
 from edgesearch.spaces.errors import InputError
 from edgesearch.spaces.quantize import strip_fake_quant
@@ -45,7 +48,8 @@ from edgesearch.spaces.quantize import strip_fake_quant
 # "f"; the input shapes are recorded instead), ultralytics' bookkeeping ("type"; "np" is the
 # parameter count at construction, stale after pruning - parameter shapes are recorded instead),
 # and Detect's anchor-grid cache ("shape", set by whichever forward ran last).
-NON_STRUCTURAL_ATTRIBUTES = frozenset({"i", "f", "np", "type", "shape"})
+# The integer modules' activation scale and zero-point are values, not structure.
+NON_STRUCTURAL_ATTRIBUTES = frozenset({"i", "f", "np", "type", "shape", "act_scale", "zero_point", "scale"})
 FIXED_SCHEDULE = "fixed schedule"
 NOISY_SPREAD = 0.5  # a block timing whose max - min exceeds half its median is taken again
 MEASURE_ATTEMPTS = 3
@@ -95,9 +99,10 @@ class BlockCall(nn.Module):
         return self.block(list(inputs) if self.takes_list else inputs[0])
 
 
-def export_block(block: nn.Module, inputs: list[torch.Tensor]):
-    """A Relax IRModule of one block, through the same torch.export frontend as the full build."""
-    return hardware.relax_module(BlockCall(block), tuple(inputs))
+def export_block(block: nn.Module, inputs: list[torch.Tensor], target: dict | None = None):
+    """A Relax IRModule of one block, through the same torch.export frontend as the full build
+    (`target` lays out integer kernels' weights)."""
+    return build.relax_module(BlockCall(block), tuple(inputs), target)
 
 
 # ------------------------------------------------------------------------------- signatures
@@ -148,12 +153,16 @@ class Block:
     signature: str
 
 
-def describe_blocks(model: nn.Module, imgsz: int) -> list[Block]:
-    """The model's top-level blocks with their inputs at imgsz and their signatures. Works on a
-    copy: the caller's model is not modified."""
-    model = hardware.float_copy(model).eval()
-    strip_fake_quant(model)  # the fp32 build's speed does not depend on bit-widths
-    hardware.set_export_mode(model)
+def describe_blocks(model: nn.Module, imgsz: int, *, integer: bool = False) -> list[Block]:
+    """The model's top-level blocks with their inputs at imgsz and their signatures, in the fp32
+    form or (`integer`) the integer form of a baked model. Works on a copy: the caller's model is
+    not modified."""
+    if integer:
+        model = integer_copy(model)[0].eval()
+    else:
+        model = build.float_copy(model).eval()
+        strip_fake_quant(model)  # the fp32 build's speed does not depend on bit-widths
+    build.set_export_mode(model)
     blocks, block_inputs = [], capture_block_inputs(model, imgsz)
     for index, (module, inputs) in enumerate(zip(top_level_blocks(model), block_inputs, strict=True)):
         shapes = [list(t.shape) for t in inputs]
@@ -177,22 +186,24 @@ def table_path(profile: HardwareProfile) -> Path:
 
 @functools.cache
 def build_code_hash() -> str:
-    """Hash of the code that builds: scores.py's pipeline, the fixed schedule, the tuning driver.
+    """Hash of the code that builds: build.py's pipeline, the integer kernels, the fixed schedule,
+    the tuning driver.
     Read once per process, so it describes the code this process runs even if the files are
     edited meanwhile."""
     digest = hashlib.sha256()
-    for module in (hardware, tvm_schedule, tuning):
+    for module in (build, integer_kernels, integer_model, tensor_intrinsics, tvm_schedule, tuning):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()[:16]
 
 
-def build_pipeline(profile: HardwareProfile, schedule: str) -> dict:
+def build_pipeline(profile: HardwareProfile, schedule: str, integer: bool = False) -> dict:
     """What the cached latencies hold for: a change to any of these makes them stale."""
     return {
         "tvm": tvm.__version__,
         "target": profile.target,
         "threads": int(tvm.get_global_func("runtime.NumThreads")()),
         "schedule": schedule,
+        "precision": "integer where the model allows" if integer else "fp32",
         "pipeline_code": build_code_hash(),
     }
 
@@ -270,14 +281,14 @@ def build_block(block: Block, profile: HardwareProfile, *, tune_trials: int = 0,
                 tuning_db: Path | None = None) -> tuple[object, dict]:
     """Compile one block alone, as the full build compiles a model: (executable, {build_s, and for
     the fixed schedule unscheduled_kernels (kernels left with naive loops)})."""
-    mod = export_block(block.module, block.inputs)
+    mod = export_block(block.module, block.inputs, profile.target)
     started = time.perf_counter()
     if tune_trials > 0:
         executable, _ = tuning.tune_and_build(mod, profile.target, tuning_db, tune_trials)
         return executable, {"build_s": time.perf_counter() - started}
-    executable, build = hardware.build_local(mod, profile.target)
+    executable, built = build.build_local(mod, profile.target)
     return executable, {"build_s": time.perf_counter() - started,
-                        "unscheduled_kernels": len(build["unscheduled_kernels"])}
+                        "unscheduled_kernels": len(built["unscheduled_kernels"])}
 
 
 def measure_block(block: Block, profile: HardwareProfile, *, repeat: int, min_repeat_ms: int, tune_trials: int,
@@ -288,25 +299,28 @@ def measure_block(block: Block, profile: HardwareProfile, *, repeat: int, min_re
 
 
 def per_layer_latency(model: nn.Module, profile: HardwareProfile, imgsz: int, *, repeat: int = 10,
-                      min_repeat_ms: int = 20, tune_trials: int = 0, tuning_db: str | Path | None = None) -> dict:
+                      min_repeat_ms: int = 20, tune_trials: int = 0, tuning_db: str | Path | None = None,
+                      integer: bool = False) -> dict:
     """Latency of `model` at imgsz as the sum of its blocks' latencies, each from the profile's
     table or, if its signature is new, built and timed now (and added to the table).
 
     Returns {latency_ms, latency_spread_ms (sum of per-block spreads: a pessimistic bound),
     latency_source, blocks: [{index, name, type, signature, input_shapes, latency_ms,
     latency_spread_ms, cached}], measured_blocks, cached_blocks, table}. The model is not modified.
-    `tune_trials` > 0 builds blocks with MetaSchedule (database `tuning_db`) instead of the fixed schedule."""
+    `tune_trials` > 0 builds blocks with MetaSchedule (database `tuning_db`) instead of the fixed schedule.
+    `integer`: time the blocks of the model's integer form (a baked model with calibrated int8
+    activations); its entries sit in their own section of the table."""
     if profile.measurement != "local":
         raise InputError(f"per-layer latency is measured on this machine; profile {profile.name} is measured "
                          f"over {profile.measurement}")
     if tune_trials > 0 and not tuning_db:
         raise InputError("per-layer latency with tuning needs a tuning database folder (tuning_db)")
     schedule = f"MetaSchedule-tuned, {tune_trials} trials" if tune_trials > 0 else FIXED_SCHEDULE
-    pipeline = build_pipeline(profile, schedule)
+    pipeline = build_pipeline(profile, schedule, integer)
     path = table_path(profile)
     table = load_table(path, pipeline)
     rows, measured = [], 0
-    for block in describe_blocks(model, imgsz):
+    for block in describe_blocks(model, imgsz, integer=integer):
         cached = block.signature in table
         if not cached:  # new structure: build, time, store (at once, so an interrupted run keeps it)
             entry = {"type": block.type, "input_shapes": block.input_shapes,
@@ -323,7 +337,8 @@ def per_layer_latency(model: nn.Module, profile: HardwareProfile, imgsz: int, *,
     return {
         "latency_ms": sum(row["latency_ms"] for row in rows),
         "latency_spread_ms": sum(row["latency_spread_ms"] for row in rows),
-        "latency_source": f"estimated: sum of per-layer measured latencies ({len(rows)} blocks, {schedule})",
+        "latency_source": (f"estimated: sum of per-layer measured latencies ({len(rows)} blocks, {schedule}, "
+                           f"{'integer convs as int8 kernels' if integer else 'fp32'})"),
         "blocks": rows,
         "measured_blocks": measured,
         "cached_blocks": len(rows) - measured,

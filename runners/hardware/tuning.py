@@ -28,6 +28,9 @@ from pathlib import Path
 import tvm
 from tvm import relax
 
+from edgesearch.runners.hardware import tensor_intrinsics
+from edgesearch.runners.hardware.build import FAST_MATH_LEGALIZATION, relax_pipeline
+
 
 def install_fast_inspect_stack() -> None:
     """Give TVMScript's parser modules a cheap `inspect.stack()` (idempotent; the global
@@ -101,7 +104,7 @@ def _fused(mod, target):
     tuned here have the same structural keys as the ones compiled later."""
     from tvm.relax import pipeline
 
-    passes = [*pipeline.library_dispatch_passes(target), relax.transform.LegalizeOps(),
+    passes = [*pipeline.library_dispatch_passes(target), relax.transform.LegalizeOps(FAST_MATH_LEGALIZATION),
               relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(), relax.transform.FuseOps(),
               relax.transform.FuseTIR()]
     with target, tvm.transform.PassContext(opt_level=3):
@@ -113,12 +116,11 @@ def tune_and_build(mod, target: dict, db_dir: Path, max_trials: int, trials_per_
     kernels the database lacks, with `max_trials` candidates in all, then compile with the best
     schedules found; kernels the budget did not reach get edgesearch's fixed schedule (TVM's own
     fallback would leave them as naive loops, ~40x slower)."""
-    from edgesearch.runners.hardware.scores import relax_pipeline  # hardware imports this module
-
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule import relax_integration
 
     install_fast_inspect_stack()  # TuneContext imports the tensor intrinsics in this process too
+    tensor_intrinsics.vnni_intrinsic()  # MetaSchedule's x86 VNNI rules tensorize int8 kernels with it (fixed)
     target = tvm.target.Target(target)
     database = open_database(Path(db_dir))
     tasks = relax_integration.extract_tasks(_fused(mod, target), target, module_equality="structural")
