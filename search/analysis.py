@@ -75,8 +75,11 @@ def sensitivity(settings: dict, layer_options: dict[str, dict[str, list]], run_d
 
 def cost_basis(settings: dict, run_dir: Path, cpus: int) -> dict:
     """The hardware cost basis (runners/hardware/cost_basis.py) of the base on the profile, cached."""
+    from edgesearch.runners.hardware.cost_basis import VERSION
+
     config = {k: settings[k] for k in ("checkpoint", "trust_checkpoint", "profile", "imgsz")}
-    material = {"checkpoint": file_digest(config["checkpoint"]), "profile": file_digest(config["profile"]),
+    material = {"version": VERSION, "checkpoint": file_digest(config["checkpoint"]),
+                "profile": file_digest(config["profile"]),
                 "imgsz": config["imgsz"], "threads": cpus}
     config["threads"] = cpus
 

@@ -36,6 +36,9 @@ from edgesearch.spaces.packing import bake_fake_quant
 
 
 
+VERSION = 2  # bump when the basis changes: cached bases from older code are recomputed (2: latency_ms_int8)
+
+
 def cost_basis(settings: dict) -> dict:
     """settings: checkpoint, trust_checkpoint, profile, imgsz, threads. Plain data out."""
     torch.set_num_threads(settings["threads"])
