@@ -208,8 +208,8 @@ def _memory_budget(args, profile) -> dict:
 
 
 def cmd_run(args) -> None:
-    from edgesearch.search.jobs import (RUN_FILE, RunLock, check_run_dir, check_smallest_design_fits, prepare_run_dir,
-                                        run_folder, run_search)
+    from edgesearch.search.jobs import (RUN_FILE, RunLock, check_run_dir, check_smallest_design_fits,
+                                        decide_latency_mode, prepare_run_dir, run_folder, run_search)
     from edgesearch.search.presets import PRESETS
 
     check_run_arguments(args)
@@ -252,6 +252,7 @@ def cmd_run(args) -> None:
     }
     if not args.resume:
         check_smallest_design_fits(inputs, run)  # says at once when no design can meet the budget
+        decide_latency_mode(inputs, run)
     run = prepare_run_dir(run_dir, run, args.resume, explicit={
         "max_map_drop": args.max_map_drop, "latency_budget_ms": args.latency_budget, "strategy": args.strategy,
         "memory_budget": run["memory_budget"] if args.sram_budget else None})

@@ -192,6 +192,18 @@ def check_smallest_design_fits(inputs: Inputs, run: dict) -> None:
             f"{memory['activation_bytes'] / 1024:,.0f} KiB planned activations); set --sram-budget or another profile")
 
 
+def decide_latency_mode(inputs: Inputs, run: dict) -> None:
+    """On an RPC profile, whether this whole search measures on the device or estimates: decided
+    once, here, so that one objective never mixes measured and estimated figures."""
+    if inputs.profile.measurement != "rpc":
+        return
+    from edgesearch.runners.hardware.scores import latency_mode  # loads TVM
+
+    run["latency_mode"], run["latency_mode_why"] = latency_mode(inputs.profile)
+    print(f"latency on {inputs.profile.name}: every trial {run['latency_mode']}"
+          + (f" ({run['latency_mode_why']})" if run["latency_mode_why"] else " on the device over TVM RPC"))
+
+
 def run_search(inputs: Inputs, run_dir: Path, run: dict, *, resume: bool, ray_address: str | None) -> dict:
     """The search loop: ask candidates, score them as Ray tasks, tell Optuna, write the report."""
     parallel = max(1, run["parallel"])
@@ -199,6 +211,7 @@ def run_search(inputs: Inputs, run_dir: Path, run: dict, *, resume: bool, ray_ad
     settings = eval_settings(inputs, imgsz=run["imgsz"], finetune_iters=run["finetune_iters"], batch=run["batch"],
                              threads=cpus_per_trial, seed=run["seed"], tune_trials=run.get("tune_trials", 0),
                              distill=run.get("distill", False))
+    settings["latency_mode"] = run.get("latency_mode", "")
     strategy = run.get("strategy", "nsga2")  # runs from before the guided search used NSGA-II
     study = studies.open_study(run_dir, seed=run["seed"], population_size=run["population"], create=not resume,
                                strategy=strategy)

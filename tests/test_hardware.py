@@ -75,3 +75,26 @@ def test_int8_layers_run_integer_shrink_the_planned_activations_and_the_roofline
     assert int8_scores["activation_bytes"] < float_scores["activation_bytes"]
     assert f"{len(layers)} integer convs at its int8 peak" in int8_scores["latency_source"]
     assert int8_scores["latency_ms"] < float_scores["latency_ms"]  # the profile's int8 peak is above its fp32 peak
+
+
+def test_a_run_keeps_to_one_kind_of_latency_figure(fused_tiny, tmp_path, monkeypatch):
+    """Issue 12 item 5: decided once per run; a trial never silently estimates in a measured run."""
+    import pytest
+
+    from edgesearch.runners.hardware import scores
+
+    monkeypatch.delenv("EDGESEARCH_RPC_TRACKER", raising=False)
+    text = Path(load_profile("raspberry-pi-4").source).read_text()
+    (tmp_path / "no-tracker.yaml").write_text(text[:text.index("rpc:")])
+    profile = load_profile(tmp_path / "no-tracker.yaml")
+    mode, why = scores.latency_mode(profile)
+    assert mode == "estimated" and why
+    with pytest.raises(RuntimeError, match="could not be measured"):  # the device went away mid-run
+        hardware_scores(fused_tiny, profile, 64, latency_mode="measured")
+
+    def asked(*_):
+        raise AssertionError("an estimated run must not ask for the device")
+
+    monkeypatch.setattr(scores, "device_unavailable_reason", asked)
+    estimated = hardware_scores(fused_tiny, profile, 64, latency_mode="estimated")
+    assert estimated["latency_source"].startswith("estimated") and "estimates every trial" in estimated["latency_source"]

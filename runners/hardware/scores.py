@@ -77,12 +77,23 @@ def integer_scores(summary: IntegerSummary) -> dict:
             "integer_requantized_weight_layers": summary.requantized_weight_layers}
 
 
+def latency_mode(profile: HardwareProfile) -> tuple[str, str | None]:
+    """("measured" | "estimated", why no device) for an RPC profile, decided once per search: one
+    objective holds one kind of figure, never measured trials beside silently estimated ones."""
+    unavailable = device_unavailable_reason(profile)
+    return ("estimated", unavailable) if unavailable else ("measured", None)
+
+
 def _remote_latency(mod, profile: HardwareProfile, imgsz: int, model: nn.Module, summary: IntegerSummary,
-                    library_path: str | None) -> dict:
-    """Measured over RPC when the profile's device is registered with its tracker, else estimated."""
+                    library_path: str | None, mode: str | None) -> dict:
+    """Measured over RPC when the profile's device is registered with its tracker, else estimated.
+    With `mode` decided for the run (latency_mode), a trial keeps to it: "estimated" never asks the
+    device, and "measured" fails when the device cannot be reached instead of estimating."""
     from edgesearch.runners.hardware.cross_build import build_library  # it builds on relax_pipeline above
 
-    unavailable = device_unavailable_reason(profile)
+    unavailable = "the run estimates every trial" if mode == "estimated" else device_unavailable_reason(profile)
+    if mode == "measured" and unavailable:
+        raise RuntimeError(f"{profile.name} could not be measured, as this run measures every trial: {unavailable}")
     result: dict = {}
     if unavailable is None or library_path:
         with tempfile.TemporaryDirectory() as folder:
@@ -124,14 +135,16 @@ def remeasure_interleaved(models: dict[str, nn.Module], profile: HardwareProfile
 
 
 def hardware_scores(model: nn.Module, profile: HardwareProfile, imgsz: int, *, tune_trials: int = 0,
-                    tuning_db: str | None = None, library_path: str | None = None) -> dict:
+                    tuning_db: str | None = None, library_path: str | None = None,
+                    latency_mode: str | None = None) -> dict:
     """Latency (with its source), SRAM footprint and sizes of a transformed (baked) model.
 
     The build is the model's integer form (module docstring). x86-host: built here and timed with
     the time evaluator (`tune_trials` > 0: MetaSchedule-tuned, database in `tuning_db`; else the
     fixed schedule). RPC profiles: when the tracker has the device, the model is cross-built for it
     (cross_build.py) and timed over TVM RPC; otherwise the latency is a roofline estimate that says
-    why no device was used. `library_path` also writes the deployable library there (built even
+    why no device was used; `latency_mode` (a run's decision, see latency_mode) keeps every trial of
+    a search to one kind. `library_path` also writes the deployable library there (built even
     when no device is reachable)."""
     costs = layer_costs(model, (1, 3, imgsz, imgsz))
     packed = weight_bytes(model)
@@ -141,7 +154,7 @@ def hardware_scores(model: nn.Module, profile: HardwareProfile, imgsz: int, *, t
     latency: dict
     if profile.measurement == "rpc":
         activations = plan_memory_only(mod)
-        latency = _remote_latency(mod, profile, imgsz, model, summary, library_path)
+        latency = _remote_latency(mod, profile, imgsz, model, summary, library_path, latency_mode)
     elif tune_trials > 0:
         executable, build = tune_and_build(mod, profile.target, Path(tuning_db), tune_trials)
         activations = plan_memory_only(mod)  # planning does not depend on the kernels' schedules
