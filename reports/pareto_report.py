@@ -28,8 +28,9 @@ from . import design_data as dd
 from . import figures
 from .page import atomic_write, data_url, esc, figure_spec, fmt, fmt_bytes, mark, render
 
-SCORE_COLUMNS = ("map50_95", "map50", "holdout_map50_95", "holdout_map50", "latency_ms", "latency_spread_ms", "latency_source", "sram_bytes", "weight_bytes",
-                 "activation_bytes", "fits_sram", "params", "flops")
+SCORE_COLUMNS = ("map50_95", "map50", "holdout_map50_95", "holdout_map50", "latency_ms", "latency_spread_ms",
+                 "latency_source", "sram_bytes", "weight_bytes", "activation_bytes", "fits_sram", "params", "flops",
+                 "unscheduled_kernels", "serial_blocks", "activation_bytes_source", "holdout_source")
 DESIGNS_DIR = "designs"
 
 

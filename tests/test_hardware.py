@@ -18,7 +18,7 @@ def test_tvm_build_matches_pytorch_and_schedules_every_kernel(fused_tiny):
 
     mod = export_for_tvm(fused_tiny, 64)
     executable, build = build_local(mod, load_profile("x86-host").target)
-    assert build["unscheduled_kernels"] == []
+    assert build["unscheduled_kernels"] == [] and build["serial_blocks"] == []
     vm = relax.VirtualMachine(executable, tvm.cpu())
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
@@ -98,3 +98,11 @@ def test_a_run_keeps_to_one_kind_of_latency_figure(fused_tiny, tmp_path, monkeyp
     monkeypatch.setattr(scores, "device_unavailable_reason", asked)
     estimated = hardware_scores(fused_tiny, profile, 64, latency_mode="estimated")
     assert estimated["latency_source"].startswith("estimated") and "estimates every trial" in estimated["latency_source"]
+
+
+def test_a_build_left_partly_unscheduled_says_so_in_its_label():
+    from edgesearch.runners.hardware.scores import naive_note
+
+    assert naive_note({"unscheduled_kernels": [], "serial_blocks": []}) == ""
+    note = naive_note({"unscheduled_kernels": ["fused_conv2d_add"], "serial_blocks": ["k:b1", "k:b2"]})
+    assert "NOT FULLY SCHEDULED" in note and "1 kernel(s) left as naive loops, 2 block(s) left serial" in note

@@ -122,7 +122,8 @@ def relax_pipeline(target, *, schedule: bool, capture: dict, database=None):
             if database is not None:
                 passes += [relax.transform.MetaScheduleApplyDatabase(), count_tuned]
             if schedule:
-                passes.append(cpu_schedule_pass(capture.setdefault("unscheduled", []), target))
+                passes.append(cpu_schedule_pass(capture.setdefault("unscheduled", []), target,
+                                                capture.setdefault("serial", [])))
             plan, *finalize = cpu.finalize_passes(target)  # the first one is StaticPlanBlockMemory
             passes += [*cpu.dataflow_lower_passes(target), plan, keep_planned, *finalize]
             return tvm.transform.Sequential(passes)(mod)
@@ -153,7 +154,7 @@ def planned_activation_bytes(planned_mod) -> int:
 
 
 def build_local(mod, target: dict) -> tuple[object, dict]:
-    """Compile for this machine: (executable, {build_s, activation_bytes, unscheduled_kernels})."""
+    """Compile for this machine: (executable, {build_s, activation_bytes, unscheduled_kernels, serial_blocks})."""
     capture: dict = {}
     target = tvm.target.Target(target)
     start = time.perf_counter()
@@ -162,6 +163,7 @@ def build_local(mod, target: dict) -> tuple[object, dict]:
         "build_s": time.perf_counter() - start,
         "activation_bytes": planned_activation_bytes(capture["planned"]),
         "unscheduled_kernels": capture["unscheduled"],
+        "serial_blocks": capture["serial"],
     }
 
 

@@ -77,6 +77,15 @@ def integer_scores(summary: IntegerSummary) -> dict:
             "integer_requantized_weight_layers": summary.requantized_weight_layers}
 
 
+def naive_note(build: dict) -> str:
+    """What the label must say when the fixed schedule left kernels naive or blocks serial."""
+    naive, serial = len(build["unscheduled_kernels"]), len(build["serial_blocks"])
+    if not naive and not serial:
+        return ""
+    return (f"; NOT FULLY SCHEDULED: {naive} kernel(s) left as naive loops, {serial} block(s) left serial "
+            "(slower than a scheduled build)")
+
+
 def latency_mode(profile: HardwareProfile) -> tuple[str, str | None]:
     """("measured" | "estimated", why no device) for an RPC profile, decided once per search: one
     objective holds one kind of figure, never measured trials beside silently estimated ones."""
@@ -168,9 +177,10 @@ def hardware_scores(model: nn.Module, profile: HardwareProfile, imgsz: int, *, t
         activations = build["activation_bytes"]
         with timing_turn() as turn:
             latency = {**measure_latency_local(executable, imgsz), "build_s": build["build_s"],
-                       "unscheduled_kernels": len(build["unscheduled_kernels"])}
+                       "unscheduled_kernels": len(build["unscheduled_kernels"]),
+                       "serial_blocks": len(build["serial_blocks"])}
         latency["latency_source"] = (LOCAL_SOURCE.format(precision=computes_in, threads=tvm_threads())
-                                     + SHARED_NOTE.format(others=turn["others"]))
+                                     + SHARED_NOTE.format(others=turn["others"]) + naive_note(build))
     if library_path and profile.measurement != "rpc":
         from edgesearch.runners.hardware.cross_build import export_atomically
 

@@ -155,8 +155,9 @@ def _schedule_conv(sch, conv) -> None:
         sch.vectorize(epilogue_loops[-1])
 
 
-def schedule_kernel(func: tirx.PrimFunc, target=None) -> tirx.PrimFunc | None:
-    """The scheduled kernel, or None where the rule does not apply (the caller keeps it naive)."""
+def schedule_kernel(func: tirx.PrimFunc, target=None, serial: list[str] | None = None) -> tirx.PrimFunc | None:
+    """The scheduled kernel, or None where the rule does not apply (the caller keeps it naive).
+    Blocks whose loops could not be made parallel (still correct, slower) go to `serial`."""
     from edgesearch.runners.hardware import integer_kernels  # it imports nothing of this module
 
     sch = Schedule(func)
@@ -173,23 +174,28 @@ def schedule_kernel(func: tirx.PrimFunc, target=None) -> tirx.PrimFunc | None:
             for block in _root_blocks(sch):
                 try:
                     _parallel_spatial(sch, block)
-                except Exception:  # noqa: BLE001  (left serial: still correct)
-                    pass
+                except Exception:  # noqa: BLE001  (left serial: still correct, and counted)
+                    if serial is not None:
+                        serial.append(sch.get(block).name_hint)
                 _vectorize_innermost(sch, block)
         return sch.mod["main"]
     except Exception:  # noqa: BLE001  (any failure of the rule: keep the naive kernel, which is correct)
         return None
 
 
-def cpu_schedule_pass(unscheduled: list[str], target=None):
-    """A module pass scheduling every unscheduled kernel; names it could not schedule go to `unscheduled`."""
+def cpu_schedule_pass(unscheduled: list[str], target=None, serial: list[str] | None = None):
+    """A module pass scheduling every unscheduled kernel; names it could not schedule go to `unscheduled`,
+    kernel:block names of blocks left serial to `serial`."""
 
     @tvm.transform.module_pass(opt_level=0, name="EdgesearchCPUSchedule")
     def schedule_all(mod, ctx):
         updates = {}
         for var, func in mod.functions_items():
             if isinstance(func, tirx.PrimFunc) and not (func.attrs and func.attrs.get("tirx.is_scheduled", 0)):
-                scheduled = schedule_kernel(func, target)
+                left_serial: list[str] = []
+                scheduled = schedule_kernel(func, target, left_serial)
+                if serial is not None:
+                    serial.extend(f"{var.name_hint}:{block}" for block in left_serial)
                 if scheduled is None:
                     unscheduled.append(var.name_hint)
                 else:
