@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import assert_detections_match
 from edgesearch.runners.hardware.cross_build import TargetNotBuildable, build_library
 from edgesearch.runners.hardware.build import export_for_tvm
 from test_integer import assert_matches_up_to_code_flips
@@ -126,7 +127,7 @@ def test_raspberry_pi_4_library_runs_on_aarch64_and_matches_pytorch(rpi4_library
     with torch.no_grad():
         reference = fused_tiny(x).numpy()
     out = out.reshape(reference.shape)
-    assert np.abs(out - reference).max() <= 1e-3 * max(1.0, np.abs(reference).max())
+    assert_detections_match(out, reference)
 
 
 def test_raspberry_pi_4_integer_library_uses_neon_int8_and_matches_pytorch(int8_tiny, tmp_path):
