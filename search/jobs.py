@@ -247,8 +247,8 @@ def _prepare_guide(inputs: Inputs, settings: dict, run: dict, run_dir: Path, stu
     from edgesearch.search.recipes import recipe_candidates, recipe_options
 
     layers = list(inputs.resolved)
-    recipes = recipe_candidates(inputs.base_model, layers)
-    extra = recipe_options(inputs.base_model, layers)  # recipes are priced too, whatever the space offers
+    recipes = recipe_candidates(inputs.base_model, layers, PRESETS[run["preset"]].recipes)
+    extra = recipe_options(recipes, layers)  # recipes are priced too, whatever the space offers
     options = {name: {knob: _merged(values, extra[name].get(knob, ())) for knob, values in layer.choices.items()}
                for name, layer in inputs.resolved.items()}
     cpus = os.cpu_count() or 1

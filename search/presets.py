@@ -26,6 +26,7 @@ class Preset:
     finetune_iters: int
     trials: int
     population: int  # NSGA-II population (generation size)
+    recipes: tuple[str, ...] | None = None  # the recipes a guided search scores first (None: all, recipes.py)
 
 
 PRESETS = {
@@ -48,5 +49,7 @@ PRESETS = {
         finetune_iters=2,
         trials=2,
         population=2,
+        # two recipes (one with int8 activations) keep the tests' guided searches short
+        recipes=("int8 weights + int8 activations", "4-bit affine per filter"),
     ),
 }

@@ -30,14 +30,16 @@ RECIPES = {
 }
 
 
-def recipe_candidates(model: nn.Module, layers: list[str]) -> dict[str, Candidate]:
-    return {name: uniform_candidate(model, knobs, layers) for name, knobs in RECIPES.items()}
+def recipe_candidates(model: nn.Module, layers: list[str], names: tuple[str, ...] | None = None
+                      ) -> dict[str, Candidate]:
+    """The recipes (`names`, default all) as candidates for `layers` of `model`."""
+    return {name: uniform_candidate(model, RECIPES[name], layers) for name in (names or tuple(RECIPES))}
 
 
-def recipe_options(model: nn.Module, layers: list[str]) -> dict[str, dict[str, set]]:
-    """{layer: {knob: values}} the recipes use, for the sensitivity pass to price."""
+def recipe_options(candidates: dict[str, Candidate], layers: list[str]) -> dict[str, dict[str, set]]:
+    """{layer: {knob: values}} the recipe candidates use, for the sensitivity pass to price."""
     values: dict[str, dict[str, set]] = {layer: {} for layer in layers}
-    for candidate in recipe_candidates(model, layers).values():
+    for candidate in candidates.values():
         for layer, knobs in candidate.layers.items():
             for knob, value in dataclasses.asdict(knobs).items():
                 values[layer].setdefault(knob, set()).add(value)

@@ -15,8 +15,8 @@ from edgesearch.search.cli_env import apply_process_env
 apply_process_env()  # before any test module loads torch or TVM
 SESSION_CACHE = None
 SMOKE_SPACE = str(Path(__file__).parent / "data" / "smoke-space.yaml")  # few options: a fast sensitivity pass
-SMOKE_FIRST_TRIALS = 8  # the 6 recipes (search/recipes.py) and 2 budgeted seeds
-RESUMED_TRIALS = 10  # then two screened moves
+SMOKE_FIRST_TRIALS = 4  # the smoke preset's 2 recipes (search/presets.py) and 2 budgeted seeds
+RESUMED_TRIALS = 6  # then two screened moves
 
 
 @pytest.fixture(scope="session", autouse=True)

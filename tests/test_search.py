@@ -126,7 +126,9 @@ def test_a_new_study_scores_uniform_anchor_designs_first(tmp_path, tiny_model):
 
 
 def test_a_guided_search_scores_recipes_then_seeds_then_screened_few_layer_moves(smoke_run):
-    from edgesearch.search.recipes import RECIPES
+    from edgesearch.search.presets import PRESETS
+
+    recipes = PRESETS["smoke"].recipes
 
     out = smoke_run.out
     assert (out / "sensitivity.json").stat().st_size > 0 and (out / "cost_basis.json").stat().st_size > 0
@@ -135,8 +137,8 @@ def test_a_guided_search_scores_recipes_then_seeds_then_screened_few_layer_moves
     screened = [t for t in study.trials if t.state == TrialState.PRUNED]
     assert len(scored) == RESUMED_TRIALS
     origins = [t.user_attrs[studies.ORIGIN_ATTR] for t in sorted(scored, key=lambda t: t.number)]
-    assert [o.removeprefix("recipe: ") for o in origins[:len(RECIPES)]] == list(RECIPES)
-    assert all(o.startswith("seed: ") for o in origins[len(RECIPES):len(RECIPES) + 2])
+    assert [o.removeprefix("recipe: ") for o in origins[:len(recipes)]] == list(recipes)
+    assert all(o.startswith("seed: ") for o in origins[len(recipes):len(recipes) + 2])
     assert any(o.startswith("move: ") for o in origins)
 
     by_number = {t.number: t for t in study.trials}
