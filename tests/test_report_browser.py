@@ -32,12 +32,14 @@ def test_the_smoke_reports_page_works_offline_in_chromium(smoke_run, tmp_path_fa
     report = json.loads((out / "pareto.json").read_text())
     rows = [r for r in (out / "trials.csv").read_text().splitlines()[1:] if r]
     scored = sum(1 for r in rows if ",COMPLETE," in r)
+    screened = sum(1 for r in rows if ",PRUNED," in r)
+    assert screened, "the shared smoke search's moves were screened"
     front = {d["trial"] for d in report["pareto"]}
 
     with open_page(index) as (page, problems):
-        # every scored design and the base, once, in each Pareto plot
-        assert plot_points(page, "fig-pareto-latency") == scored + 1
-        assert plot_points(page, "fig-pareto-memory") == scored + 1
+        # every scored design, every screened one (at its predicted scores) and the base, once, in each plot
+        assert plot_points(page, "fig-pareto-latency") == scored + screened + 1
+        assert plot_points(page, "fig-pareto-memory") == scored + screened + 1
         assert plot_points(page, "fig-pareto-memory", "highlight") >= 1  # recommended designs ringed
         # the budget is drawn on the memory plot
         assert page.evaluate("document.getElementById('fig-pareto-memory').layout.shapes.length") >= 1
