@@ -3,7 +3,7 @@
 The base YOLO and three variants (uniform prune 0.25, uniform prune 0.5, and a kernel-size variant),
 each scored on x86-host (this machine) by:
   ort          ONNX Runtime, FP32, CPU provider, 2 intra-op threads, sequential execution
-  tvm_full     TVM full build, fixed schedule (hardware.build_local), time evaluator
+  tvm_full     TVM full build, fixed schedule (runners/hardware/build.build_local), time evaluator
   layer_sum    the same blocks built and timed one by one (layer_table.build_block), summed
   tvm_tuned / layer_sum_tuned   the same two with MetaSchedule-tuned kernels (--tune-trials N)
 and two figures that are not timed here:

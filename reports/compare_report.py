@@ -39,7 +39,7 @@ def _figure(entries: list[dict], axis: str, prov: dd.Provenance, accuracy_marks:
                 return prov.mark("L", s.get("latency_source"))
             return prov.mark("M", s.get("activation_bytes_source"))
 
-        marks = sorted({source_mark(dd.scores_of(t)) for t in front} | {source_mark(base)} - {None})
+        marks = sorted(({source_mark(dd.scores_of(t)) for t in front} | {source_mark(base)}) - {None})
         suffix = f" [{', '.join(marks)}]" if marks else ""
         hover = [f"<b>{esc(name)} #{t['number']}</b>" + (f" · {esc(t['origin'])}" if t.get("origin") else "")
                  + f"<br>{esc(knob_summary(t.get('candidate')))}<br>mAP50-95 {dd.scores_of(t)['map50_95']:.3f}, "
@@ -70,8 +70,11 @@ def _figure(entries: list[dict], axis: str, prov: dd.Provenance, accuracy_marks:
 
 
 def _picks_table(entries: list[dict], prov: dd.Provenance) -> str:
+    # one column per recommendation (the budget's kind differs between profiles: named in its own column)
+    titles = ["Best within the memory budget" if rec["key"] == "budget" else rec["title"]
+              for rec in dd.recommendations(entries[0]["run"], entries[0]["base"], [])]
     head = ["profile", "latency figures", "budget", "trials (scored / failed / screened)", "base latency (ms)",
-            "base footprint (KiB)", "best within the accuracy floor", "best within the budget", "knee", "report"]
+            "base footprint (KiB)", *map(esc, titles), "report"]
     rows = []
     for entry in entries:
         run, base, trials = entry["run"], entry["base"], entry["trials"]

@@ -173,12 +173,20 @@ def ratio(base_value, value) -> float | None:
     return base_value / value
 
 
+def same_method(a: dict, b: dict) -> bool:
+    """Whether two latencies were obtained the same way (so their ratio is a speed-up): by their
+    `latency_method` (the label without its per-design parts: precision, other trials running);
+    runs from before it existed compare the whole label."""
+    key = "latency_method" if a.get("latency_method") and b.get("latency_method") else "latency_source"
+    return bool(a.get(key)) and a.get(key) == b.get(key)
+
+
 def latency_pair(base: dict, scores: dict, remeasured_base: dict | None, remeasured: dict | None) -> dict:
-    """Speed-up of a design over the base, computed only from figures of one source: the
-    re-measured pair where both exist, else the search pair when both came from the same source."""
-    if remeasured_base and remeasured and remeasured_base.get("latency_source") == remeasured.get("latency_source"):
+    """Speed-up of a design over the base, computed only from figures obtained the same way: the
+    re-measured pair where both exist, else the search pair."""
+    if remeasured_base and remeasured and same_method(remeasured_base, remeasured):
         return {"speedup": ratio(remeasured_base.get("latency_ms"), remeasured.get("latency_ms")), "basis": "re-measured"}
-    if base.get("latency_source") and base.get("latency_source") == scores.get("latency_source"):
+    if same_method(base, scores):
         return {"speedup": ratio(base.get("latency_ms"), scores.get("latency_ms")), "basis": "search"}
     return {"speedup": None, "basis": "different sources: not compared"}
 

@@ -29,8 +29,8 @@ from . import figures
 from .page import atomic_write, data_url, esc, figure_spec, fmt, fmt_bytes, mark, render
 
 SCORE_COLUMNS = ("map50_95", "map50", "holdout_map50_95", "holdout_map50", "latency_ms", "latency_spread_ms",
-                 "latency_source", "sram_bytes", "weight_bytes", "activation_bytes", "fits_sram", "params", "flops",
-                 "unscheduled_kernels", "serial_blocks", "activation_bytes_source", "holdout_source")
+                 "latency_source", "latency_method", "sram_bytes", "weight_bytes", "activation_bytes", "fits_sram",
+                 "params", "flops", "unscheduled_kernels", "serial_blocks", "activation_bytes_source", "holdout_source")
 DESIGNS_DIR = "designs"
 
 
@@ -447,9 +447,9 @@ def _html(report: Report) -> str:
     run, trials = report.run, report.trials
     counts = Counter(t.get("state") for t in trials)
     front = [t for t in report.scored if t.get("pareto")]
-    no_fit = front and not any(t.get("feasible") for t in front)
-    warning = ("<p class='warn'>No design meets the memory budget. The front below ignores the budget: these are the "
-               "non-dominated designs that come closest.</p>") if no_fit else ""
+    no_fit = front and all(t.get("feasible") is False for t in front)  # None: the run has no constraint
+    warning = ("<p class='warn'>No design meets the run's budgets (memory, and latency or accuracy floor where set). "
+               "The front below ignores them: these are the non-dominated designs that come closest.</p>") if no_fit else ""
     layer_figs, layer_rows = report.layer_data()
     options = "".join(f"<option value='{t['number']}'>{esc(report.label(t))}: {esc(report.rows[t['number']]['summary'])}</option>"
                       for t in report.designs)
@@ -540,19 +540,22 @@ def _remeasured_text(remeasured: dict | None) -> str:
 def pareto_table(base: dict, trials: list[dict]) -> str:
     """The Pareto designs as a fixed-width text table for the terminal."""
     header = (f"{'design':>8} {'mAP50-95':>9} {'held out':>9} {'mAP50':>7} {'latency ms':>11} {'re-measured':>14} "
-              f"{'SRAM KiB':>10} {'fits':>5}  knobs")
+              f"{'SRAM KiB':>10} {'meets budgets':>13}  knobs")
     lines = [header, "-" * len(header)]
 
-    def line(label, s, remeasured, knobs):
+    def line(label, s, remeasured, feasible, knobs):
         held = f"{s['holdout_map50_95']:9.3f}" if s.get("holdout_map50_95") is not None else f"{'-':>9}"
+        meets = {True: "yes", False: "no", None: "-"}[feasible]
         return (f"{label:>8} {s['map50_95']:9.3f} {held} {s['map50']:7.3f} {s['latency_ms']:11.2f} "
-                f"{_remeasured_text(remeasured):>14} {s['sram_bytes'] / 1024:10.1f} {str(s['fits_sram']):>5}  {knobs}")
+                f"{_remeasured_text(remeasured):>14} {s['sram_bytes'] / 1024:10.1f} {meets:>13}  {knobs}")
 
-    lines.append(line("base", base, base.get("remeasured"), "unmodified"))
-    for t in sorted((t for t in trials if t["pareto"]), key=lambda t: -t["scores"]["map50_95"]):
-        lines.append(line(f"#{t['number']}", t["scores"], t.get("remeasured"), knob_summary(t["candidate"])))
-    if any(t["pareto"] for t in trials) and not any(t["pareto"] and t["feasible"] for t in trials):
-        lines.append("no design meets the SRAM budget: these are the non-dominated designs ignoring it")
+    lines.append(line("base", base, base.get("remeasured"), None, "unmodified"))
+    front = sorted((t for t in trials if t["pareto"]), key=lambda t: -t["scores"]["map50_95"])
+    for t in front:
+        lines.append(line(f"#{t['number']}", t["scores"], t.get("remeasured"), t.get("feasible"),
+                          knob_summary(t["candidate"])))
+    if front and all(t.get("feasible") is False for t in front):
+        lines.append("no design meets the run's budgets: these are the non-dominated designs ignoring them")
     if base.get("holdout_source"):
         lines.append(f"mAP50-95 on the val images the search selects on; held out: {base['holdout_source']}")
     lines.append(f"latency: {base['latency_source']}")

@@ -56,7 +56,7 @@ def write_shadow_report(out_dir: Path, result: dict, context: dict) -> dict[str,
     lat = result["latency"]
     lat_marks = {k: prov.mark("L", v.get("latency_source")) for k, v in lat.items()}
     speed = (lat["base"]["latency_ms"] / lat["design"]["latency_ms"]
-             if lat["base"].get("latency_source") == lat["design"].get("latency_source") and lat["design"].get("latency_ms")
+             if dd.same_method(lat["base"], lat["design"]) and lat["design"].get("latency_ms")
              else None)
     agreement_mark = prov.mark("G", f"computed: detections at confidence ≥ {result['confidence']} after NMS (IoU "
                                     f"{result['nms_iou']}), both models on the same letterboxed {result['imgsz']} px images; "

@@ -101,7 +101,7 @@ def build_design(config: EvalSettings, candidate: dict | None):
 
 def remeasure_designs(settings: dict, candidates: dict[str, dict | None]) -> dict[str, dict]:
     """Latency of the final designs (name -> candidate JSON, None = the base) re-timed together,
-    interleaved (hardware.remeasure_interleaved). A build's speed depends on the architecture and
+    interleaved (hardware/scores.remeasure_interleaved). A build's speed depends on the architecture and
     on which convs run as integer kernels, not on weight values or activation ranges, so the
     designs are rebuilt from the candidates without fine-tuning: int8 activation ranges are
     calibrated on one random batch and the weights baked at their knobs (as a trial bakes them)."""

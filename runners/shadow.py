@@ -126,7 +126,7 @@ def latencies(base, design, config: EvalSettings) -> dict:
     if profile.measurement == "local":
         return remeasure_interleaved({"base": base, "design": design}, profile, config.imgsz)
     return {name: {k: v for k, v in hardware_scores(model, profile, config.imgsz).items()
-                   if k in ("latency_ms", "latency_spread_ms", "latency_source")}
+                   if k in ("latency_ms", "latency_spread_ms", "latency_source", "latency_method")}
             for name, model in (("base", base), ("design", design))}
 
 

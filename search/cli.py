@@ -241,7 +241,7 @@ def cmd_run(args) -> None:
         "max_map_drop": args.max_map_drop,
         "latency_budget_ms": args.latency_budget,
         "strategy": args.strategy or STRATEGIES[0],
-        "trials": args.trials or preset.trials,
+        "trials": args.trials or (0 if args.resume else preset.trials),  # a resume keeps its count unless given
         "parallel": args.parallel,
         "population": args.population or preset.population,
         **_trial_sizes(args, preset),
@@ -253,10 +253,14 @@ def cmd_run(args) -> None:
     if not args.resume:
         check_smallest_design_fits(inputs, run)  # says at once when no design can meet the budget
         decide_latency_mode(inputs, run)
-    run = prepare_run_dir(run_dir, run, args.resume, explicit={
-        "max_map_drop": args.max_map_drop, "latency_budget_ms": args.latency_budget, "strategy": args.strategy,
-        "memory_budget": run["memory_budget"] if args.sram_budget else None})
-    with RunLock(run_dir):
+    with contextlib.ExitStack() as held:
+        if args.resume:  # locked before run.json is rewritten: a second resume must not touch a running search
+            held.enter_context(RunLock(run_dir))
+        run = prepare_run_dir(run_dir, run, args.resume, explicit={
+            "max_map_drop": args.max_map_drop, "latency_budget_ms": args.latency_budget, "strategy": args.strategy,
+            "memory_budget": run["memory_budget"] if args.sram_budget else None})
+        if not args.resume:  # the folder exists only now
+            held.enter_context(RunLock(run_dir))
         run_search(inputs, run_dir, run, resume=args.resume, ray_address=args.ray_address)
 
 

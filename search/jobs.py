@@ -16,6 +16,7 @@ from edgesearch.reports.compare_report import write_comparison
 from edgesearch.reports.design_data import recommendations
 from edgesearch.reports.pareto_report import pareto_table, write_report
 from edgesearch.runners.accuracy.finetune import load_dataset_info
+from edgesearch.runners.accuracy.splits import check_splittable
 from edgesearch.runners.checkpoints import load_detection_model
 from edgesearch.runners.hardware.profiles import HardwareProfile, load_profile
 from edgesearch.search import execution, study as studies
@@ -56,6 +57,7 @@ def resolve_inputs(*, profile: str, space: str, model: str | None, data: str | N
         if not data_yaml.is_file():
             raise InputError(f"data.yaml {data} does not exist")
         load_dataset_info(data_yaml)
+        check_splittable(data_yaml)  # the held-out images every trial is also scored on
     else:
         data_yaml = build_digit_dataset(recipe, Path(mnist_dir) if mnist_dir else None)
     if model:
@@ -288,7 +290,9 @@ def _search_loop(study, inputs: Inputs, settings: dict, run: dict, parallel: int
                 candidate = studies.candidate_of(trial, inputs.resolved)
                 in_flight[execution.submit(settings, candidate, cpus)] = trial
             if not in_flight:
-                bar.write("no new design to try: every move from the front was tried already")
+                why = ("every move from the front was tried already" if studies.pareto_trials(study)
+                       else "no design was scored to move from")
+                bar.write(f"no new design to try: {why}")
                 break
             ref = execution.wait_one(list(in_flight))
             trial = in_flight.pop(ref)
@@ -330,6 +334,7 @@ def _remeasure_front(study, settings: dict) -> None:
     except Exception as error:  # the report still gets written, with the search's own figures, and says why
         why = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
         print(f"re-measuring failed: {why}")
+        study.set_user_attr("remeasured", {})  # an earlier re-measure's figures belong to another front
         study.set_user_attr(REMEASURE_ATTR, {"state": "failed", "why": why})
         return
     study.set_user_attr("remeasured", remeasured)

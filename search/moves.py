@@ -87,6 +87,8 @@ def knob_change(old: LayerKnobs, new: LayerKnobs) -> str:
 def propose(parent: Scored, fronts: dict[str, dict[str, list[Option]]], pricer: OptionPricer, alpha: float,
             rng: np.random.Generator, *, cheapen_probability: float) -> Move | None:
     """One move from `parent`, or None when no layer can move in the drawn direction."""
+    if not fronts:
+        return None
     resource = rng.choice(list(fronts))
     direction = "cheapen" if rng.random() < cheapen_probability else "restore"
     steps: dict[str, Option] = {}

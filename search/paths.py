@@ -8,22 +8,29 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from edgesearch.runners.cache import cache_root
+
 
 def cache_dir() -> Path:
-    """Per-user cache (datasets, MNIST, trained base models); EDGESEARCH_CACHE overrides it."""
-    root = os.environ.get("EDGESEARCH_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgesearch"
-    path = Path(root)
+    """Per-user cache (datasets, MNIST, trained base models, analyses), created on first use."""
+    path = cache_root()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def write_text_atomically(path: Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, then rename it over `path`: a reader sees
-    the old file or the new one, never half of one."""
+    """Write `text` to a temporary file beside `path` (a unique name: two writers never share one),
+    then rename it over `path`: a reader sees the old file or the new one, never half of one."""
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+        os.chmod(temporary, 0o644)  # mkstemp creates 0600; run folders are meant to be shared
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 @contextlib.contextmanager

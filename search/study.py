@@ -137,7 +137,10 @@ def enqueue_anchors(study: optuna.Study, resolved: dict[str, LayerChoices]) -> i
 
 
 def finished_count(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)))
+    """Trials that count against --trials: scored or failed, but not those a killed run left
+    behind (requeue_interrupted queues their designs again, so counting them would lose a slot)."""
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+    return sum(1 for t in finished if t.user_attrs.get(ERROR_ATTR) != INTERRUPTED)
 
 
 def suggest_candidate(trial: Trial, resolved: dict[str, LayerChoices]) -> Candidate:

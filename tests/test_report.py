@@ -113,6 +113,17 @@ def test_speedups_compare_figures_of_one_source_only():
         "speedup": 2.0, "basis": "re-measured"}
 
 
+def test_an_integer_design_is_compared_with_the_fp32_base_timed_the_same_way():
+    """Labels differ by precision and by how many trials ran meanwhile; the method is what counts."""
+    method = "measured on this machine: fixed schedule, 2 threads"
+    base = dict(scores(0.7, 10.0, 100), latency_source="measured: ..., fp32, 0 other trial(s)", latency_method=method)
+    design = dict(scores(0.7, 4.0, 100), latency_source="measured: ..., 60 of 63 convs as int8 kernels, 1 other trial(s)",
+                  latency_method=method)
+    assert dd.latency_pair(base, design, None, None) == {"speedup": 2.5, "basis": "search"}
+    estimated = dict(design, latency_method="estimated: roofline of raspberry-pi-4")
+    assert dd.latency_pair(base, estimated, None, None)["speedup"] is None
+
+
 def test_progress_counts_failed_and_screened_and_never_loses_hypervolume():
     rows = dd.progress(hand_trials(), BASE)["rows"]
     assert [r["number"] for r in rows] == list(range(7))

@@ -32,3 +32,20 @@ def test_a_datasets_own_test_split_is_the_held_out_one(smoke_inputs, tmp_path):
     with_test.write_text(yaml.safe_dump(data))
     with search_and_holdout(with_test) as (search, holdout, split, how):
         assert search == holdout == with_test and split == "test" and "test split" in how
+
+
+def test_a_val_split_too_small_to_spare_a_held_out_part_is_refused(smoke_inputs, tmp_path):
+    import pytest
+
+    from edgesearch.runners.accuracy.splits import check_splittable
+    from edgesearch.spaces.errors import InputError
+
+    val = sorted(Path(load_dataset_info(smoke_inputs.data_yaml)["val"]).rglob("*.png"))[:4]
+    (tmp_path / "val.txt").write_text("".join(f"{p}\n" for p in val))
+    data = yaml.safe_load(smoke_inputs.data_yaml.read_text())
+    data.update(path=str(smoke_inputs.data_yaml.parent), val=str(tmp_path / "val.txt"))
+    small = tmp_path / "data.yaml"
+    small.write_text(yaml.safe_dump(data))
+    with pytest.raises(InputError, match="too few to hold out"):
+        check_splittable(small)
+    check_splittable(smoke_inputs.data_yaml)  # the smoke dataset's val split is large enough

@@ -24,9 +24,18 @@ import yaml
 from ultralytics.data.utils import IMG_FORMATS
 
 from edgesearch.runners.accuracy.finetune import load_dataset_info
+from edgesearch.spaces.errors import InputError
 
 HOLDOUT_SHARE = 3  # one val image in this many is held out when the dataset has no test split
 CARVE_OUT = f"1/{HOLDOUT_SHARE} of the val images, chosen by a hash of each file name before the search"
+MIN_IMAGES = 3  # in each part of a carved-out val split: fewer makes either mAP meaningless
+
+
+def check_splittable(data_yaml: Path) -> None:
+    """Refuse, before any search, a dataset whose val split cannot spare a held-out part."""
+    data = load_dataset_info(data_yaml)
+    if not data.get("test"):
+        _carve(data)
 
 
 @contextlib.contextmanager
@@ -37,9 +46,7 @@ def search_and_holdout(data_yaml: Path):
     if data.get("test"):
         yield data_yaml, data_yaml, "test", "the data.yaml's test split"
         return
-    images = sorted(_images(data["val"]))
-    held = [image for image in images if _held_out(image)]
-    kept = [image for image in images if not _held_out(image)]
+    images, held, kept = _carve(data)
     with tempfile.TemporaryDirectory(prefix="edgesearch-splits-") as folder:
         folder = Path(folder)
         (folder / "search.txt").write_text("".join(f"{image}\n" for image in kept))
@@ -48,6 +55,17 @@ def search_and_holdout(data_yaml: Path):
                    "test": str(folder / "holdout.txt"), "names": data["names"]}
         (folder / "data.yaml").write_text(yaml.safe_dump(derived))
         yield folder / "data.yaml", folder / "data.yaml", "test", f"{CARVE_OUT} ({len(held)} of {len(images)})"
+
+
+def _carve(data: dict) -> tuple[list[str], list[str], list[str]]:
+    """(val images, held out, kept for the search)."""
+    images = sorted(_images(data["val"]))
+    held = [image for image in images if _held_out(image)]
+    kept = [image for image in images if not _held_out(image)]
+    if min(len(held), len(kept)) < MIN_IMAGES:
+        raise InputError(f"the val split has {len(images)} images: too few to hold out {CARVE_OUT} (at least "
+                         f"{MIN_IMAGES} on each side); give the data.yaml a test: split or more val images")
+    return images, held, kept
 
 
 def _held_out(image: str) -> bool:

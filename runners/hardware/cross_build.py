@@ -1,9 +1,9 @@
 """A deployable shared library of a model for a hardware profile, built on this machine.
 
-    Relax IRModule (hardware.export_for_tvm) -> tvm.compile for profile.target (+ profile.host)
+    Relax IRModule (build.export_for_tvm) -> tvm.compile for profile.target (+ profile.host)
     -> executable.export_library(out_path), linked by the g++ that targets the library's CPU.
 
-- llvm targets use edgesearch's CPU pipeline (hardware.relax_pipeline: the fixed CPU schedule).
+- llvm targets use edgesearch's CPU pipeline (build.relax_pipeline: the fixed CPU schedule).
 - cuda targets use TVM's CUDA pipeline (dlight's default GPU schedules; integer convs get
   integer_kernels.py's dp4a schedule); the host code (kernel
   launches, the Relax VM's functions) is compiled for `profile.host`.
@@ -119,7 +119,7 @@ def _compile_cpu(mod, target) -> tuple[object, dict]:
 
 
 def cuda_pipeline(target):
-    """TVM's CUDA pipeline (tvm.relax.backend.cuda) without FoldConstant, as in hardware.relax_pipeline:
+    """TVM's CUDA pipeline (tvm.relax.backend.cuda) without FoldConstant, as in build.relax_pipeline:
     it compiles and runs every constant subgraph, for no gain here. dlight's default GPU rules bind
     every kernel to GPU threads (Fallback covers what the others do not), so no kernel is left serial."""
     @tvm.transform.module_pass(opt_level=0, name="EdgesearchCUDAPipeline")

@@ -38,6 +38,7 @@ import tvm
 from torch import nn
 from tvm import relax
 
+from edgesearch.runners.cache import cache_root
 from edgesearch.runners.hardware import build, integer_kernels, integer_model, tensor_intrinsics, tuning, tvm_schedule
 from edgesearch.runners.hardware.integer_model import integer_copy
 from edgesearch.runners.hardware.profiles import HardwareProfile
@@ -171,13 +172,6 @@ def describe_blocks(model: nn.Module, imgsz: int, *, integer: bool = False) -> l
 
 
 # ------------------------------------------------------------------------------------ cache
-
-
-def cache_root() -> Path:
-    """EDGESEARCH_CACHE, else ~/.cache/edgesearch (as search/paths.py; runners do not import search/)."""
-    if os.environ.get("EDGESEARCH_CACHE"):
-        return Path(os.environ["EDGESEARCH_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgesearch"
 
 
 def table_path(profile: HardwareProfile) -> Path:

@@ -50,8 +50,9 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
     if raw.get("memory_limit", "sram") not in ("sram", "dram", "none"):
         raise InputError(f"{where}: memory_limit must be 'sram', 'dram' or 'none', not {raw['memory_limit']!r}")
     peaks = raw["peak_ops_per_s"]
-    if not isinstance(peaks, dict) or "fp32" not in peaks:
-        raise InputError(f"{where}: peak_ops_per_s needs at least an fp32 entry")
+    if not isinstance(peaks, dict) or not {"fp32", "int8"} <= set(peaks):
+        # the roofline prices integer convs at the int8 peak and the rest at the fp32 peak
+        raise InputError(f"{where}: peak_ops_per_s needs an fp32 and an int8 entry")
     try:
         return HardwareProfile(
             name=str(raw["name"]),

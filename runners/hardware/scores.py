@@ -56,7 +56,14 @@ ESTIMATED_SOURCE = ("estimated: per-layer roofline from the profile's peak rates
                     "peak, the rest at its fp32 peak) and bandwidth (weights at their packed bytes, int8 conv inputs "
                     "at 1 byte, other activations at 4)")
 REMEASURED_SOURCE = ("measured: TVM llvm build, fixed CPU schedule, {precision}, {threads} threads, re-timed interleaved "
-                     "with the other {designs} final designs ({rounds} rounds x {repeat} repeats)")
+                     "with {designs} other final design(s) ({rounds} rounds x {repeat} repeats)")
+# How a latency was obtained, without the per-design parts of its label (precision, how many other
+# trials ran meanwhile): two figures with the same method can be divided into a speed-up.
+LOCAL_METHOD = "measured on this machine: fixed schedule, {threads} threads"
+TUNED_METHOD = "measured on this machine: MetaSchedule-tuned, {threads} threads"
+REMEASURED_METHOD = "re-measured on this machine, interleaved: fixed schedule, {threads} threads"
+RPC_METHOD = "measured on {device} over TVM RPC"
+ESTIMATED_METHOD = "estimated: roofline of {device}"
 PLANNED_SOURCE = "planned: TVM static memory planning of this build ({precision})"
 PLANNED_GENERIC_SOURCE = ("planned: TVM static memory planning of this model ({precision}) for a generic llvm target "
                           "(not the profile's own build; GPU plans may differ)")
@@ -98,7 +105,7 @@ def _remote_latency(mod, profile: HardwareProfile, imgsz: int, model: nn.Module,
     """Measured over RPC when the profile's device is registered with its tracker, else estimated.
     With `mode` decided for the run (latency_mode), a trial keeps to it: "estimated" never asks the
     device, and "measured" fails when the device cannot be reached instead of estimating."""
-    from edgesearch.runners.hardware.cross_build import build_library  # it builds on relax_pipeline above
+    from edgesearch.runners.hardware.cross_build import build_library  # it builds on build.relax_pipeline
 
     unavailable = "the run estimates every trial" if mode == "estimated" else device_unavailable_reason(profile)
     if mode == "measured" and unavailable:
@@ -110,12 +117,14 @@ def _remote_latency(mod, profile: HardwareProfile, imgsz: int, model: nn.Module,
             built = build_library(mod, profile, library, check_kernels=False)
             result.update(build_s=built["build_s"], library_bytes=built["size_bytes"])
             if unavailable is None:
-                return {**result, **measure_latency_rpc(library, profile, (1, 3, imgsz, imgsz))}
+                return {**result, **measure_latency_rpc(library, profile, (1, 3, imgsz, imgsz)),
+                        "latency_method": RPC_METHOD.format(device=profile.name)}
     layer_bytes = {name: len(module_packing(conv)) for name, conv in conv_layers(model).items()}
     estimate = roofline_latency_ms(layer_costs(model, (1, 3, imgsz, imgsz)), profile.peak_ops_per_s,
                                    profile.memory_bandwidth_bytes_per_s, layer_bytes, set(summary.names))
     source = ESTIMATED_SOURCE.format(integer=summary.integer_layers)
-    return {**result, "latency_ms": estimate, "latency_source": f"{source} (no device reachable: {unavailable})"}
+    return {**result, "latency_ms": estimate, "latency_source": f"{source} (no device reachable: {unavailable})",
+            "latency_method": ESTIMATED_METHOD.format(device=profile.name)}
 
 
 def remeasure_interleaved(models: dict[str, nn.Module], profile: HardwareProfile, imgsz: int, *,
@@ -139,7 +148,8 @@ def remeasure_interleaved(models: dict[str, nn.Module], profile: HardwareProfile
             times[name] += [t * 1e3 for t in timer(data).results]
     return {name: {"latency_ms": statistics.median(ms), "latency_spread_ms": max(ms) - min(ms),
                    "latency_source": REMEASURED_SOURCE.format(precision=precisions[name], threads=tvm_threads(),
-                                                              designs=len(vms), rounds=rounds, repeat=repeat)}
+                                                              designs=len(vms) - 1, rounds=rounds, repeat=repeat),
+                   "latency_method": REMEASURED_METHOD.format(threads=tvm_threads())}
             for name, ms in times.items()}
 
 
@@ -169,9 +179,13 @@ def hardware_scores(model: nn.Module, profile: HardwareProfile, imgsz: int, *, t
         activations = plan_memory_only(mod)  # planning does not depend on the kernels' schedules
         with timing_turn() as turn:
             latency = {**measure_latency_local(executable, imgsz), **build}
+        unscheduled = build.get("unscheduled_kernels", 0)
         latency["latency_source"] = (TUNED_SOURCE.format(trials=tune_trials, precision=computes_in,
                                                          threads=tvm_threads())
-                                     + SHARED_NOTE.format(others=turn["others"]))
+                                     + SHARED_NOTE.format(others=turn["others"])
+                                     + (f"; NOT FULLY SCHEDULED: {unscheduled} kernel(s) left as naive loops"
+                                        if unscheduled else ""))
+        latency["latency_method"] = TUNED_METHOD.format(threads=tvm_threads())
     else:
         executable, build = build_local(mod, profile.target)
         activations = build["activation_bytes"]
@@ -181,11 +195,13 @@ def hardware_scores(model: nn.Module, profile: HardwareProfile, imgsz: int, *, t
                        "serial_blocks": len(build["serial_blocks"])}
         latency["latency_source"] = (LOCAL_SOURCE.format(precision=computes_in, threads=tvm_threads())
                                      + SHARED_NOTE.format(others=turn["others"]) + naive_note(build))
+        latency["latency_method"] = LOCAL_METHOD.format(threads=tvm_threads())
     if library_path and profile.measurement != "rpc":
         from edgesearch.runners.hardware.cross_build import export_atomically
 
         latency["library_bytes"] = export_atomically(executable, Path(library_path)).stat().st_size
-    planned = PLANNED_SOURCE if profile.measurement == "local" else PLANNED_GENERIC_SOURCE
+    # the fixed-schedule local build plans its own memory; tuned and remote ones are planned generically
+    planned = PLANNED_SOURCE if profile.measurement == "local" and tune_trials <= 0 else PLANNED_GENERIC_SOURCE
     return {
         "weight_bytes": packed,
         "activation_bytes": activations,

@@ -15,11 +15,12 @@ import os
 import uuid
 from pathlib import Path
 
+from edgesearch.runners.cache import cache_root
+
 
 def machine_dir() -> Path:
-    """EDGESEARCH_CACHE (else ~/.cache/edgesearch)/machine: state shared by the trials of one machine."""
-    root = os.environ.get("EDGESEARCH_CACHE") or Path.home() / ".cache" / "edgesearch"
-    path = Path(root) / "machine"
+    """<cache>/machine: state shared by the trials of one machine."""
+    path = cache_root() / "machine"
     (path / "running").mkdir(parents=True, exist_ok=True)
     return path
 
@@ -54,8 +55,9 @@ def _others_running() -> int:
 
 @contextlib.contextmanager
 def timing_turn():
-    """Hold the machine's timing lock; yields a dict whose `others` is set to the number of other
-    trials running when the turn ends (the most that ran while this one was timed)."""
+    """Hold the machine's timing lock; yields a dict whose `others` is set to the larger of the
+    numbers of other trials running when the turn started and when it ended (sampled twice: a
+    trial that came and went in between is not seen, so it is a lower bound)."""
     with open(machine_dir() / "timing.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         seen = {"others": _others_running()}
