@@ -42,8 +42,8 @@ import tvm  # noqa: E402
 from tvm import relax  # noqa: E402
 from ultralytics.nn.modules.block import Bottleneck  # noqa: E402
 
-from edgesearch.runners.hardware.costs import layer_costs, roofline_latency_ms  # noqa: E402
-from edgesearch.runners.hardware.scores import build_local, export_for_tvm, set_export_mode  # noqa: E402
+from edgesearch.runners.costs import layer_costs, roofline_latency_ms  # noqa: E402
+from edgesearch.runners.hardware.build import build_local, export_for_tvm, set_export_mode  # noqa: E402
 from edgesearch.runners.hardware.layer_table import build_block, describe_blocks, per_layer_latency  # noqa: E402
 from edgesearch.runners.hardware.profiles import load_profile  # noqa: E402
 from edgesearch.runners.hardware.tuning import tune_and_build  # noqa: E402

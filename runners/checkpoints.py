@@ -7,7 +7,7 @@ This module loads them with ``weights_only=True`` plus a narrow allowlist.
 Important property of torch's weights_only unpickler (torch/_weights_only_unpickler.py): any allowlisted
 global may also be *called* by the pickle (REDUCE opcode => ``obj(*args)`` with attacker-chosen args).
 Allowlisting ``DetectionModel`` directly therefore lets a pickle run ``DetectionModel(cfg)`` ->
-``parse_model`` -> ``eval(cfg["activation"])`` = arbitrary code execution (verified, see test_safe_load.py).
+``parse_model`` -> ``eval(cfg["activation"])`` = arbitrary code execution (verified: tests/test_checkpoints.py).
 Model classes are therefore registered through ``_NewOnly`` stand-ins: they support exactly what a genuine
 pickled module needs (NEWOBJ = ``cls.__new__(cls)``, then BUILD = ``__setstate__(state)``) and refuse
 constructor calls.
@@ -202,11 +202,6 @@ def _exclusive_safe_globals(entries):
     finally:
         torch.serialization.clear_safe_globals()
         torch.serialization.add_safe_globals(previous)
-
-
-def allowlist_names() -> list[str]:
-    """The global names a safe load accepts (on top of torch's built-in tensor/container allowlist)."""
-    return sorted(_registry())
 
 
 # --------------------------------------------------------------------------------------------------------------------

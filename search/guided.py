@@ -2,7 +2,7 @@
 
 1. Recipes (recipes.py): what a user would otherwise apply, as reference points.
 2. Seeds: least-omega designs at budgets spread between the smallest and the largest recipe's
-   SRAM (and, where structure changes latency, between the fastest recipe and the base),
+   SRAM, and at latency budgets from the fastest allocated design to 0.9x the base's predicted latency,
    from the multiple-choice knapsack of allocate.py over the per-layer option tables.
 3. Moves (moves.py): 1-3 layers of a front design changed, several drawn per slot, the one the
    proxy predicts adds most hypervolume scored in full, the others stored as screened.

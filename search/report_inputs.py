@@ -42,23 +42,13 @@ def accuracy_basis(data_yaml: str | None) -> dict:
 
 
 def split_images(data_yaml: str | None, split: str) -> int | None:
-    """Images in a data.yaml's split (a folder, a list file or a list of either); None if unreadable."""
-    from ultralytics.data.utils import IMG_FORMATS
-
-    from edgesearch.runners.accuracy.finetune import load_dataset_info
+    """How many images a data.yaml's split holds; None if unreadable."""
+    from edgesearch.runners.accuracy import splits
 
     try:
-        entries = load_dataset_info(Path(data_yaml))[split]
-    except (InputError, KeyError, TypeError):
+        return len(splits.split_images(Path(data_yaml), split))
+    except (InputError, KeyError, TypeError, OSError):
         return None
-    total = 0
-    for entry in entries if isinstance(entries, list) else [entries]:
-        path = Path(entry)
-        if path.is_dir():
-            total += sum(1 for p in path.rglob("*") if p.suffix[1:].lower() in IMG_FORMATS)
-        elif path.is_file():
-            total += sum(1 for line in path.read_text().splitlines() if line.strip())
-    return total
 
 
 def packed_layers(run: dict, base: dict, trials: list[dict]) -> dict:

@@ -6,8 +6,9 @@ from pathlib import Path
 import torch
 
 from conftest import assert_detections_match
-from edgesearch.runners.hardware.costs import layer_costs
-from edgesearch.runners.hardware.scores import build_local, export_for_tvm, hardware_scores, plan_memory_only
+from edgesearch.runners.costs import layer_costs
+from edgesearch.runners.hardware.build import build_local, export_for_tvm, plan_memory_only
+from edgesearch.runners.hardware.scores import hardware_scores
 from edgesearch.runners.hardware.profiles import load_profile
 from edgesearch.spaces.apply import apply_candidate, uniform_candidate
 from edgesearch.spaces.candidate import Candidate
@@ -31,7 +32,7 @@ def test_tvm_build_matches_pytorch_and_schedules_every_kernel(fused_tiny):
 def test_planned_activation_memory_is_between_what_one_conv_needs_and_keeping_everything(fused_tiny):
     """Bounds independent of TVM: a conv's input and output are alive together (lower); keeping
     every intermediate tensor of the exported graph, none reused (upper)."""
-    from edgesearch.runners.hardware.scores import set_export_mode
+    from edgesearch.runners.hardware.build import set_export_mode
 
     costs = layer_costs(fused_tiny, (1, 3, 64, 64))
     planned = plan_memory_only(export_for_tvm(fused_tiny, 64))

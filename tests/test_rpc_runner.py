@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from edgesearch.runners.hardware.scores import build_local, export_for_tvm
+from edgesearch.runners.hardware.build import build_local, export_for_tvm
 from edgesearch.runners.hardware.profiles import PROFILES_DIR, load_profile
 from edgesearch.runners.hardware.rpc_runner import (
     device_available,

@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from edgesearch.runners.accuracy.finetune import detection_loss, loss_batches
 from edgesearch.runners.checkpoints import load_detection_model
-from edgesearch.runners.hardware.costs import layer_costs
+from edgesearch.runners.costs import layer_costs
 from edgesearch.spaces.activations import attach_input_quantizer, calibrate, remove_input_quantizers
 from edgesearch.spaces.apply import apply_candidate, conv_layers, replace_module
 from edgesearch.spaces.candidate import Candidate, LayerKnobs

@@ -57,6 +57,11 @@ def search_and_holdout(data_yaml: Path):
         yield folder / "data.yaml", folder / "data.yaml", "test", f"{CARVE_OUT} ({len(held)} of {len(images)})"
 
 
+def split_images(data_yaml: Path, split: str) -> list[str]:
+    """Image files of a data.yaml's split."""
+    return _images(load_dataset_info(data_yaml)[split])
+
+
 def _carve(data: dict) -> tuple[list[str], list[str], list[str]]:
     """(val images, held out, kept for the search)."""
     images = sorted(_images(data["val"]))

@@ -25,7 +25,7 @@ from collections import defaultdict
 import torch
 
 from edgesearch.runners.checkpoints import load_detection_model
-from edgesearch.runners.hardware.costs import layer_costs, layer_roofline_s
+from edgesearch.runners.costs import layer_costs, layer_roofline_s
 from edgesearch.runners.hardware.build import export_for_tvm, float_copy, plan_memory_only
 from edgesearch.runners.hardware.layer_table import per_layer_latency
 from edgesearch.runners.hardware.profiles import load_profile

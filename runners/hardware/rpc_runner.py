@@ -9,8 +9,8 @@ on the device and times it there with TVM's time evaluator, so network latency i
 Where the tracker is: the profile's `rpc:` block (tracker_host, tracker_port, key), overridden by
 the environment variables EDGESEARCH_RPC_TRACKER=host:port and EDGESEARCH_RPC_KEY.
 
-`device_available(profile)` answers within a timeout whether a device is there (callers fall back to
-the roofline estimate when it is not). The measuring functions check it too and bound the wait for a
+`device_unavailable_reason(profile)` answers within a timeout whether a device is there, and if not
+why (a search decides from it, once, whether every trial is measured or estimated: scores.latency_mode). The measuring functions check it too and bound the wait for a
 free device: TVM's own client would wait forever, as the tracker queues requests for unknown keys.
 The library must be built for the device (cross-compiled .so, or a .tar the device links itself).
 """

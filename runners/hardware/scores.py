@@ -25,19 +25,14 @@ import tvm
 from torch import nn
 from tvm import relax
 
-from edgesearch.runners.hardware.build import (  # noqa: F401  (re-exported: the search and tests import them from here)
+from edgesearch.runners.hardware.build import (
     build_local,
     export_for_tvm,
-    float_copy,
     measure_latency_local,
     plan_memory_only,
-    planned_activation_bytes,
-    relax_module,
-    relax_pipeline,
-    set_export_mode,
     tvm_threads,
 )
-from edgesearch.runners.hardware.costs import layer_costs, roofline_latency_ms
+from edgesearch.runners.costs import layer_costs, roofline_latency_ms
 from edgesearch.runners.hardware.integer_kernels import kernel_description
 from edgesearch.runners.hardware.integer_model import IntegerSummary, integer_copy
 from edgesearch.runners.hardware.profiles import HardwareProfile
