@@ -26,16 +26,13 @@ import json
 import os
 import platform
 import random
-import statistics
 import sys
-import time
 from pathlib import Path
 
 from edgesearch.search.cli_env import apply_process_env
 
 apply_process_env()
 
-import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 import tvm  # noqa: E402
@@ -51,6 +48,7 @@ from edgesearch.search.jobs import resolve_inputs  # noqa: E402
 from edgesearch.search.paths import cache_dir, write_text_atomically  # noqa: E402
 from edgesearch.spaces.apply import apply_candidate, uniform_candidate  # noqa: E402
 from edgesearch.spaces.candidate import Candidate, LayerKnobs  # noqa: E402
+from timers import ort_session, ort_timer, summarize, tvm_timer  # noqa: E402  (bench/timers.py)
 
 PROFILE = "x86-host"
 SOURCES = {
@@ -99,39 +97,17 @@ def make_variants(base: torch.nn.Module, layers: list[str]) -> dict[str, tuple[t
 # ---------------------------------------------------------------------------------- timers
 
 
-def tvm_timer(executable, input_shapes, number: int, repeat: int):
-    """A callable returning `repeat` samples (ms), each the mean of `number` runs."""
-    device = tvm.cpu()
-    vm = relax.VirtualMachine(executable, device)
-    arguments = [tvm.runtime.tensor(np.zeros(tuple(shape), "float32"), device) for shape in input_shapes]
-    evaluator = vm.time_evaluator("main", device, number=number, repeat=repeat)
-    return lambda: [t * 1e3 for t in evaluator(*arguments).results]
+def executable_timer(executable, input_shapes, number: int, repeat: int):
+    return tvm_timer(relax.VirtualMachine(executable, tvm.cpu()), input_shapes, number, repeat)
 
 
-def ort_timer(model: torch.nn.Module, imgsz: int, number: int, repeat: int, threads: int):
+def model_ort_timer(model: torch.nn.Module, imgsz: int, number: int, repeat: int, threads: int):
     """ONNX Runtime session of the model (exported as ultralytics' exporter sets the head)."""
     set_export_mode(model)
     onnx_bytes = io.BytesIO()
     torch.onnx.export(model.eval(), (torch.zeros(1, 3, imgsz, imgsz),), onnx_bytes, dynamo=False, opset_version=17,
                       input_names=["images"], output_names=["output0"])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(onnx_bytes.getvalue(), options, providers=["CPUExecutionProvider"])
-    feed = {"images": np.zeros((1, 3, imgsz, imgsz), np.float32)}
-    session.run(None, feed)  # warm-up, as the time evaluator does
-
-    def samples():
-        result = []
-        for _ in range(repeat):
-            started = time.perf_counter()
-            for _ in range(number):
-                session.run(None, feed)
-            result.append((time.perf_counter() - started) / number * 1e3)
-        return result
-
-    return samples
+    return ort_timer(ort_session(onnx_bytes.getvalue(), threads), imgsz, number, repeat)
 
 
 def layer_sum_timer(block_timers: list):
@@ -145,17 +121,12 @@ def block_timers(model, imgsz, profile, number, repeat, shared: dict, tune_trial
     for block in describe_blocks(model, imgsz):
         if block.signature not in shared:
             executable, _ = build_block(block, profile, tune_trials=tune_trials, tuning_db=tuning_db)
-            shared[block.signature] = tvm_timer(executable, block.input_shapes, number, repeat)
+            shared[block.signature] = executable_timer(executable, block.input_shapes, number, repeat)
         timers.append(shared[block.signature])
     return timers
 
 
 # ---------------------------------------------------------------------------------- summary
-
-
-def summarize(samples: list[float]) -> dict:
-    return {"median_ms": statistics.median(samples), "min_ms": min(samples), "max_ms": max(samples),
-            "spread_ms": max(samples) - min(samples), "n": len(samples)}
 
 
 def figure(result: dict, method: str) -> float | None:
@@ -253,15 +224,15 @@ def main(argv=None) -> int:
             },
             "blocks": table["blocks"],
         }
-        timers[name, "ort"] = ort_timer(copy.deepcopy(model), args.imgsz, args.number, args.repeats, profile.threads)
+        timers[name, "ort"] = model_ort_timer(copy.deepcopy(model), args.imgsz, args.number, args.repeats, profile.threads)
         executable, _ = build_local(export_for_tvm(copy.deepcopy(model), args.imgsz), profile.target)
-        timers[name, "tvm_full"] = tvm_timer(executable, [shape], args.number, args.repeats)
+        timers[name, "tvm_full"] = executable_timer(executable, [shape], args.number, args.repeats)
         timers[name, "layer_sum"] = layer_sum_timer(
             block_timers(model, args.imgsz, profile, args.number, args.repeats, fixed_blocks))
         if args.tune_trials > 0 and name in args.tune_variants:
             executable, _ = tune_and_build(export_for_tvm(copy.deepcopy(model), args.imgsz), profile.target,
                                            tuning_db, args.tune_trials)
-            timers[name, "tvm_tuned"] = tvm_timer(executable, [shape], args.number, args.repeats)
+            timers[name, "tvm_tuned"] = executable_timer(executable, [shape], args.number, args.repeats)
         if args.tune_trials > 0 and name in args.tune_variants and args.tune_blocks:
             timers[name, "layer_sum_tuned"] = layer_sum_timer(block_timers(
                 model, args.imgsz, profile, args.number, args.repeats, tuned_blocks, args.tune_trials, tuning_db))

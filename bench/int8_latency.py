@@ -33,7 +33,6 @@ import random
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from edgesearch.search.cli_env import apply_process_env
@@ -57,6 +56,7 @@ from edgesearch.spaces.activations import calibrate  # noqa: E402
 from edgesearch.spaces.apply import apply_candidate, uniform_candidate  # noqa: E402
 from edgesearch.spaces.candidate import LayerKnobs  # noqa: E402
 from edgesearch.spaces.packing import bake_fake_quant  # noqa: E402
+from timers import ort_session, ort_timer, summarize, tvm_timer  # noqa: E402  (bench/timers.py)
 
 PROFILE = "x86-host"
 INT8 = LayerKnobs(weight_bits=8, scheme="symmetric", granularity="filter", activation_bits=8)
@@ -119,41 +119,15 @@ def ort_int8_bytes(fp32_onnx: bytes, batches: list[torch.Tensor], conv_count: in
     return quantized, int8_convs
 
 
-def ort_session(model_bytes: bytes, threads: int):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+def ort_engine(model_bytes: bytes, threads: int):
+    """(session, forward over a batch of images one by one) for timing and for mAP."""
+    session = ort_session(model_bytes, threads)
 
     def forward(images: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(np.concatenate([session.run(None, {"images": image[None].float().numpy()})[0]
                                                 for image in images]))
 
     return session, forward
-
-
-def tvm_timer(vm, shapes, number: int, repeat: int):
-    arguments = [tvm.runtime.tensor(np.zeros(tuple(s), "float32"), tvm.cpu()) for s in shapes]
-    evaluator = vm.time_evaluator("main", tvm.cpu(), number=number, repeat=repeat)
-    evaluator(*arguments)  # warm-up
-    return lambda: [t * 1e3 for t in evaluator(*arguments).results]
-
-
-def ort_timer(session, imgsz: int, number: int, repeat: int):
-    feed = {"images": np.zeros((1, 3, imgsz, imgsz), np.float32)}
-    session.run(None, feed)
-
-    def samples():
-        result = []
-        for _ in range(repeat):
-            started = time.perf_counter()
-            for _ in range(number):
-                session.run(None, feed)
-            result.append((time.perf_counter() - started) / number * 1e3)
-        return result
-
-    return samples
 
 
 def map_with(forward, model: torch.nn.Module, data_yaml: Path, imgsz: int) -> float:
@@ -183,11 +157,6 @@ def block_timers(model, imgsz: int, profile, number: int, repeat: int) -> list[d
 
 
 # ------------------------------------------------------------------------------ report
-
-
-def summarize(samples: list[float]) -> dict:
-    return {"median_ms": statistics.median(samples), "min_ms": min(samples), "max_ms": max(samples),
-            "spread_ms": max(samples) - min(samples), "n": len(samples)}
 
 
 def markdown(report: dict) -> str:
@@ -262,7 +231,7 @@ def main(argv=None) -> int:
     fp32_onnx = onnx_bytes(copy.deepcopy(fp32_model), args.imgsz)
     conv_count = sum(1 for m in fp32_model.modules() if isinstance(m, torch.nn.Conv2d))
     int8_onnx, ort_int8_convs = ort_int8_bytes(fp32_onnx, batches, conv_count)
-    sessions = {"ort_int8": ort_session(int8_onnx, profile.threads), "ort_fp32": ort_session(fp32_onnx, profile.threads)}
+    sessions = {"ort_int8": ort_engine(int8_onnx, profile.threads), "ort_fp32": ort_engine(fp32_onnx, profile.threads)}
     shape = [(1, 3, args.imgsz, args.imgsz)]
     timers = {"tvm_int8": tvm_timer(tvm_int8, shape, args.number, args.repeats),
               "tvm_fp32": tvm_timer(tvm_fp32, shape, args.number, args.repeats),
