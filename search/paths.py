@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from edgesearch.reports.page import atomic_write
 from edgesearch.runners.cache import cache_root
 
 
@@ -19,18 +20,9 @@ def cache_dir() -> Path:
 
 
 def write_text_atomically(path: Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path` (a unique name: two writers never share one),
-    then rename it over `path`: a reader sees the old file or the new one, never half of one."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600; run folders are meant to be shared
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """Write `text` to a uniquely named temporary file beside `path`, then rename it over `path`:
+    a reader sees the old file or the new one, never half of one (reports/page.atomic_write)."""
+    atomic_write(Path(path), text.encode())
 
 
 @contextlib.contextmanager
