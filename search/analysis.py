@@ -28,14 +28,18 @@ def file_digest(path: str | Path) -> str:
 
 
 def dataset_fingerprint(data_yaml: str | Path) -> str:
-    """data.yaml's bytes and, for each file under its folder, name, size and mtime (a changed
-    image or label changes the fingerprint without hashing every byte)."""
-    data_yaml = Path(data_yaml)
-    digest = hashlib.sha256(data_yaml.read_bytes())
-    for path in sorted(data_yaml.parent.rglob("*")):
-        if path.is_file():
-            stat = path.stat()
-            digest.update(f"{path.relative_to(data_yaml.parent)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    """data.yaml's bytes and, for each train and val image and its label file, path, size and
+    mtime (a changed image or label changes the fingerprint without hashing every byte)."""
+    from ultralytics.data.utils import img2label_paths
+
+    from edgesearch.runners.accuracy.splits import split_images
+
+    digest = hashlib.sha256(Path(data_yaml).read_bytes())
+    for split in ("train", "val"):
+        images = sorted(split_images(Path(data_yaml), split))
+        for path in [*images, *img2label_paths(images)]:
+            stat = Path(path).stat() if Path(path).is_file() else None
+            digest.update(f"{path}:{stat.st_size if stat else '-'}:{stat.st_mtime_ns if stat else '-'}".encode())
     return digest.hexdigest()
 
 
@@ -75,10 +79,14 @@ def sensitivity(settings: dict, layer_options: dict[str, dict[str, list]], run_d
 
 def cost_basis(settings: dict, run_dir: Path, cpus: int) -> dict:
     """The hardware cost basis (runners/hardware/cost_basis.py) of the base on the profile, cached."""
+    import tvm
+
     from edgesearch.runners.hardware.cost_basis import VERSION
+    from edgesearch.runners.hardware.layer_table import build_code_hash
 
     config = {k: settings[k] for k in ("checkpoint", "trust_checkpoint", "profile", "imgsz")}
-    material = {"version": VERSION, "checkpoint": file_digest(config["checkpoint"]),
+    material = {"version": VERSION, "tvm": tvm.__version__, "build_code": build_code_hash(),
+                "checkpoint": file_digest(config["checkpoint"]),
                 "profile": file_digest(config["profile"]),
                 "imgsz": config["imgsz"], "threads": cpus}
     config["threads"] = cpus
