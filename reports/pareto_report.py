@@ -528,6 +528,9 @@ def write_report(out_dir: Path, *, run: dict, base: dict, trials: list[dict], ex
     }
     for name, data in files.items():
         atomic_write(out_dir / name, data)
+    for stale in (out_dir / DESIGNS_DIR).glob("trial-*.json"):  # designs an earlier front showed
+        if str(stale.relative_to(out_dir)) not in files:
+            stale.unlink()
     return {name: out_dir / name for name in files}
 
 
