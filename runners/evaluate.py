@@ -42,6 +42,7 @@ class EvalSettings:
     calibration_batches: int = 8  # train batches that set int8 activation ranges
     library_path: str = ""  # also write the deployable library for the profile here
     latency_mode: str = ""  # RPC profiles: "measured" or "estimated", decided once for a whole search
+    latency_mode_why: str = ""  # why the search estimates (no device when it started: which check failed)
 
 
 def score_candidate(settings: dict, candidate: dict | None) -> dict:
@@ -64,7 +65,8 @@ def _score(config: EvalSettings, candidate: dict | None) -> dict:
     hardware, hardware_s = _timed(lambda: hardware_scores(model, load_profile(config.profile), config.imgsz,
                                                           tune_trials=config.tune_trials, tuning_db=config.tuning_db,
                                                           library_path=config.library_path or None,
-                                                          latency_mode=config.latency_mode or None))
+                                                          latency_mode=config.latency_mode or None,
+                                                          latency_mode_why=config.latency_mode_why))
     return {
         **accuracy,
         # scored on images no choice of the search used (splits.py): what the search selects on is `map50_95`

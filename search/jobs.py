@@ -214,6 +214,7 @@ def run_search(inputs: Inputs, run_dir: Path, run: dict, *, resume: bool, ray_ad
                              threads=cpus_per_trial, seed=run["seed"], tune_trials=run.get("tune_trials", 0),
                              distill=run.get("distill", False))
     settings["latency_mode"] = run.get("latency_mode", "")
+    settings["latency_mode_why"] = run.get("latency_mode_why") or ""
     strategy = run.get("strategy", "nsga2")  # runs from before the guided search used NSGA-II
     study = studies.open_study(run_dir, seed=run["seed"], population_size=run["population"], create=not resume,
                                strategy=strategy)

@@ -96,13 +96,14 @@ def latency_mode(profile: HardwareProfile) -> tuple[str, str | None]:
 
 
 def _remote_latency(mod, profile: HardwareProfile, imgsz: int, model: nn.Module, summary: IntegerSummary,
-                    library_path: str | None, mode: str | None) -> dict:
+                    library_path: str | None, mode: str | None, mode_why: str = "") -> dict:
     """Measured over RPC when the profile's device is registered with its tracker, else estimated.
     With `mode` decided for the run (latency_mode), a trial keeps to it: "estimated" never asks the
     device, and "measured" fails when the device cannot be reached instead of estimating."""
     from edgesearch.runners.hardware.cross_build import build_library  # it builds on build.relax_pipeline
 
-    unavailable = "the run estimates every trial" if mode == "estimated" else device_unavailable_reason(profile)
+    unavailable = (f"the run estimates every trial; at its start: {mode_why or 'no device'}" if mode == "estimated"
+                   else device_unavailable_reason(profile))
     if mode == "measured" and unavailable:
         raise RuntimeError(f"{profile.name} could not be measured, as this run measures every trial: {unavailable}")
     result: dict = {}
@@ -137,20 +138,22 @@ def remeasure_interleaved(models: dict[str, nn.Module], profile: HardwareProfile
         precisions[name] = precision(summary, profile.target)
     data = tvm.runtime.tensor(np.zeros((1, 3, imgsz, imgsz), dtype="float32"), tvm.cpu())
     times: dict[str, list[float]] = {name: [] for name in vms}
-    for _ in range(rounds):
-        for name, vm in vms.items():
-            timer = vm.time_evaluator("main", tvm.cpu(), number=1, repeat=repeat, min_repeat_ms=10)
-            times[name] += [t * 1e3 for t in timer(data).results]
+    with timing_turn() as turn:  # no trial of this machine is timed meanwhile
+        for _ in range(rounds):
+            for name, vm in vms.items():
+                timer = vm.time_evaluator("main", tvm.cpu(), number=1, repeat=repeat, min_repeat_ms=10)
+                times[name] += [t * 1e3 for t in timer(data).results]
     return {name: {"latency_ms": statistics.median(ms), "latency_spread_ms": max(ms) - min(ms),
                    "latency_source": REMEASURED_SOURCE.format(precision=precisions[name], threads=tvm_threads(),
-                                                              designs=len(vms) - 1, rounds=rounds, repeat=repeat),
+                                                              designs=len(vms) - 1, rounds=rounds, repeat=repeat)
+                   + SHARED_NOTE.format(others=turn["others"]),
                    "latency_method": REMEASURED_METHOD.format(threads=tvm_threads())}
             for name, ms in times.items()}
 
 
 def hardware_scores(model: nn.Module, profile: HardwareProfile, imgsz: int, *, tune_trials: int = 0,
                     tuning_db: str | None = None, library_path: str | None = None,
-                    latency_mode: str | None = None) -> dict:
+                    latency_mode: str | None = None, latency_mode_why: str = "") -> dict:
     """Latency (with its source), SRAM footprint and sizes of a transformed (baked) model.
 
     The build is the model's integer form (module docstring). x86-host: built here and timed with
@@ -168,7 +171,7 @@ def hardware_scores(model: nn.Module, profile: HardwareProfile, imgsz: int, *, t
     latency: dict
     if profile.measurement == "rpc":
         activations = plan_memory_only(mod)
-        latency = _remote_latency(mod, profile, imgsz, model, summary, library_path, latency_mode)
+        latency = _remote_latency(mod, profile, imgsz, model, summary, library_path, latency_mode, latency_mode_why)
     elif tune_trials > 0:
         executable, build = tune_and_build(mod, profile.target, Path(tuning_db), tune_trials)
         activations = plan_memory_only(mod)  # planning does not depend on the kernels' schedules
