@@ -59,7 +59,7 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
             description=str(raw["description"]),
             measurement=raw["measurement"],
             threads=int(raw["threads"]),
-            target=dict(tvm_cfg["target"]),
+            target=with_host_cpu(dict(tvm_cfg["target"])),
             host=dict(tvm_cfg["host"]) if tvm_cfg.get("host") else None,
             sram_bytes=int(raw["sram_bytes"]),
             dram_bytes=int(raw["dram_bytes"]),
@@ -71,6 +71,17 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
         )
     except (TypeError, ValueError) as error:
         raise InputError(f"{where}: {error}") from None
+
+
+def with_host_cpu(target: dict) -> dict:
+    """`mcpu: host` names this machine's CPU as LLVM detects it (e.g. znver3, znver4): code built
+    for another CPU can use instructions this one lacks (AVX-512 on a Zen 3 host dies with SIGILL),
+    and the integer kernels pick their instructions from the CPU's features."""
+    if target.get("mcpu") != "host":
+        return target
+    from tvm.target import codegen
+
+    return {**target, "mcpu": codegen.llvm_get_system_cpu()}
 
 
 def available_profiles() -> list[str]:
