@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue the run in the run folder")
     run.add_argument("--out", help="run folder (default: ./reports/<profile>-<space>[-<preset>] under the current "
                                    "directory); an existing folder must be empty or hold a run")
-    run.add_argument("--ray-address", help="join an existing Ray cluster instead of starting a local one")
+    run.add_argument("--ray-address", help="join the Ray cluster whose head is at host:port (default: RAY_ADDRESS, "
+                                           "else a local Ray); trials run on every node, their inputs travel "
+                                           "through Ray's object store")
 
     evaluate = commands.add_parser("eval", help="score one candidate")
     _common(evaluate)
@@ -208,11 +210,15 @@ def _memory_budget(args, profile) -> dict:
 
 
 def cmd_run(args) -> None:
+    from edgesearch.search import execution
     from edgesearch.search.jobs import (RUN_FILE, RunLock, check_run_dir, check_smallest_design_fits,
-                                        decide_latency_mode, prepare_run_dir, run_folder, run_search)
+                                        decide_latency_mode, prepare_run_dir, run_folder, run_search, ship_inputs)
     from edgesearch.search.presets import PRESETS
 
     check_run_arguments(args)
+    address = execution.cluster_address(args.ray_address)
+    if address:  # join first: an unreachable cluster is refused at once, before any slow work or any file
+        execution.start_ray(address)
     if args.out or args.resume:  # before the slow work of resolving inputs
         check_run_dir(run_folder(args.out, args.profile, args.space, args.preset), args.resume)
     if args.resume:  # a resumed run keeps the inputs it started with
@@ -253,11 +259,12 @@ def cmd_run(args) -> None:
     if not args.resume:
         check_smallest_design_fits(inputs, run)  # says at once when no design can meet the budget
         decide_latency_mode(inputs, run)
+    archives = ship_inputs(inputs)  # inputs that cannot travel to the workers are refused here
     run = prepare_run_dir(run_dir, run, args.resume, explicit={
         "max_map_drop": args.max_map_drop, "latency_budget_ms": args.latency_budget, "strategy": args.strategy,
         "memory_budget": run["memory_budget"] if args.sram_budget else None})
     with RunLock(run_dir):
-        run_search(inputs, run_dir, run, resume=args.resume, ray_address=args.ray_address)
+        run_search(inputs, run_dir, run, resume=args.resume, ray_address=address, archives=archives)
 
 
 def cmd_report(args) -> None:

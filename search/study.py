@@ -137,7 +137,10 @@ def enqueue_anchors(study: optuna.Study, resolved: dict[str, LayerChoices]) -> i
 
 
 def finished_count(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)))
+    """Trials that count towards the run's number: scored or failed, but not those a stopped run
+    interrupted (their candidates were queued again, and run as new trials)."""
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+    return sum(1 for t in finished if t.user_attrs.get(ERROR_ATTR) != INTERRUPTED)
 
 
 def suggest_candidate(trial: Trial, resolved: dict[str, LayerChoices]) -> Candidate:
@@ -212,5 +215,14 @@ def trial_rows(study: optuna.Study) -> list[dict]:
             "origin": trial.user_attrs.get(ORIGIN_ATTR, "sampled by Optuna"),
             "recipe": trial.user_attrs.get(RECIPE_ATTR),
             "predicted": trial.user_attrs.get(PREDICTED_ATTR),
+            "node": node_label((trial.user_attrs.get(SCORE_ATTR) or {}).get("node")),
+            "attempts": (trial.user_attrs.get(SCORE_ATTR) or {}).get("attempts"),
         })
     return rows
+
+
+def node_label(node: dict | None) -> str | None:
+    """The node a trial ran on, in one short line: host, IP and the start of Ray's node id."""
+    if not node:
+        return None
+    return f"{node['hostname']} {node['ip']} {node['id'][:8]}"
