@@ -10,6 +10,7 @@ environment: that is how a node's processes are found to be killed, and only tho
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -149,16 +150,12 @@ class LocalCluster:
         self.nodes.remove(name)
 
     def shutdown(self) -> None:
-        """Stop every process of this cluster (workers first, the head last) and remove its folder."""
-        for name in [*self.nodes, "head"]:
-            for pid in self.processes(name):
-                _kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while self.processes() and time.monotonic() < deadline:
+        """Kill every process of this cluster (nothing of it is kept) and remove its folder."""
+        for _ in range(3):  # a process forked while the others were being killed is caught next round
+            for pid in self.processes():
+                _kill(pid, signal.SIGKILL)
             time.sleep(0.2)
-        for pid in self.processes():
-            _kill(pid, signal.SIGKILL)
-        subprocess.run(["rm", "-rf", str(self.root)], check=False)
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _cmdline(pid: int) -> str:

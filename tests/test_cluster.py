@@ -38,22 +38,6 @@ def cluster():
     local.shutdown()
 
 
-@pytest.fixture(scope="module")
-def input_source(tmp_path_factory, isolated_cache):
-    """The smoke dataset and an untrained tiny checkpoint (trials check mechanics, not accuracy),
-    kept aside; `_given_inputs` copies them to where a search is pointed at."""
-    import torch
-    from ultralytics import YOLO
-
-    from edgesearch.search.default_data import build_digit_dataset
-    from edgesearch.search.presets import PRESETS, TINY_MODEL_YAML
-
-    source = tmp_path_factory.mktemp("cluster-inputs")
-    shutil.copytree(build_digit_dataset(PRESETS["smoke"].data).parent, source / "data")
-    torch.save({"model": YOLO(TINY_MODEL_YAML).model}, source / "tiny.pt")
-    return source
-
-
 def _given_inputs(source: Path, folder: Path) -> tuple[Path, Path]:
     if folder.exists():
         shutil.rmtree(folder)
@@ -100,10 +84,10 @@ def _wait(condition, what: str, driver: subprocess.Popen):
 
 
 @pytest.fixture(scope="module")
-def faulty_search(cluster, input_source, tmp_path_factory):
+def faulty_search(cluster, cluster_inputs, tmp_path_factory):
     folder = tmp_path_factory.mktemp("cluster-run")
     out, given = folder / "run", folder / "given"
-    model, data = _given_inputs(input_source, given)
+    model, data = _given_inputs(cluster_inputs, given)
     started = time.monotonic()
     driver = _search(out, model, data, cluster.address)
     try:
@@ -124,7 +108,7 @@ def faulty_search(cluster, input_source, tmp_path_factory):
         driver.send_signal(signal.SIGKILL)
         driver.wait()
         interrupted_at = time.monotonic() - started
-        model, data = _given_inputs(input_source, given)  # a resume resolves its inputs again
+        model, data = _given_inputs(cluster_inputs, given)  # a resume resolves its inputs again
         resumed = _search(out, model, data, cluster.address, "--resume")
         resumed.wait(timeout=WAIT_S)
     finally:
