@@ -46,11 +46,12 @@ def check_reachable(address: str) -> None:
         raise InputError(f"no Ray cluster reachable at {address} ({error.strerror or error})") from None
 
 
-def start_ray(address: str | None, object_bytes: int = 0) -> None:
+def start_ray(address: str | None, object_bytes: int = 0) -> bool:
     """Join the cluster at `address` (checked first), or start a local Ray whose object store holds
-    at least twice `object_bytes` (the shipped inputs)."""
+    at least twice `object_bytes` (the shipped inputs). False if Ray was started already (by the
+    caller, who then stops it)."""
     if ray.is_initialized():
-        return
+        return False
     if address:
         check_reachable(address)
         try:
@@ -62,6 +63,7 @@ def start_ray(address: str | None, object_bytes: int = 0) -> None:
     else:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="WARNING",
                  object_store_memory=max(LOCAL_OBJECT_STORE, 2 * object_bytes), runtime_env={"env_vars": WORKER_ENV})
+    return True
 
 
 def stop_ray() -> None:

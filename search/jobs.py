@@ -217,7 +217,7 @@ def run_search(inputs: Inputs, run_dir: Path, run: dict, *, resume: bool, ray_ad
     `ray_address`), tell Optuna, write the report. Only this process opens the study."""
     parallel = max(1, run["parallel"])
     archives = archives or ship_inputs(inputs)
-    execution.start_ray(ray_address, shipping.total_bytes(archives))
+    started_ray = execution.start_ray(ray_address, shipping.total_bytes(archives))
     try:
         cpus_per_trial = execution.cpus_per_trial(parallel)
         settings = eval_settings(inputs, imgsz=run["imgsz"], finetune_iters=run["finetune_iters"], batch=run["batch"],
@@ -247,7 +247,8 @@ def run_search(inputs: Inputs, run_dir: Path, run: dict, *, resume: bool, ray_ad
             study.set_user_attr(REMEASURE_ATTR, {"state": "skipped", "why": f"profile {inputs.profile.name} is not "
                                                  "timed on this machine: its figures are the search's own"})
     finally:
-        execution.stop_ray()
+        if started_ray:  # else the caller's (a batch of searches shares one connection)
+            execution.stop_ray()
     return write_run_report(run_dir, study=study)
 
 
