@@ -73,7 +73,7 @@ def measure(nodes: int, trials: int, model: Path, data: Path, work: Path) -> dic
             [sys.executable, "-m", "edgesearch.search.cli", "run", "--preset", "smoke", "--profile", str(PROFILE),
              "--space", str(SPACE), "--strategy", "random", "--model", str(model), "--data", str(data),
              "--trials", str(trials), "--parallel", str(nodes * cpus), "--out", str(out),
-             "--ray-address", cluster.address], capture_output=True, text=True)
+             "--ray-address", cluster.address], capture_output=True, text=True, env=cluster.driver_env())
         search_s = time.monotonic() - started
     finally:
         cluster.shutdown()

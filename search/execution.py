@@ -58,6 +58,9 @@ def start_ray(address: str | None, object_bytes: int = 0) -> bool:
             ray.init(address=address, runtime_env={"env_vars": WORKER_ENV}, log_to_driver=False,
                      logging_level="WARNING")
         except (ConnectionError, RuntimeError, ValueError) as error:  # version mismatch, not a Ray GCS, ...
+            if "InvalidAuthToken" in str(error) or "AuthenticationError" in str(error):
+                raise InputError(f"the Ray cluster at {address} wants token authentication: set RAY_AUTH_MODE=token "
+                                 "and its token (RAY_AUTH_TOKEN, or ~/.ray/auth_token)") from None
             lines = str(error).strip().splitlines()
             raise InputError(f"cannot join the Ray cluster at {address}: {lines[0] if lines else error!r}") from None
     else:

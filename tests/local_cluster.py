@@ -34,7 +34,9 @@ class LocalCluster:
     def __init__(self, workers: int, *, cpus_per_worker: int = 1, dashboard: bool = False, env: dict | None = None):
         # short root: Ray's unix socket paths live under each node's temp dir (107-byte limit)
         self.root = Path(tempfile.mkdtemp(prefix="esray-", dir="/tmp"))
-        self.env = dict(os.environ, **(env or {}))
+        # Ray 2.60 switches a head to token authentication when ~/.ray/auth_token exists (a local
+        # ray.init() writes one) but not the nodes and drivers joining it by address: one mode for all
+        self.env = dict(os.environ, **(env or {}), RAY_AUTH_MODE="disabled")
         self.env.pop("RAY_ADDRESS", None)
         self.port = free_port()
         self.dashboard_port = free_port() if dashboard else None
@@ -53,6 +55,10 @@ class LocalCluster:
                   "RAY_health_check_timeout_ms": "1000"}
         self._wait(self._launch("head", ["--head", f"--port={self.port}", "--num-cpus=0", *dashboard_args], health))
         self.add_workers(workers, cpus_per_worker)
+
+    def driver_env(self, **extra: str) -> dict:
+        """The environment of a driver (a `search` command) that joins this cluster."""
+        return dict(os.environ, RAY_AUTH_MODE="disabled", **extra)
 
     @property
     def address(self) -> str:

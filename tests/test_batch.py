@@ -8,7 +8,6 @@ pinned environment does not install; see README, "Running on a cluster".)
 from __future__ import annotations
 
 import csv
-import os
 import shutil
 import subprocess
 import sys
@@ -38,7 +37,7 @@ def test_a_batch_runs_each_search_in_its_own_folder_and_resumes(tmp_path, cluste
     jobs.write_text(yaml.safe_dump({"defaults": defaults, "searches": searches}))
     cluster = LocalCluster(workers=1, cpus_per_worker=2)
     try:
-        env = dict(os.environ, RAY_ADDRESS=cluster.address)  # what `ray job submit` gives its entrypoint
+        env = cluster.driver_env(RAY_ADDRESS=cluster.address)  # what `ray job submit` gives its entrypoint
 
         def batch():
             return subprocess.run([sys.executable, "-m", "edgesearch.search.cli", "batch", str(jobs)], env=env,

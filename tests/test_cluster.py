@@ -44,13 +44,13 @@ def _given_inputs(source: Path, folder: Path) -> tuple[Path, Path]:
     return folder / "tiny.pt", folder / "data" / "data.yaml"
 
 
-def _search(out: Path, model: Path, data: Path, address: str, *extra: str) -> subprocess.Popen:
+def _search(cluster: LocalCluster, out: Path, model: Path, data: Path, *extra: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "edgesearch.search.cli", "run", "--preset", "smoke", "--profile", PROFILE,
                "--space", SMOKE_SPACE, "--strategy", "random", "--finetune-iters", "1", "--model", str(model),
                "--data", str(data), "--trials", str(TRIALS), "--parallel", "2", "--out", str(out),
-               "--ray-address", address, *extra]
+               "--ray-address", cluster.address, *extra]
     log = open(out.parent / f"{out.name}-{len(list(out.parent.glob('*.log')))}.log", "w")
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, env=cluster.driver_env())
 
 
 def _scored(out: Path) -> dict[int, dict]:
@@ -87,37 +87,31 @@ def faulty_search(cluster, cluster_inputs, tmp_path_factory):
     folder = tmp_path_factory.mktemp("cluster-run")
     out, given = folder / "run", folder / "given"
     model, data = _given_inputs(cluster_inputs, given)
-    started = time.monotonic()
-    driver = _search(out, model, data, cluster.address)
+    driver, resumed = _search(cluster, out, model, data), None
     try:
-        # the base is scored alone first; then two trials run, one per node
+        # the base is scored alone first; then two trials run, on two nodes (one CPU each)
         running = _wait(lambda: (r := cluster.trial_workers()) and sum(map(len, r.values())) >= 2 and r,
                         "two trials ran at once", driver)
         shutil.rmtree(given)  # shipped already: from here on the workers have only the object store's copies
-        killed_node, stopped_node = list(running)[:2] if len(running) >= 2 else (list(running)[0], None)
-        killed_pid = running[killed_node][0]
-        os.kill(killed_pid, signal.SIGKILL)
-        stopped_id = None
-        if stopped_node:
-            stopped_id = cluster.node_id(stopped_node)
-            cluster.stop_node(stopped_node)
+        killed_node, stopped_node = list(running)
+        os.kill(running[killed_node][0], signal.SIGKILL)
+        stopped_id = cluster.node_id(stopped_node)
+        cluster.stop_node(stopped_node)
         # the two trials that were hit (the first two: the base ran alone before them) scored, and
         # the third running: the driver dies
         before_kill = _wait(lambda: {0, 1} <= set(s := _scored(out)) and cluster.trial_workers() and s,
                             "trials 0 and 1 were scored and a third ran", driver)
         driver.send_signal(signal.SIGKILL)
         driver.wait()
-        interrupted_at = time.monotonic() - started
         model, data = _given_inputs(cluster_inputs, given)  # a resume resolves its inputs again
-        resumed = _search(out, model, data, cluster.address, "--resume")
+        resumed = _search(cluster, out, model, data, "--resume")
         resumed.wait(timeout=WAIT_S)
     finally:
-        for process in (driver, locals().get("resumed")):
+        for process in (driver, resumed):
             if process is not None and process.poll() is None:
                 process.kill()
     log = "\n".join(p.read_text() for p in sorted(folder.glob("*.log")))
-    return SimpleNamespace(out=out, resumed=resumed, log=log, killed_pid=killed_pid, stopped_id=stopped_id,
-                           before_kill=before_kill, interrupted_at=interrupted_at,
+    return SimpleNamespace(out=out, resumed=resumed, log=log, stopped_id=stopped_id, before_kill=before_kill,
                            rows=list(csv.DictReader((out / "trials.csv").open())) if resumed.returncode == 0 else [])
 
 
@@ -141,7 +135,6 @@ def test_a_killed_worker_process_is_retried(faulty_search):
 
 
 def test_the_trials_of_a_stopped_node_run_elsewhere(faulty_search):
-    assert faulty_search.stopped_id, "two trials ran on two different nodes"
     assert faulty_search.resumed.returncode == 0, faulty_search.log[-3000:]
     nodes = [faulty_search.before_kill[n]["scores"]["node"]["id"] for n in (0, 1)]
     assert faulty_search.stopped_id not in nodes  # the one that ran there when it stopped ran again elsewhere
