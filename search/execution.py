@@ -58,11 +58,10 @@ def start_ray(address: str | None, object_bytes: int = 0) -> bool:
             ray.init(address=address, runtime_env={"env_vars": WORKER_ENV}, log_to_driver=False,
                      logging_level="WARNING")
         except (ConnectionError, RuntimeError, ValueError) as error:  # version mismatch, not a Ray GCS, ...
-            if "InvalidAuthToken" in str(error) or "AuthenticationError" in str(error):
-                raise InputError(f"the Ray cluster at {address} wants token authentication: set RAY_AUTH_MODE=token "
-                                 "and its token (RAY_AUTH_TOKEN, or ~/.ray/auth_token)") from None
+            # Ray's exception does not say why (its log lines above do): a refused token reads the same
             lines = str(error).strip().splitlines()
-            raise InputError(f"cannot join the Ray cluster at {address}: {lines[0] if lines else error!r}") from None
+            raise InputError(f"cannot join the Ray cluster at {address}: {lines[0] if lines else error!r} (if it "
+                             "uses token authentication: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN)") from None
     else:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="WARNING",
                  object_store_memory=max(LOCAL_OBJECT_STORE, 2 * object_bytes), runtime_env={"env_vars": WORKER_ENV})

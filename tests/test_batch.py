@@ -32,7 +32,7 @@ def test_a_batch_runs_each_search_in_its_own_folder_and_resumes(tmp_path, cluste
     shutil.copytree(cluster_inputs, tmp_path / "inputs")
     jobs = tmp_path / "jobs.yaml"
     defaults = {"preset": "smoke", "profile": PROFILE, "space": SMOKE_SPACE, "strategy": "random",
-                "finetune_iters": 1, "parallel": 2, "model": "inputs/tiny.pt", "data": "inputs/data/data.yaml"}
+                "finetune_iters": 0, "parallel": 2, "model": "inputs/tiny.pt", "data": "inputs/data/data.yaml"}
     searches = [{"out": "runs/a", "trials": 1}, {"out": "runs/b", "trials": 1, "seed": 1}]
     jobs.write_text(yaml.safe_dump({"defaults": defaults, "searches": searches}))
     cluster = LocalCluster(workers=1, cpus_per_worker=2)

@@ -46,7 +46,7 @@ def _given_inputs(source: Path, folder: Path) -> tuple[Path, Path]:
 
 def _search(cluster: LocalCluster, out: Path, model: Path, data: Path, *extra: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "edgesearch.search.cli", "run", "--preset", "smoke", "--profile", PROFILE,
-               "--space", SMOKE_SPACE, "--strategy", "random", "--finetune-iters", "1", "--model", str(model),
+               "--space", SMOKE_SPACE, "--strategy", "random", "--finetune-iters", "0", "--model", str(model),
                "--data", str(data), "--trials", str(TRIALS), "--parallel", "2", "--out", str(out),
                "--ray-address", cluster.address, *extra]
     log = open(out.parent / f"{out.name}-{len(list(out.parent.glob('*.log')))}.log", "w")
