@@ -7,7 +7,8 @@ Input is plain data (nothing of edgesearch is imported here):
   base    the unmodified model's scores, with `remeasured` (dict or None)
   trials  one dict per trial: number, state (COMPLETE, FAIL, PRUNED = screened out), pareto,
           feasible, scores, candidate, error, duration_s, remeasured; optional origin, recipe,
-          predicted, node
+          predicted, node (where it ran: host, IP, Ray node id), attempts (runs it took: > 1 after a
+          worker or node died)
   extras  optional: sensitivity, cost_basis, proxy_quality, accuracy_basis ({split, images}),
           packed_layers ({design key: {layer: packed bytes}}, "base" for the base) with
           packed_layers_source
@@ -59,13 +60,13 @@ def _csv_bytes(trials: list[dict]) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["trial", "state", "pareto", "feasible", *SCORE_COLUMNS, "knobs", "origin", "recipe", "duration_s",
-                     "error", "predicted_map50_95", "predicted_omega"])
+                     "error", "predicted_map50_95", "predicted_omega", "node", "attempts"])
     for t in sorted(trials, key=lambda t: t["number"]):
         scores, predicted = t.get("scores") or {}, t.get("predicted") or {}
         writer.writerow([t["number"], t["state"], t.get("pareto"), t.get("feasible"),
                          *(scores.get(c) for c in SCORE_COLUMNS), knob_summary(t.get("candidate")),
                          t.get("origin") or "", t.get("recipe") or "", t.get("duration_s"), t.get("error") or "",
-                         predicted.get("map50_95"), predicted.get("omega")])
+                         predicted.get("map50_95"), predicted.get("omega"), t.get("node") or "", t.get("attempts") or ""])
     return out.getvalue().encode()
 
 

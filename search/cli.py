@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -63,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue the run in the run folder")
     run.add_argument("--out", help="run folder (default: ./reports/<profile>-<space>[-<preset>] under the current "
                                    "directory); an existing folder must be empty or hold a run")
-    run.add_argument("--ray-address", help="join an existing Ray cluster instead of starting a local one")
+    run.add_argument("--ray-address", help="join the Ray cluster whose head is at host:port (default: RAY_ADDRESS, "
+                                           "else a local Ray); trials run on every node, their inputs travel "
+                                           "through Ray's object store")
 
     evaluate = commands.add_parser("eval", help="score one candidate")
     _common(evaluate)
@@ -81,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="image folder; labels are read where ultralytics' layout has them (images/ -> labels/)")
     shadow.add_argument("--conf", type=float, default=0.25, help="confidence threshold of the compared detections")
     shadow.add_argument("--out", help="report folder (default: ./reports/shadow-<candidate name>)")
+
+    batch = commands.add_parser(
+        "batch", help="run (or resume) several searches listed in a jobs file, one after another, on one Ray "
+                      "connection; on a cluster: ray job submit --address http://HEAD:8265 -- search batch jobs.yaml",
+        description=batch_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    batch.add_argument("jobs_file", help="YAML: `searches`, a list of {out, model, data, profile, space, trials, ...}")
+    batch.add_argument("--ray-address", help="join the Ray cluster at host:port (default: RAY_ADDRESS, which "
+                                             "`ray job submit` sets, else a local Ray)")
+    batch.add_argument("--verbose", action="store_true", help="show the libraries' own output")
 
     commands.add_parser("profiles", help="list hardware profiles")
     commands.add_parser("spaces", help="list design spaces")
@@ -208,11 +220,31 @@ def _memory_budget(args, profile) -> dict:
 
 
 def cmd_run(args) -> None:
-    from edgesearch.search.jobs import (RUN_FILE, RunLock, check_run_dir, check_smallest_design_fits,
-                                        decide_latency_mode, prepare_run_dir, run_folder, run_search)
-    from edgesearch.search.presets import PRESETS
+    from edgesearch.search import execution
 
     check_run_arguments(args)
+    address = execution.cluster_address(args.ray_address)
+    if address:  # join first: an unreachable cluster is refused at once, before any slow work or any file
+        execution.start_ray(address)
+    execute_run(prepare_run(args), address)
+
+
+@dataclasses.dataclass
+class PreparedRun:
+    """A search checked and ready: its inputs resolved and packed for the workers, nothing written yet."""
+    args: argparse.Namespace
+    inputs: object  # jobs.Inputs
+    run_dir: Path
+    run: dict
+    archives: dict  # shipping.Archive per trial setting that names a file
+
+
+def prepare_run(args) -> PreparedRun:
+    """Everything `search run` checks before it writes anything (check_run_arguments aside)."""
+    from edgesearch.search.jobs import (RUN_FILE, check_run_dir, check_smallest_design_fits, decide_latency_mode,
+                                        run_folder, ship_inputs)
+    from edgesearch.search.presets import PRESETS
+
     if args.out or args.resume:  # before the slow work of resolving inputs
         check_run_dir(run_folder(args.out, args.profile, args.space, args.preset), args.resume)
     if args.resume:  # a resumed run keeps the inputs it started with
@@ -253,15 +285,51 @@ def cmd_run(args) -> None:
     if not args.resume:
         check_smallest_design_fits(inputs, run)  # says at once when no design can meet the budget
         decide_latency_mode(inputs, run)
+    archives = ship_inputs(inputs)  # inputs that cannot travel to the workers are refused here
+    return PreparedRun(args, inputs, run_dir, run, archives)
+
+
+def execute_run(prepared: PreparedRun, address: str | None) -> None:
+    """Create (or reopen) the run folder and run the search in it, on the cluster at `address` or locally."""
+    from edgesearch.search.jobs import RunLock, prepare_run_dir, run_search
+
+    args = prepared.args
     with contextlib.ExitStack() as held:
         if args.resume:  # locked before run.json is rewritten: a second resume must not touch a running search
-            held.enter_context(RunLock(run_dir))
-        run = prepare_run_dir(run_dir, run, args.resume, explicit={
+            held.enter_context(RunLock(prepared.run_dir))
+        run = prepare_run_dir(prepared.run_dir, prepared.run, args.resume, explicit={
             "max_map_drop": args.max_map_drop, "latency_budget_ms": args.latency_budget, "strategy": args.strategy,
-            "memory_budget": run["memory_budget"] if args.sram_budget else None})
+            "memory_budget": prepared.run["memory_budget"] if args.sram_budget else None})
         if not args.resume:  # the folder exists only now
-            held.enter_context(RunLock(run_dir))
-        run_search(inputs, run_dir, run, resume=args.resume, ray_address=args.ray_address)
+            held.enter_context(RunLock(prepared.run_dir))
+        run_search(prepared.inputs, prepared.run_dir, run, resume=args.resume, ray_address=address,
+                   archives=prepared.archives)
+
+
+def batch_help() -> str:
+    from edgesearch.search import batch
+
+    return batch.__doc__
+
+
+def cmd_batch(args) -> None:
+    from edgesearch.search import execution, shipping
+    from edgesearch.search.batch import load_jobs
+
+    jobs = load_jobs(args.jobs_file, lambda argv: build_parser().parse_args(["run", *argv]))
+    for job in jobs:
+        check_run_arguments(job)
+    address = execution.cluster_address(args.ray_address)
+    if address:
+        execution.start_ray(address)
+    prepared = [prepare_run(job) for job in jobs]  # every search checked before any is written
+    execution.start_ray(address, max(shipping.total_bytes(p.archives) for p in prepared))  # local: one Ray for all
+    try:
+        for number, search in enumerate(prepared, 1):
+            print(f"search {number} of {len(prepared)}: {search.run_dir}" + (" (resumed)" if search.args.resume else ""))
+            execute_run(search, address)
+    finally:
+        execution.stop_ray()
 
 
 def cmd_report(args) -> None:
@@ -304,7 +372,7 @@ def cmd_shadow(args) -> None:
     print(f"shadow report: {files['index.html']}")
 
 
-COMMANDS = {"run": cmd_run, "eval": cmd_eval, "shadow": cmd_shadow, "profiles": cmd_profiles, "spaces": cmd_spaces, "report": cmd_report}
+COMMANDS = {"run": cmd_run, "batch": cmd_batch, "eval": cmd_eval, "shadow": cmd_shadow, "profiles": cmd_profiles, "spaces": cmd_spaces, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

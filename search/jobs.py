@@ -19,7 +19,7 @@ from edgesearch.runners.accuracy.finetune import load_dataset_info
 from edgesearch.runners.accuracy.splits import check_splittable
 from edgesearch.runners.checkpoints import load_detection_model
 from edgesearch.runners.hardware.profiles import HardwareProfile, load_profile
-from edgesearch.search import execution, study as studies
+from edgesearch.search import execution, shipping, study as studies
 from edgesearch.search.report_inputs import report_extras
 from edgesearch.search.base_model import default_base_checkpoint
 from edgesearch.search.default_data import build_digit_dataset
@@ -206,39 +206,52 @@ def decide_latency_mode(inputs: Inputs, run: dict) -> None:
           + (f" ({run['latency_mode_why']})" if run["latency_mode_why"] else " on the device over TVM RPC"))
 
 
-def run_search(inputs: Inputs, run_dir: Path, run: dict, *, resume: bool, ray_address: str | None) -> dict:
-    """The search loop: ask candidates, score them as Ray tasks, tell Optuna, write the report."""
+def ship_inputs(inputs: Inputs) -> dict:
+    """The archives of the files a trial opens (search/shipping.py); an input that cannot be shipped
+    is refused here, before anything is written."""
+    return shipping.pack_inputs(checkpoint=inputs.checkpoint, data_yaml=inputs.data_yaml,
+                                profile=Path(inputs.profile.source))
+
+
+def run_search(inputs: Inputs, run_dir: Path, run: dict, *, resume: bool, ray_address: str | None,
+               archives: dict | None = None) -> dict:
+    """The search loop: ask candidates, score them as Ray tasks (locally, or on the cluster at
+    `ray_address`), tell Optuna, write the report. Only this process opens the study."""
     parallel = max(1, run["parallel"])
-    cpus_per_trial = max(1, (os.cpu_count() or 1) // parallel)
-    settings = eval_settings(inputs, imgsz=run["imgsz"], finetune_iters=run["finetune_iters"], batch=run["batch"],
-                             threads=cpus_per_trial, seed=run["seed"], tune_trials=run.get("tune_trials", 0),
-                             distill=run.get("distill", False))
-    settings["latency_mode"] = run.get("latency_mode", "")
-    settings["latency_mode_why"] = run.get("latency_mode_why") or ""
-    strategy = run.get("strategy", "nsga2")  # runs from before the guided search used NSGA-II
-    study = studies.open_study(run_dir, seed=run["seed"], population_size=run["population"], create=not resume,
-                               strategy=strategy)
-    if not resume and strategy == "nsga2":
-        studies.enqueue_anchors(study, inputs.resolved)
-    requeued = studies.requeue_interrupted(study)
-    if requeued:
-        print(f"resuming: {requeued} interrupted trial(s) queued again")
-    execution.start_ray(ray_address)
+    archives = archives or ship_inputs(inputs)
+    started_ray = execution.start_ray(ray_address, shipping.total_bytes(archives))
     try:
+        cpus_per_trial = execution.cpus_per_trial(parallel)
+        settings = eval_settings(inputs, imgsz=run["imgsz"], finetune_iters=run["finetune_iters"], batch=run["batch"],
+                                 threads=cpus_per_trial, seed=run["seed"], tune_trials=run.get("tune_trials", 0),
+                                 distill=run.get("distill", False))
+        settings["latency_mode"] = run.get("latency_mode", "")
+        settings["latency_mode_why"] = run.get("latency_mode_why") or ""
+        parcels = shipping.put(archives)
+        strategy = run.get("strategy", "nsga2")  # runs from before the guided search used NSGA-II
+        study = studies.open_study(run_dir, seed=run["seed"], population_size=run["population"], create=not resume,
+                                   strategy=strategy)
+        if not resume and strategy == "nsga2":
+            studies.enqueue_anchors(study, inputs.resolved)
+        requeued = studies.requeue_interrupted(study)
+        if requeued:
+            print(f"resuming: {requeued} interrupted trial(s) queued again")
         if "base" not in study.user_attrs:
             print("scoring the base model (no changes, no fine-tune)")
             base_settings = dict(settings, finetune_iters=0)
-            study.set_user_attr("base", execution.result(execution.submit(base_settings, None, cpus_per_trial)))
+            study.set_user_attr("base", execution.result(execution.submit(base_settings, None, cpus_per_trial,
+                                                                          parcels)))
         budgets = run_budgets(run, study.user_attrs["base"])
         guide = _prepare_guide(inputs, settings, run, run_dir, study, budgets) if strategy == "guided" else None
-        _search_loop(study, inputs, settings, run, parallel, cpus_per_trial, budgets, guide)
+        _search_loop(study, inputs, settings, run, parallel, cpus_per_trial, budgets, guide, parcels)
         if inputs.profile.measurement == "local":
-            _remeasure_front(study, settings)  # with the trials' thread count
+            _remeasure_front(study, settings, cpus_per_trial, parcels)  # with the trials' thread count
         else:
             study.set_user_attr(REMEASURE_ATTR, {"state": "skipped", "why": f"profile {inputs.profile.name} is not "
                                                  "timed on this machine: its figures are the search's own"})
     finally:
-        execution.stop_ray()
+        if started_ray:  # else the caller's (a batch of searches shares one connection)
+            execution.stop_ray()
     return write_run_report(run_dir, study=study)
 
 
@@ -279,7 +292,11 @@ def _merged(values: list, extra) -> list:
 
 
 def _search_loop(study, inputs: Inputs, settings: dict, run: dict, parallel: int, cpus: int, budgets: dict,
-                 guide=None) -> None:
+                 guide=None, parcels: dict | None = None) -> None:
+    """Keep `parallel` trials in flight until the run has its trials; `parcels`: the shipped inputs
+    (shipping.put), None to ship them here."""
+    if parcels is None:
+        parcels = shipping.put(ship_inputs(inputs))
     finished = studies.finished_count(study)
     in_flight: dict = {}
     with tqdm(total=run["trials"], initial=finished, desc="trials", unit="trial") as bar:
@@ -289,7 +306,7 @@ def _search_loop(study, inputs: Inputs, settings: dict, run: dict, parallel: int
                     break  # no scored design to move from yet (or no new move): wait for one
                 trial = study.ask()
                 candidate = studies.candidate_of(trial, inputs.resolved)
-                in_flight[execution.submit(settings, candidate, cpus)] = trial
+                in_flight[execution.submit(settings, candidate, cpus, parcels)] = trial
             if not in_flight:
                 why = ("every move from the front was tried already" if studies.pareto_trials(study)
                        else "no design was scored to move from")
@@ -320,20 +337,19 @@ def _front_summary(study) -> str:
             f"fastest {min(s['latency_ms'] for s in scores):.2f} ms")
 
 
-def _remeasure_front(study, settings: dict) -> None:
+def _remeasure_front(study, settings: dict, cpus: int, parcels: dict) -> None:
     """Time the Pareto designs and the base again, together and interleaved: each trial was timed
-    alone at its own moment, and on a shared machine those moments differ by up to 3x. Kept in the
-    study (`remeasured`) and done again only when the front changed."""
+    alone at its own moment (on a cluster, on its own node), and on a shared machine those moments
+    differ by up to 3x. One Ray task, so all of them are timed on one node. Kept in the study
+    (`remeasured`) and done again only when the front changed."""
     front = {str(t.number): t.user_attrs[studies.CANDIDATE_ATTR] for t in studies.pareto_trials(study)}
     if not front or set(study.user_attrs.get("remeasured", {})) == {"base", *front}:
         return
-    from edgesearch.runners.evaluate import remeasure_designs  # loads TVM: only when needed
-
     print(f"re-measuring the {len(front)} Pareto design(s) and the base, interleaved")
     try:
-        remeasured = remeasure_designs(settings, {"base": None, **front})
+        remeasured = execution.remeasure(settings, {"base": None, **front}, cpus, parcels)
     except Exception as error:  # the report still gets written, with the search's own figures, and says why
-        why = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
+        why = execution.describe_error(error)
         print(f"re-measuring failed: {why}")
         study.set_user_attr("remeasured", {})  # an earlier re-measure's figures belong to another front
         study.set_user_attr(REMEASURE_ATTR, {"state": "failed", "why": why})

@@ -215,5 +215,14 @@ def trial_rows(study: optuna.Study) -> list[dict]:
             "origin": trial.user_attrs.get(ORIGIN_ATTR, "sampled by Optuna"),
             "recipe": trial.user_attrs.get(RECIPE_ATTR),
             "predicted": trial.user_attrs.get(PREDICTED_ATTR),
+            "node": node_label((trial.user_attrs.get(SCORE_ATTR) or {}).get("node")),
+            "attempts": (trial.user_attrs.get(SCORE_ATTR) or {}).get("attempts"),
         })
     return rows
+
+
+def node_label(node: dict | None) -> str | None:
+    """The node a trial ran on, in one short line: host, IP and the start of Ray's node id."""
+    if not node:
+        return None
+    return f"{node['hostname']} {node['ip']} {node['id'][:8]}"

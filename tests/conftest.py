@@ -61,6 +61,24 @@ def smoke_run(tmp_path_factory, smoke_inputs):
 
 
 @pytest.fixture(scope="session")
+def cluster_inputs(tmp_path_factory, isolated_cache):
+    """The smoke dataset and an untrained tiny checkpoint (for tests of mechanics, not accuracy:
+    no base training), in a folder of their own that tests copy from."""
+    import shutil
+
+    import torch
+    from ultralytics import YOLO
+
+    from edgesearch.search.default_data import build_digit_dataset
+    from edgesearch.search.presets import PRESETS, TINY_MODEL_YAML
+
+    source = tmp_path_factory.mktemp("cluster-inputs")
+    shutil.copytree(build_digit_dataset(PRESETS["smoke"].data).parent, source / "data")
+    torch.save({"model": YOLO(TINY_MODEL_YAML).model}, source / "tiny.pt")
+    return source
+
+
+@pytest.fixture(scope="session")
 def tiny_model():
     """An untrained tiny YOLOv8 (from the smoke preset's YAML) for structural tests."""
     from ultralytics import YOLO

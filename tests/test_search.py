@@ -81,15 +81,17 @@ def test_an_interrupted_guided_trial_is_queued_again_with_its_design(tmp_path):
 
 
 def test_a_failing_trial_is_recorded_with_its_error_and_the_search_goes_on(tmp_path, smoke_inputs):
-    from edgesearch.search import execution
-    from edgesearch.search.jobs import _search_loop, eval_settings
+    from edgesearch.search import execution, shipping
+    from edgesearch.search.jobs import _search_loop, eval_settings, ship_inputs
 
     study = studies.open_study(tmp_path, seed=0, population_size=2, create=True)
     settings = eval_settings(smoke_inputs, imgsz=64, finetune_iters=0, batch=8, threads=1, seed=0)
     settings["checkpoint"] = str(tmp_path / "vanished.pt")  # every trial will raise inside its Ray task
     execution.start_ray(None)
     try:
-        _search_loop(study, smoke_inputs, settings, {"trials": 2}, parallel=2, cpus=1, budgets={})
+        # the checkpoint is not shipped: the workers look for the vanished path
+        parcels = shipping.put({k: v for k, v in ship_inputs(smoke_inputs).items() if k != "checkpoint"})
+        _search_loop(study, smoke_inputs, settings, {"trials": 2}, parallel=2, cpus=1, budgets={}, parcels=parcels)
     finally:
         execution.stop_ray()
     trials = study.get_trials(deepcopy=False)
