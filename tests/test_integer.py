@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import quantized_model
-from edgesearch.runners.hardware.build import build_local, export_for_tvm, float_copy
+from edgesearch.runners.hardware.build import build_local, export_for_tvm, float_copy, module_sources
 from edgesearch.runners.hardware.integer_kernels import kernel_description
 from edgesearch.runners.hardware.integer_model import integer_copy, integer_weights
 from edgesearch.runners.hardware.profiles import load_profile
@@ -122,13 +122,7 @@ def test_x86_integer_kernels_use_vnni(int8_tiny):
     integer, _ = integer_copy(model)
     target = {**load_profile("x86-host").target, "mcpu": "znver4"}  # AVX-512 VNNI
     executable, _ = build_local(export_for_tvm(integer, IMGSZ, target), target)
-    modules, assembly = [executable.mod], []
-    while modules:
-        module = modules.pop()
-        if module.kind == "llvm":
-            assembly.append(module.inspect_source("asm"))
-        modules.extend(module.imports)
-    assert any("vpdpbusd" in text for text in assembly)
+    assert any("vpdpbusd" in assembly for assembly in module_sources(executable, "llvm", "asm"))
 
 
 def test_requantized_layers_match_the_integer_reference(fused_tiny):

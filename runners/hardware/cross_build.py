@@ -40,7 +40,7 @@ from tvm.s_tir import dlight
 from tvm.support import cc
 
 from edgesearch.runners.hardware import integer_kernels
-from edgesearch.runners.hardware.build import relax_pipeline
+from edgesearch.runners.hardware.build import module_sources, relax_pipeline
 from edgesearch.runners.hardware.profiles import HardwareProfile
 from edgesearch.spaces.errors import InputError
 
@@ -148,12 +148,7 @@ def _compile_cuda(mod, target) -> tuple[object, dict]:
 
 def _cuda_source(executable) -> str:
     """The CUDA C++ source of the executable's kernels (its one cuda module)."""
-    pending, sources = [executable.mod], []
-    while pending:
-        module = pending.pop()
-        if module.kind == "cuda":
-            sources.append(module.inspect_source("cuda"))
-        pending.extend(module.imports)
+    sources = module_sources(executable, "cuda", "cuda")
     if len(sources) != 1 or not sources[0]:
         raise RuntimeError(f"expected one cuda module carrying CUDA source, found {len(sources)}")
     return sources[0]
