@@ -24,15 +24,10 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from edgesearch.runners.cache import cache_root
+
 INPUTS_DIR = "inputs"
 PATH_SETTINGS = ("checkpoint", "data_yaml", "profile")  # the settings that name a file a trial opens
-
-
-def node_cache() -> Path:
-    """This node's cache: EDGESEARCH_CACHE, else ~/.cache/edgesearch (as search/paths.cache_dir;
-    runners never import search/)."""
-    root = os.environ.get("EDGESEARCH_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgesearch"
-    return Path(root)
 
 
 def materialise(settings: dict, parcels: dict, fetch) -> dict:
@@ -43,14 +38,14 @@ def materialise(settings: dict, parcels: dict, fetch) -> dict:
     for key, parcel in parcels.items():
         local[key] = str(unpacked(parcel["sha256"], lambda: fetch(parcel["ref"])) / parcel["entry"])
     if local.get("tuning_db"):
-        local["tuning_db"] = str(node_cache() / "tuning" / Path(local["tuning_db"]).name)
+        local["tuning_db"] = str(cache_root() / "tuning" / Path(local["tuning_db"]).name)
     return local
 
 
 def unpacked(sha256: str, archive_bytes) -> Path:
     """The folder holding the archive with this hash, unpacked on first use (`archive_bytes()`
     gives its bytes). Checked against the hash before anything is unpacked."""
-    target = node_cache() / INPUTS_DIR / sha256
+    target = cache_root() / INPUTS_DIR / sha256
     if target.is_dir():
         return target
     data = archive_bytes()
