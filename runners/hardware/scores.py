@@ -80,8 +80,13 @@ def integer_scores(summary: IntegerSummary) -> dict:
 
 
 def naive_note(build: dict) -> str:
-    """What the label must say when the fixed schedule left kernels naive or blocks serial."""
-    naive, serial = len(build["unscheduled_kernels"]), len(build["serial_blocks"])
+    """What the label must say when a build left kernels naive or blocks serial. The fixed schedule
+    lists them; a tuned build (tuning.tune_and_build) counts its naive kernels and has no serial list."""
+    def count(key: str) -> int:
+        value = build.get(key) or 0
+        return value if isinstance(value, int) else len(value)
+
+    naive, serial = count("unscheduled_kernels"), count("serial_blocks")
     if not naive and not serial:
         return ""
     return (f"; NOT FULLY SCHEDULED: {naive} kernel(s) left as naive loops, {serial} block(s) left serial "
@@ -177,12 +182,9 @@ def hardware_scores(model: nn.Module, profile: HardwareProfile, imgsz: int, *, t
         activations = plan_memory_only(mod)  # planning does not depend on the kernels' schedules
         with timing_turn() as turn:
             latency = {**measure_latency_local(executable, imgsz), **build}
-        unscheduled = build.get("unscheduled_kernels", 0)
         latency["latency_source"] = (TUNED_SOURCE.format(trials=tune_trials, precision=computes_in,
                                                          threads=tvm_threads())
-                                     + SHARED_NOTE.format(others=turn["others"])
-                                     + (f"; NOT FULLY SCHEDULED: {unscheduled} kernel(s) left as naive loops"
-                                        if unscheduled else ""))
+                                     + SHARED_NOTE.format(others=turn["others"]) + naive_note(build))
         latency["latency_method"] = TUNED_METHOD.format(threads=tvm_threads())
     else:
         executable, build = build_local(mod, profile.target)
