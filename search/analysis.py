@@ -44,7 +44,7 @@ def dataset_fingerprint(data_yaml: str | Path) -> str:
 
 
 def _cached(kind: str, key_material: dict, compute, run_dir: Path, file_name: str) -> dict:
-    key = hashlib.sha256(json.dumps(key_material, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    key = hashlib.sha256(json.dumps(key_material, sort_keys=True).encode()).hexdigest()[:20]
     path = cache_dir() / "analysis" / f"{kind}-{key}.json"
     if path.exists():
         result = json.loads(path.read_text())
@@ -64,7 +64,10 @@ def sensitivity(settings: dict, layer_options: dict[str, dict[str, list]], run_d
     material = {"version": VERSION, "checkpoint": file_digest(config["checkpoint"]),
                 "data": dataset_fingerprint(config["data_yaml"]), "options": layer_options,
                 "settings": {k: v for k, v in config.items() if k not in ("checkpoint", "data_yaml")},
-                "defaults": {f.name: f.default for f in dataclasses.fields(SensitivitySettings)}}
+                # fields without a default are left out: dataclasses.MISSING's text holds its memory
+                # address, which made the key differ in every process (the cache never hit)
+                "defaults": {f.name: f.default for f in dataclasses.fields(SensitivitySettings)
+                             if f.default is not dataclasses.MISSING}}
     config["threads"] = cpus
 
     def compute():

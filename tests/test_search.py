@@ -134,6 +134,9 @@ def test_a_guided_search_scores_recipes_then_seeds_then_screened_few_layer_moves
 
     out = smoke_run.out
     assert (out / "sensitivity.json").stat().st_size > 0 and (out / "cost_basis.json").stat().st_size > 0
+    # computed once, by the first run; the resumed run (another process) reads both from the cache
+    assert "sensitivity pass:" in smoke_run.first.stdout and "hardware cost basis:" in smoke_run.first.stdout
+    assert "sensitivity pass:" not in smoke_run.resumed.stdout and "cost basis:" not in smoke_run.resumed.stdout
     study = optuna.load_study(study_name=studies.STUDY_NAME, storage=studies.storage_url(out))
     scored = [t for t in study.trials if t.state == TrialState.COMPLETE]
     screened = [t for t in study.trials if t.state == TrialState.PRUNED]
