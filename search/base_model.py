@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import ultralytics
+from filelock import FileLock
 
 from edgesearch.runners.accuracy.base_training import train_base_model
 from edgesearch.search.paths import atomic_directory, cache_dir
@@ -31,10 +32,15 @@ def default_base_checkpoint(preset: Preset, data_yaml: Path, seed: int = 0) -> P
     checkpoint = folder / "base.pt"
     if checkpoint.exists():
         return checkpoint
-    print(f"training the base model {model_yaml.name} for {preset.base_epochs} epochs (cached for later runs)")
-    with atomic_directory(folder) as staging:
-        best = train_base_model(preset.model_yaml, data_yaml, staging / "training", epochs=preset.base_epochs,
-                                imgsz=preset.imgsz, batch=preset.batch, seed=seed)
-        shutil.copy2(best, staging / "base.pt")
-        (staging / "recipe.json").write_text(json.dumps(recipe, indent=2))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # runs started together on one machine train it once: the others wait, then find it cached
+    with FileLock(folder.parent / f"{folder.name}.lock"):
+        if checkpoint.exists():
+            return checkpoint
+        print(f"training the base model {model_yaml.name} for {preset.base_epochs} epochs (cached for later runs)")
+        with atomic_directory(folder) as staging:
+            best = train_base_model(preset.model_yaml, data_yaml, staging / "training", epochs=preset.base_epochs,
+                                    imgsz=preset.imgsz, batch=preset.batch, seed=seed)
+            shutil.copy2(best, staging / "base.pt")
+            (staging / "recipe.json").write_text(json.dumps(recipe, indent=2))
     return checkpoint

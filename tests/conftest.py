@@ -1,5 +1,11 @@
 """Shared fixtures: a per-session cache (MNIST, the smoke dataset and the smoke base model are
-built once per test session, from scratch, as on a fresh machine)."""
+built once per test session, from scratch, as on a fresh machine).
+
+The suite runs on two pytest-xdist workers (pyproject's addopts). They share the session's cache,
+as two runs on one machine share the user's (the base model is trained once, behind the product's
+lock; trials take turns to be timed). Each test module stays on one worker (its module-scoped
+fixtures are built once); the tests of the shared smoke search, and the multi-node Ray tests, are
+kept together too, and start first: they are the longest."""
 
 from __future__ import annotations
 
@@ -19,10 +25,36 @@ SMOKE_FIRST_TRIALS = 4  # the smoke preset's 2 recipes (search/presets.py) and 2
 RESUMED_TRIALS = 6  # then two screened moves
 
 
+# xdist groups that run first, longest first (the others: one group per test module)
+FIRST_GROUPS = ("smoke-run", "ray-cluster")
+RAY_CLUSTER_MODULES = ("test_cluster.py", "test_batch.py")
+GROUP = pytest.StashKey[str]()
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "smoke_run" in getattr(item, "fixturenames", ()):
+            group = "smoke-run"
+        elif item.path.name in RAY_CLUSTER_MODULES:
+            group = "ray-cluster"  # one local multi-node cluster at a time
+        else:
+            group = item.path.stem
+        item.add_marker(pytest.mark.xdist_group(group))
+        item.stash[GROUP] = group
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        first = {group: rank for rank, group in enumerate(FIRST_GROUPS)}
+        items.sort(key=lambda item: first.get(item.stash[GROUP], len(first)))  # stable: file order otherwise
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
     global SESSION_CACHE
-    SESSION_CACHE = tmp_path_factory.mktemp("edgesearch-cache")
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, above each worker's own
+    SESSION_CACHE = root / "edgesearch-cache"
+    SESSION_CACHE.mkdir(exist_ok=True)
     os.environ["EDGESEARCH_CACHE"] = str(SESSION_CACHE)
     os.environ.setdefault("YOLO_VERBOSE", "False")
     yield SESSION_CACHE

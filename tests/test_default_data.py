@@ -65,3 +65,34 @@ def test_truncated_idx_is_refused(tmp_path):
     (tmp_path / "x").write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 9, 1, 2]))
     with pytest.raises(InputError, match="truncated"):
         read_idx(tmp_path, "x")
+
+
+def test_runs_started_together_train_the_base_once(tmp_path, monkeypatch):
+    """Two runs asking for the same uncached base at once: one trains, the other waits for it."""
+    import threading
+    import time
+
+    from edgesearch.search import base_model
+    from edgesearch.search.presets import PRESETS
+
+    monkeypatch.setenv("EDGESEARCH_CACHE", str(tmp_path / "cache"))
+    trainings = []
+
+    def fake_training(model_yaml, data_yaml, folder, **settings):
+        trainings.append(threading.get_ident())
+        time.sleep(0.5)  # long enough for the other run to ask meanwhile
+        folder.mkdir(parents=True)
+        (folder / "best.pt").write_bytes(b"weights")
+        return folder / "best.pt"
+
+    monkeypatch.setattr(base_model, "train_base_model", fake_training)
+    data_yaml = tmp_path / "digits" / "data.yaml"
+    found = []
+    runs = [threading.Thread(target=lambda: found.append(base_model.default_base_checkpoint(PRESETS["smoke"], data_yaml)))
+            for _ in range(2)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join()
+    assert len(trainings) == 1
+    assert len(found) == 2 and found[0] == found[1] and found[0].read_bytes() == b"weights"
