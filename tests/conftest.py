@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -167,6 +168,19 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 900) -> subproce
     env = dict(os.environ, EDGESEARCH_CACHE=str(SESSION_CACHE))
     return subprocess.run([sys.executable, "-m", "edgesearch.search.cli", *args], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=timeout)
+
+
+def run_in_process(capsys, *args: str) -> SimpleNamespace:
+    """`search ...` as `search.cli.main` in this process, with run_cli's result fields: for inputs
+    refused before any slow work, where a new interpreter's imports would be most of the cost."""
+    from edgesearch.search.cli import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:  # argparse's own refusals
+        code = exit_.code
+    captured = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
 
 
 def quantized_model(fused, spec: str, imgsz: int = 64, *, seed: int = 0):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, run_in_process
 
 
 def _assert_one_line_error(result, fragment):
@@ -13,12 +13,12 @@ def _assert_one_line_error(result, fragment):
     assert len(lines) == 1 and fragment in lines[0], result.stderr[-2000:]
 
 
-def test_profiles_and_spaces_are_listed():
-    profiles = run_cli("profiles")
+def test_profiles_and_spaces_are_listed(capsys):
+    profiles = run_in_process(capsys, "profiles")
     assert profiles.returncode == 0
     for name in ("x86-host", "raspberry-pi-4", "jetson-nano", "jetson-orin-nano"):
         assert name in profiles.stdout
-    spaces = run_cli("spaces")
+    spaces = run_in_process(capsys, "spaces")
     assert spaces.returncode == 0 and "yolov8" in spaces.stdout
 
 
@@ -30,34 +30,34 @@ def test_profiles_and_spaces_are_listed():
         (["--model", "/nonexistent/best.pt"], "checkpoint not found"),
     ],
 )
-def test_bad_run_inputs_fail_cleanly_and_write_nothing(tmp_path, args, fragment):
+def test_bad_run_inputs_fail_cleanly_and_write_nothing(tmp_path, capsys, args, fragment):
     out = tmp_path / "run"
-    result = run_cli("run", "--preset", "smoke", "--out", str(out), *args)
+    result = run_in_process(capsys, "run", "--preset", "smoke", "--out", str(out), *args)
     _assert_one_line_error(result, fragment)
     assert not out.exists()
 
 
-def test_corrupt_checkpoint_is_refused(tmp_path):
+def test_corrupt_checkpoint_is_refused(tmp_path, capsys):
     bad = tmp_path / "best.pt"
     bad.write_bytes(b"PK\x03\x04 not really a zip" * 10)
     before = bad.read_bytes()
-    result = run_cli("eval", "--preset", "smoke", "--model", str(bad), "--uniform", "bits=4")
+    result = run_in_process(capsys, "eval", "--preset", "smoke", "--model", str(bad), "--uniform", "bits=4")
     _assert_one_line_error(result, "checkpoint")
     assert bad.read_bytes() == before
 
 
-def test_data_yaml_without_val_is_refused(tmp_path, smoke_inputs):
+def test_data_yaml_without_val_is_refused(tmp_path, capsys, smoke_inputs):
     data = tmp_path / "data.yaml"
     train = smoke_inputs.data_yaml.parent / "images" / "train"
     data.write_text(f"train: {train}\nnames: {{0: a}}\n")
-    result = run_cli("eval", "--preset", "smoke", "--data", str(data), "--uniform", "bits=4")
+    result = run_in_process(capsys, "eval", "--preset", "smoke", "--data", str(data), "--uniform", "bits=4")
     _assert_one_line_error(result, "data.yaml")
 
 
-def test_candidate_naming_a_missing_layer_is_refused(tmp_path, smoke_inputs):
+def test_candidate_naming_a_missing_layer_is_refused(tmp_path, capsys, smoke_inputs):
     candidate = tmp_path / "candidate.json"
     candidate.write_text(json.dumps({"layers": {"model.99.conv": {"weight_bits": 4}}}))
-    result = run_cli("eval", "--preset", "smoke", "--candidate", str(candidate))
+    result = run_in_process(capsys, "eval", "--preset", "smoke", "--candidate", str(candidate))
     _assert_one_line_error(result, "model.99.conv")
 
 
@@ -120,16 +120,16 @@ def test_a_users_dataset_and_checkpoint_are_never_modified(tmp_path, smoke_input
     (["--latency-budget", "-3"], "--latency-budget must be a positive"),
     (["--sram-budget", "lots"], "--sram-budget 'lots'"),
 ])
-def test_bad_search_numbers_are_refused_before_anything_runs(tmp_path, args, fragment):
+def test_bad_search_numbers_are_refused_before_anything_runs(tmp_path, capsys, args, fragment):
     out = tmp_path / "run"
-    result = run_cli("run", "--preset", "smoke", "--out", str(out), *args)
+    result = run_in_process(capsys, "run", "--preset", "smoke", "--out", str(out), *args)
     _assert_one_line_error(result, fragment)
     assert not out.exists()
 
 
-def test_a_budget_no_design_can_meet_is_refused_at_once(tmp_path, smoke_inputs):
+def test_a_budget_no_design_can_meet_is_refused_at_once(tmp_path, capsys, smoke_inputs):
     out = tmp_path / "run"
-    result = run_cli("run", "--preset", "smoke", "--out", str(out), "--sram-budget", "4KiB")
+    result = run_in_process(capsys, "run", "--preset", "smoke", "--out", str(out), "--sram-budget", "4KiB")
     _assert_one_line_error(result, "no design can meet the SRAM budget of 4 KiB")
     assert "smallest design" in result.stderr and not out.exists()
 
