@@ -224,9 +224,14 @@ def cmd_run(args) -> None:
 
     check_run_arguments(args)
     address = execution.cluster_address(args.ray_address)
-    if address:  # join first: an unreachable cluster is refused at once, before any slow work or any file
-        execution.start_ray(address)
-    execute_run(prepare_run(args), address)
+    if not address:
+        execute_run(prepare_run(args), None)
+        return
+    execution.start_ray(address)  # joined first: an unreachable cluster is refused before any slow work or file
+    try:
+        execute_run(prepare_run(args), address)
+    finally:
+        execution.stop_ray()  # run_search leaves a connection it did not open to its opener
 
 
 @dataclasses.dataclass

@@ -72,9 +72,13 @@ def resolve_inputs(*, profile: str, space: str, model: str | None, data: str | N
 
 
 def eval_settings(inputs: Inputs, *, imgsz: int, finetune_iters: int, batch: int, threads: int, seed: int,
-                  tune_trials: int = 0, distill: bool = False) -> dict:
-    """The plain settings a trial needs (sent to Ray workers as-is)."""
+                  tune_trials: int = 0, distill: bool = False, latency_mode: str = "",
+                  latency_mode_why: str = "") -> dict:
+    """The plain settings a trial needs (sent to Ray workers as-is). `latency_mode`/`_why`: a
+    search's one decision for an RPC profile (decide_latency_mode); empty: each call decides."""
     return {
+        "latency_mode": latency_mode,
+        "latency_mode_why": latency_mode_why,
         "tune_trials": tune_trials,
         "distill": distill,
         "tuning_db": str(cache_dir() / "tuning" / inputs.profile.name),  # shared by every run on this profile
@@ -224,9 +228,8 @@ def run_search(inputs: Inputs, run_dir: Path, run: dict, *, resume: bool, ray_ad
         cpus_per_trial = execution.cpus_per_trial(parallel)
         settings = eval_settings(inputs, imgsz=run["imgsz"], finetune_iters=run["finetune_iters"], batch=run["batch"],
                                  threads=cpus_per_trial, seed=run["seed"], tune_trials=run.get("tune_trials", 0),
-                                 distill=run.get("distill", False))
-        settings["latency_mode"] = run.get("latency_mode", "")
-        settings["latency_mode_why"] = run.get("latency_mode_why") or ""
+                                 distill=run.get("distill", False), latency_mode=run.get("latency_mode", ""),
+                                 latency_mode_why=run.get("latency_mode_why") or "")
         parcels = shipping.put(archives)
         strategy = run.get("strategy", "nsga2")  # runs from before the guided search used NSGA-II
         study = studies.open_study(run_dir, seed=run["seed"], population_size=run["population"], create=not resume,
