@@ -187,8 +187,6 @@ def measure_latency_local(executable, imgsz: int, *, repeat: int = 20, min_repea
     return {"latency_ms": statistics.median(times_ms), "latency_spread_ms": max(times_ms) - min(times_ms)}
 
 
-
-
 def module_sources(executable, kind: str, source_format: str) -> list[str]:
     """The code of every module of `kind` (llvm, cuda) an executable carries, e.g. its assembly
     ("asm") or CUDA source ("cuda"): what tests and checks read to see which instructions it uses."""
