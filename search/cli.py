@@ -44,6 +44,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="show ultralytics', Optuna's and torch's own output (default: one progress bar per stage)")
 
 
+# measured (bench/throughput.py, 2-core host): the fine-tune's data loading leaves a core idle
+# while one trial runs alone; more than two at once is not measured
+DEFAULT_PARALLEL = min(2, os.cpu_count() or 1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="search", description="Hardware-aware design-space search for YOLO detectors.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -51,7 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run (or resume) a Pareto search and write its report")
     _common(run)
     run.add_argument("--trials", type=int, help="fully scored trials, recipes included (preset's default)")
-    run.add_argument("--parallel", type=int, default=1, help="trials in flight at once")
+    run.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL,
+                     help=f"trials in flight at once, the cores shared among them (default {DEFAULT_PARALLEL}: two "
+                          "one-thread trials scored 1.47x the trials per hour of one two-thread trial on 2 cores, "
+                          "bench/throughput.py)")
     run.add_argument("--strategy", choices=STRATEGIES,
                      help="guided: recipes, budgeted seeds, screened few-layer moves (default); nsga2: uniform "
                           "anchors then Optuna's NSGA-II over per-layer knobs; random: Optuna's random sampler")
