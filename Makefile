@@ -13,7 +13,7 @@ install: system-packages $(STAMP)
 
 # Debian packages: the aarch64 cross g++ (runners/hardware/cross_build.py links device libraries with it),
 # qemu-aarch64 (tests/test_cross_build.py runs a cross-built library under emulation) and chromium
-# (tests/test_report_browser.py renders reports in it, headless, through playwright)
+# (tests/test_smoke_search.py renders reports in it, headless, through playwright)
 system-packages:
 	@command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64 >/dev/null && command -v chromium >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++-aarch64-linux-gnu qemu-user chromium; } || \

@@ -1,11 +1,11 @@
 """Shared fixtures: a per-session cache (MNIST, the smoke dataset and the smoke base model are
 built once per test session, from scratch, as on a fresh machine).
 
-The suite runs on two pytest-xdist workers (pyproject's addopts). They share the session's cache,
-as two runs on one machine share the user's (the base model is trained once, behind the product's
-lock; trials take turns to be timed). Each test module stays on one worker (its module-scoped
-fixtures are built once); the tests of the shared smoke search, and the multi-node Ray tests, are
-kept together too, and start first: they are the longest."""
+The suite runs on two pytest-xdist workers (pyproject's addopts), each test file on one worker, so
+that module-scoped fixtures are built once (the shared smoke search's tests are all in
+test_smoke_search.py for that reason). The workers share the session's cache, as two runs on one
+machine share the user's: the base model is trained once, behind the product's lock, and trials
+take turns to be timed. The longest files start first."""
 
 from __future__ import annotations
 
@@ -26,26 +26,14 @@ SMOKE_FIRST_TRIALS = 4  # the smoke preset's 2 recipes (search/presets.py) and 2
 RESUMED_TRIALS = 6  # then two screened moves
 
 
-# xdist groups that run first, longest first (the others: one group per test module)
-FIRST_GROUPS = ("smoke-run", "ray-cluster")
-RAY_CLUSTER_MODULES = ("test_cluster.py", "test_batch.py")
-GROUP = pytest.StashKey[str]()
+# the longest files, started first on the two workers (pytest-xdist sends each file to one worker)
+FIRST_FILES = ("test_smoke_search.py", "test_cluster.py", "test_batch.py")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if "smoke_run" in getattr(item, "fixturenames", ()):
-            group = "smoke-run"
-        elif item.path.name in RAY_CLUSTER_MODULES:
-            group = "ray-cluster"  # one local multi-node cluster at a time
-        else:
-            group = item.path.stem
-        item.add_marker(pytest.mark.xdist_group(group))
-        item.stash[GROUP] = group
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        first = {group: rank for rank, group in enumerate(FIRST_GROUPS)}
-        items.sort(key=lambda item: first.get(item.stash[GROUP], len(first)))  # stable: file order otherwise
+        first = {name: rank for rank, name in enumerate(FIRST_FILES)}
+        items.sort(key=lambda item: first.get(item.path.name, len(first)))  # stable: file order otherwise
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,53 +1,11 @@
-"""A real search through a local Ray: report files, Pareto correctness, resume, the guided search's stages."""
-
-import csv
-import json
-import re
+"""The search loop's pieces: interrupted trials queued again, failing trials recorded, resume
+checks, the first designs of a new study. (The shared smoke search through the CLI, and what it
+writes, is tested in test_smoke_search.py.)"""
 
 import optuna
 from optuna.trial import TrialState
 
-from conftest import RESUMED_TRIALS, SMOKE_SPACE, run_cli
-from conftest import SMOKE_FIRST_TRIALS as FIRST_TRIALS
 from edgesearch.search import study as studies
-
-DIRECTIONS = {"map50_95": 1, "latency_ms": -1, "sram_bytes": -1}  # +1 maximize, -1 minimize
-
-
-def _dominates(a: dict, b: dict) -> bool:
-    better_or_equal = all(s * a[k] >= s * b[k] for k, s in DIRECTIONS.items())
-    return better_or_equal and any(s * a[k] > s * b[k] for k, s in DIRECTIONS.items())
-
-
-def test_a_search_writes_a_correct_report_and_resumes(smoke_run):
-    out, result = smoke_run.out, smoke_run.first
-    assert all(size > 0 for size in smoke_run.written.values())
-    assert "base" in result.stdout and "mAP50-95" in result.stdout  # the Pareto table is printed
-
-    report, rows = smoke_run.first_report, smoke_run.first_rows
-    assert len(rows) == FIRST_TRIALS and report["base"]["map50_95"] >= 0
-    assert report["pareto"], "a search has at least one Pareto design"
-    feasible = [r for r in rows if r["state"] == "COMPLETE" and r["feasible"] == "True"]
-    all_scores = {int(r["trial"]): {k: float(r[k]) for k in DIRECTIONS} for r in feasible}
-    for design in report["pareto"]:
-        assert design["candidate"]["layers"], "Pareto designs carry their per-layer knobs"
-        mine = {k: design["scores"][k] for k in DIRECTIONS}
-        assert not any(_dominates(other, mine) for n, other in all_scores.items() if n != design["trial"])
-        # the final designs are timed again together, interleaved, and say so
-        assert design["remeasured"]["latency_ms"] > 0 and "interleaved" in design["remeasured"]["latency_source"]
-    assert report["base"]["remeasured"]["latency_ms"] > 0
-    assert "re-timed interleaved" in smoke_run.first_html
-
-    first_trials = {int(r["trial"]): r["map50_95"] for r in rows}
-    rows = list(csv.DictReader((out / "trials.csv").open()))  # after the resume
-    assert sum(r["state"] == "COMPLETE" for r in rows) == RESUMED_TRIALS
-    assert {int(r["trial"]): r["map50_95"] for r in rows if int(r["trial"]) in first_trials} == first_trials
-
-    rebuilt = run_cli("report", str(out))
-    assert rebuilt.returncode == 0 and "report:" in rebuilt.stdout
-
-    again = run_cli("run", "--preset", "smoke", "--space", SMOKE_SPACE, "--out", str(out), "--trials", "2")
-    assert again.returncode == 2 and "--resume" in again.stderr
 
 
 def test_interrupted_trials_are_failed_and_queued_again(tmp_path):
@@ -127,38 +85,3 @@ def test_a_new_study_scores_uniform_anchor_designs_first(tmp_path, tiny_model):
             assert knobs.rank_ratio == 1.0 and knobs.activation_bits == 32
 
 
-def test_a_guided_search_scores_recipes_then_seeds_then_screened_few_layer_moves(smoke_run):
-    from edgesearch.search.presets import PRESETS
-
-    recipes = PRESETS["smoke"].recipes
-
-    out = smoke_run.out
-    assert (out / "sensitivity.json").stat().st_size > 0 and (out / "cost_basis.json").stat().st_size > 0
-    # computed once, by the first run; the resumed run (another process) reads both from the cache
-    assert "sensitivity pass:" in smoke_run.first.stdout and "hardware cost basis:" in smoke_run.first.stdout
-    assert "sensitivity pass:" not in smoke_run.resumed.stdout and "cost basis:" not in smoke_run.resumed.stdout
-    study = optuna.load_study(study_name=studies.STUDY_NAME, storage=studies.storage_url(out))
-    scored = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    screened = [t for t in study.trials if t.state == TrialState.PRUNED]
-    assert len(scored) == RESUMED_TRIALS
-    origins = [t.user_attrs[studies.ORIGIN_ATTR] for t in sorted(scored, key=lambda t: t.number)]
-    assert [o.removeprefix("recipe: ") for o in origins[:len(recipes)]] == list(recipes)
-    assert all(o.startswith("seed: ") for o in origins[len(recipes):len(recipes) + 2])
-    assert any(o.startswith("move: ") for o in origins)
-
-    by_number = {t.number: t for t in study.trials}
-    for trial in [t for t in scored + screened if t.user_attrs[studies.ORIGIN_ATTR].startswith("move: ")]:
-        parent = int(re.search(r"from #(\d+)", trial.user_attrs[studies.ORIGIN_ATTR]).group(1))
-        mine = trial.user_attrs[studies.CANDIDATE_ATTR]["layers"]
-        theirs = by_number[parent].user_attrs[studies.CANDIDATE_ATTR]["layers"]
-        changed = [layer for layer in mine if mine[layer] != theirs.get(layer)]
-        assert 1 <= len(changed) <= 3, changed
-        assert "map50_95" in trial.user_attrs[studies.PREDICTED_ATTR]  # the proxy that screened it
-
-    # a screened-out design is never on the front, and the report counts it apart
-    assert screened, "each move slot draws several moves and scores one"
-    report = json.loads((out / "pareto.json").read_text())
-    front = {design["trial"] for design in report["pareto"]}
-    assert front and front <= {t.number for t in scored}
-    rows = list(csv.DictReader((out / "trials.csv").open()))
-    assert sum(r["state"] == "PRUNED" for r in rows) == len(screened)
