@@ -14,6 +14,7 @@ COLORS = {"front": "#1f77b4", "other": "#b0b0b0", "recipe": "#ff7f0e", "base": "
 LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=50, b=50), hovermode="closest",
               legend=dict(orientation="h", y=-0.2), font=dict(size=12))
 KIB = 1024
+OFF_SCALE = 20  # a memory budget this many times beyond the largest design is noted, not drawn
 
 
 def _mark_text(marks) -> str:
@@ -37,8 +38,11 @@ def pareto_figure(axis: str, points: list[dict], *, base_point: dict, budget: di
             chosen = [p for p in points if p["category"] == category and (p["group"] or "") == group]
             if not chosen:
                 continue
+            errors = [p.get("error") or 0.0 for p in chosen]
             fig.add_trace(go.Scatter(
                 x=[p["x"] for p in chosen], y=[p["y"] for p in chosen], mode="markers",
+                # estimated latencies: ± the p90 of their calibration's leave-one-out errors
+                error_x=dict(type="data", array=errors, visible=True, thickness=1, color="#999") if any(errors) else None,
                 name=names[category] + (f" [{group}]" if group and len(groups) > 1 else ""),
                 marker=dict(color=COLORS[category], size=11 if category in ("front", "recipe") else 8,
                             symbol=symbols[category], line=dict(width=1, color="#333" if category != "other" else "#888")),
@@ -56,7 +60,12 @@ def pareto_figure(axis: str, points: list[dict], *, base_point: dict, budget: di
             text=[highlights[p["number"]] for p in shown], textposition="bottom center",
             marker=dict(color=COLORS["highlight"], size=22, symbol="circle-open", line=dict(width=2.5)),
             hoverinfo="skip", meta={"role": "highlight"}))
-    if axis == "sram_bytes" and budget["bytes"]:
+    largest = max([p["x"] for p in points] + [base_point["x"]])
+    if axis == "sram_bytes" and budget["bytes"] and budget["bytes"] / KIB > OFF_SCALE * largest:
+        # a DRAM budget of GiB beside designs of MiB: a line there would squash every design onto 0
+        fig.add_annotation(text=f"{budget['label']}: off the scale, every design here fits", xref="paper",
+                           yref="paper", x=1, y=1.06, showarrow=False, font=dict(color=COLORS["budget"]))
+    elif axis == "sram_bytes" and budget["bytes"]:
         fig.add_vline(x=budget["bytes"] / KIB, line=dict(color=COLORS["budget"], dash="dash"),
                       annotation_text=budget["label"], annotation_position="top left")
     if axis == "latency_ms" and latency_budget_ms:
@@ -101,7 +110,7 @@ KNOB_ROWS = (  # (row label, knob, intensity 0 = unchanged .. 1 = most compresse
     ("sparsity", "sparsity", lambda k: float(k["sparsity"])),
     ("kernel", "kernel_size", lambda k: {"keep": 0.0, 5: 0.33, 3: 0.66, 1: 1.0}.get(k["kernel_size"], 0.5)),
     ("rank ratio", "rank_ratio", lambda k: 1.0 - float(k["rank_ratio"])),
-    ("int8 activations", "activation_bits", lambda k: 1.0 if k["activation_bits"] == 8 else 0.0),
+    ("compute", "activation_bits", lambda k: {8: 1.0, 16: 0.5}.get(k["activation_bits"], 0.0)),
 )
 
 
@@ -115,7 +124,7 @@ def knob_text(knob: str, k: dict) -> str:
     if knob == "granularity" and value == "group":
         return f"group {k['group_size']}"
     if knob == "activation_bits":
-        return "int8" if value == 8 else "-"
+        return {8: "int8", 16: "fp16"}.get(value, "-")
     if knob in ("prune_ratio", "sparsity"):
         return "-" if not value else f"{float(value):.0%}"
     if knob == "rank_ratio":

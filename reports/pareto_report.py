@@ -30,14 +30,15 @@ from . import figures
 from .page import atomic_write, data_url, esc, figure_spec, fmt, fmt_bytes, mark, render
 
 SCORE_COLUMNS = ("map50_95", "map50", "holdout_map50_95", "holdout_map50", "latency_ms", "latency_spread_ms",
-                 "latency_source", "latency_method", "sram_bytes", "weight_bytes", "activation_bytes", "fits_sram",
+                 "latency_error_pct", "latency_source", "latency_method", "compute_precision", "sram_bytes", "weight_bytes", "activation_bytes", "fits_sram",
                  "params", "flops", "unscheduled_kernels", "serial_blocks", "activation_bytes_source", "holdout_source")
 DESIGNS_DIR = "designs"
 
 
 def knob_summary(candidate: dict | None) -> str:
     """A one-line summary of a candidate's per-layer knobs, e.g.
-    `4b×20 8b×9 32b×34; kmeans×12 pwlq×9; 7 pruned, 3 sparse, 2 kernel-shrunk, 4 low-rank, 10 int8-act`."""
+    `4b×20 8b×9 32b×34; kmeans×12 pwlq×9; 7 pruned, 3 sparse, 2 kernel-shrunk, 4 low-rank, 10 int8-act`
+    (or `N fp16-compute`)."""
     if not candidate:
         return "unmodified"
     layers = list(candidate["layers"].values())
@@ -49,11 +50,25 @@ def knob_summary(candidate: dict | None) -> str:
         "kernel-shrunk": sum(1 for k in layers if k.get("kernel_size", "keep") != "keep"),
         "low-rank": sum(1 for k in layers if k.get("rank_ratio", 1.0) < 1),
         "int8-act": sum(1 for k in layers if k.get("activation_bits", 32) == 8),
+        "fp16-compute": sum(1 for k in layers if k.get("activation_bits", 32) == 16),
     }
     bit_text = " ".join(f"{b}b×{n}" for b, n in sorted(bits.items()))
     scheme_text = " ".join(f"{s}×{n}" for s, n in sorted(schemes.items()))
     count_text = ", ".join(f"{n} {what}" for what, n in counts.items() if n)
     return "; ".join(part for part in (bit_text, scheme_text, count_text or "no structural change") if part)
+
+
+def error_text(error_pct: float | None) -> str:
+    """' ± 23 %' for an estimated latency (the p90 of its calibration's leave-one-out errors), else ''."""
+    return f" ± {error_pct:.0f} %" if error_pct else ""
+
+
+def memory_axis_title(budget: dict) -> str:
+    """What the footprint counts; on a DRAM budget also what it leaves out."""
+    title = "memory footprint: weights + planned activations (KiB)"
+    if budget.get("kind") == "dram":
+        title += "; runtime workspace and CUDA context not counted"
+    return title
 
 
 def _csv_bytes(trials: list[dict]) -> bytes:
@@ -115,6 +130,7 @@ class Report:
             "d_map_points": None if d_map is None else 100 * d_map,
             "d_map_relative": (d_map / base["map50_95"]) if d_map is not None and base.get("map50_95") else None,
             "latency_ms": s.get("latency_ms"), "latency_mark": self.prov.mark("L", s.get("latency_source")),
+            "latency_error_pct": s.get("latency_error_pct"),
             "remeasured_ms": (remeasured or {}).get("latency_ms"),
             "remeasured_mark": self.prov.mark("R", (remeasured or {}).get("latency_source")),
             "speedup": speed["speedup"], "speedup_basis": speed["basis"],
@@ -135,7 +151,7 @@ class Report:
         lines = [f"<b>{esc(r['label'])}</b>" + (f" · {esc(r['origin'])}" if r["origin"] else ""), esc(r["summary"]),
                  f"mAP50-95 {fmt(r['map50_95'])}" + (f" ({r['d_map_points']:+.1f} points vs base)" if r["d_map_points"] is not None else "")
                  + f" [{self.accuracy_mark}]",
-                 f"latency {fmt(r['latency_ms'], 2)} ms [{r['latency_mark']}]"
+                 f"latency {fmt(r['latency_ms'], 2)} ms{error_text(r['latency_error_pct'])} [{r['latency_mark']}]"
                  + (f", re-measured {fmt(r['remeasured_ms'], 2)} ms [{r['remeasured_mark']}]" if r["remeasured_ms"] else "")
                  + (f" · {r['speedup']:.2f}× faster ({r['speedup_basis']})" if r["speedup"] and r["number"] is not None else ""),
                  f"footprint {fmt_bytes(r['sram_bytes'])} KiB [{', '.join(m for m in r['memory_marks'] if m)}]"
@@ -149,8 +165,9 @@ class Report:
             r = self.rows[t["number"]]
             category = "front" if t.get("pareto") else "recipe" if t.get("recipe") else "other"
             x = r["latency_ms"] if axis == "latency_ms" else r["sram_bytes"] / figures.KIB
+            error = x * r["latency_error_pct"] / 100 if axis == "latency_ms" and r["latency_error_pct"] else None
             points.append({"number": t["number"], "category": category, "x": x, "y": r["map50_95"], "hover": r["hover"],
-                           "group": r["latency_mark"] if axis == "latency_ms" else None})
+                           "group": r["latency_mark"] if axis == "latency_ms" else None, "error": error})
         predicted_mark = None
         for t in self.trials:
             p = t.get("predicted") or {}
@@ -195,7 +212,7 @@ class Report:
             "fig-pareto-memory": figures.pareto_figure(
                 "sram_bytes", self.pareto_points("sram_bytes"), base_point=base_mem, budget=self.budget, floor=self.floor,
                 latency_budget_ms=None, highlights=self.highlights(),
-                x_title="memory footprint: weights + activations (KiB)", caption_marks=[self.accuracy_mark, *mem_marks]),
+                x_title=memory_axis_title(self.budget), caption_marks=[self.accuracy_mark, *mem_marks]),
             "fig-progress": figures.progress_figure(dd.progress(self.trials, self.base), self.prov.mark("H", self.progress_method())),
         }
         return {k: figure_spec(v) for k, v in out.items()}
@@ -229,9 +246,10 @@ class Report:
     def design_file(self, t: dict) -> Path:
         return self.out_dir / DESIGNS_DIR / f"trial-{t['number']}.json"
 
-    def eval_command(self, t: dict) -> str:
+    def _design_args(self, t: dict, command: str) -> list[str]:
+        """`search <command>` on the design with this run's inputs and fine-tune (the same weights)."""
         run = self.run
-        args = ["search", "eval", "--candidate", str(self.design_file(t)),
+        args = ["search", command, "--candidate", str(self.design_file(t)),
                 "--profile", str(run.get("profile_file") or run.get("profile")),
                 "--space", str(run.get("space_file") or run.get("space")),
                 "--preset", str(run.get("preset", "default"))]
@@ -239,12 +257,24 @@ class Report:
                           ("--finetune-iters", "finetune_iters"), ("--seed", "seed")):
             if run.get(key) is not None:
                 args += [flag, str(run[key])]
-        if run.get("tune_trials"):
-            args += ["--tune-trials", str(run["tune_trials"])]
         if run.get("distill"):
             args.append("--distill")
-        args += ["--library", f"{run.get('run_name', 'design')}-trial-{t['number']}-{run.get('profile', 'profile')}.so"]
+        return args
+
+    def _design_file_stem(self, t: dict) -> str:
+        return f"{self.run.get('run_name', 'design')}-trial-{t['number']}-{self.run.get('profile', 'profile')}"
+
+    def eval_command(self, t: dict) -> str:
+        args = self._design_args(t, "eval")
+        if self.run.get("tune_trials"):
+            args += ["--tune-trials", str(self.run["tune_trials"])]
+        args += ["--library", f"{self._design_file_stem(t)}.so"]
         return shlex.join(args)
+
+    def export_command(self, t: dict, fmt: str = "onnx") -> str:
+        """`search export`: the design as the device's runtime takes it (runners/export.py)."""
+        return shlex.join(self._design_args(t, "export")
+                          + ["--format", fmt, "--out", f"{self._design_file_stem(t)}.{fmt}"])
 
 
 # ------------------------------------------------------------------------------ HTML
@@ -278,7 +308,7 @@ def _table(report: Report) -> str:
         cells = [f"<b>{esc(r['label'])}</b>" + (" <span class='muted'>front</span>" if r["pareto"] else ""),
                  esc(r["origin"]), fmt(r["map50_95"]), d_map, fmt(r["map50"]),
                  fmt(r["holdout_map50_95"]) + (mark(r["holdout_mark"]) if r["holdout_mark"] else ""),
-                 fmt(r["latency_ms"], 2) + (mark(r["latency_mark"]) if lat_cells else "")]
+                 fmt(r["latency_ms"], 2) + error_text(r["latency_error_pct"]) + (mark(r["latency_mark"]) if lat_cells else "")]
         if has_remeasured:
             cells.append(fmt(r["remeasured_ms"], 2) + (mark(r["remeasured_mark"]) if rem_cells and r["remeasured_ms"] else ""))
         speed = "1.00" if r["number"] is None else (
@@ -365,9 +395,13 @@ def _takeaway(report: Report) -> str:
             f"<li id='take-{t['number']}'><b>{esc(r['label'])}</b> ({esc(r['summary'])}): "
             f"<a download='{esc(report.run.get('run_name', 'design'))}-trial-{t['number']}.json' href='{data_url(t['candidate'])}'>"
             f"candidate JSON</a> (also <code>{esc(report.design_file(t).relative_to(report.out_dir))}</code> beside this page)"
-            f"<pre>{esc(report.eval_command(t))}</pre></li>")
+            f"<pre>{esc(report.eval_command(t))}</pre>"
+            f"to the device's runtime: <code class='export-command'>{esc(report.export_command(t))}</code></li>")
     return ("<p>Each command re-scores the design (fine-tune, mAP, latency and footprint on this profile) and writes the "
-            "deployable library for the profile (<code>--library</code>). Paths are this run's.</p>"
+            "deployable library for the profile (<code>--library</code>). <code>search export</code> re-runs the same "
+            "fine-tune and writes the design for the device's runtime: ONNX (TensorRT, ONNX Runtime; int8 as QDQ where "
+            "the profile computes int8) or, with <code>--format pt</code>, an ultralytics checkpoint for ultralytics' own "
+            "exporter (NCNN, TFLite, TensorRT). Paths are this run's.</p>"
             f"<ul>{''.join(items) or '<li>no scored design</li>'}</ul>")
 
 
@@ -562,7 +596,12 @@ def pareto_table(base: dict, trials: list[dict]) -> str:
         lines.append("no design meets the run's budgets: these are the non-dominated designs ignoring them")
     if base.get("holdout_source"):
         lines.append(f"mAP50-95 on the val images the search selects on; held out: {base['holdout_source']}")
-    lines.append(f"latency: {base['latency_source']}")
+    # the method, not the base's own label: the base computes in fp32, the front's designs in their own precisions
+    lines.append(f"latency: {base.get('latency_method') or base['latency_source']}; each design in the precisions "
+                 "it computes in (compute_precision in trials.csv)")
+    if base.get("latency_error_pct"):
+        lines.append(f"estimated latencies: ± {base['latency_error_pct']:.0f} % (p90 of the calibration's "
+                     "leave-one-out errors)")
     if base.get("remeasured"):
         lines.append(f"re-measured: {base['remeasured']['latency_source']}")
     return "\n".join(lines)

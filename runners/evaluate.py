@@ -16,6 +16,7 @@ import torch
 from edgesearch.runners.accuracy.finetune import calibration_batches, finetune, validate
 from edgesearch.runners.accuracy.splits import search_and_holdout
 from edgesearch.runners.checkpoints import load_detection_model
+from edgesearch.runners.hardware.measure import MeasurementPlan, decide_measurement, measurer_for
 from edgesearch.runners.hardware.scores import hardware_scores, remeasure_interleaved
 from edgesearch.runners.hardware.profiles import load_profile
 from edgesearch.runners.hardware.turns import running_trial
@@ -41,8 +42,14 @@ class EvalSettings:
     distill: bool = False  # fine-tune with knowledge distillation from the base model
     calibration_batches: int = 8  # train batches that set int8 activation ranges
     library_path: str = ""  # also write the deployable library for the profile here
-    latency_mode: str = ""  # RPC profiles: "measured" or "estimated", decided once for a whole search
-    latency_mode_why: str = ""  # why the search estimates (no device when it started: which check failed)
+    # a run's one decision about latency (measure.MeasurementPlan as a dict); empty: decided per call
+    measurement: dict | None = None
+
+
+def run_measurer(config: EvalSettings, profile):
+    """The measurer of this trial: the run's plan, else decided now (search eval)."""
+    plan = MeasurementPlan.from_settings(config.measurement) or decide_measurement(profile)
+    return measurer_for(profile, plan, tune_trials=config.tune_trials, tuning_db=config.tuning_db)
 
 
 def score_candidate(settings: dict, candidate: dict | None) -> dict:
@@ -62,11 +69,10 @@ def _score(config: EvalSettings, candidate: dict | None) -> dict:
     with search_and_holdout(Path(config.data_yaml)) as (search_data, holdout_data, holdout_split, holdout_how):
         accuracy, validate_s = _timed(lambda: validate(model, search_data, imgsz=config.imgsz))
         holdout = validate(model, holdout_data, imgsz=config.imgsz, split=holdout_split)
-    hardware, hardware_s = _timed(lambda: hardware_scores(model, load_profile(config.profile), config.imgsz,
-                                                          tune_trials=config.tune_trials, tuning_db=config.tuning_db,
-                                                          library_path=config.library_path or None,
-                                                          latency_mode=config.latency_mode or None,
-                                                          latency_mode_why=config.latency_mode_why))
+    profile = load_profile(config.profile)
+    hardware, hardware_s = _timed(lambda: hardware_scores(model, profile, config.imgsz,
+                                                          measurer=run_measurer(config, profile),
+                                                          library_path=config.library_path or None))
     return {
         **accuracy,
         # scored on images no choice of the search used (splits.py): what the search selects on is `map50_95`

@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sram-budget", help="hard memory budget instead of the profile's, e.g. 2MiB, 512KiB, 3000000")
     run.add_argument("--latency-budget", type=float, help="latency budget in ms (a constraint of the search)")
     run.add_argument("--population", type=int, help="NSGA-II population size (preset's default)")
+    run.add_argument("--estimate-latency", action="store_true",
+                     help="device profiles: estimate every latency with the profile's calibrated model even when "
+                          "the device is registered with its RPC tracker")
     run.add_argument("--resume", action="store_true", help="continue the run in the run folder")
     run.add_argument("--out", help="run folder (default: ./reports/<profile>-<space>[-<preset>] under the current "
                                    "directory); an existing folder must be empty or hold a run")
@@ -93,6 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     shadow.add_argument("--conf", type=float, default=0.25, help="confidence threshold of the compared detections")
     shadow.add_argument("--out", help="report folder (default: ./reports/shadow-<candidate name>)")
 
+    export = commands.add_parser(
+        "export", help="re-run a design's fine-tune and write it as the device's runtime takes it: ONNX (int8 as "
+                       "QDQ where the profile computes int8, fp16 where chosen) or an ultralytics .pt")
+    _common(export)
+    export.add_argument("--candidate", required=True, help="candidate JSON file (e.g. from a report's designs/)")
+    export.add_argument("--format", required=True, help="onnx (TensorRT, ONNX Runtime) or pt (ultralytics' own "
+                                                        "exporter: NCNN, TFLite, TensorRT)")
+    export.add_argument("--out", help="file to write (default: ./<candidate name>-<profile>.<format>)")
+
     batch = commands.add_parser(
         "batch", help="run (or resume) several searches listed in a jobs file, one after another, on one Ray "
                       "connection; on a cluster: ray job submit --address http://HEAD:8265 -- search batch jobs.yaml",
@@ -112,12 +124,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_profiles(args) -> None:
+    from edgesearch.runners.hardware.latency_model import calibration_for
     from edgesearch.runners.hardware.profiles import available_profiles, load_profile
 
     for name in available_profiles():
         profile = load_profile(name)
-        how = "measured locally" if profile.measurement == "local" else "TVM RPC, else estimated"
-        print(f"{name:18} {how:24} SRAM {profile.sram_bytes / 1024:8.0f} KiB  {profile.description}")
+        budget = profile.memory_budget_bytes
+        memory = (f"{profile.memory_limit.upper()} budget {budget / 2**20:,.1f} MiB" if budget is not None
+                  else "no memory budget")
+        if profile.memory_limit == "dram":
+            memory += " (weights + planned activations; runtime workspace and CUDA context not counted)"
+        calibration = calibration_for(profile)
+        latency = ("measured on this machine (TVM build)" if profile.measurement == "local"
+                   else f"TVM RPC when the device is registered, else {calibration.describe()}")
+        print(f"{name}: {profile.description}\n"
+              f"    memory: {memory}\n"
+              f"    computes in: {', '.join(profile.compute_precisions)}\n"
+              f"    latency: {latency}\n"
+              f"    latency model: {points_summary(calibration)}")
+
+
+def points_summary(calibration) -> str:
+    """The calibration's measured points, e.g. '7 points: yolov8n.yaml 640 px fp16 52.0 ms (TensorRT), ...'."""
+    points = calibration.fitted_points
+    listed = "; ".join(f"{p.get('model') or p.get('design_id')} {p['imgsz']} px {p.get('precision', '')} "
+                       f"{p['latency_ms']:g} ms ({p.get('runtime') or '?'})" for p in points)
+    return f"{len(points)} point(s)" + (f": {listed}" if listed else "")
 
 
 def cmd_spaces(args) -> None:
@@ -254,7 +286,7 @@ class PreparedRun:
 
 def prepare_run(args) -> PreparedRun:
     """Everything `search run` checks before it writes anything (check_run_arguments aside)."""
-    from edgesearch.search.jobs import (RUN_FILE, check_run_dir, check_smallest_design_fits, decide_latency_mode,
+    from edgesearch.search.jobs import (RUN_FILE, check_run_dir, check_smallest_design_fits, decide_measurement,
                                         run_folder, ship_inputs)
     from edgesearch.search.presets import PRESETS
 
@@ -297,7 +329,7 @@ def prepare_run(args) -> PreparedRun:
     }
     if not args.resume:
         check_smallest_design_fits(inputs, run)  # says at once when no design can meet the budget
-        decide_latency_mode(inputs, run)
+        decide_measurement(inputs, run, args.estimate_latency)
     archives = ship_inputs(inputs)  # inputs that cannot travel to the workers are refused here
     return PreparedRun(args, inputs, run_dir, run, archives)
 
@@ -385,7 +417,38 @@ def cmd_shadow(args) -> None:
     print(f"shadow report: {files['index.html']}")
 
 
-COMMANDS = {"run": cmd_run, "batch": cmd_batch, "eval": cmd_eval, "shadow": cmd_shadow, "profiles": cmd_profiles, "spaces": cmd_spaces, "report": cmd_report}
+def cmd_export(args) -> None:
+    from edgesearch.runners.export import check_request, export_design
+    from edgesearch.search.jobs import eval_settings
+    from edgesearch.search.presets import PRESETS
+    from edgesearch.spaces.apply import validate_candidate
+    from edgesearch.spaces.candidate import Candidate
+
+    fmt = args.format.lower()
+    candidate = Candidate.load(Path(args.candidate))  # bad input fails before slow work
+    out = Path(args.out or f"{Path(args.candidate).stem}-{Path(args.profile).stem}.{fmt}").resolve()
+    check_request(fmt, out)
+    inputs = _inputs(args)
+    validate_candidate(inputs.base_model, candidate)  # a design of another model: refused before the fine-tune
+    preset = PRESETS[args.preset]
+    settings = eval_settings(inputs, **_trial_sizes(args, preset), batch=preset.batch, threads=os.cpu_count() or 1,
+                             seed=args.seed, distill=args.distill)  # as `search eval`: the same weights
+    result = export_design(settings, candidate.to_json(), fmt, out)
+    print(f"wrote {result.path} ({fmt}), design id {result.design_id}")
+    print(f"design: {result.metadata['edgesearch_design']}")
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"recorded for `search calibrate`: {result.record}")
+    if fmt == "onnx":
+        int8 = " --int8" if "int8" in result.precisions.values() else ""
+        print(f"run it: trtexec --onnx={result.path.name} --fp16{int8} (TensorRT on a Jetson), or ONNX Runtime "
+              "(e.g. on a Raspberry Pi)")
+    else:
+        print(f"run it: yolo export model={result.path.name} format=ncnn|tflite|engine imgsz={settings['imgsz']} "
+              "(ultralytics' own exporter)")
+
+
+COMMANDS = {"export": cmd_export, "run": cmd_run, "batch": cmd_batch, "eval": cmd_eval, "shadow": cmd_shadow, "profiles": cmd_profiles, "spaces": cmd_spaces, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,6 +53,11 @@ class Guide:
         # the hypervolume reference: the base's SRAM and latency x 1.1, mAP 0 (as the benchmark)
         self.reference = (0.0, base["sram_bytes"] * 1.1, base["latency_ms"] * 1.1)
 
+    def memory_word(self) -> str:
+        """What the memory figure is called in seed names: SRAM where the budget is on-chip, else the
+        footprint (weights + planned activations), which a DRAM device holds with room to spare."""
+        return "SRAM" if self.budgets.get("memory_kind", "sram") == "sram" else "footprint"
+
     def _varies(self, resource: str) -> bool:
         values = {round(sum(o.price(p) for p in RESOURCES[resource]), 9) for options in self.tables.values()
                   for o in options}
@@ -75,7 +80,7 @@ class Guide:
         smallest = allocate(self.tables, {}, minimise="sram_bytes")
         low = max(low, design_price(smallest, "sram_bytes") * 1.001)
         for limit, design in budget_sweep(self.tables, low, high, sram_points, budget="sram_bytes"):
-            designs.append((f"seed: least omega under {limit / MIB:.2f} MiB SRAM (predicted)", design))
+            designs.append((f"seed: least omega under {limit / MIB:.2f} MiB {self.memory_word()} (predicted)", design))
         if "latency_ms" in self.fronts:  # from the fastest design to just under the base's latency
             fastest = allocate(self.tables, {}, minimise="latency_ms")
             low = design_price(fastest, "latency_ms", self.offsets) * 1.001
@@ -106,7 +111,7 @@ class Guide:
         if allowed <= 0:
             return []
         designs = []
-        for price, what in (("sram_bytes", "least SRAM"), ("latency_ms", "least latency")):
+        for price, what in (("sram_bytes", f"least {self.memory_word()}"), ("latency_ms", "least latency")):
             if price == "latency_ms" and "latency_ms" not in self.fronts:
                 continue
             design = allocate(self.tables, {"omega": allowed}, minimise=price, offsets=self.offsets)

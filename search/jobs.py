@@ -67,18 +67,16 @@ def resolve_inputs(*, profile: str, space: str, model: str | None, data: str | N
         checkpoint = default_base_checkpoint(settings, data_yaml, seed)
         trust_checkpoint = False
         base = load_detection_model(checkpoint)
-    resolved = design_space.resolve(base)
+    resolved = design_space.resolve(base, hardware.compute_precisions, hardware.name)
     return Inputs(hardware, design_space, data_yaml, checkpoint, trust_checkpoint, base, resolved)
 
 
 def eval_settings(inputs: Inputs, *, imgsz: int, finetune_iters: int, batch: int, threads: int, seed: int,
-                  tune_trials: int = 0, distill: bool = False, latency_mode: str = "",
-                  latency_mode_why: str = "") -> dict:
-    """The plain settings a trial needs (sent to Ray workers as-is). `latency_mode`/`_why`: a
-    search's one decision for an RPC profile (decide_latency_mode); empty: each call decides."""
+                  tune_trials: int = 0, distill: bool = False, measurement: dict | None = None) -> dict:
+    """The plain settings a trial needs (sent to Ray workers as-is). `measurement`: a search's one
+    decision about latency (decide_measurement); None: each call decides."""
     return {
-        "latency_mode": latency_mode,
-        "latency_mode_why": latency_mode_why,
+        "measurement": measurement,
         "tune_trials": tune_trials,
         "distill": distill,
         "tuning_db": str(cache_dir() / "tuning" / inputs.profile.name),  # shared by every run on this profile
@@ -174,7 +172,8 @@ def memory_budget(run: dict) -> dict:
 def run_budgets(run: dict, base: dict) -> dict:
     """The constraints of the study: memory (hard), latency (if asked), accuracy floor (if asked)."""
     drop = run.get("max_map_drop")
-    return {"memory_bytes": memory_budget(run)["bytes"], "latency_ms": run.get("latency_budget_ms"),
+    return {"memory_bytes": memory_budget(run)["bytes"], "memory_kind": memory_budget(run)["kind"],
+            "latency_ms": run.get("latency_budget_ms"),
             "map_floor": base["map50_95"] * (1 - drop) if drop else None}
 
 
@@ -198,16 +197,26 @@ def check_smallest_design_fits(inputs: Inputs, run: dict) -> None:
             f"{memory['activation_bytes'] / 1024:,.0f} KiB planned activations); set --sram-budget or another profile")
 
 
-def decide_latency_mode(inputs: Inputs, run: dict) -> None:
-    """On an RPC profile, whether this whole search measures on the device or estimates: decided
-    once, here, so that one objective never mixes measured and estimated figures."""
-    if inputs.profile.measurement != "rpc":
-        return
-    from edgesearch.runners.hardware.scores import latency_mode  # loads TVM
+def decide_measurement(inputs: Inputs, run: dict, estimate_only: bool = False) -> None:
+    """How this whole search obtains latency (measure.decide_measurement): decided once, here, so that
+    one objective never mixes measured and estimated figures; a device that is there but cannot be
+    built for is refused before anything is written."""
+    from edgesearch.runners.hardware import measure  # loads TVM
 
-    run["latency_mode"], run["latency_mode_why"] = latency_mode(inputs.profile)
-    print(f"latency on {inputs.profile.name}: every trial {run['latency_mode']}"
-          + (f" ({run['latency_mode_why']})" if run["latency_mode_why"] else " on the device over TVM RPC"))
+    plan = measure.decide_measurement(inputs.profile, estimate_only=estimate_only)
+    run["measurement"] = dataclasses.asdict(plan)
+    measurer = measure.measurer_for(inputs.profile, plan, tune_trials=run.get("tune_trials", 0))
+    print(f"latency on {inputs.profile.name}: every trial {measurer.describe()}")
+
+
+def run_measurement(run: dict) -> dict | None:
+    """The run's measurement plan; runs from before it recorded latency_mode (RPC profiles only)."""
+    if "measurement" in run:
+        return run["measurement"]
+    mode = run.get("latency_mode")
+    if mode == "estimated":
+        return {"kind": "estimate", "why": run.get("latency_mode_why") or "no device when the run started"}
+    return {"kind": "rpc"} if mode == "measured" else None
 
 
 def ship_inputs(inputs: Inputs) -> dict:
@@ -228,8 +237,7 @@ def run_search(inputs: Inputs, run_dir: Path, run: dict, *, resume: bool, ray_ad
         cpus_per_trial = execution.cpus_per_trial(parallel)
         settings = eval_settings(inputs, imgsz=run["imgsz"], finetune_iters=run["finetune_iters"], batch=run["batch"],
                                  threads=cpus_per_trial, seed=run["seed"], tune_trials=run.get("tune_trials", 0),
-                                 distill=run.get("distill", False), latency_mode=run.get("latency_mode", ""),
-                                 latency_mode_why=run.get("latency_mode_why") or "")
+                                 distill=run.get("distill", False), measurement=run_measurement(run))
         parcels = shipping.put(archives)
         strategy = run.get("strategy", "nsga2")  # runs from before the guided search used NSGA-II
         study = studies.open_study(run_dir, seed=run["seed"], population_size=run["population"], create=not resume,
@@ -266,7 +274,8 @@ def _prepare_guide(inputs: Inputs, settings: dict, run: dict, run_dir: Path, stu
     from edgesearch.search.recipes import recipe_candidates, recipe_options
 
     layers = list(inputs.resolved)
-    recipes = recipe_candidates(inputs.base_model, layers, PRESETS[run["preset"]].recipes)
+    recipes = recipe_candidates(inputs.base_model, layers, PRESETS[run["preset"]].recipes,
+                                inputs.profile.compute_precisions)
     extra = recipe_options(recipes, layers)  # recipes are priced too, whatever the space offers
     options = {name: {knob: _merged(values, extra[name].get(knob, ())) for knob, values in layer.choices.items()}
                for name, layer in inputs.resolved.items()}

@@ -6,11 +6,12 @@ An option is one value per knob for one layer. Its prices, from the sensitivity 
   omega           predicted increase of the detection loss (weight option + each structural change)
   weight_bytes    exact packed bytes of the layer's own conv(s) at that option (spaces/packing.py)
   activation_bytes  the layer's share of the planned activation memory: the base's planned bytes
-                  x this conv's input elements x (1 byte if int8 else 4) / (4 x all conv inputs), so a
+                  x this conv's input elements x (1 byte int8, 2 fp16, else 4) / (4 x all conv inputs), so a
                   design's predicted SRAM is a sum over its layers (an estimate: each trial measures
                   the plan of its own build, integer layers included, runners/hardware/scores.py)
-  latency_ms      the layer's latency share (its integer-kernel share for int8 inputs and <= 8-bit
-                  weights, where the basis has one), changed by its structural changes in
+  latency_ms      the layer's latency share in the precision it computes in on the device (int8
+                  for int8 inputs and <= 8-bit weights, fp16 for activation_bits 16, where the
+                  profile computes in them; else fp32), changed by its structural changes in
                   proportion to the FLOPs they remove (estimated, see cost_basis.py)
 
 Prices add over layers, with two approximations, both on the safe side: a pruning group's
@@ -35,6 +36,7 @@ PRICES = ("omega", "weight_bytes", "activation_bytes", "latency_ms")
 STRUCTURAL = ("prune_ratio", "kernel_size", "rank_ratio", "activation_bits")
 WEIGHT_KNOBS = ("weight_bits", "scheme", "granularity", "group_size", "sparsity")
 DEFAULTS = LayerKnobs()
+ACTIVATION_BYTES = {8: 1, 16: 2, 32: 4}  # bytes per element of a conv's input at each activation_bits
 CHANGE_FLOOR = 1e-3  # least omega of a structural or activation change, as a share of the base's loss
 
 
@@ -78,9 +80,9 @@ class OptionPricer:
         except KeyError:
             raise KeyError(f"{layer}: the sensitivity pass did not price weight option {self.weight_key(knobs)}") from None
         omega = max(0.0, omega)
-        # an int8-input conv with <= 8-bit weights runs as an integer kernel where the basis times one
-        integer = knobs.activation_bits == 8 and knobs.weight_bits <= 8 and "latency_ms_int8" in cost
-        latency = cost["latency_ms_int8" if integer else "latency_ms"]
+        # the conv's share in the precision it computes in on this device (fp32 where the basis has no other)
+        precision = knobs.compute_precision(self.basis.get("compute_precisions", ("fp32", "int8")))
+        latency = cost.get("latency_ms" if precision == "fp32" else f"latency_ms_{precision}", cost["latency_ms"])
         per_flop = latency / cost["flops"] if cost["flops"] else 0.0
         pruned_out = None
         for knob in STRUCTURAL:
@@ -95,10 +97,10 @@ class OptionPricer:
         shape = tuple(info["shape"])
         shapes = option_weight_shapes(shape, knobs, groups=info.get("groups", 1), pruned_out_channels=pruned_out)
         weight_bytes = sum(
-            packed_size(s, knobs, kept=kept_weights(math.prod(s), knobs.sparsity), has_bias=i == len(shapes) - 1
+            packed_size(s, knobs.stored(), kept=kept_weights(math.prod(s), knobs.sparsity), has_bias=i == len(shapes) - 1
                         and info.get("bias", True))
             for i, s in enumerate(shapes))
-        act_bytes = (1 if knobs.activation_bits == 8 else 4) * cost["input_elements"] * self._bytes_per_input_element
+        act_bytes = ACTIVATION_BYTES[knobs.activation_bits] * cost["input_elements"] * self._bytes_per_input_element
         return Option(knobs, omega, weight_bytes, act_bytes, max(0.0, latency))
 
     def design(self, layers: dict[str, LayerKnobs]) -> dict[str, float]:

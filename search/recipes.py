@@ -14,6 +14,7 @@ from edgesearch.spaces.apply import uniform_candidate
 from edgesearch.spaces.candidate import Candidate, LayerKnobs
 
 CONTROL = "control: float, the same fine-tune"
+FP16 = "fp16 weights + fp16 activations"
 RECIPES = {
     # what TensorRT / ONNX Runtime / NNCF post-training INT8 compute: per-channel symmetric int8
     # weights, per-tensor uint8 activations
@@ -24,16 +25,31 @@ RECIPES = {
     # the reduced-memory pedestrian detector's pipeline (Tome et al. 2016): weight sharing + pruning
     "k-means 4-bit + 50% sparsity": LayerKnobs(weight_bits=4, scheme="kmeans", granularity="tensor", sparsity=0.5),
     "50% structured pruning": LayerKnobs(prune_ratio=0.5),
+    # what a Jetson user deploys without edgesearch: TensorRT's FP16 engine (weights, activations and
+    # arithmetic in half precision); offered where the profile computes in fp16
+    FP16: LayerKnobs(activation_bits=16),
     # not a recipe but a control: the base given the same fine-tune, in float - how much of any
     # design's mAP the fine-tune alone buys
     CONTROL: LayerKnobs(),
 }
 
 
-def recipe_candidates(model: nn.Module, layers: list[str], names: tuple[str, ...] | None = None
-                      ) -> dict[str, Candidate]:
-    """The recipes (`names`, default all) as candidates for `layers` of `model`."""
-    return {name: uniform_candidate(model, RECIPES[name], layers) for name in (names or tuple(RECIPES))}
+def device_recipes(names: tuple[str, ...] | None, compute_precisions: tuple[str, ...]) -> tuple[str, ...]:
+    """The recipes (`names`, default all) a device can run as they mean: one that computes in a
+    precision the device lacks (int8 on a Jetson Nano) is left out, and where the device computes
+    in fp16 the fp16 recipe is always in (it is the default deployment there)."""
+    names = tuple(names or RECIPES)
+    if "fp16" in compute_precisions and FP16 not in names:
+        names = (FP16, *names)
+    return tuple(name for name in names if RECIPES[name].compute_precision() in compute_precisions)
+
+
+def recipe_candidates(model: nn.Module, layers: list[str], names: tuple[str, ...] | None = None,
+                      compute_precisions: tuple[str, ...] = ("fp32", "fp16", "int8")) -> dict[str, Candidate]:
+    """The recipes (`names`, default all) a device computing in `compute_precisions` runs, as
+    candidates for `layers` of `model`."""
+    return {name: uniform_candidate(model, RECIPES[name], layers)
+            for name in device_recipes(names, compute_precisions)}
 
 
 def recipe_options(candidates: dict[str, Candidate], layers: list[str]) -> dict[str, dict[str, set]]:

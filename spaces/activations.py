@@ -1,4 +1,10 @@
-"""Activation quantization knob: a conv's input as uint8, per tensor, calibrated on train images.
+"""Activation precision knob: what a conv computes in, through what its input is rounded to.
+
+`activation_bits: 16` makes the conv compute in half precision, as an fp16 engine (TensorRT on a
+Jetson) runs it: its input, its weights (spaces/candidate.py: `stored`) and its output rounded to
+fp16. On a host without fp16 arithmetic the products are accumulated in fp32: an emulation, said
+so in the scores, that rounds exactly where fp16 storage rounds but not inside the accumulation.
+
 
 `activation_bits: 8` on a layer fake-quantizes the activation entering that conv (what an int8
 conv kernel reads) with one affine scale and zero-point for the whole tensor, observed with
@@ -16,7 +22,7 @@ import torch
 from torch import nn
 from torch.ao.quantization.observer import MinMaxObserver
 
-ACTIVATION_BITS = (8, 32)  # 32 = left in float (candidate.FLOAT_BITS)
+ACTIVATION_BITS = (8, 16, 32)  # 32 = left in float (candidate.FLOAT_BITS), 16 = fp16 compute
 
 
 class InputQuantizer(nn.Module):
@@ -44,13 +50,35 @@ class InputQuantizer(nn.Module):
         return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, 0, 255)
 
 
+class HalfPrecision(nn.Module):
+    """A conv's input rounded to fp16 (its output too, by a forward hook: see attach_input_quantizer).
+    Nothing to calibrate; gradients pass through the casts unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.half().float()
+
+
 def _quantize_input(conv: nn.Module, args: tuple) -> tuple:
     return (conv.input_quantizer(args[0]), *args[1:])
 
 
-def attach_input_quantizer(conv: nn.Module) -> None:
-    conv.input_quantizer = InputQuantizer()
+def _round_output_to_half(conv: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    return output.half().float()
+
+
+def attach_input_quantizer(conv: nn.Module, bits: int = 8) -> None:
+    """bits 8: the conv's input as calibrated uint8; bits 16: input and output rounded to fp16."""
+    if bits == 16:
+        conv.input_quantizer = HalfPrecision()
+        conv.output_rounding_hook = conv.register_forward_hook(_round_output_to_half)
+    else:
+        conv.input_quantizer = InputQuantizer()
     conv.input_quantizer_hook = conv.register_forward_pre_hook(_quantize_input)
+
+
+def half_precision(conv: nn.Module) -> bool:
+    """Whether the conv computes in fp16 (activation_bits 16)."""
+    return isinstance(getattr(conv, "input_quantizer", None), HalfPrecision)
 
 
 def input_quantizers(model: nn.Module) -> list[InputQuantizer]:
@@ -77,9 +105,12 @@ def calibrate(model: nn.Module, batches) -> int:
 
 
 def remove_input_quantizers(model: nn.Module) -> None:
-    """Drop activation fake-quant (for a float build of the same weights)."""
+    """Drop activation fake-quant and fp16 rounding (for a float build of the same weights)."""
     for module in model.modules():
         if hasattr(module, "input_quantizer_hook"):
             module.input_quantizer_hook.remove()
             del module.input_quantizer, module.input_quantizer_hook
+        if hasattr(module, "output_rounding_hook"):
+            module.output_rounding_hook.remove()
+            del module.output_rounding_hook
 

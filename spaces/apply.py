@@ -104,8 +104,9 @@ def smallest_candidate(model: nn.Module, choices: dict[str, dict[str, list]]) ->
                 out = 2 * (group.channels - removed_count(group.channels, option.prune_ratio)) if group.halves \
                     else out - removed_count(out, option.prune_ratio)
             shapes = option_weight_shapes(tuple(conv.weight.shape), option, groups=conv.groups, pruned_out_channels=out)
-            size = sum(packed_size(s, option, kept=kept_weights(math.prod(s), option.sparsity)) for s in shapes)
-            key = (size, option.activation_bits)  # at equal size, int8 activations (smaller plan)
+            size = sum(packed_size(s, option.stored(), kept=kept_weights(math.prod(s), option.sparsity))
+                       for s in shapes)
+            key = (size, option.activation_bits)  # at equal size, the narrower activations (smaller plan)
             if best is None or key < best[0]:
                 best = (key, option)
         layers[name] = best[1]
@@ -129,9 +130,9 @@ def apply_candidate(model: nn.Module, candidate: Candidate) -> nn.Module:
         if layer is not convs[name]:
             replace_module(model, name, layer)
         for conv in (layer if isinstance(layer, nn.Sequential) else [layer]):
-            attach_fake_quant(conv, knobs)
-            if knobs.activation_bits == 8:
-                attach_input_quantizer(conv)  # calibrated by the runner, on train images
+            attach_fake_quant(conv, knobs.stored())
+            if knobs.activation_bits in (8, 16):
+                attach_input_quantizer(conv, knobs.activation_bits)  # int8: calibrated by the runner
     return model
 
 

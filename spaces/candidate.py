@@ -32,7 +32,7 @@ class LayerKnobs:
     group_size: int = 16  # G of the `group` granularity: input channels per parameter set
     sparsity: float = 0.0  # unstructured magnitude pruning: fraction of weights set to zero
     rank_ratio: float = 1.0  # < 1: factorized by SVD into two convs keeping this share of the rank
-    activation_bits: int = FLOAT_BITS  # 8: the conv's input is quantized to uint8 (activations.py)
+    activation_bits: int = FLOAT_BITS  # 8: input as uint8; 16: computes in fp16 (activations.py)
 
     def __post_init__(self):
         # types first: 4.0 == 4 and "0.5" would pass the range checks and fail after the fine-tune
@@ -59,13 +59,29 @@ class LayerKnobs:
         if not 0.0 <= float(self.sparsity) < 1.0:
             raise InputError(f"sparsity must be in [0, 1), not {self.sparsity!r}")
         if self.activation_bits not in ACTIVATION_BITS:
-            raise InputError(f"activation_bits must be 8 or 32, not {self.activation_bits!r}")
+            raise InputError(f"activation_bits must be 8, 16 or 32, not {self.activation_bits!r}")
         if not 0.0 < float(self.rank_ratio) <= 1.0:
             raise InputError(f"rank_ratio must be in (0, 1], not {self.rank_ratio!r}")
 
     @property
     def quantized(self) -> bool:
         return self.weight_bits < 16
+
+    def stored(self) -> "LayerKnobs":
+        """The knobs as the weights are stored and fake-quantized: a layer that computes in fp16
+        keeps float weights in fp16 (weight_bits 32 counts as 16 there)."""
+        if self.activation_bits == 16 and self.weight_bits == FLOAT_BITS:
+            return dataclasses.replace(self, weight_bits=16)
+        return self
+
+    def compute_precision(self, available: tuple[str, ...] | list[str] = ("fp32", "fp16", "int8")) -> str:
+        """fp32, fp16 or int8: what the conv computes in on a device that computes in `available`
+        (int8 needs int8 inputs and weights of 8 bits or fewer; fp16 needs activation_bits 16)."""
+        if self.activation_bits == 8 and self.weight_bits <= 8 and "int8" in available:
+            return "int8"
+        if self.activation_bits == 16 and "fp16" in available:
+            return "fp16"
+        return "fp32"
 
     @classmethod
     def from_dict(cls, raw: dict, where: str = "") -> "LayerKnobs":

@@ -14,7 +14,8 @@ A space is a YAML file in this folder (one per model family). Format:
       prune_ratio: [0.0, 0.25, 0.5]      # fraction of output channels removed
       kernel_size: [keep]                # keep | 5 | 3 | 1: centre crop of the kernel, same output shape
       rank_ratio: [1.0]                  # < 1: SVD into two convs keeping this share of the rank
-      activation_bits: [32, 8]           # 8: the conv's input activation as uint8 (per tensor)
+      activation_bits: [32, 16, 8]       # 8: input as uint8 (int8 compute); 16: fp16 compute; kept only
+                                         # where the profile computes in that precision
       group_size: [16]                   # G for granularity `group` (input channels per set)
       sparsity: [0.0, 0.5]               # unstructured magnitude pruning: fraction of zero weights
                                          # a knob left out keeps its default (float, unpruned, ...)
@@ -45,6 +46,7 @@ from edgesearch.spaces.prune import prunable_groups
 
 SPACES_DIR = Path(__file__).parent
 KNOBS = tuple(f.name for f in dataclasses.fields(LayerKnobs))
+ACTIVATION_PRECISION = {8: "int8", 16: "fp16", 32: "fp32"}  # what a conv computes in at each activation_bits
 DEFAULT_CHOICES = {f.name: [f.default] for f in dataclasses.fields(LayerKnobs)}
 
 
@@ -78,8 +80,11 @@ class Space:
                 break
         return choices
 
-    def resolve(self, model: nn.Module) -> dict[str, LayerChoices]:
-        """Per-layer choices for every searchable Conv2d of `model`."""
+    def resolve(self, model: nn.Module, compute_precisions: tuple[str, ...] = ("fp32", "fp16", "int8"),
+                device: str = "the device") -> dict[str, LayerChoices]:
+        """Per-layer choices for every searchable Conv2d of `model`, for a device that computes in
+        `compute_precisions`: activation precisions it does not compute in are dropped (int8
+        activations on a device without int8 arithmetic would only round, never speed up)."""
         groups = prunable_groups(model)
         follows = {member: knob for knob, group in groups.items() for member in group.producers if member != knob}
         resolved: dict[str, LayerChoices] = {}
@@ -95,6 +100,9 @@ class Space:
                            "kernel sizes this conv cannot shrink to")
             _keep_possible(layer, "rank_ratio", lambda r: r == 1.0 or is_worth_it(module, r),
                            "rank ratios that would not make this conv smaller")
+            _keep_possible(layer, "activation_bits",
+                           lambda bits: bits == 32 or ACTIVATION_PRECISION[bits] in compute_precisions,
+                           f"{device} does not compute in them")
             resolved[name] = layer
         if not resolved:
             raise InputError(f"space {self.name!r} matches no Conv2d layer of this model")

@@ -65,7 +65,7 @@ def test_an_rpc_profile_without_a_tracker_is_estimated_and_says_why(fused_tiny, 
     assert scores["latency_source"].startswith("estimated") and "rpc" in scores["latency_source"].lower()
 
 
-def test_int8_layers_run_integer_shrink_the_planned_activations_and_the_roofline(tiny_model):
+def test_int8_layers_run_integer_shrink_the_planned_activations_and_the_estimate(tiny_model):
     from edgesearch.spaces.activations import calibrate
     from edgesearch.spaces.candidate import parse_uniform
     from edgesearch.spaces.packing import bake_fake_quant
@@ -83,31 +83,34 @@ def test_int8_layers_run_integer_shrink_the_planned_activations_and_the_roofline
     # the plan of the integer build itself (uint8 tensors between requantizing convs), not a scaled fp32 plan
     assert int8_scores["activation_bytes_source"].startswith("planned") and "int8 kernels" in int8_scores["activation_bytes_source"]
     assert int8_scores["activation_bytes"] < float_scores["activation_bytes"]
-    assert f"{len(layers)} integer convs at its int8 peak" in int8_scores["latency_source"]
-    assert int8_scores["latency_ms"] < float_scores["latency_ms"]  # the profile's int8 peak is above its fp32 peak
+    assert "int8" in int8_scores["latency_source"] and "int8" not in float_scores["latency_source"]
+    assert int8_scores["compute_precision"].startswith(f"{len(layers)} int8 of")
+    assert int8_scores["latency_ms"] < float_scores["latency_ms"]  # the Pi computes int8 faster than fp32
 
 
 def test_a_run_keeps_to_one_kind_of_latency_figure(fused_tiny, tmp_path, monkeypatch):
     """Issue 12 item 5: decided once per run; a trial never silently estimates in a measured run."""
     import pytest
 
-    from edgesearch.runners.hardware import scores
+    from edgesearch.runners.hardware import rpc_runner
+    from edgesearch.runners.hardware.measure import MeasurementPlan, decide_measurement, measurer_for
 
     monkeypatch.delenv("EDGESEARCH_RPC_TRACKER", raising=False)
     text = Path(load_profile("raspberry-pi-4").source).read_text()
     (tmp_path / "no-tracker.yaml").write_text(text[:text.index("rpc:")])
     profile = load_profile(tmp_path / "no-tracker.yaml")
-    mode, why = scores.latency_mode(profile)
-    assert mode == "estimated" and why
+    plan = decide_measurement(profile)
+    assert plan.kind == "estimate" and plan.why
+    assert decide_measurement(load_profile("x86-host")).kind == "local"
     with pytest.raises(RuntimeError, match="could not be measured"):  # the device went away mid-run
-        hardware_scores(fused_tiny, profile, 64, latency_mode="measured")
+        hardware_scores(fused_tiny, profile, 64, measurer=measurer_for(profile, MeasurementPlan("rpc")))
 
     def asked(*_):
         raise AssertionError("an estimated run must not ask for the device")
 
-    monkeypatch.setattr(scores, "device_unavailable_reason", asked)
-    estimated = hardware_scores(fused_tiny, profile, 64, latency_mode="estimated")
-    assert estimated["latency_source"].startswith("estimated") and "estimates every trial" in estimated["latency_source"]
+    monkeypatch.setattr(rpc_runner, "device_unavailable_reason", asked)
+    estimated = hardware_scores(fused_tiny, profile, 64, measurer=measurer_for(profile, plan))
+    assert estimated["latency_source"].startswith("estimated") and "no device used" in estimated["latency_source"]
 
 
 def test_a_build_left_partly_unscheduled_says_so_in_its_label():

@@ -241,3 +241,43 @@ def test_the_study_reads_sensibly_in_optuna_dashboard(tmp_path):
     trial.set_user_attr(studies.CANDIDATE_ATTR, candidate([4, 4, 8]))
     studies.tell_scores(study, trial, scores(0.5, 1.0, 10), {"memory_bytes": 100 * 1024})
     assert study.trials[0].user_attrs[studies.SUMMARY_ATTR] == "4b×2 8b×1; affine×3; no structural change"
+
+
+def test_a_dram_budget_far_off_the_scale_is_noted_not_drawn_and_estimates_carry_error_bars():
+    """Issue 17 item 6: on a 4 GiB DRAM budget a line at the budget squashed every design onto 0."""
+    from edgesearch.reports import figures
+    from edgesearch.reports.pareto_report import error_text, memory_axis_title
+
+    points = [{"number": 1, "category": "front", "x": 2000.0, "y": 0.6, "hover": "", "group": None, "error": 0.5},
+              {"number": 2, "category": "other", "x": 3000.0, "y": 0.5, "hover": "", "group": None, "error": None}]
+    base = {"x": 4000.0, "y": 0.7, "hover": ""}
+    floor = {"map50_95": 0.0, "label": ""}
+    dram = {"kind": "dram", "bytes": 4 * 1024**3, "label": "DRAM budget 4,194,304 KiB"}
+    fig = figures.pareto_figure("sram_bytes", points, base_point=base, budget=dram, floor=floor, latency_budget_ms=None,
+                                highlights={}, x_title=memory_axis_title(dram), caption_marks=[])
+    assert not fig.layout.shapes and any("off the scale" in a.text for a in fig.layout.annotations)
+    assert "CUDA context not counted" in memory_axis_title(dram) and "CUDA" not in memory_axis_title({"kind": "sram"})
+    sram = {"kind": "sram", "bytes": 5000 * 1024, "label": "SRAM budget 5,000 KiB"}
+    fig = figures.pareto_figure("sram_bytes", points, base_point=base, budget=sram, floor=floor, latency_budget_ms=None,
+                                highlights={}, x_title="x", caption_marks=[])
+    assert len(fig.layout.shapes) == 1  # a budget near the designs is drawn
+    fig = figures.pareto_figure("latency_ms", points, base_point=base, budget=sram, floor=floor, latency_budget_ms=None,
+                                highlights={}, x_title="x", caption_marks=[])
+    front = next(t for t in fig.data if t.meta and t.meta.get("category") == "front")
+    assert list(front.error_x.array) == [0.5]
+    other = next(t for t in fig.data if t.meta and t.meta.get("category") == "other")
+    assert other.error_x.array is None
+    assert error_text(23.4) == " ± 23 %" and error_text(None) == ""
+
+
+def test_estimated_latencies_show_their_error_band_in_the_table_and_trials_csv(tmp_path):
+    estimated = dict(scores(0.69, 30.0, 90, source="estimated (± 25 %): jetson-nano model"), latency_error_pct=25.0)
+    base = dict(scores(0.70, 40.0, 400, source="estimated (± 25 %): jetson-nano model"), latency_error_pct=25.0,
+                remeasured=None)
+    trials = [trial(0, estimated, pareto=True, cand=candidate([8, 8, 8]), origin="seed")]
+    run = dict(RUN, profile="jetson-nano", memory_budget={"kind": "dram", "bytes": 4 * 1024**3, "source": "profile"})
+    files = write_report(tmp_path, run=run, base=base, trials=trials)
+    html = files["index.html"].read_text()
+    assert "30.00 ± 25 %" in html and "CUDA context not counted" in html
+    header = files["trials.csv"].read_text().splitlines()[0]
+    assert "latency_error_pct" in header.split(",")

@@ -240,11 +240,14 @@ def _changed_loss(base: nn.Module, fused: nn.Module, name: str, knob: str, value
         costs = {**_model_costs(model, imgsz), "out_channels": conv_layers(model)[name].out_channels}
         return detection_loss(model, batches), costs
     original = conv_layers(fused)[name]
-    if knob == "activation_bits":  # the same arithmetic on fake-quantized inputs: costs unchanged
-        attach_input_quantizer(original)
+    if knob == "activation_bits":  # the same arithmetic on rounded inputs: costs unchanged
+        # fp16 compute rounds the float weights to fp16 as well (LayerKnobs.stored)
+        weights = original.weight.detach().half().float() if value == 16 else original.weight.detach()
+        attach_input_quantizer(original, value)
         try:
-            calibrate(fused, (b["img"] for b in batches))
-            return detection_loss(fused, batches), base_costs
+            with _weight_replaced(original.weight, weights):
+                calibrate(fused, (b["img"] for b in batches))
+                return detection_loss(fused, batches), base_costs
         finally:
             remove_input_quantizers(fused)
     changed = shrink_kernel(original, value) if knob == "kernel_size" else factorize(original, value)

@@ -51,11 +51,41 @@ def relax_module(module: nn.Module, example_inputs: tuple, target: dict | None =
     Integer ops (integer_model.py) become integer kernels laid out for `target`'s family."""
     with torch.no_grad():
         exported = torch.export.export(module.eval(), example_inputs)
-    custom = None
+    custom = {}
     if integer_kernels.has_integer_ops(exported):
-        custom = integer_kernels.convert_map(exported, target or GENERIC_TARGET)
+        custom.update(integer_kernels.convert_map(exported, target or GENERIC_TARGET))
+    if has_half_convs(exported):
+        custom.update({"conv2d.default": _half_aware_conv2d, "convolution.default": _half_aware_conv2d})
     return from_exported_program(exported, keep_params_as_input=False, unwrap_unit_return_tuple=True,
-                                 custom_convert_map=custom)
+                                 custom_convert_map=custom or None)
+
+
+def has_half_convs(exported) -> bool:
+    """Whether the graph has convs on fp16 inputs (integer_model.HalfConv2d: fp16 compute)."""
+    return any(node.op == "call_function" and "conv" in str(node.target)
+               and getattr(node.args[0].meta.get("val"), "dtype", None) == torch.float16
+               for node in exported.graph.nodes)
+
+
+def _half_aware_conv2d(node, importer):
+    """aten.conv2d / aten.convolution as TVM's frontend imports them, except on fp16 inputs: the
+    frontend fixes every conv's out_dtype to float32 (fp32 arithmetic on half inputs); an fp16 conv
+    keeps float16, so the target computes in half precision, as an fp16 engine (TensorRT) does."""
+    general = "convolution" in str(node.target)  # aten.convolution: (x, w, b, stride, padding, dilation, transposed, _, groups)
+    args = importer.retrieve_args(node)
+    x, weight = args[0], args[1]
+    if str(x.ty.dtype) != "float16":
+        return importer._convolution(node) if general else importer._conv2d(node)
+    bias = args[2] if len(args) > 2 else None
+    stride, padding, dilation = list(args[3:6]) + [1, 0, 1][len(args[3:6]):]
+    groups_at = 8 if general else 6
+    groups = args[groups_at] if len(args) > groups_at else 1
+    conv = importer.block_builder.emit(relax.op.nn.conv2d(
+        x, weight, strides=stride, padding=padding, dilation=dilation, groups=groups, data_layout="NCHW",
+        kernel_layout="OIHW", out_dtype="float16"))
+    if bias is None:
+        return conv
+    return importer.block_builder.emit(relax.op.add(conv, relax.op.reshape(bias, (1, -1, 1, 1))))
 
 
 def tvm_threads() -> int:

@@ -1,17 +1,17 @@
 """What the per-layer option tables need from the hardware side, for the base model on a profile.
 
 Per searchable conv: its FLOPs, its input's element count (int8 activations shrink those bytes),
-and its share of the latency twice, `latency_ms` as an fp32 kernel and `latency_ms_int8` as an
-integer kernel (what it costs with activation_bits 8 and weight_bits <= 8, integer_model.py):
+and its share of the latency in each precision the profile computes in: `latency_ms` as an fp32
+kernel, `latency_ms_fp16` in half precision, `latency_ms_int8` as an integer kernel (what it costs
+with activation_bits 8 and weight_bits <= 8, integer_model.py):
   x86-host (measured profiles): the per-block TVM timings of the profile's layer table
       (layer_table.py: each top-level block built and timed alone), a block's time shared among
       its convs by FLOPs. `latency_ms` from the fp32 blocks of the base; `latency_ms_int8` from
       the integer blocks of the base with every conv at 8-bit symmetric per-filter weights and
       int8 activations (ranges calibrated on one random batch: the speed does not depend on
       them). Blocks without convs (upsample, concat) are `fixed_ms` (fp32 table).
-  device profiles: a per-conv roofline (costs.layer_roofline_s) from the profile's bandwidth and
-      its fp32 peak with fp32 weights and input for `latency_ms`, its int8 peak with 1-byte
-      weights and input for `latency_ms_int8` (outputs 4 bytes: the fp32 epilogue).
+  device profiles: each conv's share of the profile's calibrated latency model (latency_model.py)
+      with every conv in one precision, once per precision the profile computes in.
 Both are estimates per layer, and say so; a design's real latency comes from its full build.
 Plus the base's activation bytes after TVM's static memory planning (what the SRAM figure of a
 trial starts from, scores.py).
@@ -25,7 +25,8 @@ from collections import defaultdict
 import torch
 
 from edgesearch.runners.checkpoints import load_detection_model
-from edgesearch.runners.costs import layer_costs, layer_roofline_s
+from edgesearch.runners.costs import layer_costs
+from edgesearch.runners.hardware.latency_model import calibration_for, estimate, network_work
 from edgesearch.runners.hardware.build import export_for_tvm, float_copy, plan_memory_only
 from edgesearch.runners.hardware.layer_table import per_layer_latency
 from edgesearch.runners.hardware.profiles import load_profile
@@ -36,7 +37,7 @@ from edgesearch.spaces.packing import bake_fake_quant
 
 
 
-VERSION = 2  # bump when the basis changes: cached bases from older code are recomputed (2: latency_ms_int8)
+VERSION = 3  # bump when the basis changes: cached bases from older code are recomputed (3: calibrated, per precision)
 
 
 def cost_basis(settings: dict) -> dict:
@@ -60,15 +61,19 @@ def cost_basis(settings: dict) -> dict:
                   f"{table['cached_blocks'] + int8_table['cached_blocks']} cached; fp32 blocks for latency_ms, "
                   "integer blocks for latency_ms_int8), shared among a block's convs by FLOPs")
     else:
-        peaks, bandwidth = profile.peak_ops_per_s, profile.memory_bandwidth_bytes_per_s
-        for name, c in costs.items():
-            layers[name]["latency_ms"] = layer_roofline_s(c, peaks["fp32"], bandwidth, c.weight_elements * 4, 4) * 1e3
-            layers[name]["latency_ms_int8"] = layer_roofline_s(c, peaks["int8"], bandwidth, c.weight_elements, 1) * 1e3
-        source = (f"estimated: per-conv roofline from {profile.name}'s bandwidth and fp32 peak (latency_ms) or "
-                  "int8 peak with 1-byte weights and inputs (latency_ms_int8)")
+        calibration = calibration_for(profile)
+        for precision in profile.compute_precisions:  # every conv in one precision: each conv's share
+            result = estimate(network_work(fused, imgsz, dict.fromkeys(costs, precision)), profile, calibration)
+            for name in layers:
+                layers[name][latency_key(precision)] = result["per_layer_ms"][name]
+            if precision == "fp32":
+                fixed_ms = result["fixed_ms"]
+        source = (f"estimated: {profile.name}'s calibrated latency model ({calibration.describe()}), each conv's "
+                  f"share with every conv in {' / '.join(profile.compute_precisions)}")
     return {
         "profile": profile.name,
         "imgsz": imgsz,
+        "compute_precisions": list(profile.compute_precisions),
         "layers": layers,
         "fixed_ms": fixed_ms,
         "latency_ms": fixed_ms + sum(layer["latency_ms"] for layer in layers.values()),
@@ -76,6 +81,11 @@ def cost_basis(settings: dict) -> dict:
         "activation_bytes": plan_memory_only(export_for_tvm(float_copy(fused), imgsz)),
         "input_elements": sum(layer["input_elements"] for layer in layers.values()),
     }
+
+
+def latency_key(precision: str) -> str:
+    """The basis' key of a conv's latency share in `precision`: latency_ms (fp32), latency_ms_fp16, latency_ms_int8."""
+    return "latency_ms" if precision == "fp32" else f"latency_ms_{precision}"
 
 
 def all_int8(fused, imgsz: int):

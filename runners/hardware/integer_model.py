@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgesearch.spaces.activations import InputQuantizer
+from edgesearch.spaces.activations import HalfPrecision, InputQuantizer
 from edgesearch.spaces.packing import read_layer
 
 INT8_LIMIT = 127
@@ -105,6 +105,19 @@ class IntegerConv2d(nn.Module):
                            self.stride, self.padding)
 
 
+class HalfConv2d(nn.Module):
+    """A conv computed in half precision (activation_bits 16) for a target with fp16 arithmetic:
+    fp16 input, weights and bias, fp16 output cast back to fp32 for its float neighbours (an fp16
+    engine such as TensorRT keeps fp16 between such layers; the casts cost a little here)."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.conv = copy.deepcopy(conv).half()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.half()).float()
+
+
 class FakeQuantU8(nn.Module):
     """The fake-quant of a float conv's int8 input (quantize, then dequantize)."""
 
@@ -169,6 +182,7 @@ class IntegerSummary:
     requantized_weight_layers: int = 0  # ... whose weights were requantized per output channel
     fake_quant_float_layers: int = 0  # float convs reading fake-quantized int8 activations
     float_layers: int = 0  # convs in float with float inputs
+    half_layers: int = 0  # convs computed in fp16 (HalfConv2d)
     names: list[str] = dataclasses.field(default_factory=list)  # the integer convs
 
 
@@ -185,9 +199,12 @@ def runs_integer(conv: nn.Module) -> bool:
             and conv.padding_mode == "zeros" and not isinstance(conv.padding, str))
 
 
-def integer_copy(model: nn.Module) -> tuple[nn.Module, IntegerSummary]:
+def integer_copy(model: nn.Module, half: bool = False, integer: bool = True) -> tuple[nn.Module, IntegerSummary]:
     """A copy of a baked model with every eligible conv as IntegerConv2d (module docstring), the
-    other int8-input convs behind FakeQuantU8, and no activation fake-quant hooks left."""
+    other int8-input convs behind FakeQuantU8, and no activation fake-quant hooks left. `half`
+    (the target computes in fp16): fp16-compute convs become HalfConv2d, else plain fp32 convs.
+    `integer` False (a target without int8 arithmetic): int8-input convs stay float convs behind
+    FakeQuantU8, as they would run there."""
     model = copy.deepcopy(model)
     summary = IntegerSummary()
     replacements = {}
@@ -195,11 +212,19 @@ def integer_copy(model: nn.Module) -> tuple[nn.Module, IntegerSummary]:
         if not isinstance(module, nn.Conv2d):
             continue
         quantizer = getattr(module, "input_quantizer", None)
-        integer = runs_integer(module)
+        runs_int8 = integer and runs_integer(module)
         if quantizer is not None:  # the fake-quant hook goes: the replacement quantizes instead
             module.input_quantizer_hook.remove()
             del module.input_quantizer, module.input_quantizer_hook
-        if integer:
+        if isinstance(quantizer, HalfPrecision):
+            module.output_rounding_hook.remove()
+            del module.output_rounding_hook
+            quantizer = None
+            if half:  # a target that computes fp16 (CUDA): a half-precision kernel; else built in fp32
+                replacements[name] = HalfConv2d(module)
+                summary.half_layers += 1
+                continue
+        if runs_int8:
             weight, scale, exact = integer_weights(module)
             replacements[name] = IntegerConv2d(module, quantizer, weight, scale)
             summary.integer_layers += 1

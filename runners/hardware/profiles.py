@@ -10,7 +10,8 @@ from edgesearch.spaces.named_yaml import names_in, read_named_yaml
 
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "hardware_profiles"
 REQUIRED = ("name", "description", "measurement", "threads", "tvm", "sram_bytes", "dram_bytes",
-            "peak_ops_per_s", "memory_bandwidth_bytes_per_s")
+            "peak_ops_per_s", "memory_bandwidth_bytes_per_s", "compute_precisions")
+PRECISIONS = ("fp32", "fp16", "int8")  # what a conv can compute in (spaces.candidate.LayerKnobs.compute_precision)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,10 +31,17 @@ class HardwareProfile:
     # which memory a design must fit, as a hard constraint of the search: "sram" (on-chip, where the
     # model must live on chip), "dram" (the board's memory; on-chip fit is shown, not required) or "none"
     memory_limit: str = "sram"
+    # the precisions the device's deployment runtime computes in (not only stores): a precision
+    # outside it is never offered as a speed-up; weights stored narrower are dequantized to one of these
+    compute_precisions: tuple[str, ...] = ("fp32",)
+    latency_model: dict | None = None  # calibration of the latency estimate (runners/hardware/latency_model.py)
 
     @property
     def memory_budget_bytes(self) -> int | None:
         return {"sram": self.sram_bytes, "dram": self.dram_bytes, "none": None}[self.memory_limit]
+
+    def computes(self, precision: str) -> bool:
+        return precision in self.compute_precisions
 
 
 def load_profile(name_or_path: str | Path) -> HardwareProfile:
@@ -49,10 +57,15 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
         raise InputError(f"{where}: tvm.target must be a JSON-style dict with a 'kind' (e.g. {{kind: llvm}})")
     if raw.get("memory_limit", "sram") not in ("sram", "dram", "none"):
         raise InputError(f"{where}: memory_limit must be 'sram', 'dram' or 'none', not {raw['memory_limit']!r}")
+    precisions = raw["compute_precisions"]
+    if (not isinstance(precisions, list) or "fp32" not in precisions
+            or not set(precisions) <= set(PRECISIONS) or len(set(precisions)) != len(precisions)):
+        raise InputError(f"{where}: compute_precisions must list fp32 and any of fp16, int8, "
+                         f"not {precisions!r}")
     peaks = raw["peak_ops_per_s"]
-    if not isinstance(peaks, dict) or not {"fp32", "int8"} <= set(peaks):
-        # the roofline prices integer convs at the int8 peak and the rest at the fp32 peak
-        raise InputError(f"{where}: peak_ops_per_s needs an fp32 and an int8 entry")
+    if not isinstance(peaks, dict) or not set(precisions) <= set(peaks):
+        # the estimate prices each conv at the peak of the precision it computes in
+        raise InputError(f"{where}: peak_ops_per_s needs an entry for each compute precision ({', '.join(precisions)})")
     try:
         return HardwareProfile(
             name=str(raw["name"]),
@@ -68,6 +81,8 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
             rpc=raw.get("rpc"),
             source=str(path.resolve()),
             memory_limit=raw.get("memory_limit", "sram"),
+            compute_precisions=tuple(p for p in PRECISIONS if p in precisions),
+            latency_model=raw.get("latency_model"),
         )
     except (TypeError, ValueError) as error:
         raise InputError(f"{where}: {error}") from None
