@@ -29,12 +29,12 @@ import numpy as np
 
 from edgesearch.spaces.apply import option_weight_shapes
 from edgesearch.spaces.candidate import LayerKnobs
+from edgesearch.spaces.knobs import CHANGE_KNOBS, weight_option_key
 from edgesearch.spaces.packing import packed_size
 from edgesearch.spaces.quantize import kept_weights
 
 PRICES = ("omega", "weight_bytes", "activation_bytes", "latency_ms")
-STRUCTURAL = ("prune_ratio", "kernel_size", "rank_ratio", "activation_bits")
-WEIGHT_KNOBS = ("weight_bits", "scheme", "granularity", "group_size", "sparsity")
+STRUCTURAL = CHANGE_KNOBS  # priced by the measured loss of that one change
 DEFAULTS = LayerKnobs()
 ACTIVATION_BYTES = {8: 1, 16: 2, 32: 4}  # bytes per element of a conv's input at each activation_bits
 CHANGE_FLOOR = 1e-3  # least omega of a structural or activation change, as a share of the base's loss
@@ -66,19 +66,13 @@ class OptionPricer:
     def layers(self) -> list[str]:
         return list(self.sensitivity["layers"])
 
-    def weight_key(self, knobs: LayerKnobs) -> str:
-        if not knobs.quantized:  # the packing ignores scheme and granularity of float layers
-            knobs = dataclasses.replace(knobs, scheme=DEFAULTS.scheme, granularity=DEFAULTS.granularity,
-                                        group_size=DEFAULTS.group_size)
-        return "|".join(str(getattr(knobs, k)) for k in WEIGHT_KNOBS)
-
     def price(self, layer: str, knobs: LayerKnobs) -> Option:
         info = self.sensitivity["layers"][layer]
         cost = self.basis["layers"][layer]
         try:
-            omega = info["weight_options"][self.weight_key(knobs)]["omega"]
+            omega = info["weight_options"][weight_option_key(knobs)]["omega"]
         except KeyError:
-            raise KeyError(f"{layer}: the sensitivity pass did not price weight option {self.weight_key(knobs)}") from None
+            raise KeyError(f"{layer}: the sensitivity pass did not price weight option {weight_option_key(knobs)}") from None
         omega = max(0.0, omega)
         # the conv's share in the precision it computes in on this device (fp32 where the basis has no other)
         precision = knobs.compute_precision(self.basis.get("compute_precisions", ("fp32", "int8")))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from edgesearch.reports import design_data
 from edgesearch.spaces.errors import InputError
+from edgesearch.spaces.knobs import report_knobs
 
 PACKED_SOURCE = ("computed: each layer's packed length at the design's layout (spaces/packing.packed_size after applying "
                  "the candidate to the base: pruned shape, kernel crop, low-rank halves, sparsity mask), "
@@ -21,6 +22,7 @@ def report_extras(run_dir: Path, run: dict, study, base: dict, trials: list[dict
         path = run_dir / name
         if path.is_file():
             extras[key] = json.loads(path.read_text())
+    extras["knobs"] = report_knobs()  # the per-layer columns, from the knob table
     extras["proxy_quality"] = proxy_quality(trials)
     extras["remeasure"] = study.user_attrs.get("remeasure")
     extras["accuracy_basis"] = accuracy_basis(run.get("data"))

@@ -22,8 +22,6 @@ import torch
 from torch import nn
 from torch.ao.quantization.observer import MinMaxObserver
 
-ACTIVATION_BITS = (8, 16, 32)  # 32 = left in float (candidate.FLOAT_BITS), 16 = fp16 compute
-
 
 class InputQuantizer(nn.Module):
     """Observes min/max while calibrating; afterwards fake-quantizes to uint8 with fixed params."""

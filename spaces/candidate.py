@@ -13,61 +13,36 @@ import dataclasses
 import json
 from pathlib import Path
 
-from edgesearch.spaces.activations import ACTIVATION_BITS
 from edgesearch.spaces.errors import InputError
-from edgesearch.spaces.granularity import GRANULARITIES
+from edgesearch.spaces.knobs import ALIASES, DEFAULTS, FLOAT_BITS, KERNEL_SIZES, KNOBS, SCHEMES, problem
 
-FLOAT_BITS = 32  # weight_bits=32 means "left in float"; 16 means stored as fp16
-SCHEMES = ("affine", "symmetric", "pwlq", "kmeans")  # the packed header stores positions in this tuple
-KERNEL_SIZES = ("keep", 5, 3, 1)
+__all__ = ["FLOAT_BITS", "KERNEL_SIZES", "SCHEMES", "Candidate", "LayerKnobs", "parse_uniform"]
 
 
 @dataclasses.dataclass(frozen=True)
 class LayerKnobs:
-    weight_bits: int = FLOAT_BITS
-    scheme: str = "affine"
-    granularity: str = "filter"
-    prune_ratio: float = 0.0
-    kernel_size: str | int = "keep"
-    group_size: int = 16  # G of the `group` granularity: input channels per parameter set
-    sparsity: float = 0.0  # unstructured magnitude pruning: fraction of weights set to zero
-    rank_ratio: float = 1.0  # < 1: factorized by SVD into two convs keeping this share of the rank
-    activation_bits: int = FLOAT_BITS  # 8: input as uint8; 16: computes in fp16 (activations.py)
+    """One layer's knobs: the fields of the knob table (knobs.py), which says what each means and allows."""
+    weight_bits: int = DEFAULTS["weight_bits"]
+    scheme: str = DEFAULTS["scheme"]
+    granularity: str = DEFAULTS["granularity"]
+    prune_ratio: float = DEFAULTS["prune_ratio"]
+    kernel_size: str | int = DEFAULTS["kernel_size"]
+    group_size: int = DEFAULTS["group_size"]
+    sparsity: float = DEFAULTS["sparsity"]
+    rank_ratio: float = DEFAULTS["rank_ratio"]
+    activation_bits: int = DEFAULTS["activation_bits"]
 
     def __post_init__(self):
-        # types first: 4.0 == 4 and "0.5" would pass the range checks and fail after the fine-tune
-        for knob in ("weight_bits", "group_size", "activation_bits"):
-            if not _is_int(getattr(self, knob)):
-                raise InputError(f"{knob} must be an integer, not {getattr(self, knob)!r}")
-        for knob in ("prune_ratio", "sparsity", "rank_ratio"):
-            if not (_is_int(getattr(self, knob)) or isinstance(getattr(self, knob), float)):
-                raise InputError(f"{knob} must be a number, not {getattr(self, knob)!r}")
-        if not (self.kernel_size == "keep" or _is_int(self.kernel_size)):
-            raise InputError(f"kernel_size must be 'keep' or an integer, not {self.kernel_size!r}")
-        if self.weight_bits not in (*range(2, 9), 16, FLOAT_BITS):
-            raise InputError(f"weight_bits must be 2-8, 16 or 32, not {self.weight_bits!r}")
-        if self.scheme not in SCHEMES:
-            raise InputError(f"scheme must be one of {', '.join(SCHEMES)}, not {self.scheme!r}")
-        if self.granularity not in GRANULARITIES:
-            raise InputError(f"granularity must be one of {', '.join(GRANULARITIES)}, not {self.granularity!r}")
-        if not 0.0 <= float(self.prune_ratio) < 1.0:
-            raise InputError(f"prune_ratio must be in [0, 1), not {self.prune_ratio!r}")
-        if self.kernel_size not in KERNEL_SIZES:
-            raise InputError(f"kernel_size must be one of {KERNEL_SIZES}, not {self.kernel_size!r}")
-        if not 1 <= self.group_size <= 4096:
-            raise InputError(f"group_size must be an integer in 1..4096, not {self.group_size!r}")
-        if not 0.0 <= float(self.sparsity) < 1.0:
-            raise InputError(f"sparsity must be in [0, 1), not {self.sparsity!r}")
-        if self.activation_bits not in ACTIVATION_BITS:
-            raise InputError(f"activation_bits must be 8, 16 or 32, not {self.activation_bits!r}")
-        if not 0.0 < float(self.rank_ratio) <= 1.0:
-            raise InputError(f"rank_ratio must be in (0, 1], not {self.rank_ratio!r}")
+        for knob in KNOBS:
+            why = problem(knob.name, getattr(self, knob.name))
+            if why:
+                raise InputError(why)
 
     @property
     def quantized(self) -> bool:
         return self.weight_bits < 16
 
-    def stored(self) -> "LayerKnobs":
+    def stored(self) -> LayerKnobs:
         """The knobs as the weights are stored and fake-quantized: a layer that computes in fp16
         keeps float weights in fp16 (weight_bits 32 counts as 16 there)."""
         if self.activation_bits == 16 and self.weight_bits == FLOAT_BITS:
@@ -84,7 +59,7 @@ class LayerKnobs:
         return "fp32"
 
     @classmethod
-    def from_dict(cls, raw: dict, where: str = "") -> "LayerKnobs":
+    def from_dict(cls, raw: dict, where: str = "") -> LayerKnobs:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(raw) - known
         if unknown:
@@ -95,10 +70,6 @@ class LayerKnobs:
             raise InputError(f"{where}{error}") from None
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 @dataclasses.dataclass
 class Candidate:
     layers: dict[str, LayerKnobs]
@@ -107,13 +78,13 @@ class Candidate:
         return {"layers": {name: dataclasses.asdict(knobs) for name, knobs in self.layers.items()}}
 
     @classmethod
-    def from_json(cls, raw: dict) -> "Candidate":
+    def from_json(cls, raw: dict) -> Candidate:
         if not isinstance(raw, dict) or not isinstance(raw.get("layers"), dict):
             raise InputError('a candidate is a JSON object {"layers": {layer_name: {knob: value}}}')
         return cls({name: LayerKnobs.from_dict(knobs, f"layer {name}: ") for name, knobs in raw["layers"].items()})
 
     @classmethod
-    def load(cls, path: Path) -> "Candidate":
+    def load(cls, path: Path) -> Candidate:
         try:
             raw = json.loads(Path(path).read_text())
         except FileNotFoundError:
@@ -125,14 +96,12 @@ class Candidate:
 
 def parse_uniform(spec: str) -> LayerKnobs:
     """`bits=4,scheme=affine,granularity=channel,prune=0.25,kernel=keep` -> the same knobs for every layer."""
-    aliases = {"bits": "weight_bits", "prune": "prune_ratio", "kernel": "kernel_size", "group": "group_size",
-               "rank": "rank_ratio", "act": "activation_bits"}
     raw: dict = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         key, sep, value = part.partition("=")
         if not sep:
             raise InputError(f"--uniform expects key=value pairs, got {part!r}")
-        key = aliases.get(key.strip(), key.strip())
+        key = ALIASES.get(key.strip(), key.strip())
         raw[key] = _parse_value(value.strip())
     if raw.get("weight_bits") in ("float", "fp32"):
         raw["weight_bits"] = FLOAT_BITS

@@ -40,14 +40,15 @@ from torch import nn
 from edgesearch.spaces.candidate import LayerKnobs
 from edgesearch.spaces.errors import InputError
 from edgesearch.spaces.kernel_size import why_not_shrinkable
+from edgesearch.spaces.knobs import DEFAULTS, KNOB, KNOBS as KNOB_TABLE
 from edgesearch.spaces.low_rank import is_worth_it
 from edgesearch.spaces.named_yaml import names_in, read_named_yaml
 from edgesearch.spaces.prune import prunable_groups
 
 SPACES_DIR = Path(__file__).parent
-KNOBS = tuple(f.name for f in dataclasses.fields(LayerKnobs))
+KNOBS = tuple(knob.name for knob in KNOB_TABLE)
 ACTIVATION_PRECISION = {8: "int8", 16: "fp16", 32: "fp32"}  # what a conv computes in at each activation_bits
-DEFAULT_CHOICES = {f.name: [f.default] for f in dataclasses.fields(LayerKnobs)}
+DEFAULT_CHOICES = {name: [default] for name, default in DEFAULTS.items()}
 
 
 @dataclasses.dataclass
@@ -123,7 +124,7 @@ def _check_choices(where: str, knob: str, values) -> list:
         raise InputError(f"{where}: {knob} must be a non-empty list of choices")
     for value in values:
         LayerKnobs.from_dict({knob: value}, f"{where}: ")  # range and type checks
-    return [float(v) for v in values] if knob in ("prune_ratio", "sparsity", "rank_ratio") else list(values)
+    return [float(v) for v in values] if KNOB[knob].ratio else list(values)
 
 
 def load_space(name_or_path: str | Path) -> Space:

@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from conftest import assert_detections_match
-from edgesearch.runners.hardware.cross_build import TargetNotBuildable, build_library
+from edgesearch.runners.hardware import cross_build
 from edgesearch.runners.hardware.build import export_for_tvm
-from test_integer import assert_matches_up_to_code_flips
+from edgesearch.runners.hardware.cross_build import TargetNotBuildable, build_library, refusal, why_not_buildable
 from edgesearch.runners.hardware.integer_model import integer_copy
-from edgesearch.runners.hardware.profiles import load_profile
+from edgesearch.runners.hardware.profiles import available_profiles, load_profile
+from test_integer import assert_matches_up_to_code_flips
 
 ELF_64_BIT, ELF_LITTLE_ENDIAN, ELF_SHARED_OBJECT, ELF_AARCH64 = 2, 1, 3, 183
 
@@ -168,14 +169,69 @@ def test_jetson_orin_nano_library_carries_cuda_kernels_that_compile_for_sm_87(ti
     assert [p.name for p in tmp_path.iterdir()] == ["orin.so"]
 
 
-def test_jetson_nano_sm_53_is_refused_with_nvrtcs_own_reason(tiny_relax, tmp_path):
-    with pytest.raises(TargetNotBuildable) as error:
-        build_library(tiny_relax, load_profile("jetson-nano"), tmp_path / "nano.so")
-    message = str(error.value)
-    assert "\n" not in message
-    assert "cannot compile CUDA kernels for sm_53" in message
-    assert "invalid value for --gpu-architecture" in message  # quoted from NVRTC, not paraphrased
+def test_jetson_nano_fp16_kernels_compile_for_sm_53_with_nvrtc_12(fused_tiny, tmp_path):
+    """NVRTC 13 (locked) has no sm_53: the Nano's kernels are checked with NVRTC 12.9 and CUDA 12.9's
+    headers (requirements.lock's *-cu12 wheels). A design computing in fp16 (activation_bits 16 on
+    every searchable conv), in the build form the product gives it (integer_copy(half=True): fp16
+    convs in fp16 out): the kernels include cuda_fp16.h and compute on half tensors (native on sm_53)."""
+    from conftest import quantized_model
+
+    model, layers = quantized_model(fused_tiny, "act=16")
+    build_form, summary = integer_copy(model, half=True, integer=False)
+    assert summary.half_layers == len(layers)
+    fp16 = export_for_tvm(build_form, 64, load_profile("jetson-nano").target)
+    assert str(fp16).count('out_dtype="float16"') == len(layers)  # the convs compute in half precision
+    out = tmp_path / "nano.so"
+    result = build_library(fp16, load_profile("jetson-nano"), out)
+    assert elf_header(out)[3] == ELF_AARCH64  # host code for the Cortex-A57
+    library = out.read_bytes()
+    assert library.count(b'extern "C" __global__') >= 10 and b"#include <cuda_fp16.h>" in library
+    assert b"half* __restrict__" in library  # kernels that read and write fp16 tensors
+    check = result["kernel_check"]
+    assert check["compiler"] == "NVRTC 12.9" and check["arch"] == "sm_53" and check["bytes"] > 0
+
+
+def test_every_shipped_profile_is_buildable_here():
+    """make install provides what each profile needs: the aarch64 g++, NVRTC 13 and NVRTC 12."""
+    assert {name: why_not_buildable(load_profile(name)) for name in available_profiles()} == \
+        {name: None for name in available_profiles()}
+
+
+def test_gpu_no_nvrtc_here_compiles_for_is_refused_up_front_with_what_to_do(tiny_relax, tmp_path):
+    nano = load_profile("jetson-nano")
+    tk1 = dataclasses.replace(nano, name="jetson-tk1", target={**nano.target, "arch": "sm_32"})
+    line = refusal(tk1)
+    assert "\n" not in line
+    assert line.startswith("jetson-tk1: neither NVRTC 13.0 (sm_75..sm_121) nor NVRTC 12.9 (sm_50..")
+    # NVRTC's own error, quoted
+    assert "can compile CUDA kernels for sm_32 (nvrtc: error: invalid value for --gpu-architecture" in line
+    assert line.endswith("or export a design (`search export --format onnx`) and time it with TensorRT (trtexec) "
+                         "on the device")
+    assert line == f"jetson-tk1: {why_not_buildable(tk1)}; latency can only be estimated here (calibrated; " \
+                   "--estimate-latency), or export a design (`search export --format onnx`) and time it with " \
+                   "TensorRT (trtexec) on the device"
+    with pytest.raises(TargetNotBuildable, match="can compile CUDA kernels for sm_32"):
+        build_library(tiny_relax, tk1, tmp_path / "tk1.so")  # refused before compiling: nothing written
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def without_nvrtc_12(monkeypatch):
+    """This machine as if requirements.lock's NVRTC 12 wheel were not installed."""
+    monkeypatch.setattr(cross_build, "LEGACY_NVRTC_LIBRARY", ("nvidia-cuda-nvrtc-cu12-absent", "libnvrtc.so.12"))
+    cross_build.legacy_nvrtc.cache_clear()
+    yield
+    cross_build.legacy_nvrtc.cache_clear()
+
+
+def test_without_nvrtc_12_the_nano_is_refused_saying_what_to_install(without_nvrtc_12):
+    assert refusal(load_profile("jetson-orin-nano")) is None  # sm_87: NVRTC 13 compiles it
+    line = refusal(load_profile("jetson-nano"))
+    assert line.startswith("jetson-nano: this machine's NVRTC 13.0 (sm_75..sm_121) cannot compile CUDA kernels for "
+                           "sm_53 (nvrtc: error: invalid value for --gpu-architecture")
+    assert ("; NVRTC 12, which can (sm_50..sm_72), is not installed: `make install` installs "
+            "nvidia-cuda-nvrtc-cu12-absent") in line
+    assert " from requirements.lock; latency can only be estimated here (calibrated; --estimate-latency)" in line
 
 
 def test_missing_cross_compiler_names_the_package_to_install(tiny_relax, tmp_path, monkeypatch):
@@ -184,9 +240,13 @@ def test_missing_cross_compiler_names_the_package_to_install(tiny_relax, tmp_pat
         build_library(tiny_relax, load_profile("raspberry-pi-4"), tmp_path / "rpi4.so")
     assert str(error.value) == ("aarch64-linux-gnu-g++ not found (needed to link the aarch64-linux-gnu library); "
                                 "apt-get install g++-aarch64-linux-gnu")
+    assert refusal(load_profile("raspberry-pi-4")) == (
+        f"raspberry-pi-4: {error.value}; latency can only be estimated here (calibrated; --estimate-latency), "
+        "or export a design (`search export --format onnx`) and time it with ONNX Runtime on the device")
 
 
 def test_target_kind_without_a_build_path_is_refused(tiny_relax, tmp_path):
     vulkan = dataclasses.replace(load_profile("raspberry-pi-4"), target={"kind": "vulkan"})
     with pytest.raises(TargetNotBuildable, match="builds llvm and cuda targets, not 'vulkan'"):
         build_library(tiny_relax, vulkan, tmp_path / "x.so")
+    assert why_not_buildable(vulkan) == "build_library builds llvm and cuda targets, not 'vulkan'"

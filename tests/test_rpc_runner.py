@@ -188,3 +188,23 @@ def test_hardware_scores_of_an_rpc_profile_are_measured_on_its_device(tiny_model
     scores = hardware_scores(model, loopback_profile, 64)
     assert scores["latency_source"].startswith(f"measured: TVM RPC on {KEY} via 127.0.0.1:{tracker_port}")
     assert scores["latency_ms"] > 0 and scores["library_bytes"] > 0
+
+
+def test_a_registered_device_this_machine_cannot_build_for_is_refused_before_the_first_trial(loopback_profile,
+                                                                                              tracker_port, tmp_path):
+    """Issue 17 item 5: a registered GPU no NVRTC here compiles for (sm_32) fails at the run's start in one line,
+    saying what to do, instead of failing every trial; --estimate-latency estimates instead."""
+    from edgesearch.runners.hardware.measure import decide_measurement
+
+    assert decide_measurement(loopback_profile).kind == "rpc"
+    raw = yaml.safe_load((PROFILES_DIR / "jetson-nano.yaml").read_text())
+    raw["tvm"]["target"]["arch"] = "sm_32"
+    raw["rpc"] = {"tracker_host": "127.0.0.1", "tracker_port": tracker_port, "key": KEY}
+    (tmp_path / "old-gpu.yaml").write_text(yaml.safe_dump(raw))
+    profile = load_profile(tmp_path / "old-gpu.yaml")
+    with pytest.raises(InputError) as refused:
+        decide_measurement(profile)
+    message = str(refused.value)
+    assert "\n" not in message and "sm_32" in message and "--estimate-latency" in message
+    assert "search export --format onnx" in message
+    assert decide_measurement(profile, estimate_only=True).kind == "estimate"

@@ -112,3 +112,21 @@ def test_uniform_knobs_skip_structural_changes_a_layer_cannot_take(tiny_model):
     model = apply_candidate(tiny_model, candidate).eval()
     with torch.no_grad():
         assert model(torch.rand(1, 3, 64, 64))[0].shape == tiny_model(torch.rand(1, 3, 64, 64))[0].shape
+
+
+def test_the_knob_table_defines_every_knob_once():
+    """Issue 20 item 1: LayerKnobs, the space format, `--uniform` and the sensitivity keys read one table."""
+    import dataclasses
+
+    from edgesearch.spaces import knobs
+    from edgesearch.spaces.space import DEFAULT_CHOICES, KNOBS
+
+    assert tuple(f.name for f in dataclasses.fields(LayerKnobs)) == tuple(k.name for k in knobs.KNOBS) == KNOBS
+    assert dataclasses.asdict(LayerKnobs()) == knobs.DEFAULTS == {k: v[0] for k, v in DEFAULT_CHOICES.items()}
+    assert set(knobs.WEIGHT_KNOBS) | set(knobs.CHANGE_KNOBS) == set(KNOBS)
+    for knob in knobs.KNOBS:
+        assert knob.check(knob.default) is None
+        assert parse_uniform(f"{knob.alias}={knob.default}") == LayerKnobs()  # each alias reaches its knob
+    # one key format, float layers normalised: the pricer's and the sensitivity pass's keys agree
+    assert knobs.weight_option_key(LayerKnobs(weight_bits=32, scheme="pwlq", sparsity=0)) == "32|affine|filter|16|0.0"
+    assert knobs.weight_option_key({"weight_bits": 4, "scheme": "pwlq"}) == "4|pwlq|filter|16|0.0"

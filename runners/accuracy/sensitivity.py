@@ -48,12 +48,11 @@ from edgesearch.spaces.activations import attach_input_quantizer, calibrate, rem
 from edgesearch.spaces.apply import apply_candidate, conv_layers, replace_module
 from edgesearch.spaces.candidate import Candidate, LayerKnobs
 from edgesearch.spaces.kernel_size import shrink_kernel
+from edgesearch.spaces.knobs import CHANGE_KNOBS, weight_option_key
 from edgesearch.spaces.low_rank import factorize
 from edgesearch.spaces.quantize import fake_quantize, squared_errors
 
 VERSION = 3  # bump when the method changes: cached tables from older code are recomputed
-WEIGHT_KNOBS = ("weight_bits", "scheme", "granularity", "group_size", "sparsity")
-CHANGE_KNOBS = ("prune_ratio", "kernel_size", "rank_ratio", "activation_bits")  # measured one at a time
 DEFAULTS = LayerKnobs()
 # PWLQ and k-means errors of larger layouts are estimated on a sample of this many entries (quantize.squared_errors):
 # exact, the pass took over 2 minutes for model.7.conv alone (295k weights, 240 options) on 2 busy cores
@@ -73,11 +72,6 @@ class SensitivitySettings:
     threads: int = 2
     seed: int = 0
     trust_checkpoint: bool = False
-
-
-def weight_option_key(knobs: dict) -> str:
-    """The key of a weight option in a table: bits|scheme|granularity|group|sparsity."""
-    return "|".join(str(knobs.get(k, getattr(DEFAULTS, k))) for k in WEIGHT_KNOBS)
 
 
 def analyse(settings: dict, layer_options: dict[str, dict[str, list]], progress: bool = False) -> dict:
@@ -125,7 +119,7 @@ def analyse(settings: dict, layer_options: dict[str, dict[str, list]], progress:
     for name, options in bar:
         info = layers[name]
         deltas = squared_errors(convs[name].weight, list(_weight_options(options)), max_elements=SAMPLED_ELEMENTS)
-        info["weight_options"] = {weight_option_key(dataclasses.asdict(knobs)): {
+        info["weight_options"] = {weight_option_key(knobs): {
             "delta_w2": delta, "omega": info["curvature"] * delta} for knobs, delta in deltas.items()}
         info["changes"] = {}
     seconds["weight_options"] = time.perf_counter() - started
@@ -150,7 +144,7 @@ def analyse(settings: dict, layer_options: dict[str, dict[str, list]], progress:
     return {
         "version": VERSION,
         "base_loss": base_loss,
-        "reference_option": weight_option_key(dataclasses.asdict(REFERENCE)),
+        "reference_option": weight_option_key(REFERENCE),
         "agreement": None if agreement is None or math.isnan(agreement) else float(agreement),
         "images": images,
         "probes": config.probes * config.hessian_batches,

@@ -53,7 +53,7 @@ class MeasurementPlan:
             raise ValueError(f"measurement kind {self.kind!r} is not one of {KINDS}")
 
     @classmethod
-    def from_settings(cls, raw: dict | None) -> "MeasurementPlan | None":
+    def from_settings(cls, raw: dict | None) -> MeasurementPlan | None:
         return cls(**raw) if raw else None
 
 
@@ -191,17 +191,11 @@ def decide_measurement(profile: HardwareProfile, *, estimate_only: bool = False)
     unavailable = device_unavailable_reason(profile)
     if unavailable:
         return MeasurementPlan("estimate", why=unavailable)
+    from edgesearch.runners.hardware.cross_build import why_not_buildable
+
     unbuildable = why_not_buildable(profile)
     if unbuildable:
         raise InputError(f"{profile.name} is registered with its RPC tracker, but {unbuildable}; run with "
                          "--estimate-latency for calibrated estimates, or take a design to the device's runtime "
                          "with `search export --format onnx` and time it there")
     return MeasurementPlan("rpc")
-
-
-def why_not_buildable(profile: HardwareProfile) -> str | None:
-    """Why this machine cannot build for the profile's target (cross_build.why_not_buildable), or None."""
-    from edgesearch.runners.hardware import cross_build
-
-    check = getattr(cross_build, "why_not_buildable", None)
-    return check(profile) if check else None
