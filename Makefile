@@ -1,13 +1,13 @@
 # `make demo`: install everything, fetch data, train the default base once (cached), run the
 # default search on x86-host and write the Pareto report to reports/demo/.
-# `make test`: install everything and run the whole test suite.
+# `make test`: install everything, lint and type-check (`make lint`), and run the whole test suite.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-12)
 DEMO_OUT := reports/demo
 
-.PHONY: install demo test clean system-packages
+.PHONY: install demo lint test clean system-packages
 
 install: system-packages $(STAMP)
 
@@ -30,7 +30,17 @@ demo: install
 	@if [ -f $(DEMO_OUT)/run.json ]; then resume=--resume; fi; \
 	time $(BIN)/search run --profile x86-host --out $(DEMO_OUT) $$resume
 
-test: install
+# ruff on every Python file; mypy on the package as installed (edgesearch.search, ...): mypy does not
+# follow setuptools' editable-install hook, so the folders are linked under build/typecheck/edgesearch/
+# (mypy_path in pyproject.toml; its cache in build/mypy-cache makes a rerun take about a second)
+PACKAGE_DIRS := search spaces runners reports
+lint: install
+	$(BIN)/ruff check .
+	mkdir -p build/typecheck/edgesearch
+	for dir in $(PACKAGE_DIRS); do ln -sfn ../../../$$dir build/typecheck/edgesearch/$$dir; done
+	$(BIN)/mypy -p edgesearch
+
+test: install lint
 	$(BIN)/python -m pytest
 
 clean:

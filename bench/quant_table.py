@@ -244,7 +244,7 @@ def run(args) -> str:
     print(f"{len(configs) - len(todo)} of {len(configs)} configs already in {json_path}; measuring {len(todo)}",
           flush=True)
     for number, name in enumerate(todo, 1):
-        config, seconds = _timed(lambda: measure_config(inputs, configs[name], settings))
+        config, seconds = _timed(lambda name=name: measure_config(inputs, configs[name], settings))
         results["configs"][name] = {**config, "seconds": seconds}
         save()
         print(f"[{number}/{len(todo)}] {name}: PTQ mAP50-95 {_pct(config['post_training']['map50_95'])}, "

@@ -35,9 +35,9 @@ from edgesearch.search.cli_env import apply_process_env
 
 apply_process_env()
 
+import moocore  # noqa: E402
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
-from optuna._hypervolume import compute_hypervolume  # noqa: E402  (optuna is pinned; no public equivalent)
 from optuna.trial import TrialState  # noqa: E402
 
 from edgesearch.search import study as studies  # noqa: E402
@@ -68,10 +68,10 @@ def _study(folder: Path) -> optuna.Study:
 
 def _hypervolume(points: list[tuple[float, float]], reference: tuple[float, float]) -> float:
     """2-D hypervolume of (mAP up, cost down) points against (mAP, cost) `reference`."""
-    losses = np.array([(-m, c) for m, c in points if m > reference[0] and c < reference[1]], dtype=float)
-    if not len(losses):
+    kept = np.array([(m, c) for m, c in points if m > reference[0] and c < reference[1]], dtype=float)
+    if not len(kept):
         return 0.0
-    return float(compute_hypervolume(losses.reshape(-1, 2), np.array([-reference[0], reference[1]], dtype=float)))
+    return float(moocore.hypervolume(kept.reshape(-1, 2), ref=np.array(reference, dtype=float), maximise=(True, False)))
 
 
 def _dominates(a: dict, b: dict) -> bool:

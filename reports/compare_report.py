@@ -39,18 +39,18 @@ def _figure(entries: list[dict], axis: str, prov: dd.Provenance, accuracy_marks:
                 return prov.mark("L", s.get("latency_source"))
             return prov.mark("M", s.get("activation_bytes_source"))
 
-        marks = sorted(({source_mark(dd.scores_of(t)) for t in front} | {source_mark(base)}) - {None})
+        marks = sorted(({source_mark(dd.scores(t)) for t in front} | {source_mark(base)}) - {None})
         suffix = f" [{', '.join(marks)}]" if marks else ""
-        hover = [f"<b>{esc(name)} #{t['number']}</b>" + (f" · {esc(t['origin'])}" if t.get("origin") else "")
-                 + f"<br>{esc(knob_summary(t.get('candidate')))}<br>mAP50-95 {dd.scores_of(t)['map50_95']:.3f}, "
-                 f"{dd.scores_of(t)['latency_ms']:.2f} ms [{prov.mark('L', dd.scores_of(t).get('latency_source'))}], "
-                 f"{dd.scores_of(t)['sram_bytes'] / KIB:,.1f} KiB" for t in front]
-        fig.add_trace(go.Scatter(x=[x_of(dd.scores_of(t)) for t in front], y=[dd.scores_of(t)["map50_95"] for t in front],
-                                 mode="markers", name=f"{name}: Pareto front{suffix}",
+        hover = [f"<b>{esc(name)} #{esc(t['number'])}</b>" + (f" · {esc(t['origin'])}" if t.get("origin") else "")
+                 + f"<br>{esc(knob_summary(t.get('candidate')))}<br>mAP50-95 {dd.scores(t)['map50_95']:.3f}, "
+                 f"{dd.scores(t)['latency_ms']:.2f} ms [{prov.mark('L', dd.scores(t).get('latency_source'))}], "
+                 f"{dd.scores(t)['sram_bytes'] / KIB:,.1f} KiB" for t in front]
+        fig.add_trace(go.Scatter(x=[x_of(dd.scores(t)) for t in front], y=[dd.scores(t)["map50_95"] for t in front],
+                                 mode="markers", name=f"{esc(name)}: Pareto front{suffix}",
                                  marker=dict(color=color, size=11, line=dict(width=1, color="#333")),
                                  customdata=hover, hovertemplate="%{customdata}<extra></extra>",
                                  meta={"role": "designs", "profile": name}))
-        fig.add_trace(go.Scatter(x=[x_of(base)], y=[base["map50_95"]], mode="markers", name=f"{name}: base",
+        fig.add_trace(go.Scatter(x=[x_of(base)], y=[base["map50_95"]], mode="markers", name=f"{esc(name)}: base",
                                  marker=dict(color=color, size=17, symbol="star", line=dict(width=1, color="#333")),
                                  customdata=[f"<b>{esc(name)} base</b><br>{base['latency_ms']:.2f} ms, "
                                              f"{base['sram_bytes'] / KIB:,.1f} KiB"],
@@ -58,7 +58,7 @@ def _figure(entries: list[dict], axis: str, prov: dd.Provenance, accuracy_marks:
         budget = dd.memory_budget(entry["run"])
         if axis == "sram_bytes" and budget["bytes"]:
             fig.add_vline(x=budget["bytes"] / KIB, line=dict(color=color, dash="dash"),
-                          annotation_text=f"{name}: {budget['label']}", annotation_position="top left")
+                          annotation_text=esc(f"{name}: {budget['label']}"), annotation_position="top left")
     title = "latency (ms)" if axis == "latency_ms" else "memory footprint: weights + activations (KiB)"
     fig.update_layout(**LAYOUT, height=480, xaxis_title=title, yaxis_title="mAP50-95 (val)",
                       title=dict(text=f"mAP50-95 vs {title} [{', '.join(accuracy_marks)}]", font=dict(size=14)))
@@ -88,14 +88,14 @@ def _picks_table(entries: list[dict], prov: dd.Provenance) -> str:
             if t is None:
                 picks.append(f"<span class='muted'>none: {esc(rec['why'])}</span>")
                 continue
-            s = dd.scores_of(t)
+            s = dd.scores(t)
             speed = dd.latency_pair(base, s, None, None)["speedup"]
-            picks.append(f"<b>#{t['number']}</b> {s['map50_95']:.3f} mAP, {s['latency_ms']:.2f} ms"
+            picks.append(f"<b>#{esc(t['number'])}</b> {s['map50_95']:.3f} mAP, {s['latency_ms']:.2f} ms"
                          + (f" ({speed:.2f}× faster)" if speed else "") + f", {fmt_bytes(s['sram_bytes'])} KiB"
                          + (f" ({dd.ratio(base['sram_bytes'], s['sram_bytes']):.2f}× smaller)" if s['sram_bytes'] else "")
                          + f"<br><span class='muted'>{esc(knob_summary(t.get('candidate')))}</span>")
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in [
-            f"<b>{esc(_name(entry))}</b>", ", ".join(kinds) + lat_mark, esc(dd.memory_budget(run)["label"]),
+            f"<b>{esc(_name(entry))}</b>", esc(", ".join(kinds)) + lat_mark, esc(dd.memory_budget(run)["label"]),
             f"{counts['COMPLETE']} / {counts['FAIL']} / {counts['PRUNED']}", fmt(base.get("latency_ms"), 2),
             fmt_bytes(base.get("sram_bytes")), *picks,
             f"<a href='{esc(entry['link'])}'>{esc(run.get('run_name', 'run'))}</a>"]) + "</tr>")
@@ -120,13 +120,13 @@ def _same_designs_table(entries: list[dict], prov: dd.Provenance) -> str:
     body = []
     for item in shared:
         cells = []
-        for i, entry in enumerate(entries):
+        for i in range(len(entries)):
             t = item["by"].get(i)
             if t is None:
                 cells.append("<td>—</td>")
                 continue
-            s = dd.scores_of(t)
-            cells.append(f"<td>#{t['number']}: {s['map50_95']:.3f} mAP, {s['latency_ms']:.2f} ms"
+            s = dd.scores(t)
+            cells.append(f"<td>#{esc(t['number'])}: {s['map50_95']:.3f} mAP, {s['latency_ms']:.2f} ms"
                          f"{mark(prov.mark('L', s.get('latency_source')))}, {fmt_bytes(s['sram_bytes'])} KiB"
                          + ("" if t.get("feasible") is not False else " <span class='warn'>over budget</span>") + "</td>")
         body.append(f"<tr><td>{esc(item['label'])}</td>{''.join(cells)}</tr>")
@@ -140,12 +140,13 @@ def write_comparison(out_dir: Path, entries: list[dict]) -> Path:
     for entry in entries:
         entry["link"] = os.path.relpath(entry["report"], out_dir)
     prov = dd.Provenance()
-    accuracy_marks = [prov.mark("A", dd.accuracy_source(e["run"], e.get("extras") or {}) + f" ({_name(e)})") for e in entries]
+    accuracy_marks = [mark for e in entries  # a mark for each run (its text is never empty)
+                      if (mark := prov.mark("A", dd.accuracy_source(e["run"], e.get("extras") or {}) + f" ({_name(e)})"))]
     figures = {"fig-compare-latency": figure_spec(_figure(entries, "latency_ms", prov, accuracy_marks)),
                "fig-compare-memory": figure_spec(_figure(entries, "sram_bytes", prov, accuracy_marks))}
     picks = _picks_table(entries, prov)
     same = _same_designs_table(entries, prov)
-    provenance = "".join(f"<dt id='prov-{e['mark']}'>[{e['mark']}] <span class='kind-{e['kind']}'>{e['kind']}</span></dt>"
+    provenance = "".join(f"<dt id='prov-{esc(e['mark'])}'>[{esc(e['mark'])}] <span class='kind-{esc(e['kind'])}'>{esc(e['kind'])}</span></dt>"
                          f"<dd>{esc(e['text'])}</dd>" for e in prov.rows())
     model = Path(str(entries[0]["run"].get("model", "?"))).name
     body = f"""

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from collections import Counter
 
+import moocore
 import numpy as np
-from optuna._hypervolume import compute_hypervolume  # optuna is pinned (==5.0.0); no public equivalent
 
 KNOB_DEFAULTS = {"weight_bits": 32, "scheme": "affine", "granularity": "filter", "group_size": 16,
                  "prune_ratio": 0.0, "sparsity": 0.0, "kernel_size": "keep", "rank_ratio": 1.0,
@@ -30,7 +30,7 @@ class Provenance:
     Categories: A accuracy, L latency (search), R latency (re-measured), M memory, P predicted
     (screened), B per-layer packed bytes, S sensitivity, C per-layer cost basis."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.entries: dict[tuple[str, str], str] = {}  # (category, text) -> mark
 
     def mark(self, category: str, text: str | None) -> str | None:
@@ -49,10 +49,11 @@ class Provenance:
 
 def kind_of(source: str | None) -> str:
     """`measured`, `estimated`, `planned`, `computed`, `predicted` or `unknown`: the word before the
-    first colon of a source text (every source text of the scores starts that way)."""
+    first colon of a source text (every source text of the scores starts that way), less a
+    parenthesis after it (calibrated estimates: "estimated (± 8 %): ...")."""
     if not source:
         return "unknown"
-    head = source.split(":", 1)[0].strip().lower()
+    head = source.split(":", 1)[0].split("(", 1)[0].strip().lower()
     return head if head in ("measured", "estimated", "planned", "computed", "predicted") else "unknown"
 
 
@@ -77,6 +78,11 @@ WEIGHT_BYTES_SOURCE = ("computed: exact length of every layer's packing (codes, 
 def scores_of(trial: dict) -> dict | None:
     scores = trial.get("scores")
     return scores if isinstance(scores, dict) and scores.get("map50_95") is not None else None
+
+
+def scores(trial: dict) -> dict:
+    """The scores of a trial known to be scored (one of `scored`, or one scores_of returned scores for)."""
+    return trial["scores"]
 
 
 def scored(trials: list[dict]) -> list[dict]:
@@ -105,7 +111,7 @@ def accuracy_floor(run: dict, base: dict) -> dict:
 
 
 def _within_budgets(trial: dict, run: dict) -> bool:
-    s = scores_of(trial)
+    s = scores(trial)
     if trial.get("feasible") is False:
         return False
     budget = memory_budget(run)
@@ -129,20 +135,20 @@ def recommendations(run: dict, base: dict, trials: list[dict]) -> list[dict]:
     budget_text = budget["label"] + (f", latency ≤ {run['latency_budget_ms']} ms" if run.get("latency_budget_ms") else "")
     out = []
 
-    above = [t for t in eligible if scores_of(t)["map50_95"] >= floor["map50_95"]]
-    pick = min(above, key=lambda t: (scores_of(t)[MEMORY_KEY], scores_of(t)["latency_ms"]), default=None)
+    above = [t for t in eligible if scores(t)["map50_95"] >= floor["map50_95"]]
+    pick = min(above, key=lambda t: (scores(t)[MEMORY_KEY], scores(t)["latency_ms"]), default=None)
     out.append({"key": "floor", "title": "Best within the accuracy floor",
                 "rule": f"smallest footprint with mAP50-95 ≥ {floor['map50_95']:.3f} ({floor['label']}), within {budget_text}",
                 "trial": pick["number"] if pick else None,
                 "why": None if pick else "no scored design reaches the accuracy floor within the budgets"})
 
-    pick = min(above, key=lambda t: (scores_of(t)["latency_ms"], scores_of(t)[MEMORY_KEY]), default=None)
+    pick = min(above, key=lambda t: (scores(t)["latency_ms"], scores(t)[MEMORY_KEY]), default=None)
     out.append({"key": "floor-fastest", "title": "Fastest within the accuracy floor",
                 "rule": f"lowest latency with mAP50-95 ≥ {floor['map50_95']:.3f} ({floor['label']}), within {budget_text}",
                 "trial": pick["number"] if pick else None,
                 "why": None if pick else "no scored design reaches the accuracy floor within the budgets"})
 
-    pick = max(eligible, key=lambda t: (scores_of(t)["map50_95"], -scores_of(t)[MEMORY_KEY]), default=None)
+    pick = max(eligible, key=lambda t: (scores(t)["map50_95"], -scores(t)[MEMORY_KEY]), default=None)
     out.append({"key": "budget", "title": f"Best within the {'memory' if budget['kind'] == 'none' else budget['kind'].upper()} budget",
                 "rule": f"highest mAP50-95 within {budget_text}",
                 "trial": pick["number"] if pick else None,
@@ -159,7 +165,7 @@ def recommendations(run: dict, base: dict, trials: list[dict]) -> list[dict]:
 def knee(front: list[dict]) -> dict | None:
     if not front:
         return None
-    points = np.array([[-scores_of(t)["map50_95"], scores_of(t)["latency_ms"], scores_of(t)[MEMORY_KEY]]
+    points = np.array([[-scores(t)["map50_95"], scores(t)["latency_ms"], scores(t)[MEMORY_KEY]]
                        for t in front], dtype=float)
     low, high = points.min(axis=0), points.max(axis=0)
     scaled = (points - low) / np.where(high > low, high - low, 1.0)
@@ -195,14 +201,14 @@ def latency_pair(base: dict, scores: dict, remeasured_base: dict | None, remeasu
 
 
 def progress(trials: list[dict], base: dict) -> dict:
-    """Hypervolume of the feasible designs scored so far after each trial (Optuna's
-    compute_hypervolume), with cumulative counts of failed and screened-out trials.
+    """Hypervolume of the feasible designs scored so far after each trial (moocore's
+    hypervolume), with cumulative counts of failed and screened-out trials.
 
     Objectives (mAP50-95 maximised, latency and footprint minimised) are scaled to [0, 1] over every
     scored design and the base; the reference point is 1.1 on each scaled axis, so the value lies
     in [0, 1.331] and grows whenever a trial extends the front."""
     ordered = sorted(trials, key=lambda t: t["number"])
-    points = [[-scores_of(t)["map50_95"], scores_of(t)["latency_ms"], scores_of(t)[MEMORY_KEY]]
+    points = [[-scores(t)["map50_95"], scores(t)["latency_ms"], scores(t)[MEMORY_KEY]]
               for t in ordered if scores_of(t)]
     if base.get("map50_95") is not None:
         points.append([-base["map50_95"], base["latency_ms"], base[MEMORY_KEY]])
@@ -212,17 +218,17 @@ def progress(trials: list[dict], base: dict) -> dict:
     span = np.where(span > 0, span, 1.0)
     reference = np.full(3, 1.1)
     rows, kept = [], []
-    counts = Counter()
+    counts: Counter[str] = Counter()
     for t in ordered:
         counts[t.get("state", "?")] += 1
         s = scores_of(t)
         if s and t.get("state") == "COMPLETE" and t.get("feasible") is not False:
             kept.append((np.array([-s["map50_95"], s["latency_ms"], s[MEMORY_KEY]], dtype=float) - low) / span)
-        value = float(compute_hypervolume(np.array(kept), reference)) if kept else 0.0
+        value = float(moocore.hypervolume(np.array(kept), ref=reference)) if kept else 0.0
         rows.append({"number": t["number"], "state": t.get("state"), "hypervolume": value,
                      "failed": counts["FAIL"], "screened": counts["PRUNED"], "completed": counts["COMPLETE"]})
     return {"rows": rows, "counts": dict(counts),
-            "method": "hypervolume of the feasible designs scored so far (optuna's compute_hypervolume); mAP50-95, "
+            "method": "hypervolume of the feasible designs scored so far (moocore's hypervolume); mAP50-95, "
                       "latency and footprint scaled to [0, 1] over all scored designs and the base, reference point "
                       "1.1 on each axis (maximum 1.331)"}
 
@@ -243,7 +249,7 @@ def layer_names(trials: list[dict], extras: dict) -> list[str]:
     for t in sorted(trials, key=lambda t: t["number"]):
         if t.get("candidate") and t["candidate"].get("layers"):
             return list(t["candidate"]["layers"])
-    return list(((extras.get("sensitivity") or {}).get("layers") or {}))
+    return list((extras.get("sensitivity") or {}).get("layers") or {})
 
 
 def _same(a, b) -> bool:
@@ -332,4 +338,4 @@ def shown_designs(run: dict, base: dict, trials: list[dict]) -> list[dict]:
     chosen = {r["trial"] for r in recommendations(run, base, trials) if r["trial"] is not None}
     picked = [t for t in scored(trials)
               if t.get("candidate") and (t.get("pareto") or t.get("recipe") or t["number"] in chosen)]
-    return sorted(picked, key=lambda t: (-scores_of(t)["map50_95"], scores_of(t)[MEMORY_KEY], t["number"]))
+    return sorted(picked, key=lambda t: (-scores(t)["map50_95"], scores(t)[MEMORY_KEY], t["number"]))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .page import esc
+
 COLORS = {"front": "#1f77b4", "other": "#b0b0b0", "recipe": "#ff7f0e", "base": "#d62728", "screened": "#7f7f7f",
           "highlight": "#2ca02c", "budget": "#ff7f0e", "floor": "#9467bd"}
 LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=50, b=50), hovermode="closest",
@@ -63,17 +65,17 @@ def pareto_figure(axis: str, points: list[dict], *, base_point: dict, budget: di
     largest = max([p["x"] for p in points] + [base_point["x"]])
     if axis == "sram_bytes" and budget["bytes"] and budget["bytes"] / KIB > OFF_SCALE * largest:
         # a DRAM budget of GiB beside designs of MiB: a line there would squash every design onto 0
-        fig.add_annotation(text=f"{budget['label']}: off the scale, every design here fits", xref="paper",
+        fig.add_annotation(text=f"{esc(budget['label'])}: off the scale, every design here fits", xref="paper",
                            yref="paper", x=1, y=1.06, showarrow=False, font=dict(color=COLORS["budget"]))
     elif axis == "sram_bytes" and budget["bytes"]:
         fig.add_vline(x=budget["bytes"] / KIB, line=dict(color=COLORS["budget"], dash="dash"),
-                      annotation_text=budget["label"], annotation_position="top left")
+                      annotation_text=esc(budget["label"]), annotation_position="top left")
     if axis == "latency_ms" and latency_budget_ms:
         fig.add_vline(x=latency_budget_ms, line=dict(color=COLORS["budget"], dash="dash"),
-                      annotation_text=f"latency budget {latency_budget_ms} ms", annotation_position="top left")
+                      annotation_text=esc(f"latency budget {latency_budget_ms} ms"), annotation_position="top left")
     if floor["map50_95"] > 0:
         fig.add_hline(y=floor["map50_95"], line=dict(color=COLORS["floor"], dash="dot"),
-                      annotation_text=floor["label"], annotation_position="bottom right")
+                      annotation_text=esc(floor["label"]), annotation_position="bottom right")
     fig.update_layout(**LAYOUT, height=460,
                       title=dict(text=f"mAP50-95 vs {x_title}{_mark_text(caption_marks)}", font=dict(size=14)),
                       xaxis_title=x_title, yaxis_title="mAP50-95 (val)")
@@ -142,7 +144,7 @@ def layer_figure(title: str, rows: list[dict], base_rows: list[dict], marks: dic
     """Per-layer strip chart of one design: a knob heatmap (layers in model order), then each
     layer's packed bytes (design vs base, where computed), then the base's latency share and the
     sensitivity of the chosen option (where the run has them)."""
-    layers = [short_layer(r["layer"]) for r in rows]
+    layers = [esc(short_layer(r["layer"])) for r in rows]  # plotly reads tags (<a href>, <span style>) in its text
     has_bytes = any(r["packed_bytes"] is not None for r in rows)
     has_share = any(r["latency_share"] is not None for r in rows)
     has_omega = any(r["omega"] is not None for r in rows)
@@ -154,7 +156,7 @@ def layer_figure(title: str, rows: list[dict], base_rows: list[dict], marks: dic
     fig.add_trace(go.Heatmap(
         x=layers, y=[label for label, _, _ in KNOB_ROWS],
         z=[[intensity(r) for r in rows] for _, _, intensity in KNOB_ROWS],
-        text=[[knob_text(knob, r) for r in rows] for _, knob, _ in KNOB_ROWS], texttemplate="%{text}",
+        text=[[esc(knob_text(knob, r)) for r in rows] for _, knob, _ in KNOB_ROWS], texttemplate="%{text}",
         textfont=dict(size=9), colorscale="Blues", zmin=0, zmax=1, showscale=False, xgap=1, ygap=1,
         hovertemplate="%{x}<br>%{y}: %{text}<extra></extra>", meta={"role": "layers"}), row=1, col=1)
     fig.update_yaxes(autorange="reversed", row=1, col=1)

@@ -1,13 +1,22 @@
 """One self-contained HTML page: plotly.js inlined from the installed plotly package (no CDN, so
-the page works offline from a file: URL), figures and page data embedded as JSON."""
+the page works offline from a file: URL), figures and page data embedded as JSON.
+
+Strings from a run (layer names from a checkpoint, labels and errors from a study.db, run.json
+values) are data, never markup: every one written into the HTML goes through `esc`, the JSON
+blocks cannot end their element or open a comment (`_script_json`), and the page's own script
+builds its tables with textContent. A Content-Security-Policy (`csp`) lets the page run only its
+own inline scripts (by hash) and load nothing from the network."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
 import os
+import stat
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 
 import plotly.io as pio
@@ -46,8 +55,10 @@ for (const [id, spec] of Object.entries(FIGURES)) { if (document.getElementById(
 
 
 def _script_json(payload) -> str:
-    """JSON safe inside <script type=application/json>: no `</` can close the element."""
-    return json.dumps(payload, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    """JSON safe inside <script type=application/json>: no `<`, `>` or `&` at all (each as a JSON
+    escape, which JSON.parse reads back), so neither `</script` nor `<!--` can end or derail the element."""
+    text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def figure_spec(fig) -> dict:
@@ -56,11 +67,35 @@ def figure_spec(fig) -> dict:
 
 
 def mark(m: str | None) -> str:
-    return f'<sup class="mark"><a class="mark" href="#prov-{m}">[{m}]</a></sup>' if m else ""
+    return f'<sup class="mark"><a class="mark" href="#prov-{esc(m)}">[{esc(m)}]</a></sup>' if m else ""
 
 
 def esc(value) -> str:
-    return html.escape("" if value is None else str(value))
+    """The one escaping function: any value as HTML text, a quoted attribute value, or text plotly
+    draws (titles, axis labels, legends, hover: plotly reads a subset of HTML tags in them and
+    decodes &amp; &lt; &gt; and numeric entities, not &quot;, hence " as &#34;)."""
+    return html.escape("" if value is None else str(value), quote=True).replace("&quot;", "&#34;")
+
+
+def _script_hash(script: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(script.encode()).digest()).decode() + "'"
+
+
+@lru_cache(maxsize=1)
+def _plotly_js() -> tuple[str, str]:
+    """(plotly.js, its CSP hash source), computed once per process."""
+    script = get_plotlyjs()
+    return script, _script_hash(script)
+
+
+def csp(*scripts: str) -> str:
+    """The page's Content-Security-Policy: nothing from the network (default-src 'none'), no
+    script but `scripts` (the page's inline scripts, allowed by their sha256, so an injected
+    element or event handler never runs), styles and images only inline / data: (plotly sets
+    styles and draws its PNG download through data: and blob: images), no forms, no <base>."""
+    hashes = " ".join(h if h.startswith("'sha256-") else _script_hash(h) for h in scripts)
+    return ("default-src 'none'; " f"script-src {hashes}; " "style-src 'unsafe-inline'; img-src data: blob:; "
+            "font-src data:; base-uri 'none'; form-action 'none'")
 
 
 def data_url(payload: dict) -> str:
@@ -69,27 +104,56 @@ def data_url(payload: dict) -> str:
 
 def render(*, title: str, body: str, figures: dict[str, dict], data: dict, script: str = "") -> str:
     """The whole page. `figures` maps element ids to figure specs; `data` is what `script` reads
-    as PAGE."""
+    as PAGE. `body` is HTML built with `esc` around every value; `script` is a constant of this
+    package (never built from data: the CSP allows it by its hash)."""
+    plotly_js, plotly_hash = _plotly_js()
+    page_script = f"{LOADER}\n{script}"
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{esc(csp(plotly_hash, page_script))}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{esc(title)}</title><style>{CSS}</style>
-<script>{get_plotlyjs()}</script></head>
+<script>{plotly_js}</script></head>
 <body><main>
 {body}
 </main>
 <script type="application/json" id="figures">{_script_json(figures)}</script>
 <script type="application/json" id="page-data">{_script_json(data)}</script>
-<script>{LOADER}
-{script}</script>
+<script>{page_script}</script>
 </body></html>"""
 
 
+def new_file_mode(path: Path) -> int:
+    """The mode a rewrite of `path` gets: the mode it has now (a user's chmod survives), else what
+    the process's umask gives a new file (never mkstemp's private 0600, never a forced 0644)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    try:  # Linux >= 4.7: read without changing it (os.umask would, for every thread, for a moment)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, data: bytes) -> None:
+    """`data` into `path` through a temporary file renamed over it: a reader sees the old file or
+    the new one. The file keeps the mode `path` had (new_file_mode)."""
+    path = Path(path)
+    mode = new_file_mode(path)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as f:
+            os.fchmod(f.fileno(), mode)
             f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -103,8 +167,10 @@ def fmt_bytes(value) -> str:
 
 
 def fmt(value, digits: int = 3, suffix: str = "") -> str:
+    """A figure as HTML text: floats rounded, anything else (an int, or a string a doctored study
+    put where a number belongs) escaped."""
     if value is None:
         return "—"
     if isinstance(value, float):
-        return f"{value:,.{digits}f}{suffix}"
-    return f"{value}{suffix}"
+        return esc(f"{value:,.{digits}f}{suffix}")
+    return esc(f"{value}{suffix}")

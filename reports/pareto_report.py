@@ -21,17 +21,18 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shlex
 from collections import Counter
 from pathlib import Path
 
-from . import design_data as dd
-from . import figures
+from . import design_data as dd, figures
 from .page import atomic_write, data_url, esc, figure_spec, fmt, fmt_bytes, mark, render
 
 SCORE_COLUMNS = ("map50_95", "map50", "holdout_map50_95", "holdout_map50", "latency_ms", "latency_spread_ms",
                  "latency_error_pct", "latency_source", "latency_method", "compute_precision", "sram_bytes", "weight_bytes", "activation_bytes", "fits_sram",
-                 "params", "flops", "unscheduled_kernels", "serial_blocks", "activation_bytes_source", "holdout_source")
+                 "params", "flops", "unscheduled_kernels", "serial_blocks", "activation_bytes_source", "holdout_source",
+                 "device", "ray_gpu_ids")  # where the trial's models ran; the GPUs Ray assigned it
 DESIGNS_DIR = "designs"
 
 
@@ -115,7 +116,7 @@ class Report:
 
     def _row(self, t: dict | None) -> dict:
         base = self.base
-        s = base if t is None else dd.scores_of(t)
+        s = base if t is None else dd.scores(t)
         remeasured = base.get("remeasured") if t is None else t.get("remeasured")
         speed = dd.latency_pair(base, s, base.get("remeasured"), remeasured)
         d_map = None if t is None else s["map50_95"] - (base.get("map50_95") or 0.0)
@@ -175,14 +176,14 @@ class Report:
                 continue
             predicted_mark = predicted_mark or self.predicted_mark()
             x = p[axis] if axis == "latency_ms" else p[axis] / figures.KIB
-            hover = (f"<b>#{t['number']}</b> screened out [{predicted_mark}]" + (f" · {esc(t['origin'])}" if t.get("origin") else "")
+            hover = (f"<b>#{esc(t['number'])}</b> screened out [{predicted_mark}]" + (f" · {esc(t['origin'])}" if t.get("origin") else "")
                      + f"<br>predicted mAP50-95 {p['map50_95']:.3f}, "
                      + (f"{p[axis]:.2f} ms" if axis == "latency_ms" else f"{p[axis] / 1024:,.1f} KiB") + " (never fine-tuned)")
             points.append({"number": t["number"], "category": "screened", "x": x, "y": p["map50_95"], "hover": hover,
                            "group": predicted_mark if axis == "latency_ms" else None})
         return points
 
-    def predicted_mark(self) -> str:
+    def predicted_mark(self) -> str | None:
         quality = self.extras.get("proxy_quality") or {}
         text = ("predicted: proxy scores of a screened-out design (from its parent's measured scores and the "
                 "sensitivity table; never fine-tuned nor built)")
@@ -220,6 +221,11 @@ class Report:
     def progress_method(self) -> str:
         return "computed: " + dd.progress(self.trials, self.base)["method"]
 
+    def knob_columns(self) -> list[list[str]]:
+        """[[knob, label], ...] of the per-layer views: the knob table's (the search hands it over in
+        extras), else, for pages of older runs, the knobs the heatmap knows under their own names."""
+        return self.extras.get("knobs") or [[knob, label] for label, knob, _ in figures.KNOB_ROWS]
+
     def layer_marks(self) -> dict:
         return {"bytes": self.prov.mark("B", self.extras.get("packed_layers_source")),
                 "cost": self.prov.mark("C", (self.extras.get("cost_basis") or {}).get("latency_source")),
@@ -235,16 +241,16 @@ class Report:
         for t in self.designs:
             key = str(t["number"])
             rows[key] = dd.layer_rows(t.get("candidate"), self.names, self.extras, packed.get(key))
-            title = f"{self.label(t)}: {knob_summary(t.get('candidate'))}"
+            title = esc(f"{self.label(t)}: {knob_summary(t.get('candidate'))}")  # plotly reads tags in titles
             figs[key] = figure_spec(figures.layer_figure(title, rows[key], base_rows, marks))
         for design_rows in rows.values():
             for r in design_rows:
-                r["text"] = {knob: figures.knob_text(knob, r) for _, knob, _ in figures.KNOB_ROWS}
+                r["text"] = {knob: figures.knob_text(knob, r) for knob, _ in self.knob_columns()}
         return figs, rows
 
     # take-away ---------------------------------------------------------------------------------
     def design_file(self, t: dict) -> Path:
-        return self.out_dir / DESIGNS_DIR / f"trial-{t['number']}.json"
+        return self.out_dir / DESIGNS_DIR / f"trial-{int(t['number'])}.json"  # never a path from the study
 
     def _design_args(self, t: dict, command: str) -> list[str]:
         """`search <command>` on the design with this run's inputs and fine-tune (the same weights)."""
@@ -262,7 +268,8 @@ class Report:
         return args
 
     def _design_file_stem(self, t: dict) -> str:
-        return f"{self.run.get('run_name', 'design')}-trial-{t['number']}-{self.run.get('profile', 'profile')}"
+        stem = f"{self.run.get('run_name', 'design')}-trial-{t['number']}-{self.run.get('profile', 'profile')}"
+        return re.sub(r"[^A-Za-z0-9._+-]+", "_", stem).lstrip(".-") or "design"  # a file name, never a path
 
     def eval_command(self, t: dict) -> str:
         args = self._design_args(t, "eval")
@@ -320,11 +327,11 @@ def _table(report: Report) -> str:
                   {True: "yes", False: "<span class='warn'>no</span>", None: "—"}[r["fits"]],
                   fmt(r["params"] / 1e6 if r["params"] else None, 3), fmt(r["flops"] / 1e6 if r["flops"] else None, 1),
                   esc(r["summary"]),
-                  (f"<a download='{esc(report.run.get('run_name', 'design'))}-trial-{r['number']}.json' "
+                  (f"<a download='{esc(report.run.get('run_name', 'design'))}-trial-{esc(r['number'])}.json' "
                    f"href='{data_url(t['candidate'])}'>download</a>" if t and t.get("candidate") else "—")]
         numeric = ({2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 15} if has_remeasured
                    else {2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14})
-        body.append(f"<tr class='{cls}' id='design-{r['key']}'>"
+        body.append(f"<tr class='{cls}' id='design-{esc(r['key'])}'>"
                     + "".join(f"<td class='{'n' if i in numeric else ''}'>{c}</td>" for i, c in enumerate(cells)) + "</tr>")
     note = ("<p class='muted'>× faster compares a design with the base on figures of one source: the latencies "
             "re-measured together where both have one, else the search's own when both came from the same source; "
@@ -338,17 +345,23 @@ def _table(report: Report) -> str:
             f"<tbody>{''.join(body)}</tbody></table></div>{note}")
 
 
+def _device_cell(scores: dict) -> str:
+    """Where a trial's models ran, and the GPUs Ray assigned it where it did, e.g. 'cpu (Ray GPU 0)'."""
+    gpus = scores.get("ray_gpu_ids")
+    return (scores.get("device") or "") + (f" (Ray GPU {gpus})" if gpus else "")
+
+
 def _all_trials_table(report: Report) -> str:
     head = ["trial", "state", "origin", "mAP50-95", "latency (ms)", "footprint (KiB)", "feasible", "front", "node",
-            "duration (s)", "error"]
+            "device", "duration (s)", "error"]
     body = []
     for t in sorted(report.trials, key=lambda t: t["number"]):
         s = dd.scores_of(t) or {}
-        state = {"PRUNED": "screened out", "FAIL": "failed", "COMPLETE": "scored"}.get(t.get("state"), t.get("state"))
-        cells = [f"#{t['number']}", state, esc(t.get("origin") or (("recipe: " + t["recipe"]) if t.get("recipe") else "")),
+        state = {"PRUNED": "screened out", "FAIL": "failed", "COMPLETE": "scored"}.get(str(t.get("state")), t.get("state"))
+        cells = [esc(f"#{t['number']}"), esc(state), esc(t.get("origin") or (("recipe: " + t["recipe"]) if t.get("recipe") else "")),
                  fmt(s.get("map50_95")), fmt(s.get("latency_ms"), 2), fmt_bytes(s.get("sram_bytes")),
                  {True: "yes", False: "no", None: "—"}[t.get("feasible")], "yes" if t.get("pareto") else "",
-                 esc(t.get("node") or ""), fmt(t.get("duration_s"), 1), esc(t.get("error") or "")]
+                 esc(t.get("node") or ""), esc(_device_cell(s)), fmt(t.get("duration_s"), 1), esc(t.get("error") or "")]
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return (f"<details><summary>All {len(report.trials)} trials</summary><div class='scroll'><table>"
             f"<thead><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -359,7 +372,7 @@ def _cards(report: Report) -> str:
     cards = []
     for rec in report.recommended:
         if rec["trial"] is None:
-            cards.append(f"<div class='card' data-recommendation='{rec['key']}'><h3>{esc(rec['title'])}</h3>"
+            cards.append(f"<div class='card' data-recommendation='{esc(rec['key'])}'><h3>{esc(rec['title'])}</h3>"
                          f"<p class='warn'>none: {esc(rec['why'])}</p><p class='muted'>{esc(rec['rule'])}</p></div>")
             continue
         r = report.rows[rec["trial"]]
@@ -367,8 +380,8 @@ def _cards(report: Report) -> str:
         smaller = f"{r['smaller']:.2f}× smaller" if r["smaller"] else ""
         d_map = f"{r['d_map_points']:+.1f} points mAP50-95" if r["d_map_points"] is not None else ""
         cards.append(
-            f"<div class='card' data-recommendation='{rec['key']}' data-trial='{rec['trial']}'>"
-            f"<h3>{esc(rec['title'])}</h3><div class='big'><a href='#design-{r['key']}'>{esc(r['label'])}</a></div>"
+            f"<div class='card' data-recommendation='{esc(rec['key'])}' data-trial='{esc(rec['trial'])}'>"
+            f"<h3>{esc(rec['title'])}</h3><div class='big'><a href='#design-{esc(r['key'])}'>{esc(r['label'])}</a></div>"
             f"<div>{esc(r['origin'])}</div>"
             f"<div>mAP50-95 {fmt(r['map50_95'])} ({d_map}) · {fmt(r['latency_ms'], 2)} ms · "
             f"{fmt_bytes(r['sram_bytes'])} KiB</div><div><b>{speed}</b>, <b>{smaller}</b> than the base</div>"
@@ -381,8 +394,8 @@ def _provenance(report: Report) -> str:
              "P": "screened-out designs", "B": "packed bytes per layer", "C": "latency share per layer",
              "S": "sensitivity per layer", "H": "search progress"}
     items = "".join(
-        f"<dt id='prov-{e['mark']}'>[{e['mark']}] {names.get(e['category'], e['category'])}: "
-        f"<span class='kind-{e['kind']}'>{e['kind']}</span></dt><dd>{esc(e['text'])}</dd>"
+        f"<dt id='prov-{esc(e['mark'])}'>[{esc(e['mark'])}] {esc(names.get(e['category'], e['category']))}: "
+        f"<span class='kind-{esc(e['kind'])}'>{esc(e['kind'])}</span></dt><dd>{esc(e['text'])}</dd>"
         for e in report.prov.rows())
     return f"<dl class='prov'>{items}</dl>"
 
@@ -392,8 +405,8 @@ def _takeaway(report: Report) -> str:
     for t in report.designs:
         r = report.rows[t["number"]]
         items.append(
-            f"<li id='take-{t['number']}'><b>{esc(r['label'])}</b> ({esc(r['summary'])}): "
-            f"<a download='{esc(report.run.get('run_name', 'design'))}-trial-{t['number']}.json' href='{data_url(t['candidate'])}'>"
+            f"<li id='take-{esc(t['number'])}'><b>{esc(r['label'])}</b> ({esc(r['summary'])}): "
+            f"<a download='{esc(report.run.get('run_name', 'design'))}-trial-{esc(t['number'])}.json' href='{data_url(t['candidate'])}'>"
             f"candidate JSON</a> (also <code>{esc(report.design_file(t).relative_to(report.out_dir))}</code> beside this page)"
             f"<pre>{esc(report.eval_command(t))}</pre>"
             f"to the device's runtime: <code class='export-command'>{esc(report.export_command(t))}</code></li>")
@@ -410,59 +423,65 @@ def _settings(run: dict) -> str:
 
 
 SCRIPT = r"""
-const KNOBS = [["weight_bits","weight bits"],["scheme","scheme"],["granularity","granularity"],
-  ["prune_ratio","prune ratio"],["sparsity","sparsity"],["kernel_size","kernel"],["rank_ratio","rank ratio"],
-  ["activation_bits","activations"]];
+const KNOBS = PAGE.knobs;  // [[knob, label], ...]: the knob table's, through the page data
 function cell(v, digits) { if (v === null || v === undefined) return "—";
   return (typeof v === "number" && !Number.isInteger(v)) ? v.toFixed(digits === undefined ? 3 : digits) : String(v); }
 function kib(b) { return (b === null || b === undefined) ? "—" : (b / 1024).toFixed(2); }
 function knobShown(row, knob) { return row.text[knob]; }
+// Every value is text: elements are built with el() and strings become text nodes, never markup
+// (layer names come from a checkpoint, labels from a study.db someone may hand over).
+function el(tag, cls, ...children) {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  node.append(...children.flat().map(c => c instanceof Node ? c : String(c)));
+  return node;
+}
+// plotly draws its text (axis labels, legend) from a subset of HTML: names go to it escaped
+function plotText(s) { return String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;"); }
+function table(head, rows) { return el("table", "", el("thead", "", el("tr", "", head)), el("tbody", "", rows)); }
 function layerTable(key) {
-  const rows = PAGE.layers[key];
-  let html = "<table><thead><tr><th>layer</th>" + KNOBS.map(k => "<th>" + k[1] + "</th>").join("") +
-    "<th>packed KiB</th><th>base latency share</th><th>ω of the option</th><th>Δ loss of other changes</th></tr></thead><tbody>";
-  for (const r of rows) {
-    html += "<tr><td>" + r.layer + "</td>" + KNOBS.map(k => "<td>" + knobShown(r, k[0]) + "</td>").join("") +
-      "<td class='n'>" + kib(r.packed_bytes) + "</td><td class='n'>" +
-      (r.latency_share === null ? "—" : (100 * r.latency_share).toFixed(1) + "%") + "</td><td class='n'>" +
-      (r.omega === null ? "—" : r.omega.toPrecision(3)) + "</td><td class='n'>" +
-      (r.delta_loss === null ? "—" : r.delta_loss.toPrecision(3)) + "</td></tr>";
-  }
-  return html + "</tbody></table>";
+  const head = [el("th", "", "layer"), KNOBS.map(k => el("th", "", k[1])), el("th", "", "packed KiB"),
+                el("th", "", "base latency share"), el("th", "", "ω of the option"), el("th", "", "Δ loss of other changes")];
+  return table(head, PAGE.layers[key].map(r => el("tr", "", el("td", "", r.layer),
+    KNOBS.map(k => el("td", "", knobShown(r, k[0]))), el("td", "n", kib(r.packed_bytes)),
+    el("td", "n", r.latency_share === null ? "—" : (100 * r.latency_share).toFixed(1) + "%"),
+    el("td", "n", r.omega === null ? "—" : r.omega.toPrecision(3)),
+    el("td", "n", r.delta_loss === null ? "—" : r.delta_loss.toPrecision(3)))));
 }
 function showLayers() {
   const key = document.getElementById("layer-design").value;
   draw("fig-layers", PAGE.layer_figures[key]);
-  document.getElementById("layer-table").innerHTML = layerTable(key);
+  document.getElementById("layer-table").replaceChildren(layerTable(key));
 }
 function compareDesigns() {
   const a = document.getElementById("compare-a").value, b = document.getElementById("compare-b").value;
   const ra = PAGE.layers[a], rb = PAGE.layers[b];
   const sa = PAGE.rows[a], sb = PAGE.rows[b];
-  let html = "<table><thead><tr><th></th><th>" + sa.label + "</th><th>" + sb.label + "</th></tr></thead><tbody>";
+  const out = [];
+  const figures = [];
   for (const [k, name, d] of [["map50_95","mAP50-95",3],["latency_ms","latency (ms)",2],["sram_bytes","footprint (KiB)",-1],
                               ["weight_bytes","weights (KiB)",-1]]) {
     const f = v => d < 0 ? kib(v) : cell(v, d);
-    html += "<tr><th>" + name + "</th><td class='n'>" + f(sa[k]) + "</td><td class='n'>" + f(sb[k]) + "</td></tr>";
+    figures.push(el("tr", "", el("th", "", name), el("td", "n", f(sa[k])), el("td", "n", f(sb[k]))));
   }
-  html += "</tbody></table><h4>Layers that differ</h4>";
-  let diff = "", count = 0;
+  out.push(table([el("th", ""), el("th", "", sa.label), el("th", "", sb.label)], figures), el("h4", "", "Layers that differ"));
+  const diff = [];
   for (let i = 0; i < ra.length; i++) {
     const changes = [];
     for (const [k, name] of KNOBS) {
       const va = knobShown(ra[i], k), vb = knobShown(rb[i], k);
-      if (va !== vb) changes.push("<b>" + name + "</b> " + va + " → " + vb);
+      if (va !== vb) changes.push(changes.length ? ", " : "", el("b", "", name), " " + va + " → " + vb);
     }
-    if (changes.length) { count++;
-      diff += "<tr><td>" + ra[i].layer + "</td><td>" + changes.join(", ") + "</td><td class='n'>" + kib(ra[i].packed_bytes) +
-        "</td><td class='n'>" + kib(rb[i].packed_bytes) + "</td></tr>"; }
+    if (changes.length) {
+      diff.push(el("tr", "", el("td", "", ra[i].layer), el("td", "", changes), el("td", "n", kib(ra[i].packed_bytes)),
+                   el("td", "n", kib(rb[i].packed_bytes)))); }
   }
-  html += count ? "<table><thead><tr><th>layer</th><th>" + sa.label + " → " + sb.label +
-    "</th><th>packed KiB " + sa.label + "</th><th>packed KiB " + sb.label + "</th></tr></thead><tbody>" + diff + "</tbody></table>"
-    : "<p>The two designs set every layer alike.</p>";
-  document.getElementById("compare-out").innerHTML = html;
-  const x = ra.map(r => r.layer.replace(/^model\./, ""));
-  const traces = [a, b].map((key, j) => ({type: "bar", name: PAGE.rows[key].label, x: x,
+  out.push(diff.length ? table([el("th", "", "layer"), el("th", "", sa.label + " → " + sb.label),
+                                el("th", "", "packed KiB " + sa.label), el("th", "", "packed KiB " + sb.label)], diff)
+                       : el("p", "", "The two designs set every layer alike."));
+  document.getElementById("compare-out").replaceChildren(...out);
+  const x = ra.map(r => plotText(r.layer.replace(/^model\./, "")));
+  const traces = [a, b].map((key, j) => ({type: "bar", name: plotText(PAGE.rows[key].label), x: x,
     y: PAGE.layers[key].map(r => r.packed_bytes === null ? null : r.packed_bytes / 1024)}));
   Plotly.react(document.getElementById("fig-compare"), traces, {template: FIGURES["fig-progress"].layout.template,
     barmode: "group", height: 320, margin: {l: 60, r: 20, t: 40, b: 90}, title: {text: "packed KiB per layer", font: {size: 14}},
@@ -486,11 +505,14 @@ def _html(report: Report) -> str:
     warning = ("<p class='warn'>No design meets the run's budgets (memory, and latency or accuracy floor where set). "
                "The front below ignores them: these are the non-dominated designs that come closest.</p>") if no_fit else ""
     layer_figs, layer_rows = report.layer_data()
-    options = "".join(f"<option value='{t['number']}'>{esc(report.label(t))}: {esc(report.rows[t['number']]['summary'])}</option>"
-                      for t in report.designs)
+    def design_options(selected=None) -> str:
+        return "".join(f"<option value='{esc(t['number'])}'{' selected' if t['number'] == selected else ''}>"
+                       f"{esc(report.label(t))}: {esc(report.rows[t['number']]['summary'])}</option>" for t in report.designs)
+
+    options = design_options()
     compare_a = "<option value='base' selected>base</option>" + options
     b_default = report.designs[0]["number"] if report.designs else None
-    compare_b = compare_a.replace(" selected", "").replace(f"value='{b_default}'", f"value='{b_default}' selected")
+    compare_b = "<option value='base'>base</option>" + design_options(b_default)
     per_layer = (
         f"<p><label>design <select id='layer-design'>{options}</select></label></p>"
         "<div id='fig-layers' class='plot'></div><details open><summary>layer table</summary>"
@@ -534,7 +556,7 @@ input {esc(run.get('imgsz', '?'))} px. Figures carry a mark such as [L1] naming 
 <code>optuna-dashboard sqlite:///{esc(report.out_dir / 'study.db')}</code>.</p>
 """
     rows = {"base": report.base_row, **{str(n): r for n, r in report.rows.items()}}
-    data = {"layer_figures": layer_figs, "layers": layer_rows,
+    data = {"layer_figures": layer_figs, "layers": layer_rows, "knobs": report.knob_columns(),
             "rows": {k: {x: r[x] for x in ("label", "map50_95", "latency_ms", "sram_bytes", "weight_bytes")}
                      for k, r in rows.items()}}
     return render(title=f"edgesearch: {run.get('run_name', '')} on {run.get('profile', '')}", body=body,
@@ -578,7 +600,7 @@ def _remeasured_text(remeasured: dict | None) -> str:
 def pareto_table(base: dict, trials: list[dict]) -> str:
     """The Pareto designs as a fixed-width text table for the terminal."""
     header = (f"{'design':>8} {'mAP50-95':>9} {'held out':>9} {'mAP50':>7} {'latency ms':>11} {'re-measured':>14} "
-              f"{'SRAM KiB':>10} {'meets budgets':>13}  knobs")
+              f"{'memory KiB':>10} {'meets budgets':>13}  knobs")
     lines = [header, "-" * len(header)]
 
     def line(label, s, remeasured, feasible, knobs):

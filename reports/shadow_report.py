@@ -18,7 +18,7 @@ def _pct(value) -> str:
     return "—" if value is None else f"{value:.1%}"
 
 
-def _class_figure(accuracy: dict, accuracy_mark: str) -> go.Figure:
+def _class_figure(accuracy: dict, accuracy_mark: str | None) -> go.Figure:
     classes = sorted(set(accuracy["base"]["classes"]) | set(accuracy["design"]["classes"]))
     fig = go.Figure()
     for who, color in (("base", COLORS["other"]), ("design", COLORS["front"])):
@@ -72,7 +72,7 @@ def write_shadow_report(out_dir: Path, result: dict, context: dict) -> dict[str,
         for cls in sorted(set(acc["base"]["classes"]) | set(acc["design"]["classes"])):
             b, d = acc["base"]["classes"].get(cls, {}), acc["design"]["classes"].get(cls, {})
             delta = (d["map50_95"] - b["map50_95"]) * 100 if "map50_95" in b and "map50_95" in d else None
-            rows.append(f"<tr><td>{esc(cls)}</td><td class='n'>{b.get('instances', d.get('instances', '—'))}</td>"
+            rows.append(f"<tr><td>{esc(cls)}</td><td class='n'>{esc(b.get('instances', d.get('instances', '—')))}</td>"
                         f"<td class='n'>{fmt(b.get('map50_95'))}</td><td class='n'>{fmt(d.get('map50_95'))}</td>"
                         f"<td class='n'>{'—' if delta is None else f'{delta:+.1f}'}</td></tr>")
         overall = (acc["design"]["map50_95"] - acc["base"]["map50_95"]) * 100
@@ -88,7 +88,7 @@ def write_shadow_report(out_dir: Path, result: dict, context: dict) -> dict[str,
     diff_rows = "".join(f"<tr><td>{esc(names[r['image']] if r['image'] < len(names) else r['image'])}</td>"
                         f"<td class='n'>{r['base']}</td><td class='n'>{r['design']}</td><td class='n'>{r['matched']}</td>"
                         f"<td class='n'>{r['same_class']}</td></tr>" for r in differing[:50])
-    provenance = "".join(f"<dt id='prov-{e['mark']}'>[{e['mark']}] <span class='kind-{e['kind']}'>{e['kind']}</span></dt>"
+    provenance = "".join(f"<dt id='prov-{esc(e['mark'])}'>[{esc(e['mark'])}] <span class='kind-{esc(e['kind'])}'>{esc(e['kind'])}</span></dt>"
                          f"<dd>{esc(e['text'])}</dd>" for e in prov.rows())
     body = f"""
 <h1>Shadow comparison: {esc(Path(str(context.get('candidate', 'design'))).name)} beside the base</h1>

@@ -68,7 +68,8 @@ class _NewOnly:
 
     def __init__(self, cls: type, name: str):
         self.cls, self.name = cls, name
-        self.__new__ = lambda _stand_in, *args: cls.__new__(cls, *args)  # noqa: instance attr shadows object.__new__
+        # an instance attribute shadowing object.__new__ (see above): set past the class's method
+        setattr(self, "__new__", lambda _stand_in, *args: cls.__new__(cls, *args))
 
     def __call__(self, *args, **kwargs):
         raise pickle.UnpicklingError(f"checkpoint tries to call constructor {self.name}(...), which is never allowed")
@@ -122,10 +123,9 @@ def _model_classes() -> frozenset:
 def _registry() -> dict:
     """Build {pickle global name: object handed to the unpickler}. Computed once per process."""
     import numpy as np
-
     from ultralytics.utils import IterableSimpleNamespace
 
-    reg = {}
+    reg: dict[str, object] = {}  # stand-ins, data-only classes and guarded callables
     stand_ins = {}
     for name, cls in _iter_module_classes():
         stand_ins[cls] = reg[name] = _NewOnly(cls, name)
@@ -353,6 +353,9 @@ def load_detection_model(path, trust: bool = False) -> nn.Module:
 
     ckpt = safe_load_checkpoint(path, trust=trust)
     model = model_from_checkpoint(ckpt, path)
-    if not isinstance(model.model[-1], Detect) or getattr(model, "task", "detect") != "detect":
+    layers = getattr(model, "model", None)
+    if not isinstance(layers, nn.Sequential) or not len(layers):  # e.g. a bare nn.Linear under "model"
+        raise CheckpointError(f"{path} holds a {type(model).__name__}, not an ultralytics detection model")
+    if not isinstance(layers[-1], Detect) or getattr(model, "task", "detect") != "detect":
         raise CheckpointError(f"{path} is a {getattr(model, 'task', 'non-detection')} model, not a detection model")
     return model

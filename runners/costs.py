@@ -37,7 +37,7 @@ def layer_costs(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerCos
     handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros(input_shape))
+            model.eval()(torch.zeros(input_shape, device=next(model.parameters()).device))
     finally:
         for handle in handles:
             handle.remove()

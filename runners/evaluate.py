@@ -6,6 +6,7 @@ and as a Ray task (`search run`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import time
@@ -16,9 +17,10 @@ import torch
 from edgesearch.runners.accuracy.finetune import calibration_batches, finetune, validate
 from edgesearch.runners.accuracy.splits import search_and_holdout
 from edgesearch.runners.checkpoints import load_detection_model
+from edgesearch.runners.device import CPU, describe, resolve_device, running_on, to_device
 from edgesearch.runners.hardware.measure import MeasurementPlan, decide_measurement, measurer_for
-from edgesearch.runners.hardware.scores import hardware_scores, remeasure_interleaved
 from edgesearch.runners.hardware.profiles import load_profile
+from edgesearch.runners.hardware.scores import hardware_scores, remeasure_interleaved
 from edgesearch.runners.hardware.turns import running_trial
 from edgesearch.spaces.activations import calibrate
 from edgesearch.spaces.apply import apply_candidate
@@ -44,6 +46,9 @@ class EvalSettings:
     library_path: str = ""  # also write the deployable library for the profile here
     # a run's one decision about latency (measure.MeasurementPlan as a dict); empty: decided per call
     measurement: dict | None = None
+    # where calibration, fine-tune and validation run (runners/device.py): auto | cpu | cuda[:N]; a Ray
+    # trial gets the GPU Ray assigned it (search/execution.py). TVM builds stay on the CPU.
+    device: str = "auto"
 
 
 def run_measurer(config: EvalSettings, profile):
@@ -65,10 +70,14 @@ def score_candidate(settings: dict, candidate: dict | None) -> dict:
 
 def _score(config: EvalSettings, candidate: dict | None) -> dict:
     started = time.perf_counter()
+    device = resolve_device(config.device)
     _, model, calibrated, losses, finetune_s = build_design(config, candidate)
+    to_device(model, device)  # baked on the CPU; validated on the device
     with search_and_holdout(Path(config.data_yaml)) as (search_data, holdout_data, holdout_split, holdout_how):
-        accuracy, validate_s = _timed(lambda: validate(model, search_data, imgsz=config.imgsz))
-        holdout = validate(model, holdout_data, imgsz=config.imgsz, split=holdout_split)
+        accuracy, validate_s = _timed(lambda: validate(model, search_data, imgsz=config.imgsz, device=device))
+        holdout = validate(model, holdout_data, imgsz=config.imgsz, split=holdout_split, device=device)
+    to_device(model, CPU)  # TVM builds from the CPU copy
+    stage_devices = {**losses.devices, "validation": accuracy.pop("device"), "holdout": holdout["device"]}
     profile = load_profile(config.profile)
     hardware, hardware_s = _timed(lambda: hardware_scores(model, profile, config.imgsz,
                                                           measurer=run_measurer(config, profile),
@@ -82,6 +91,8 @@ def _score(config: EvalSettings, candidate: dict | None) -> dict:
         **hardware,
         "finetune_iters": config.finetune_iters,
         "distilled": config.distill,
+        "device": describe(device),  # where the model ran (builds and timing: the CPU, or the profile's device)
+        "stage_devices": stage_devices,  # what each stage's model parameters and inputs were on, as seen
         "activation_quantizers": calibrated,
         "finetune_final_loss": losses[-1] if losses else None,
         "finetune_s": finetune_s,
@@ -93,16 +104,24 @@ def _score(config: EvalSettings, candidate: dict | None) -> dict:
 
 def build_design(config: EvalSettings, candidate: dict | None):
     """(base, design, calibrated quantizers, fine-tune losses, fine-tune seconds): the candidate
-    applied to the base, calibrated, fine-tuned and baked - the model a trial scores and deploys."""
+    applied to the base, calibrated, fine-tuned and baked - the model a trial scores and deploys.
+    Calibration and fine-tune run on config.device (runners/device.py); the candidate is applied
+    and the weights packed on the CPU, where both models are returned. The losses' `devices` say
+    where calibration, fine-tune and teacher ran."""
+    device = resolve_device(config.device)
     base = load_detection_model(config.checkpoint, trust=config.trust_checkpoint)
     design = Candidate.from_json(candidate) if candidate else Candidate({})
-    model = apply_candidate(base, design)
-    calibrated = calibrate(model, calibration_batches(Path(config.data_yaml), imgsz=config.imgsz, batch=config.batch,
-                                                      count=config.calibration_batches, stride=int(model.stride.max())))
-    teacher = base if config.distill else None
+    model = to_device(apply_candidate(base, design), device)
+    batches = calibration_batches(Path(config.data_yaml), imgsz=config.imgsz, batch=config.batch,
+                                  count=config.calibration_batches, stride=int(getattr(model, "stride").max()))
+    with running_on(model, device) as calibrating:
+        calibrated = calibrate(model, (images.to(device) for images in batches))
+    teacher = (base if device == CPU else copy.deepcopy(base)) if config.distill else None  # base stays on the CPU
     losses, finetune_s = _timed(lambda: finetune(model, Path(config.data_yaml), iterations=config.finetune_iters,
                                                  imgsz=config.imgsz, batch=config.batch, seed=config.seed,
-                                                 teacher=teacher))
+                                                 teacher=teacher, device=device))
+    losses.devices = {"calibration": calibrating.describe(), **losses.devices}
+    to_device(model, CPU)  # packing reads the weights on the CPU
     bake_fake_quant(model)  # from here on the model holds exactly the quantized weights
     return base, model, calibrated, losses, finetune_s
 

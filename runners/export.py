@@ -202,7 +202,9 @@ def ultralytics_metadata(model: nn.Module, config: EvalSettings, fmt: str) -> di
     """The keys ultralytics' own exporter writes (engine/exporter.py), so AutoBackend reads the export."""
     from ultralytics import __version__
 
-    pretty = Path(model.yaml.get("yaml_file", "model")).stem.replace("yolo", "YOLO")
+    # an ultralytics DetectionModel: its yaml, stride, names and layers are attributes torch's typing does not know
+    yaml_cfg, layers = getattr(model, "yaml"), getattr(model, "model")
+    pretty = Path(yaml_cfg.get("yaml_file", "model")).stem.replace("yolo", "YOLO")
     return {
         "description": f"Ultralytics {pretty} model trained on {config.data_yaml}, compressed by edgesearch",
         "author": "Ultralytics (model), edgesearch (export)",
@@ -210,15 +212,15 @@ def ultralytics_metadata(model: nn.Module, config: EvalSettings, fmt: str) -> di
         "version": __version__,
         "license": "AGPL-3.0 License (https://ultralytics.com/license)",
         "docs": "https://docs.ultralytics.com",
-        "stride": int(max(model.stride)),
+        "stride": int(max(getattr(model, "stride"))),
         "task": "detect",
-        "head": type(model.model[-1]).__name__,
+        "head": type(layers[-1]).__name__,
         "batch": 1,
         "imgsz": [config.imgsz, config.imgsz],
-        "names": dict(model.names),
+        "names": dict(getattr(model, "names")),
         "args": {"batch": 1, "data": config.data_yaml, "dynamic": False, "quantize": None,
                  **({"opset": ONNX_OPSET, "simplify": False} if fmt == "onnx" else {}), "nms": False},
-        "channels": model.yaml.get("channels", 3),
+        "channels": yaml_cfg.get("channels", 3),
         "end2end": False,
     }
 
@@ -230,6 +232,11 @@ class _QDQConv2d(nn.Module):
     """Tracing stand-in of an int8 conv: fake-quant of the uint8 input and of the int8 weights,
     which torch's exporter writes as QuantizeLinear/DequantizeLinear pairs (the weight's
     QuantizeLinear is then folded into an int8 initializer: _fold_weight_quantization)."""
+
+    weight: torch.Tensor  # buffers
+    weight_scale: torch.Tensor
+    weight_zero_point: torch.Tensor
+    bias: torch.Tensor | None
 
     def __init__(self, conv: nn.Conv2d, quantizer: InputQuantizer):
         super().__init__()
@@ -267,7 +274,9 @@ def onnx_graph_model(model: nn.Module, precisions: dict[str, str]) -> nn.Module:
     remove_input_quantizers(model)
     for name, conv in convs.items():
         if precisions[name] == "int8":
-            replace_module(model, name, _QDQConv2d(conv, quantizers[name]))
+            quantizer = quantizers[name]
+            assert isinstance(quantizer, InputQuantizer)  # an int8 conv's input is quantized to uint8
+            replace_module(model, name, _QDQConv2d(conv, quantizer))
         elif precisions[name] == "fp16":
             replace_module(model, name, _HalfConv2d(conv))
     set_export_mode(model)
@@ -282,8 +291,9 @@ def onnx_bytes(model: nn.Module, precisions: dict[str, str], imgsz: int, metadat
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice; ultralytics uses it too
-        torch.onnx.export(graph_model, torch.zeros(1, 3, imgsz, imgsz), buffer, opset_version=ONNX_OPSET,
-                          input_names=["images"], output_names=["output0"], dynamo=False)
+        # the TorchScript exporter (dynamo=False) writes to a file object too; torch annotates f as a path
+        torch.onnx.export(graph_model, (torch.zeros(1, 3, imgsz, imgsz),), buffer,  # type: ignore[arg-type]
+                          opset_version=ONNX_OPSET, input_names=["images"], output_names=["output0"], dynamo=False)
     proto = onnx.load_from_string(buffer.getvalue())
     _fold_weight_quantization(proto)
     for key, value in metadata.items():
@@ -344,7 +354,7 @@ def plain_model(model: nn.Module) -> nn.Module:
         if hasattr(module, "packed_layer"):
             del module.packed_layer
         if hasattr(module, "criterion"):
-            module.criterion = None  # the loss of the fine-tune (ultralytics strips it too)
+            setattr(module, "criterion", None)  # the loss of the fine-tune (ultralytics strips it too)
         if module._forward_hooks or module._forward_pre_hooks:
             raise RuntimeError(f"{type(module).__name__} still has hooks after removing edgesearch's")
     if hasattr(model, "pt_path"):
@@ -361,9 +371,9 @@ def write_pt(model: nn.Module, base: nn.Module, config: EvalSettings, metadata: 
     from ultralytics.utils import DEFAULT_CFG_KEYS
 
     plain = plain_model(model)
-    train_args = {k: v for k, v in dict(base.args).items() if k in DEFAULT_CFG_KEYS}
+    train_args = {k: v for k, v in dict(getattr(base, "args")).items() if k in DEFAULT_CFG_KEYS}
     train_args.update(imgsz=config.imgsz, data=config.data_yaml)
-    plain.args = dict(train_args)
+    setattr(plain, "args", dict(train_args))
     checkpoint = {
         "date": metadata["date"], "version": metadata["version"], "license": metadata["license"],
         "docs": metadata["docs"], "epoch": -1, "best_fitness": None, "model": plain, "ema": None, "updates": None,

@@ -12,14 +12,26 @@ rewritten to the local copies.
 
 Per-node state stays per node: the MetaSchedule tuning database is the node's own
 (`<node cache>/tuning/<profile>`), never the driver's path.
+
+An archive is checked member by member before anything is extracted (`_checked_members`): regular
+files and folders only (no links, devices or FIFOs), each a normalised relative path inside the
+folder. Python's own `tarfile` data filter is applied too, but nothing depends on it: Python
+3.11.7's has a known bypass (CVE-2025-4517, fixed in 3.11.13). A folder is trusted by its
+content, not its name: unpacking writes a manifest (MANIFEST: the archive's hash and each file's
+sha256), and a later trial re-hashes the files against it; a folder that differs (edited, half
+removed, planted) is set aside and unpacked again from the parcel.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
+import posixpath
+import re
 import shutil
+import stat
 import tarfile
 import tempfile
 from pathlib import Path
@@ -28,6 +40,8 @@ from edgesearch.runners.cache import cache_root
 
 INPUTS_DIR = "inputs"
 PATH_SETTINGS = ("checkpoint", "data_yaml", "profile")  # the settings that name a file a trial opens
+MANIFEST = ".edgesearch-manifest.json"  # in each unpacked folder: {archive, files: {path: sha256}}
+WRITTEN_ON_THE_NODE = (".cache", ".cache.npy")  # files a trial may add (ultralytics' label caches, as written)
 
 
 def materialise(settings: dict, parcels: dict, fetch) -> dict:
@@ -36,7 +50,7 @@ def materialise(settings: dict, parcels: dict, fetch) -> dict:
     bytes (ray.get in a Ray task); it is called only for a parcel this node does not hold yet."""
     local = dict(settings)
     for key, parcel in parcels.items():
-        local[key] = str(unpacked(parcel["sha256"], lambda: fetch(parcel["ref"])) / parcel["entry"])
+        local[key] = str(unpacked(parcel["sha256"], lambda ref=parcel["ref"]: fetch(ref)) / parcel["entry"])
     if local.get("tuning_db"):
         local["tuning_db"] = str(cache_root() / "tuning" / Path(local["tuning_db"]).name)
     return local
@@ -44,10 +58,17 @@ def materialise(settings: dict, parcels: dict, fetch) -> dict:
 
 def unpacked(sha256: str, archive_bytes) -> Path:
     """The folder holding the archive with this hash, unpacked on first use (`archive_bytes()`
-    gives its bytes). Checked against the hash before anything is unpacked."""
+    gives its bytes). Checked against the hash and member by member before anything is unpacked;
+    an existing folder is used only if its files match its manifest."""
+    if not re.fullmatch(r"[0-9a-f]{64}", str(sha256)):
+        raise RuntimeError(f"input parcel {str(sha256)[:20]!r} has no sha256 name")
     target = cache_root() / INPUTS_DIR / sha256
-    if target.is_dir():
-        return target
+    if target.is_dir() and not target.is_symlink():
+        if _intact(target, sha256):
+            return target
+        _set_aside(target)
+    elif target.is_symlink() or target.exists():
+        _set_aside(target)
     data = archive_bytes()
     if hashlib.sha256(data).hexdigest() != sha256:
         raise RuntimeError(f"input parcel {sha256[:12]} arrived corrupted")
@@ -55,7 +76,9 @@ def unpacked(sha256: str, archive_bytes) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{sha256[:12]}.", dir=target.parent))
     try:
         with tarfile.open(fileobj=io.BytesIO(data)) as archive:
-            archive.extractall(staging, filter="data")  # no absolute paths, links out or devices
+            members = _checked_members(archive, sha256)
+            archive.extractall(staging, members=members, filter="data")  # and Python's own filter
+        _write_manifest(staging, sha256)
         os.rename(staging, target)  # atomic; fails if another worker got there first
     except OSError:
         if not target.is_dir():
@@ -63,3 +86,69 @@ def unpacked(sha256: str, archive_bytes) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # our copy, if it lost the race (or failed)
     return target
+
+
+def _checked_members(archive: tarfile.TarFile, sha256: str) -> list[tarfile.TarInfo]:
+    """Every member, refused unless it is a regular file or a folder whose name is a normalised
+    relative path (no '..', no absolute path, no empty or '.' part) - whatever the interpreter's
+    tarfile filter lets through."""
+    members = archive.getmembers()
+    for member in members:
+        name = member.name
+        kind = ("a regular file" if member.isreg() else "a folder" if member.isdir() else
+                "a symbolic link" if member.issym() else "a hard link" if member.islnk() else "a device or FIFO")
+        if kind not in ("a regular file", "a folder"):
+            raise RuntimeError(f"input parcel {sha256[:12]} holds {name!r}, {kind}: only regular files and "
+                               "folders are unpacked")
+        if (not name or "\0" in name or "\\" in name or posixpath.isabs(name) or posixpath.normpath(name) != name
+                or name == "." or name.split("/")[0] == ".."):
+            raise RuntimeError(f"input parcel {sha256[:12]} holds {name!r}: not a plain relative path inside "
+                               "its folder")
+    return members
+
+
+def _file_hashes(folder: Path) -> dict[str, str] | None:
+    """{relative path: sha256} of the regular files under `folder` (the manifest and node-written
+    caches left out); None if anything in it is neither a regular file nor a folder."""
+    hashes = {}
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = Path(root) / name
+            mode = os.lstat(path).st_mode
+            if stat.S_ISDIR(mode):
+                continue
+            if not stat.S_ISREG(mode):
+                return None
+            relative = str(path.relative_to(folder))
+            if relative == MANIFEST or name.endswith(WRITTEN_ON_THE_NODE):
+                continue
+            digest = hashlib.sha256()
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            hashes[relative] = digest.hexdigest()
+    return hashes
+
+
+def _write_manifest(folder: Path, sha256: str) -> None:
+    (folder / MANIFEST).write_text(json.dumps({"archive": sha256, "files": _file_hashes(folder)}))
+
+
+def _intact(folder: Path, sha256: str) -> bool:
+    """Whether `folder` holds exactly what its manifest says, for the archive with this hash."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        return manifest.get("archive") == sha256 and manifest.get("files") == _file_hashes(folder)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _set_aside(target: Path) -> None:
+    """Move a folder that cannot be trusted out of the way (renamed first, so no trial opens a
+    half-removed one), then remove it."""
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name[:12]}.stale.", dir=target.parent))
+    try:
+        os.rename(target, aside / "old")
+    except FileNotFoundError:  # another worker set it aside first
+        pass
+    shutil.rmtree(aside, ignore_errors=True)

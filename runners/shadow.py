@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from scipy.optimize import linear_sum_assignment
 
 from edgesearch.runners.accuracy import ultralytics_io  # noqa: F401  (never write into the user's dataset)
 from edgesearch.runners.accuracy.finetune import load_dataset_info
+from edgesearch.runners.device import CPU, describe, resolve_device, running_on, to_device, trainer_device
 from edgesearch.runners.evaluate import EvalSettings, build_design
 from edgesearch.runners.hardware.profiles import load_profile
 from edgesearch.runners.hardware.scores import hardware_scores, remeasure_interleaved
@@ -52,8 +54,10 @@ def label_files(images: list[Path]) -> list[Path | None]:
     return [Path(p) if Path(p).is_file() else None for p in img2label_paths([str(i) for i in images])]
 
 
-def predict(model, images: list[Path], imgsz: int, *, conf: float = CONF, batch: int = 16) -> list[np.ndarray]:
-    """Per image, an (n, 6) array [x1, y1, x2, y2, confidence, class] in letterboxed pixels."""
+def predict(model, images: list[Path], imgsz: int, *, conf: float = CONF, batch: int = 16,
+            device: torch.device = CPU) -> list[np.ndarray]:
+    """Per image, an (n, 6) array [x1, y1, x2, y2, confidence, class] in letterboxed pixels; the
+    images are sent to `device` (where the model is: runners/device.to_device)."""
     import cv2
     from ultralytics.data.augment import LetterBox
     from ultralytics.utils.nms import non_max_suppression
@@ -62,8 +66,10 @@ def predict(model, images: list[Path], imgsz: int, *, conf: float = CONF, batch:
     out = []
     model.eval()
     for start in range(0, len(images), batch):
-        chunk = [letterbox(image=cv2.imread(str(p))) for p in images[start:start + batch]]
-        x = torch.from_numpy(np.stack([c[..., ::-1].transpose(2, 0, 1) for c in chunk]).copy()).float() / 255
+        # LetterBox returns the image alone when called with image= only (ultralytics annotates it as a dict)
+        chunk = [cast(np.ndarray, letterbox(image=cv2.imread(str(p)))) for p in images[start:start + batch]]
+        x = torch.from_numpy(np.stack([c[..., ::-1].transpose(2, 0, 1) for c in chunk]).copy())
+        x = x.to(device).float() / 255
         with torch.no_grad():
             detections = non_max_suppression(model(x), conf_thres=conf, iou_thres=NMS_IOU)
         out += [d.cpu().numpy() for d in detections]
@@ -76,13 +82,13 @@ def agreement(base: list[np.ndarray], design: list[np.ndarray], *, iou: float = 
 
     matched = same_class = base_boxes = design_boxes = 0
     ious, per_image = [], []
-    for index, (b, d) in enumerate(zip(base, design)):
+    for index, (b, d) in enumerate(zip(base, design, strict=True)):
         base_boxes, design_boxes = base_boxes + len(b), design_boxes + len(d)
         pairs = []
         if len(b) and len(d):
             overlap = box_iou(torch.from_numpy(b[:, :4]).float(), torch.from_numpy(d[:, :4]).float()).numpy()
             rows, cols = linear_sum_assignment(-overlap)
-            pairs = [(r, c) for r, c in zip(rows, cols) if overlap[r, c] >= iou]
+            pairs = [(r, c) for r, c in zip(rows, cols, strict=True) if overlap[r, c] >= iou]
             ious += [float(overlap[r, c]) for r, c in pairs]
         agree = sum(1 for r, c in pairs if int(b[r, 5]) == int(d[c, 5]))
         matched, same_class = matched + len(pairs), same_class + agree
@@ -99,7 +105,7 @@ def agreement(base: list[np.ndarray], design: list[np.ndarray], *, iou: float = 
     }
 
 
-def per_class_scores(model, images_dir: Path, names: dict, imgsz: int) -> dict:
+def per_class_scores(model, images_dir: Path, names: dict, imgsz: int, device: torch.device = CPU) -> dict:
     """ultralytics' DetectionValidator on the labelled folder: overall and per-class mAP."""
     from ultralytics.models.yolo.detect import DetectionValidator
 
@@ -109,14 +115,14 @@ def per_class_scores(model, images_dir: Path, names: dict, imgsz: int) -> dict:
                                              "names": names}))
         load_dataset_info(data_yaml)
         validator = DetectionValidator(save_dir=Path(scratch) / "val", args=dict(
-            data=str(data_yaml), imgsz=imgsz, batch=16, workers=0, device="cpu", plots=False, verbose=False,
-            save_json=False))
+            data=str(data_yaml), imgsz=imgsz, batch=16, workers=0, device=trainer_device(device), plots=False,
+            verbose=False, save_json=False))
         stats = validator(model=model)
         box = validator.metrics.box
         counts = validator.metrics.nt_per_class
         classes = {}
         for row, cls in enumerate(box.ap_class_index):
-            classes[str(names[int(cls)])] = {"map50_95": float(box.all_ap[row].mean()), "map50": float(box.all_ap[row, 0]),
+            classes[str(names[int(cls)])] = {"map50_95": float(box.all_ap[row].mean()), "map50": float(box.all_ap[row, 0]),  # type: ignore[call-overload]  # an ndarray, annotated list
                                              "instances": int(counts[int(cls)]) if counts is not None else None}
     return {"map50_95": float(stats["metrics/mAP50-95(B)"]), "map50": float(stats["metrics/mAP50(B)"]), "classes": classes}
 
@@ -140,12 +146,16 @@ def shadow(settings: dict, candidate: dict | None, images_dir: str, *, conf: flo
     names = load_dataset_info(Path(config.data_yaml))["names"]
     base_model, design, _, losses, _ = build_design(config, candidate)
     base = apply_candidate(base_model, Candidate({}))  # fused, as the design is
-    base_detections, design_detections = predict(base, images, config.imgsz, conf=conf), predict(design, images, config.imgsz, conf=conf)
+    device = resolve_device(config.device)
     labelled = sum(1 for p in labels if p is not None)
     accuracy = None
-    if labelled:
-        accuracy = {"base": per_class_scores(base, folder, names, config.imgsz),
-                    "design": per_class_scores(design, folder, names, config.imgsz)}
+    with running_on(to_device(base, device), device) as base_ran, running_on(to_device(design, device), device) as ran:
+        base_detections = predict(base, images, config.imgsz, conf=conf, device=device)
+        design_detections = predict(design, images, config.imgsz, conf=conf, device=device)
+        if labelled:
+            accuracy = {"base": per_class_scores(base, folder, names, config.imgsz, device),
+                        "design": per_class_scores(design, folder, names, config.imgsz, device)}
+    to_device(base, CPU), to_device(design, CPU)  # TVM builds from the CPU copies
     result = {
         "images_dir": str(folder),
         "images": len(images),
@@ -156,6 +166,8 @@ def shadow(settings: dict, candidate: dict | None, images_dir: str, *, conf: flo
         "imgsz": config.imgsz,
         "finetune_iters": config.finetune_iters,
         "finetune_final_loss": losses[-1] if losses else None,
+        "device": describe(device),
+        "stage_devices": {**losses.devices, "shadow base": base_ran.describe(), "shadow design": ran.describe()},
         "agreement": agreement(base_detections, design_detections),
         "accuracy": accuracy,
         "accuracy_source": (f"measured: ultralytics' DetectionValidator on {labelled} labelled images of {folder} "

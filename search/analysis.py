@@ -36,7 +36,7 @@ def dataset_fingerprint(data_yaml: str | Path) -> str:
 
     digest = hashlib.sha256(Path(data_yaml).read_bytes())
     for split in ("train", "val"):
-        images = sorted(split_images(Path(data_yaml), split))
+        images: list[str | Path] = sorted(split_images(Path(data_yaml), split))
         for path in [*images, *img2label_paths(images)]:
             stat = Path(path).stat() if Path(path).is_file() else None
             digest.update(f"{path}:{stat.st_size if stat else '-'}:{stat.st_mtime_ns if stat else '-'}".encode())
@@ -66,9 +66,12 @@ def sensitivity(settings: dict, layer_options: dict[str, dict[str, list]], run_d
                 "settings": {k: v for k, v in config.items() if k not in ("checkpoint", "data_yaml")},
                 # fields without a default are left out: dataclasses.MISSING's text holds its memory
                 # address, which made the key differ in every process (the cache never hit)
+                # nor the device: it changes where the losses are measured, not what (the table
+                # says where it was computed: `device`)
                 "defaults": {f.name: f.default for f in dataclasses.fields(SensitivitySettings)
-                             if f.default is not dataclasses.MISSING}}
+                             if f.default is not dataclasses.MISSING and f.name != "device"}}
     config["threads"] = cpus
+    config["device"] = settings.get("device", "auto")  # in this process: --device as given (cuda:N included)
 
     def compute():
         print(f"sensitivity pass: {sum(len(v) for v in layer_options.values())} knob lists over "

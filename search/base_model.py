@@ -11,12 +11,14 @@ import ultralytics
 from filelock import FileLock
 
 from edgesearch.runners.accuracy.base_training import train_base_model
+from edgesearch.runners.device import resolve_device
 from edgesearch.search.paths import atomic_directory, cache_dir
 from edgesearch.search.presets import Preset
 
 
-def default_base_checkpoint(preset: Preset, data_yaml: Path, seed: int = 0) -> Path:
-    """Path of the cached base checkpoint for this preset and dataset, training it if needed."""
+def default_base_checkpoint(preset: Preset, data_yaml: Path, seed: int = 0, device: str = "auto") -> Path:
+    """Path of the cached base checkpoint for this preset and dataset, training it if needed on
+    `device` (runners/device.py; not part of the cache key: recipe.json says where it was trained)."""
     model_yaml = Path(preset.model_yaml)
     recipe = {
         "model_yaml": model_yaml.read_text() if model_yaml.is_file() else preset.model_yaml,
@@ -39,8 +41,9 @@ def default_base_checkpoint(preset: Preset, data_yaml: Path, seed: int = 0) -> P
             return checkpoint
         print(f"training the base model {model_yaml.name} for {preset.base_epochs} epochs (cached for later runs)")
         with atomic_directory(folder) as staging:
-            best = train_base_model(preset.model_yaml, data_yaml, staging / "training", epochs=preset.base_epochs,
-                                    imgsz=preset.imgsz, batch=preset.batch, seed=seed)
+            best, trained_on = train_base_model(preset.model_yaml, data_yaml, staging / "training",
+                                                epochs=preset.base_epochs, imgsz=preset.imgsz, batch=preset.batch,
+                                                seed=seed, device=resolve_device(device))
             shutil.copy2(best, staging / "base.pt")
-            (staging / "recipe.json").write_text(json.dumps(recipe, indent=2))
+            (staging / "recipe.json").write_text(json.dumps({**recipe, "trained_on": trained_on}, indent=2))
     return checkpoint

@@ -30,7 +30,8 @@ from edgesearch.spaces.errors import InputError
 # jobs-file key -> its type; each is the `search run` flag of the same name (underscores as dashes)
 SEARCH_KEYS = {"out": str, "model": str, "data": str, "profile": str, "space": str, "preset": str, "strategy": str,
                "trials": int, "parallel": int, "seed": int, "finetune_iters": int, "imgsz": int, "population": int,
-               "max_map_drop": float, "latency_budget": float, "sram_budget": str}
+               "max_map_drop": float, "latency_budget": float, "sram_budget": str, "device": str,
+               "gpus_per_trial": float}
 PATH_KEYS = ("out", "model", "data")  # always paths; profile and space are paths when they name a .yaml
 
 
@@ -44,6 +45,10 @@ def load_jobs(jobs_file: str, parse_run_args) -> list[argparse.Namespace]:
         raise InputError(f"jobs file {jobs_file}: {error.strerror or error}") from None
     except yaml.YAMLError as error:
         raise InputError(f"jobs file {jobs_file} is not valid YAML: {str(error).splitlines()[0]}") from None
+    except UnicodeDecodeError as error:
+        raise InputError(f"jobs file {jobs_file} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except RecursionError:
+        raise InputError(f"jobs file {jobs_file} nests too deeply to read") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("searches"), list) or not raw["searches"]:
         raise InputError(f"jobs file {jobs_file}: needs a non-empty list `searches` (see `search batch --help`)")
     defaults = raw.get("defaults") or {}

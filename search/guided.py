@@ -78,11 +78,13 @@ class Guide:
         low = min(p["sram_bytes"] for p in prices)
         high = max(p["sram_bytes"] for p in prices)
         smallest = allocate(self.tables, {}, minimise="sram_bytes")
+        assert smallest is not None  # without budgets some design always fits
         low = max(low, design_price(smallest, "sram_bytes") * 1.001)
         for limit, design in budget_sweep(self.tables, low, high, sram_points, budget="sram_bytes"):
             designs.append((f"seed: least omega under {limit / MIB:.2f} MiB {self.memory_word()} (predicted)", design))
         if "latency_ms" in self.fronts:  # from the fastest design to just under the base's latency
             fastest = allocate(self.tables, {}, minimise="latency_ms")
+            assert fastest is not None
             low = design_price(fastest, "latency_ms", self.offsets) * 1.001
             high = max(low, LATENCY_SEED_TOP * self.pricer.design({})["latency_ms"])
             for limit, design in budget_sweep(self.tables, low, high, count - sram_points, budget="latency_ms",

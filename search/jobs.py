@@ -7,6 +7,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import re
 from pathlib import Path
 
 from torch import nn
@@ -20,11 +21,11 @@ from edgesearch.runners.accuracy.splits import check_splittable
 from edgesearch.runners.checkpoints import load_detection_model
 from edgesearch.runners.hardware.profiles import HardwareProfile, load_profile
 from edgesearch.search import execution, shipping, study as studies
-from edgesearch.search.report_inputs import report_extras
 from edgesearch.search.base_model import default_base_checkpoint
 from edgesearch.search.default_data import build_digit_dataset
 from edgesearch.search.paths import cache_dir, write_text_atomically
 from edgesearch.search.presets import PRESETS
+from edgesearch.search.report_inputs import report_extras
 from edgesearch.spaces.errors import InputError
 from edgesearch.spaces.space import LayerChoices, Space, load_space
 
@@ -45,8 +46,9 @@ class Inputs:
 
 def resolve_inputs(*, profile: str, space: str, model: str | None, data: str | None, preset: str,
                    trust_checkpoint: bool = False, mnist_dir: str | None = None, seed: int = 0,
-                   train_images: int | None = None, val_images: int | None = None) -> Inputs:
-    """Check every input and produce the data and base model (cached) - nothing else is written."""
+                   train_images: int | None = None, val_images: int | None = None, device: str = "auto") -> Inputs:
+    """Check every input and produce the data and base model (cached; trained on `device`) - nothing
+    else is written."""
     hardware = load_profile(profile)
     design_space = load_space(space)
     settings = PRESETS[preset]
@@ -64,7 +66,7 @@ def resolve_inputs(*, profile: str, space: str, model: str | None, data: str | N
         checkpoint = Path(model).resolve()
         base = load_detection_model(checkpoint, trust=trust_checkpoint)
     else:
-        checkpoint = default_base_checkpoint(settings, data_yaml, seed)
+        checkpoint = default_base_checkpoint(settings, data_yaml, seed, device)
         trust_checkpoint = False
         base = load_detection_model(checkpoint)
     resolved = design_space.resolve(base, hardware.compute_precisions, hardware.name)
@@ -72,10 +74,13 @@ def resolve_inputs(*, profile: str, space: str, model: str | None, data: str | N
 
 
 def eval_settings(inputs: Inputs, *, imgsz: int, finetune_iters: int, batch: int, threads: int, seed: int,
-                  tune_trials: int = 0, distill: bool = False, measurement: dict | None = None) -> dict:
+                  tune_trials: int = 0, distill: bool = False, measurement: dict | None = None,
+                  device: str = "auto") -> dict:
     """The plain settings a trial needs (sent to Ray workers as-is). `measurement`: a search's one
-    decision about latency (decide_measurement); None: each call decides."""
+    decision about latency (decide_measurement); None: each call decides. `device`: the --device
+    spec (runners/device.py), resolved where the work runs (a Ray trial: on the GPU Ray assigned it)."""
     return {
+        "device": device,
         "measurement": measurement,
         "tune_trials": tune_trials,
         "distill": distill,
@@ -111,7 +116,14 @@ class RunLock:
         self.path = run_dir / ".lock"
 
     def __enter__(self):
-        self.handle = open(self.path, "w")
+        # never follow a link planted at .lock (open(..., "w") would truncate its target) and never
+        # truncate: the lock is the open file, not its content
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as error:
+            raise InputError(f"cannot open the run folder's lock {self.path} ({error.strerror}); "
+                             "if it is a symbolic link, remove it") from None
+        self.handle = os.fdopen(fd, "r+b")
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -227,9 +239,11 @@ def ship_inputs(inputs: Inputs) -> dict:
 
 
 def run_search(inputs: Inputs, run_dir: Path, run: dict, *, resume: bool, ray_address: str | None,
-               archives: dict | None = None) -> dict:
+               archives: dict | None = None, device: str = "auto", gpus_per_trial: float = 0.0) -> dict:
     """The search loop: ask candidates, score them as Ray tasks (locally, or on the cluster at
-    `ray_address`), tell Optuna, write the report. Only this process opens the study."""
+    `ray_address`), tell Optuna, write the report. Only this process opens the study. `device`
+    and `gpus_per_trial` are this invocation's (execution.trial_gpus), never the run folder's: a
+    resumed run chooses again on the machine it runs on."""
     parallel = max(1, run["parallel"])
     archives = archives or ship_inputs(inputs)
     started_ray = execution.start_ray(ray_address, shipping.total_bytes(archives))
@@ -237,7 +251,9 @@ def run_search(inputs: Inputs, run_dir: Path, run: dict, *, resume: bool, ray_ad
         cpus_per_trial = execution.cpus_per_trial(parallel)
         settings = eval_settings(inputs, imgsz=run["imgsz"], finetune_iters=run["finetune_iters"], batch=run["batch"],
                                  threads=cpus_per_trial, seed=run["seed"], tune_trials=run.get("tune_trials", 0),
-                                 distill=run.get("distill", False), measurement=run_measurement(run))
+                                 distill=run.get("distill", False), measurement=run_measurement(run),
+                                 device=device)
+        print(execution.describe_devices(device, gpus_per_trial))
         parcels = shipping.put(archives)
         strategy = run.get("strategy", "nsga2")  # runs from before the guided search used NSGA-II
         study = studies.open_study(run_dir, seed=run["seed"], population_size=run["population"], create=not resume,
@@ -251,10 +267,10 @@ def run_search(inputs: Inputs, run_dir: Path, run: dict, *, resume: bool, ray_ad
             print("scoring the base model (no changes, no fine-tune)")
             base_settings = dict(settings, finetune_iters=0)
             study.set_user_attr("base", execution.result(execution.submit(base_settings, None, cpus_per_trial,
-                                                                          parcels)))
+                                                                          parcels, gpus_per_trial)))
         budgets = run_budgets(run, study.user_attrs["base"])
         guide = _prepare_guide(inputs, settings, run, run_dir, study, budgets) if strategy == "guided" else None
-        _search_loop(study, inputs, settings, run, parallel, cpus_per_trial, budgets, guide, parcels)
+        _search_loop(study, inputs, settings, run, parallel, cpus_per_trial, budgets, guide, parcels, gpus_per_trial)
         if inputs.profile.measurement == "local":
             _remeasure_front(study, settings, cpus_per_trial, parcels)  # with the trials' thread count
         else:
@@ -284,10 +300,10 @@ def _prepare_guide(inputs: Inputs, settings: dict, run: dict, run_dir: Path, stu
                           analysis.cost_basis(settings, run_dir, cpus))
     guide = Guide(pricer, inputs.resolved, study.user_attrs["base"], budgets, run["seed"])
     if not study.user_attrs.get("seeded"):
-        for name, candidate in recipes.items():
-            candidate = candidate.to_json()
-            studies.enqueue_design(study, candidate, f"recipe: {name}", recipe=name,
-                                   predicted={"omega": guide.omega(candidate)})
+        for name, recipe in recipes.items():
+            design = recipe.to_json()
+            studies.enqueue_design(study, design, f"recipe: {name}", recipe=name,
+                                   predicted={"omega": guide.omega(design)})
         for origin, candidate in guide.seeds(recipes, seed_count(run["trials"], len(recipes))):
             studies.enqueue_design(study, candidate, origin, predicted={"omega": guide.omega(candidate)})
         study.set_user_attr("seeded", True)
@@ -304,9 +320,9 @@ def _merged(values: list, extra) -> list:
 
 
 def _search_loop(study, inputs: Inputs, settings: dict, run: dict, parallel: int, cpus: int, budgets: dict,
-                 guide=None, parcels: dict | None = None) -> None:
-    """Keep `parallel` trials in flight until the run has its trials; `parcels`: the shipped inputs
-    (shipping.put), None to ship them here."""
+                 guide=None, parcels: dict | None = None, gpus: float = 0.0) -> None:
+    """Keep `parallel` trials in flight until the run has its trials, each asking Ray for `cpus`
+    CPUs and `gpus` GPUs; `parcels`: the shipped inputs (shipping.put), None to ship them here."""
     if parcels is None:
         parcels = shipping.put(ship_inputs(inputs))
     finished = studies.finished_count(study)
@@ -318,7 +334,7 @@ def _search_loop(study, inputs: Inputs, settings: dict, run: dict, parallel: int
                     break  # no scored design to move from yet (or no new move): wait for one
                 trial = study.ask()
                 candidate = studies.candidate_of(trial, inputs.resolved)
-                in_flight[execution.submit(settings, candidate, cpus, parcels)] = trial
+                in_flight[execution.submit(settings, candidate, cpus, parcels, gpus)] = trial
             if not in_flight:
                 why = ("every move from the front was tried already" if studies.pareto_trials(study)
                        else "no design was scored to move from")
@@ -404,6 +420,13 @@ def write_run_report(run_dir: Path, study=None) -> dict:
     return files
 
 
+def comparison_folder_name(profiles) -> str:
+    """`compare-<profile>-<profile>...`: each profile name reduced to letters, digits, '.', '_',
+    '+' and '-' (never a path: no separator, no leading dot), the whole at most 200 characters."""
+    words = [re.sub(r"[^A-Za-z0-9._+-]+", "_", str(p or "run")).strip("._-") or "run" for p in profiles]
+    return ("compare-" + "-".join(words))[:200]
+
+
 def write_comparison_report(run_dirs: list[Path], out: Path | None) -> Path:
     """Each run's own report, then one page comparing them (runs of one model on several profiles)."""
     entries = [dict(report_data(run_dir), run_dir=run_dir) for run_dir in run_dirs]
@@ -412,9 +435,9 @@ def write_comparison_report(run_dirs: list[Path], out: Path | None) -> Path:
         raise InputError("search report compares runs of one model; these use " + ", ".join(sorted(models)))
     for entry in entries:
         entry["report"] = write_report(entry.pop("run_dir"), **entry)["index.html"]
-    if out is None:
+    if out is None:  # beside the runs, named from their profiles as file-name-safe words (run.json is data)
         parent = Path(os.path.commonpath([str(d.resolve().parent) for d in run_dirs]))
-        out = parent / ("compare-" + "-".join(e["run"].get("profile", "run") for e in entries))
+        out = parent / comparison_folder_name(e["run"].get("profile") for e in entries)
     path = write_comparison(out, entries)
     print(f"comparison: {path}")
     return path

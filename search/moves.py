@@ -25,14 +25,15 @@ from __future__ import annotations
 
 import dataclasses
 
+import moocore
 import numpy as np
-from optuna._hypervolume import compute_hypervolume  # optuna is pinned (==5.0.0); no public equivalent
 
 from edgesearch.search.options import Option, OptionPricer
 from edgesearch.spaces.candidate import LayerKnobs
 
 RESOURCES = {"sram_bytes": ("weight_bytes", "activation_bytes"), "latency_ms": ("latency_ms",)}
 LAYERS_CHANGED = (1, 2, 3)
+MAXIMISE = (True, False, False)  # mAP up, SRAM down, latency down
 LAYERS_CHANGED_ODDS = (0.4, 0.35, 0.25)  # 1.85 layers per move on average
 EPSILON = 1e-9
 
@@ -110,8 +111,8 @@ def propose(parent: Scored, fronts: dict[str, dict[str, list[Option]]], pricer: 
     if not steps:
         return None
     names = list(steps)
-    odds = np.array([weights[n] for n in names], dtype=float)
-    odds = odds / odds.sum() if odds.sum() > 0 and np.isfinite(odds.sum()) else None
+    weight = np.array([weights[n] for n in names], dtype=float)
+    odds = weight / weight.sum() if weight.sum() > 0 and np.isfinite(weight.sum()) else None
     count = min(len(names), int(rng.choice(LAYERS_CHANGED, p=LAYERS_CHANGED_ODDS)))
     chosen = rng.choice(names, size=count, replace=False, p=odds)
     layers = dict(parent.layers)
@@ -143,12 +144,13 @@ def fit_accuracy_model(scored: list[Scored], default_alpha: float, default_inter
 
 
 def hypervolume(points: list[tuple[float, float, float]], reference: tuple[float, float, float]) -> float:
-    """Hypervolume of (mAP up, SRAM down, latency down) points against `reference`."""
-    losses = np.array([(-m, s, t) for m, s, t in points if -m < -reference[0] and s < reference[1]
-                       and t < reference[2]], dtype=float).reshape(-1, 3)
-    if not len(losses):
+    """Hypervolume of (mAP up, SRAM down, latency down) points against `reference` (points that do
+    not strictly beat the reference on every objective add none)."""
+    kept = np.array([p for p in points if p[0] > reference[0] and p[1] < reference[1] and p[2] < reference[2]],
+                    dtype=float).reshape(-1, 3)
+    if not len(kept):
         return 0.0
-    return float(compute_hypervolume(losses, np.array([-reference[0], reference[1], reference[2]], dtype=float)))
+    return float(moocore.hypervolume(kept, ref=np.array(reference, dtype=float), maximise=MAXIMISE))
 
 
 def screen(moves: list[Move], front: list[Scored], reference: tuple[float, float, float],

@@ -35,6 +35,8 @@ def accuracy_basis(data_yaml: str | None) -> dict:
     dataset has no test split (runners/accuracy/splits.py)."""
     from edgesearch.runners.accuracy.splits import search_and_holdout
 
+    if data_yaml is None:
+        return {"split": "val", "images": None}
     try:
         with search_and_holdout(Path(data_yaml)) as (search_data, _, _, how):
             return {"split": "val" if search_data == Path(data_yaml) else "val, less the held-out images",
@@ -47,6 +49,8 @@ def split_images(data_yaml: str | None, split: str) -> int | None:
     """How many images a data.yaml's split holds; None if unreadable."""
     from edgesearch.runners.accuracy import splits
 
+    if data_yaml is None:
+        return None
     try:
         return len(splits.split_images(Path(data_yaml), split))
     except (InputError, KeyError, TypeError, OSError):
@@ -76,7 +80,7 @@ def layer_bytes(model, candidate: dict | None, names: list[str]) -> dict[str, in
     from edgesearch.spaces.apply import apply_candidate, conv_layers
     from edgesearch.spaces.candidate import FLOAT_BITS, Candidate, LayerKnobs
     from edgesearch.spaces.packing import packed_size
-    from edgesearch.spaces.quantize import layer_quantizer
+    from edgesearch.spaces.quantize import layer_quantizer, weight_parametrizations
 
     transformed = apply_candidate(model, Candidate.from_json(candidate) if candidate else Candidate({}))
     convs = conv_layers(transformed)
@@ -90,7 +94,7 @@ def layer_bytes(model, candidate: dict | None, names: list[str]) -> dict[str, in
                 total += packed_size(tuple(conv.weight.shape), LayerKnobs(weight_bits=FLOAT_BITS),
                                      has_bias=conv.bias is not None)
                 continue
-            weight = conv.parametrizations.weight.original
+            weight = weight_parametrizations(conv).original
             kept = int(quantizer.mask.sum()) if quantizer.mask is not None else None
             total += packed_size(tuple(weight.shape), quantizer.knobs, kept=kept, has_bias=conv.bias is not None)
         out[name] = total
@@ -108,7 +112,7 @@ def proxy_quality(trials: list[dict]) -> dict:
     def rho(pairs):
         if len(pairs) < 3 or len({a for a, _ in pairs}) < 2 or len({b for _, b in pairs}) < 2:
             return None
-        return {"rho": float(spearmanr(*zip(*pairs)).statistic), "n": len(pairs)}
+        return {"rho": float(spearmanr(*zip(*pairs, strict=True)).statistic), "n": len(pairs)}
 
     omega = rho([(-t["predicted"]["omega"], t["scores"]["map50_95"]) for t in scored
                  if t["predicted"].get("omega") is not None])

@@ -106,10 +106,13 @@ def _split_files(entry: Path, data_yaml: Path) -> list[Path]:
             line = line.strip()
             if not line:
                 continue
-            if not line.startswith("./"):  # ultralytics reads other lines as they are: not relocatable
+            relative = os.path.normpath(line[2:]) if line.startswith("./") else ""
+            # ultralytics reads other lines as they are (not relocatable); './/abs' and './../x' leave the folder
+            if relative in ("", ".", "..") or os.path.isabs(relative) or relative.startswith("../"):
                 raise InputError(f"data.yaml {data_yaml}: list file {entry} names {line!r}; trials on other "
-                                 "machines need image paths relative to the list file ('./images/...') or folders")
-            image = entry.parent / line[2:]
+                                 "machines need image paths relative to the list file and inside its folder "
+                                 "('./images/...'), or folders")
+            image = entry.parent / relative
             found.append(image)
             label = _label_path(image).with_suffix(".txt")
             if label.is_file():

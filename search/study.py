@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import Literal
 
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
@@ -32,7 +33,7 @@ if os.environ.get(QUIET):  # search/cli_env.quiet_console: no INFO line per tria
 
 STUDY_NAME = "edgesearch"
 OBJECTIVES = ("map50_95", "latency_ms", "sram_bytes")
-DIRECTIONS = ("maximize", "minimize", "minimize")
+DIRECTIONS: tuple[Literal["maximize", "minimize"], ...] = ("maximize", "minimize", "minimize")
 SCORE_ATTR = "scores"  # user attr holding every score of a trial
 CANDIDATE_ATTR = "candidate"
 ORIGIN_ATTR = "origin"  # one line: where the design came from (recipe, seed, move, sampler)
@@ -40,6 +41,10 @@ PREDICTED_ATTR = "predicted"  # proxy scores before the fine-tune (guided strate
 RECIPE_ATTR = "recipe"
 ERROR_ATTR = "error"
 INTERRUPTED = "interrupted: the run stopped while this trial was in flight; its candidate was queued again"
+# study attr: numbers of the trials a stopped run left in flight, failed and queued again on resume (their
+# error is INTERRUPTED). Optuna's public API sets a trial's attributes only through the Trial that the
+# process asked for, so the record lives on the study; runs before it stored INTERRUPTED on the trial.
+INTERRUPTED_ATTR = "interrupted_trials"
 
 
 def storage_url(run_dir) -> str:
@@ -58,6 +63,7 @@ READ_ME = ("objectives: mAP50-95 on val (maximize), latency_ms (minimize), memor
 
 
 def open_study(run_dir, *, seed: int, population_size: int, create: bool, strategy: str = "guided") -> optuna.Study:
+    sampler: optuna.samplers.BaseSampler
     if strategy == "nsga2":
         sampler = optuna.samplers.NSGAIISampler(population_size=population_size, seed=seed)
     else:  # guided trials are all enqueued: the sampler never picks a value for them
@@ -78,14 +84,24 @@ def open_study(run_dir, *, seed: int, population_size: int, create: bool, strate
 def requeue_interrupted(study: optuna.Study) -> int:
     """Fail the trials a killed run left RUNNING and queue their candidates again."""
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if stale:  # recorded first: a run stopped in between finds these still RUNNING and records them again
+        study.set_user_attr(INTERRUPTED_ATTR, sorted(interrupted_numbers(study) | {t.number for t in stale}))
     for trial in stale:
-        # no public setter for a trial this process did not ask for; the state change is public
-        study._storage.set_trial_user_attr(trial._trial_id, ERROR_ATTR, INTERRUPTED)
         study.tell(trial.number, state=TrialState.FAIL)
         kept = {k: v for k, v in trial.user_attrs.items() if k in (CANDIDATE_ATTR, ORIGIN_ATTR, PREDICTED_ATTR,
                                                                        RECIPE_ATTR)}
         study.enqueue_trial(trial.params, user_attrs=kept, skip_if_exists=False)
     return len(stale)
+
+
+def interrupted_numbers(study: optuna.Study) -> set[int]:
+    """Numbers of the trials that requeue_interrupted failed."""
+    return set(study.user_attrs.get(INTERRUPTED_ATTR, []))
+
+
+def trial_error(trial: FrozenTrial, interrupted: set[int]) -> str | None:
+    """A failed trial's error: its own, or INTERRUPTED for one in `interrupted` (interrupted_numbers)."""
+    return trial.user_attrs.get(ERROR_ATTR) or (INTERRUPTED if trial.number in interrupted else None)
 
 
 def enqueue_design(study: optuna.Study, candidate: dict, origin: str, *, predicted: dict | None = None,
@@ -140,7 +156,8 @@ def finished_count(study: optuna.Study) -> int:
     """Trials that count against --trials: scored or failed, but not those a killed run left
     behind (requeue_interrupted queues their designs again, so counting them would lose a slot)."""
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
-    return sum(1 for t in finished if t.user_attrs.get(ERROR_ATTR) != INTERRUPTED)
+    interrupted = interrupted_numbers(study)
+    return sum(1 for t in finished if trial_error(t, interrupted) != INTERRUPTED)
 
 
 def suggest_candidate(trial: Trial, resolved: dict[str, LayerChoices]) -> Candidate:
@@ -201,6 +218,7 @@ def trial_rows(study: optuna.Study) -> list[dict]:
     """Every finished trial as plain data, for the report."""
     pareto = {t.number for t in pareto_trials(study)}
     rows = []
+    interrupted = interrupted_numbers(study)
     states = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
     for trial in study.get_trials(deepcopy=False, states=states):
         rows.append({
@@ -210,7 +228,7 @@ def trial_rows(study: optuna.Study) -> list[dict]:
             "feasible": all(v <= 0 for v in trial.constraints.values()) if trial.constraints else None,
             "scores": trial.user_attrs.get(SCORE_ATTR),
             "candidate": trial.user_attrs.get(CANDIDATE_ATTR),
-            "error": trial.user_attrs.get(ERROR_ATTR),
+            "error": trial_error(trial, interrupted),
             "duration_s": trial.duration.total_seconds() if trial.duration else None,
             "origin": trial.user_attrs.get(ORIGIN_ATTR, "sampled by Optuna"),
             "recipe": trial.user_attrs.get(RECIPE_ATTR),

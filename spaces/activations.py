@@ -26,6 +26,9 @@ from torch.ao.quantization.observer import MinMaxObserver
 class InputQuantizer(nn.Module):
     """Observes min/max while calibrating; afterwards fake-quantizes to uint8 with fixed params."""
 
+    scale: torch.Tensor  # buffers
+    zero_point: torch.Tensor
+
     def __init__(self):
         super().__init__()
         self.observer = MinMaxObserver(dtype=torch.quint8, qscheme=torch.per_tensor_affine)
@@ -57,7 +60,7 @@ class HalfPrecision(nn.Module):
 
 
 def _quantize_input(conv: nn.Module, args: tuple) -> tuple:
-    return (conv.input_quantizer(args[0]), *args[1:])
+    return (getattr(conv, "input_quantizer")(args[0]), *args[1:])
 
 
 def _round_output_to_half(conv: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
@@ -68,10 +71,10 @@ def attach_input_quantizer(conv: nn.Module, bits: int = 8) -> None:
     """bits 8: the conv's input as calibrated uint8; bits 16: input and output rounded to fp16."""
     if bits == 16:
         conv.input_quantizer = HalfPrecision()
-        conv.output_rounding_hook = conv.register_forward_hook(_round_output_to_half)
+        setattr(conv, "output_rounding_hook", conv.register_forward_hook(_round_output_to_half))
     else:
         conv.input_quantizer = InputQuantizer()
-    conv.input_quantizer_hook = conv.register_forward_pre_hook(_quantize_input)
+    setattr(conv, "input_quantizer_hook", conv.register_forward_pre_hook(_quantize_input))
 
 
 def half_precision(conv: nn.Module) -> bool:
@@ -106,9 +109,9 @@ def remove_input_quantizers(model: nn.Module) -> None:
     """Drop activation fake-quant and fp16 rounding (for a float build of the same weights)."""
     for module in model.modules():
         if hasattr(module, "input_quantizer_hook"):
-            module.input_quantizer_hook.remove()
+            getattr(module, "input_quantizer_hook").remove()
             del module.input_quantizer, module.input_quantizer_hook
         if hasattr(module, "output_rounding_hook"):
-            module.output_rounding_hook.remove()
+            getattr(module, "output_rounding_hook").remove()
             del module.output_rounding_hook
 

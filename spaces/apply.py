@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import itertools
 import math
+from typing import cast
 
 from torch import nn
 
@@ -21,8 +22,8 @@ from edgesearch.spaces.candidate import Candidate, LayerKnobs
 from edgesearch.spaces.errors import InputError
 from edgesearch.spaces.kernel_size import shrink_kernel, why_not_shrinkable
 from edgesearch.spaces.low_rank import factorize, factorized_shapes, is_worth_it
-from edgesearch.spaces.prune import prunable_groups, prunable_pairs, prune_output_channels, removed_count
 from edgesearch.spaces.packing import module_packing, packed_size
+from edgesearch.spaces.prune import prunable_groups, prunable_pairs, prune_output_channels, removed_count
 from edgesearch.spaces.quantize import attach_fake_quant, kept_weights
 
 
@@ -46,15 +47,17 @@ def _structural_knobs_it_cannot_take(name: str, conv: nn.Conv2d, knobs: LayerKno
     problems = {}
     if knobs.prune_ratio > 0 and name not in prunable:
         problems["prune_ratio"] = f"candidate prunes {name!r}, whose output channels are coupled to other layers"
-    if _changes_kernel(conv, knobs) and (reason := why_not_shrinkable(conv, knobs.kernel_size)):
+    if (size := _new_kernel(conv, knobs)) is not None and (reason := why_not_shrinkable(conv, size)):
         problems["kernel_size"] = f"{name}: kernel_size {knobs.kernel_size}: {reason}"
     if knobs.rank_ratio < 1 and not is_worth_it(conv, knobs.rank_ratio):
         problems["rank_ratio"] = f"{name}: rank_ratio {knobs.rank_ratio} would not make the layer smaller (or it is grouped)"
     return problems
 
 
-def _changes_kernel(conv: nn.Conv2d, knobs: LayerKnobs) -> bool:
-    return knobs.kernel_size != "keep" and conv.kernel_size != (knobs.kernel_size, knobs.kernel_size)
+def _new_kernel(conv: nn.Conv2d, knobs: LayerKnobs) -> int | None:
+    """The kernel size `knobs` shrink the conv to, or None when they keep its own ("keep", or its size)."""
+    size = knobs.kernel_size
+    return size if isinstance(size, int) and conv.kernel_size != (size, size) else None
 
 
 def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -80,8 +83,9 @@ def option_weight_shapes(shape: tuple[int, ...], knobs: LayerKnobs, *, groups: i
     pruning group leaves), then the kernel crop, then the low-rank pair where it is smaller."""
     out_channels = shape[0] if pruned_out_channels is None else pruned_out_channels
     shape = (out_channels, *shape[1:])
-    if knobs.kernel_size != "keep" and tuple(shape[2:]) != (knobs.kernel_size, knobs.kernel_size):
-        shape = (*shape[:2], knobs.kernel_size, knobs.kernel_size)
+    size = knobs.kernel_size  # an int, or "keep"
+    if isinstance(size, int) and tuple(shape[2:]) != (size, size):
+        shape = (*shape[:2], size, size)
     if knobs.rank_ratio < 1 and groups == 1:
         pair = factorized_shapes(shape, knobs.rank_ratio)
         if sum(math.prod(s) for s in pair) < math.prod(shape):  # low_rank.is_worth_it
@@ -109,6 +113,7 @@ def smallest_candidate(model: nn.Module, choices: dict[str, dict[str, list]]) ->
             key = (size, option.activation_bits)  # at equal size, the narrower activations (smaller plan)
             if best is None or key < best[0]:
                 best = (key, option)
+        assert best is not None  # every knob lists at least one value
         layers[name] = best[1]
     return Candidate(layers)
 
@@ -119,17 +124,20 @@ def apply_candidate(model: nn.Module, candidate: Candidate) -> nn.Module:
     model = copy.deepcopy(model)
     prune_output_channels(model, {n: k.prune_ratio for n, k in candidate.layers.items() if k.prune_ratio > 0})
     if hasattr(model, "fuse"):  # ultralytics models fold Conv+BN in place
-        model.fuse(verbose=False)
+        getattr(model, "fuse")(verbose=False)
     convs = conv_layers(model)
     for name, knobs in candidate.layers.items():
-        layer: nn.Module = convs[name]
-        if _changes_kernel(layer, knobs):
-            layer = shrink_kernel(layer, knobs.kernel_size)
-        if knobs.rank_ratio < 1 and is_worth_it(layer, knobs.rank_ratio):  # re-checked: pruning shrank it
-            layer = factorize(layer, knobs.rank_ratio)
+        conv = convs[name]
+        if (size := _new_kernel(conv, knobs)) is not None:
+            conv = shrink_kernel(conv, size)
+        layer: nn.Module = conv
+        parts = [conv]
+        if knobs.rank_ratio < 1 and is_worth_it(conv, knobs.rank_ratio):  # re-checked: pruning shrank it
+            layer = factorize(conv, knobs.rank_ratio)
+            parts = [cast(nn.Conv2d, half) for half in layer]  # its two convs
         if layer is not convs[name]:
             replace_module(model, name, layer)
-        for conv in (layer if isinstance(layer, nn.Sequential) else [layer]):
+        for conv in parts:
             attach_fake_quant(conv, knobs.stored())
             if knobs.activation_bits in (8, 16):
                 attach_input_quantizer(conv, knobs.activation_bits)  # int8: calibrated by the runner
@@ -139,7 +147,7 @@ def apply_candidate(model: nn.Module, candidate: Candidate) -> nn.Module:
 def weight_bytes(model: nn.Module) -> int:
     """Bytes of every parameter of a transformed model: each conv's packing (packing.py) at its
     knobs, fake-quantized or baked; convs without knobs are packed in fp32."""
-    total, counted = 0, set()
+    total, counted = 0, set[int]()
     for conv in conv_layers(model).values():
         total += len(module_packing(conv))
         counted.update(id(p) for p in conv.parameters())  # includes a parametrized weight's original

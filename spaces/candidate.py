@@ -91,6 +91,12 @@ class Candidate:
             raise InputError(f"candidate file {path} does not exist") from None
         except json.JSONDecodeError as error:
             raise InputError(f"candidate file {path} is not valid JSON: {error}") from None
+        except UnicodeDecodeError as error:
+            raise InputError(f"candidate file {path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+        except RecursionError:
+            raise InputError(f"candidate file {path} nests too deeply to be a candidate") from None
+        except OSError as error:
+            raise InputError(f"candidate file {path}: {error.strerror or error}") from None
         return cls.from_json(raw)
 
 

@@ -67,21 +67,24 @@ def shrink_kernel(conv: nn.Conv2d, new_k: int) -> nn.Conv2d:
     pad_h, pad_w = _numeric_padding(conv)
     shrunk = nn.Conv2d(
         conv.in_channels, conv.out_channels, new_k,
-        stride=conv.stride, padding=(pad_h - crop_start, pad_w - crop_start),
+        stride=conv.stride,  # type: ignore[arg-type]  # torch types a Conv2d's stride tuple[int, ...]; it is a pair
+        padding=(pad_h - crop_start, pad_w - crop_start),
         groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
         device=conv.weight.device, dtype=conv.weight.dtype,
     )
     crop = slice(crop_start, crop_start + new_k)
     shrunk.weight.data.copy_(conv.weight.detach()[:, :, crop, crop])
-    if conv.bias is not None:
+    if conv.bias is not None and shrunk.bias is not None:  # shrunk has a bias exactly when conv has
         shrunk.bias.data.copy_(conv.bias.detach())
     return shrunk
 
 
 def _numeric_padding(conv: nn.Conv2d) -> tuple[int, int]:
     """Padding as (rows, cols); torch also accepts the strings "valid" and "same" (stride 1 only)."""
-    if conv.padding == "valid":
+    padding = conv.padding
+    if padding == "valid":
         return (0, 0)
-    if conv.padding == "same":  # for odd kernels and dilation 1 (checked by the caller) this is k // 2
+    if padding == "same":  # for odd kernels and dilation 1 (checked by the caller) this is k // 2
         return (conv.kernel_size[0] // 2, conv.kernel_size[1] // 2)
-    return tuple(conv.padding)
+    assert not isinstance(padding, str)  # torch allows no other string
+    return (padding[0], padding[1])

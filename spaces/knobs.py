@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 from edgesearch.spaces.granularity import GRANULARITIES
 
@@ -95,7 +96,7 @@ KNOBS: tuple[Knob, ...] = (
          "8: input as uint8, int8 compute; 16: fp16 compute; 32: float"),
 )
 KNOB = {knob.name: knob for knob in KNOBS}
-DEFAULTS = {knob.name: knob.default for knob in KNOBS}
+DEFAULTS: dict[str, Any] = {knob.name: knob.default for knob in KNOBS}  # one value type per knob
 WEIGHT_KNOBS = tuple(knob.name for knob in KNOBS if knob.kind == "weight")
 CHANGE_KNOBS = tuple(knob.name for knob in KNOBS if knob.kind == "change")
 ALIASES = {knob.alias: knob.name for knob in KNOBS if knob.alias != knob.name}

@@ -20,6 +20,7 @@ Operates on a plain nn.Conv2d (the model's convs after Conv+BN folding, so usual
 from __future__ import annotations
 
 import math
+from typing import Any, TypeGuard
 
 import torch
 from torch import nn
@@ -36,7 +37,7 @@ def why_not_factorizable(conv: nn.Module) -> str | None:
     return None
 
 
-def can_factorize(conv: nn.Module) -> bool:
+def can_factorize(conv: nn.Module) -> TypeGuard[nn.Conv2d]:
     return why_not_factorizable(conv) is None
 
 
@@ -95,13 +96,15 @@ def factorize(conv: nn.Conv2d, ratio: float) -> nn.Sequential:
         raise InputError(f"cannot factorize: {reason}")
     rank = rank_for(conv, ratio)
     reduce_weight, expand_weight = _svd_factors(conv.weight.detach(), rank)
-    common = {"device": conv.weight.device, "dtype": conv.weight.dtype}
-    reduce = nn.Conv2d(conv.in_channels, rank, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                       dilation=conv.dilation, bias=False, padding_mode=conv.padding_mode, **common)
+    common: dict[str, Any] = {"device": conv.weight.device, "dtype": conv.weight.dtype}
+    # torch types a Conv2d's kernel_size, stride, padding and dilation tuple[int, ...]; they are pairs
+    reduce = nn.Conv2d(conv.in_channels, rank, conv.kernel_size, stride=conv.stride,  # type: ignore[arg-type]
+                       padding=conv.padding, dilation=conv.dilation,  # type: ignore[arg-type]
+                       bias=False, padding_mode=conv.padding_mode, **common)
     expand = nn.Conv2d(rank, conv.out_channels, 1, bias=conv.bias is not None, **common)
     reduce.weight.data.copy_(reduce_weight)
     expand.weight.data.copy_(expand_weight)
-    if conv.bias is not None:
+    if conv.bias is not None and expand.bias is not None:  # expand has a bias exactly when conv has
         expand.bias.data.copy_(conv.bias.detach())
     return nn.Sequential(reduce, expand)
 

@@ -25,6 +25,12 @@ def read_named_yaml(name_or_path: str | Path, folder: Path, kind: str) -> tuple[
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise InputError(f"{kind} {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    except UnicodeDecodeError as error:
+        raise InputError(f"{kind} {path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except RecursionError:
+        raise InputError(f"{kind} {path} nests too deeply to read") from None
+    except OSError as error:
+        raise InputError(f"{kind} {path}: {error.strerror or error}") from None
     if not isinstance(raw, dict):
         raise InputError(f"{kind} {path.name}: expected a mapping at the top level")
     return path, raw

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import struct
+from typing import cast
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from edgesearch.spaces.quantize import (
     kmeans_clusters,
     layer_quantizer,
     quantize_weight,
+    weight_parametrizations,
 )
 
 MAGIC = b"ESQ1"
@@ -75,7 +77,7 @@ def pack_layer(weight: torch.Tensor, bias: torch.Tensor | None, knobs: LayerKnob
     if mask is not None:
         mask = mask.bool()
     sparse_mode, sparse_bytes = _sparsity_section(mask)
-    kept = slice(None) if sparse_mode == DENSE else mask.reshape(-1)
+    kept = slice(None) if sparse_mode == DENSE or mask is None else mask.reshape(-1)
     scheme = knobs.scheme if knobs.quantized else "affine"  # scheme is meaningless for float layers
     header = HEADER.pack(MAGIC, SCHEMES.index(scheme), GRANULARITIES.index(knobs.granularity), knobs.weight_bits,
                          sparse_mode, bias is not None, weight.ndim, knobs.group_size)
@@ -143,7 +145,10 @@ class PackedLayer:
 
     @property
     def weight(self) -> torch.Tensor:
-        return self.float_weight if self.quantized is None else dequantize(self.quantized)
+        if self.quantized is not None:
+            return dequantize(self.quantized)
+        assert self.float_weight is not None  # a float layer keeps its weight
+        return self.float_weight
 
 
 def read_layer(blob: bytes) -> PackedLayer:
@@ -198,13 +203,15 @@ def unpack_layer(blob: bytes) -> tuple[torch.Tensor, torch.Tensor | None]:
 def module_packing(module: nn.Module, knobs: LayerKnobs | None = None) -> bytes:
     """The packed bytes of a conv: the bytes baked into it, else packed from its fake-quant
     parametrization, else its float weights at `knobs` (default fp32)."""
-    if getattr(module, "packed_layer", None) is not None:
-        return module.packed_layer
-    quantizer = layer_quantizer(module)
+    packed = getattr(module, "packed_layer", None)
+    if packed is not None:
+        return packed
+    conv = cast(nn.Conv2d, module)  # packed layers are convs
+    quantizer = layer_quantizer(conv)
     if quantizer is not None:
-        return pack_layer(module.parametrizations.weight.original, module.bias, quantizer.knobs, quantizer.mask,
+        return pack_layer(weight_parametrizations(conv).original, conv.bias, quantizer.knobs, quantizer.mask,
                           quantizer.fit)
-    return pack_layer(module.weight, module.bias, knobs or LayerKnobs(weight_bits=FLOAT_BITS))
+    return pack_layer(conv.weight, conv.bias, knobs or LayerKnobs(weight_bits=FLOAT_BITS))
 
 
 def bake_fake_quant(model: nn.Module) -> None:
@@ -216,5 +223,5 @@ def bake_fake_quant(model: nn.Module) -> None:
         packed = module_packing(module)
         parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
         with torch.no_grad():
-            module.weight.copy_(unpack_layer(packed)[0])
-        module.packed_layer = packed
+            cast(nn.Conv2d, module).weight.copy_(unpack_layer(packed)[0])
+        setattr(module, "packed_layer", packed)

@@ -179,8 +179,8 @@ def _find_groups(model: nn.Module, halves: dict[str, tuple[Conv, Conv]]) -> dict
     for group in graph.get_all_groups(root_module_types=[nn.Conv2d]):
         convs = [(dep.target.module, graph.is_out_channel_pruning_fn(dep.handler)) for dep, _ in group
                  if isinstance(dep.target.module, nn.Conv2d)]
-        producers = sorted({names[conv] for conv, cuts_output in convs if cuts_output}, key=order.get)
-        consumers = sorted({names[conv] for conv, _ in convs} - set(producers), key=order.get)
+        producers = sorted({names[conv] for conv, cuts_output in convs if cuts_output}, key=order.__getitem__)
+        consumers = sorted({names[conv] for conv, _ in convs} - set(producers), key=order.__getitem__)
         knob = producers[0]
         if _refused(group, convs, keep_outputs, left_alone):
             refused.add(knob)
@@ -188,7 +188,7 @@ def _find_groups(model: nn.Module, halves: dict[str, tuple[Conv, Conv]]) -> dict
             found.setdefault(knob, []).append(_FoundGroup(graph, group, producers, consumers))
     split_knobs = {f"{name}.conv" for name in halves}
     # a split cv1 is pruned only if both halves can be: they must stay equal
-    return {knob: found[knob] for knob in sorted(found, key=order.get)
+    return {knob: found[knob] for knob in sorted(found, key=order.__getitem__)
             if knob not in refused and len(found[knob]) == (2 if knob in split_knobs else 1)}
 
 
@@ -354,9 +354,9 @@ def _analysable(model: nn.Module):
     replaced_forwards = {m: vars(m).get("forward") for m in [*split, *attentions]}  # restored on exit
     for block, (_, pair) in split.items():
         block.cv1 = pair
-        block.forward = types.MethodType(_SPLIT_FORWARDS[type(block).forward], block)
+        setattr(block, "forward", types.MethodType(_SPLIT_FORWARDS[type(block).forward], block))
     for attention in attentions:
-        attention.forward = types.MethodType(_attention_shown_to_depgraph, attention)
+        setattr(attention, "forward", types.MethodType(_attention_shown_to_depgraph, attention))
     try:
         yield halves
     finally:
@@ -376,4 +376,4 @@ def _analysable(model: nn.Module):
 
 def _splits_cv1_in_halves(block: nn.Module) -> bool:
     cv1 = getattr(block, "cv1", None)
-    return isinstance(cv1, Conv) and isinstance(cv1.conv, nn.Conv2d) and cv1.conv.out_channels == 2 * block.c
+    return isinstance(cv1, Conv) and isinstance(cv1.conv, nn.Conv2d) and cv1.conv.out_channels == 2 * getattr(block, "c")

@@ -339,6 +339,9 @@ class FakeQuantWeight(nn.Module):
     the default base, 4-bit, 60 steps: a codebook frozen for 10 steps cost up to 14 mAP points, and
     PWLQ breakpoints frozen for 10 steps 4.5 points (group granularity)."""
 
+    mask: torch.Tensor | None  # a buffer
+    fit: torch.Tensor | None
+
     def __init__(self, knobs: LayerKnobs, mask: torch.Tensor | None):
         super().__init__()
         self.knobs = knobs
@@ -375,5 +378,11 @@ def strip_fake_quant(model: nn.Module) -> None:
 
 def layer_quantizer(module: nn.Module) -> FakeQuantWeight | None:
     if parametrize.is_parametrized(module, "weight"):
-        return next(p for p in module.parametrizations.weight if isinstance(p, FakeQuantWeight))
+        return next(p for p in weight_parametrizations(module) if isinstance(p, FakeQuantWeight))
     return None
+
+
+def weight_parametrizations(module: nn.Module) -> parametrize.ParametrizationList:
+    """The parametrizations torch keeps for a parametrized module's weight (with the weight
+    itself, unparametrized, as `.original`)."""
+    return getattr(module, "parametrizations")["weight"]

@@ -97,9 +97,9 @@ class Space:
                 layer.choices["prune_ratio"] = [0.0]
                 why = f"its channels follow {follows[name]}" if name in follows else "its output channels must stay"
                 layer.notes.append(f"prune_ratio fixed to 0: {why} (coupled channels)")
-            _keep_possible(layer, "kernel_size", lambda k: k == "keep" or why_not_shrinkable(module, k) is None,
+            _keep_possible(layer, "kernel_size", lambda k, module=module: k == "keep" or why_not_shrinkable(module, k) is None,
                            "kernel sizes this conv cannot shrink to")
-            _keep_possible(layer, "rank_ratio", lambda r: r == 1.0 or is_worth_it(module, r),
+            _keep_possible(layer, "rank_ratio", lambda r, module=module: r == 1.0 or is_worth_it(module, r),
                            "rank ratios that would not make this conv smaller")
             _keep_possible(layer, "activation_bits",
                            lambda bits: bits == 32 or ACTIVATION_PRECISION[bits] in compute_precisions,
@@ -135,6 +135,12 @@ def load_space(name_or_path: str | Path) -> Space:
     if unknown:
         raise InputError(f"{where}: unknown key(s) {sorted(unknown)}")
     layers, knobs = raw.get("layers") or {}, raw.get("knobs") or {}
+    if not isinstance(layers, dict) or not isinstance(knobs, dict):
+        raise InputError(f"{where}: `layers` and `knobs` must be mappings")
+    for key in ("include", "exclude"):
+        patterns = layers.get(key, [])
+        if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+            raise InputError(f"{where}: layers.{key} must be a list of name patterns")
     if set(knobs) - set(KNOBS):
         raise InputError(f"{where}: unknown knob(s) {sorted(set(knobs) - set(KNOBS))}; knobs are {list(KNOBS)}")
     knobs = {**DEFAULT_CHOICES, **knobs}  # a knob the space does not list keeps its default

@@ -31,7 +31,10 @@ def free_port() -> int:
 
 
 class LocalCluster:
-    def __init__(self, workers: int, *, cpus_per_worker: int = 1, dashboard: bool = False, env: dict | None = None):
+    def __init__(self, workers: int, *, cpus_per_worker: int = 1, dashboard: bool = False, env: dict | None = None,
+                 gpus_per_worker: float = 0, cpu_only_workers: int = 0):
+        """`workers` nodes of `cpus_per_worker` CPUs and `gpus_per_worker` GPUs each (logical ones on a
+        machine without CUDA: `ray start --num-gpus`), then `cpu_only_workers` more without GPUs."""
         # short root: Ray's unix socket paths live under each node's temp dir (107-byte limit)
         self.root = Path(tempfile.mkdtemp(prefix="esray-", dir="/tmp"))
         # Ray 2.60 switches a head to token authentication when ~/.ray/auth_token exists (a local
@@ -42,19 +45,22 @@ class LocalCluster:
         self.dashboard_port = free_port() if dashboard else None
         self.nodes: list[str] = []  # worker node names, in start order
         try:
-            self._start_nodes(workers, cpus_per_worker, dashboard)
+            self._start_nodes(workers, cpus_per_worker, dashboard, gpus_per_worker, cpu_only_workers)
         except BaseException:
             self.shutdown()
             raise
 
-    def _start_nodes(self, workers: int, cpus_per_worker: int, dashboard: bool) -> None:
-        dashboard_args = ([f"--include-dashboard=true", "--dashboard-host=127.0.0.1",
+    def _start_nodes(self, workers: int, cpus_per_worker: int, dashboard: bool, gpus_per_worker: float = 0,
+                     cpu_only_workers: int = 0) -> None:
+        dashboard_args = (["--include-dashboard=true", "--dashboard-host=127.0.0.1",
                            f"--dashboard-port={self.dashboard_port}"] if dashboard else ["--include-dashboard=false"])
         # fast failure detection: a stopped node is declared dead in about 3 s, not 30
         health = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
                   "RAY_health_check_timeout_ms": "1000"}
-        self._wait(self._launch("head", ["--head", f"--port={self.port}", "--num-cpus=0", *dashboard_args], health))
-        self.add_workers(workers, cpus_per_worker)
+        # no CPU, no GPU (none detected from this machine's own): the head only schedules
+        self._wait(self._launch("head", ["--head", f"--port={self.port}", "--num-cpus=0", "--num-gpus=0",
+                                         *dashboard_args], health))
+        self.add_workers(workers, cpus_per_worker, gpus_per_worker, cpu_only=cpu_only_workers)
 
     def driver_env(self, **extra: str) -> dict:
         """The environment of a driver (a `search` command) that joins this cluster."""
@@ -68,10 +74,12 @@ class LocalCluster:
     def dashboard_url(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
-    def add_workers(self, count: int, cpus: int) -> list[str]:
-        """Start `count` worker nodes of `cpus` CPUs each (at once); their names."""
-        names = [f"w{len(self.nodes) + i + 1}" for i in range(count)]
-        launched = [self._launch(name, [f"--address={self.address}", f"--num-cpus={cpus}"]) for name in names]
+    def add_workers(self, count: int, cpus: int, gpus: float = 0, *, cpu_only: int = 0) -> list[str]:
+        """Start `count` worker nodes of `cpus` CPUs and `gpus` GPUs each, and `cpu_only` more of `cpus`
+        CPUs and no GPU (all at once); their names."""
+        names = [f"w{len(self.nodes) + i + 1}" for i in range(count + cpu_only)]
+        launched = [self._launch(name, [f"--address={self.address}", f"--num-cpus={cpus}",
+                                        f"--num-gpus={gpus if i < count else 0}"]) for i, name in enumerate(names)]
         for started in launched:
             self._wait(started)
         self.nodes += names

@@ -23,7 +23,7 @@ def _random_tables(rng: random.Random, layers: int, options: int) -> dict[str, l
 def _brute_force(tables, budgets, minimise="omega", offsets=None):
     best = None
     for combination in itertools.product(*tables.values()):
-        design = dict(zip(tables, combination))
+        design = dict(zip(tables, combination, strict=True))
         if all(design_price(design, name, offsets) <= limit + 1e-9 for name, limit in budgets.items()):
             value = design_price(design, minimise, offsets)
             if best is None or value < best - 1e-12:
@@ -36,7 +36,7 @@ def test_the_solver_finds_the_brute_force_optimum_within_every_budget(seed):
     rng = random.Random(seed)
     tables = _random_tables(rng, layers=4, options=4)
     offsets = {"latency_ms": 0.5}
-    everything = {name: design_price({l: max(t, key=lambda o: o.weight_bytes) for l, t in tables.items()}, name,
+    everything = {name: design_price({layer: max(t, key=lambda o: o.weight_bytes) for layer, t in tables.items()}, name,
                                      offsets) for name in ("weight_bytes", "sram_bytes", "latency_ms")}
     cases = [
         ({"weight_bytes": everything["weight_bytes"] * 0.5}, "omega"),
@@ -69,7 +69,7 @@ def test_a_sweep_spreads_designs_between_its_budgets():
     designs = budget_sweep(tables, low, high, 5, budget="weight_bytes")
     sizes = [design_price(design, "weight_bytes") for _, design in designs]
     omegas = [design_price(design, "omega") for _, design in designs]
-    assert len(designs) >= 3 and all(size <= limit for (limit, _), size in zip(designs, sizes))
+    assert len(designs) >= 3 and all(size <= limit for (limit, _), size in zip(designs, sizes, strict=True))
     assert omegas == sorted(omegas, reverse=True)  # more bytes allowed, less predicted accuracy cost
 
 

@@ -1,5 +1,8 @@
 """Searches on a real multi-node Ray cluster on this machine (tests/local_cluster.py): a head with no
-CPUs and three single-CPU worker nodes, each with its own cache, none able to read the driver's.
+CPUs and three single-CPU worker nodes with one logical GPU each (`ray start --num-gpus 1`; this
+machine need have none), plus a single-CPU node without a GPU, each with its own cache, none able to
+read the driver's. The cluster has GPUs, so each trial asks for one by default: no trial may run on
+the node without a GPU, and each records the GPU Ray assigned it and the device torch used.
 
 One search carries the faults, to keep the file within a few minutes on two cores: once two trials
 run, the worker process of one is killed and the node of the other stopped, and the folder the
@@ -21,9 +24,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from conftest import SMOKE_SPACE, run_cli
 from local_cluster import LocalCluster
+
+NO_CUDA = not torch.cuda.is_available()
 
 PROFILE = str(Path(__file__).parent / "data" / "cluster-board.yaml")  # RPC profile, never reachable: estimated
 TRIALS = 3
@@ -32,7 +38,7 @@ WAIT_S = 240  # for one stage of the faulty search; far above what it takes, onl
 
 @pytest.fixture(scope="module")
 def cluster():
-    local = LocalCluster(workers=3, cpus_per_worker=1)
+    local = LocalCluster(workers=3, cpus_per_worker=1, gpus_per_worker=1, cpu_only_workers=1)
     yield local
     local.shutdown()
 
@@ -127,6 +133,20 @@ def test_trials_run_on_several_nodes_with_their_inputs_shipped(cluster, faulty_s
         if cluster.node_id(name)[:8] in node_ids:
             unpacked = sorted(p.name for p in (cluster.node_cache(name) / "inputs").iterdir())
             assert len(unpacked) == 3 and not any(n.startswith(".") for n in unpacked), unpacked
+
+
+def test_trials_ask_for_gpus_and_run_only_on_gpu_nodes(cluster, faulty_search):
+    """Each trial asked Ray for one GPU (the default on a cluster with GPUs): it ran on a GPU node,
+    never on the CPU-only node beside them, and records the GPU id Ray assigned it and the device
+    torch ran on: the CPU, since a logical GPU has no CUDA behind it (`auto` falls back)."""
+    assert faulty_search.resumed.returncode == 0, faulty_search.log[-3000:]
+    assert "each trial asks Ray for 1 GPU" in faulty_search.log
+    cpu_only = cluster.node_id(cluster.nodes[-1])[:8]  # started last, still up (a GPU node was stopped)
+    scored = [r for r in faulty_search.rows if r["state"] == "COMPLETE"]
+    assert scored and all(r["node"].split()[-1] != cpu_only for r in scored), [r["node"] for r in scored]
+    expected = "cpu" if NO_CUDA else "cuda:0 ("  # where there is CUDA: the GPU Ray assigned, as cuda:0
+    assert all(r["ray_gpu_ids"] == "0" and r["device"].startswith(expected) for r in scored), [
+        (r["ray_gpu_ids"], r["device"]) for r in scored]
 
 
 def test_a_killed_worker_process_is_retried(faulty_search):

@@ -83,7 +83,7 @@ def test_runs_started_together_train_the_base_once(tmp_path, monkeypatch):
         time.sleep(0.5)  # long enough for the other run to ask meanwhile
         folder.mkdir(parents=True)
         (folder / "best.pt").write_bytes(b"weights")
-        return folder / "best.pt"
+        return folder / "best.pt", "cpu"  # the checkpoint and where it was trained
 
     monkeypatch.setattr(base_model, "train_base_model", fake_training)
     data_yaml = tmp_path / "digits" / "data.yaml"

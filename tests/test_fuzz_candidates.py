@@ -8,12 +8,12 @@ import pytest
 import torch
 from ultralytics import YOLO
 
+from edgesearch.search.presets import TINY_MODEL_YAML
 from edgesearch.spaces.apply import apply_candidate, conv_layers, weight_bytes
 from edgesearch.spaces.candidate import Candidate, LayerKnobs
 from edgesearch.spaces.packing import bake_fake_quant, packed_size
 from edgesearch.spaces.quantize import kept_weights
 from edgesearch.spaces.space import load_space
-from edgesearch.search.presets import TINY_MODEL_YAML
 
 FAMILIES = {"yolov8-tiny": (TINY_MODEL_YAML, 12), "yolov5nu": ("yolov5n.yaml", 5), "yolo11n": ("yolo11n.yaml", 5)}
 
@@ -46,7 +46,7 @@ def test_random_candidates_run_with_the_base_output_shapes(family):
         assert all(torch.isfinite(t).all() for t in outputs)
         # what fake-quant computed is exactly what the packing holds
         assert all(torch.equal(conv.weight, weights_before[name]) for name, conv in conv_layers(model).items())
-        assert all(torch.equal(a, b) for a, b in zip(outputs, before))
+        assert all(torch.equal(a, b) for a, b in zip(outputs, before, strict=True))
         assert weight_bytes(model) == packed_before_bake == _counted_bytes(model, candidate)
 
 
@@ -57,7 +57,8 @@ def _counted_bytes(model, candidate: Candidate) -> int:
     total, counted = 0, set()
     for name, conv in conv_layers(model).items():
         owner = name.rsplit(".", 1)[0]  # the halves X.0 and X.1 of a factorized conv X take X's knobs
-        knobs = candidate.layers.get(name) or candidate.layers.get(owner) or LayerKnobs()
+        # as stored: an fp16-computing layer keeps float weights in fp16 (LayerKnobs.stored)
+        knobs = (candidate.layers.get(name) or candidate.layers.get(owner) or LayerKnobs()).stored()
         total += packed_size(tuple(conv.weight.shape), knobs, kept=kept_weights(conv.weight.numel(), knobs.sparsity),
                              has_bias=conv.bias is not None)
         counted.update(id(p) for p in conv.parameters())

@@ -8,8 +8,8 @@ import torch
 from conftest import assert_detections_match
 from edgesearch.runners.costs import layer_costs
 from edgesearch.runners.hardware.build import build_local, export_for_tvm, plan_memory_only
-from edgesearch.runners.hardware.scores import hardware_scores
 from edgesearch.runners.hardware.profiles import load_profile
+from edgesearch.runners.hardware.scores import hardware_scores
 from edgesearch.spaces.apply import apply_candidate, uniform_candidate
 from edgesearch.spaces.candidate import Candidate
 

@@ -213,6 +213,6 @@ def test_full_rank_factorization_of_a_tiny_yolo_keeps_every_block_output(fused_m
     for name in factorized:
         _replace(fused_model, name, low_rank.factorize(fused_model.get_submodule(name), ratio))
     errors = [((new - old).abs().max() / old.abs().max()).item()
-              for new, old in zip(_block_outputs(fused_model, x), base)]
+              for new, old in zip(_block_outputs(fused_model, x), base, strict=True)]
     # full rank: float rounding only; 90 % of the rank: the check sees the dropped directions
     assert (max(errors) < 1e-4) == close, errors

@@ -120,13 +120,13 @@ def test_pruned_model_layers_are_consistent_and_coupled_channels_shrank(base_and
             assert block.cv1.conv.out_channels == base_modules[name].cv1.conv.out_channels // 2
     head, base_head = _head(pruned), _head(base)
     for branch in ("cv2", "cv3"):
-        for seq, base_seq in zip(getattr(head, branch), getattr(base_head, branch)):
+        for seq, base_seq in zip(getattr(head, branch), getattr(base_head, branch), strict=True):
             assert seq[-1].out_channels == base_seq[-1].out_channels  # 4 * reg_max boxes, nc classes
             assert seq[-1].in_channels < base_seq[-1].in_channels
     assert torch.equal(head.dfl.conv.weight, base_head.dfl.conv.weight)
     for name, module in pruned.named_modules():
         if isinstance(module, Attention):
-            assert all(p.shape == q.shape for p, q in zip(module.parameters(), base_modules[name].parameters()))
+            assert all(p.shape == q.shape for p, q in zip(module.parameters(), base_modules[name].parameters(), strict=True))
 
 
 def test_pruned_model_exports_and_onnx_runtime_agrees(base_and_pruned):

@@ -4,8 +4,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from edgesearch.spaces.candidate import LayerKnobs
 from edgesearch.spaces.granularity import GRANULARITIES, SetLayout
@@ -79,7 +78,7 @@ def test_kmeans_indices_fit_in_b_bits_and_each_set_uses_its_codebook(shape, bits
     assert int(quantized.codes.min()) >= 0 and int(quantized.codes.max()) < 2**bits
     assert quantized.params["codebook"].shape == (quantized.layout.sets, min(2**bits, quantized.layout.row_length))
     rows, valid = _rows(fake_quantize(w, knobs), knobs)
-    for row, keep, codebook in zip(rows, valid, quantized.params["codebook"]):
+    for row, keep, codebook in zip(rows, valid, quantized.params["codebook"], strict=True):
         assert torch.isin(row[keep], codebook).all()
 
 

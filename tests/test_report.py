@@ -3,10 +3,11 @@ progress; rendered in headless Chromium where the page's behaviour is the point.
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
-from html import escape
 import sys
+from html import escape
 
 import pytest
 
@@ -129,7 +130,7 @@ def test_progress_counts_failed_and_screened_and_never_loses_hypervolume():
     assert [r["number"] for r in rows] == list(range(7))
     assert rows[-1]["failed"] == 1 and rows[-1]["screened"] == 1 and rows[-1]["completed"] == 5
     values = [r["hypervolume"] for r in rows]
-    assert all(b >= a for a, b in zip(values, values[1:])) and values[2] > values[0] > 0
+    assert all(b >= a for a, b in itertools.pairwise(values)) and values[2] > values[0] > 0
     assert values[4] == values[3]  # #4 is infeasible: it does not count
 
 

@@ -121,7 +121,7 @@ def test_remote_output_equals_local_vm_output(tiny_library, loopback_profile):
     inputs = [rng.random((1, 3, IMGSZ, IMGSZ), dtype=np.float32) for _ in range(2)]
     remote = [run_rpc(path, loopback_profile, x) for x in inputs]
     local = [local_vm["main"](tvm.runtime.tensor(x)).numpy() for x in inputs]
-    for remote_out, local_out in zip(remote, local):
+    for remote_out, local_out in zip(remote, local, strict=True):
         assert remote_out.shape == local_out.shape
         np.testing.assert_allclose(remote_out, local_out, rtol=1e-5, atol=1e-5)
     # Not vacuous: the output depends on the input, so a server that ignored it would fail above.

@@ -20,7 +20,10 @@ def test_interrupted_trials_are_failed_and_queued_again(tmp_path):
     assert studies.requeue_interrupted(reopened) == 1
     trials = reopened.get_trials(deepcopy=False)
     assert trials[0].state == TrialState.COMPLETE and trials[0].values == [0.5, 1.0, 100.0]
-    assert trials[1].state == TrialState.FAIL and "interrupted" in trials[1].user_attrs[studies.ERROR_ATTR]
+    assert trials[1].state == TrialState.FAIL
+    assert "interrupted" in studies.trial_error(trials[1], studies.interrupted_numbers(reopened))
+    assert [row["error"] for row in studies.trial_rows(reopened)] == [None, studies.INTERRUPTED]
+    assert studies.finished_count(reopened) == 1  # the interrupted trial's slot goes to its queued retry
     retry = reopened.ask()
     assert retry.suggest_categorical("layer|weight_bits", [4, 8]) == lost_params["layer|weight_bits"]
     assert isinstance(reopened.sampler, optuna.samplers.NSGAIISampler)

@@ -35,8 +35,11 @@ def test_structural_changes_are_measured_and_priced(smoke_inputs):
     options = {layer: {"prune_ratio": [0.0, 0.25], "kernel_size": ["keep", 1], "activation_bits": [32, 8],
                        "weight_bits": [8]}}
     settings = {"checkpoint": str(smoke_inputs.checkpoint), "data_yaml": str(smoke_inputs.data_yaml), "imgsz": 64,
-                "batch": 8, "loss_batches": 2, "hessian_batches": 1, "probes": 2, "threads": 2}
-    changes = analyse(settings, options)["layers"][layer]["changes"]
+                "batch": 8, "loss_batches": 2, "hessian_batches": 1, "probes": 2, "threads": 2, "device": "cpu"}
+    result = analyse(settings, options)
+    # where the losses were measured, as the fused model's forward passes saw it (runners/device.py)
+    assert result["device"] == "cpu" and result["stage_devices"] == {"sensitivity": "cpu"}
+    changes = result["layers"][layer]["changes"]
     assert set(changes) == {"prune_ratio", "kernel_size", "activation_bits"}
     assert changes["prune_ratio"]["0.25"]["delta_flops"] < 0 and changes["kernel_size"]["1"]["delta_flops"] < 0
     assert changes["prune_ratio"]["0.25"]["out_channels"] < smoke_inputs.base_model.get_submodule(layer).out_channels

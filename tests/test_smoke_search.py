@@ -15,11 +15,11 @@ import shutil
 from pathlib import Path
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
 from browser import open_page, plot_points
-from conftest import RESUMED_TRIALS, SMOKE_SPACE, run_cli
-from conftest import SMOKE_FIRST_TRIALS as FIRST_TRIALS
+from conftest import RESUMED_TRIALS, SMOKE_FIRST_TRIALS as FIRST_TRIALS, SMOKE_SPACE, run_cli
 from edgesearch.search import study as studies
 
 REPORT_LIMIT_BYTES = 6 * 1024 * 1024  # the smoke report: ~4.8 MB of it is plotly.js, inlined once
@@ -179,6 +179,10 @@ def test_shadow_runs_a_design_beside_the_base_on_a_second_folder(smoke_run, smok
     assert len(a["per_image"]) == report["images"]
     assert set(report["accuracy"]["base"]["classes"]) == set(report["accuracy"]["design"]["classes"])
     assert all(report["latency"][who]["latency_ms"] > 0 for who in ("base", "design"))
+    # --device auto: the CPU here; each stage records what its model and inputs were on (runners/device.py)
+    where = "cpu" if not torch.cuda.is_available() else "cuda:0"
+    assert report["device"].split()[0] == where
+    assert {report["stage_devices"][s] for s in ("finetune", "shadow base", "shadow design")} == {where}
     assert "matched boxes (IoU 0.5)" in result.stdout
     with open_page(out / "index.html") as (page, problems):
         assert page.evaluate("document.getElementById('fig-agreement').data[0].x.length") == report["images"]

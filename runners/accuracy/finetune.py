@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import tempfile
 from pathlib import Path
+from typing import Literal, cast, overload
 
 import torch
 from torch import nn
@@ -15,6 +17,7 @@ from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.utils import IterableSimpleNamespace
 
 from edgesearch.runners.accuracy import ultralytics_io  # noqa: F401  (never write into the user's dataset)
+from edgesearch.runners.device import CPU, batch_to, running_on, to_device, trainer_device
 from edgesearch.spaces.errors import InputError
 
 
@@ -50,24 +53,33 @@ def finetune(
     seed: int = 0,
     teacher: nn.Module | None = None,
     distill_weight: float = 1.0,
-) -> list[float]:
+    device: torch.device | None = None,
+) -> FinetuneLosses:
     """Train `model` in place for `iterations` steps with ultralytics' loss and data pipeline,
-    on train images without augmentation (NO_AUGMENTATION).
+    on train images without augmentation (NO_AUGMENTATION), on `device` (None: where the model
+    is); the model and the teacher are moved there and stay there.
 
     Fake-quantized layers train through their straight-through estimator. With a `teacher` (the
     base model), the loss adds `distill_weight` x the distillation loss of `distillation_loss`.
     Returns the detection loss of every step (for the trial's record; without the distillation
-    term, so distilled and plain fine-tunes compare).
+    term, so distilled and plain fine-tunes compare), and where the steps ran (`.devices`).
     """
+    losses = FinetuneLosses()
+    losses.devices = {"finetune": "not run", **({"teacher": "not run"} if teacher is not None else {})}
     if iterations <= 0:
-        return []
+        return losses
+    device = device or next(model.parameters()).device
+    to_device(model, device)
+    if teacher is not None:
+        to_device(teacher, device)
     torch.manual_seed(seed)
-    cfg = get_cfg(overrides={"imgsz": imgsz, "batch": batch, "workers": 0, "seed": seed, **NO_AUGMENTATION})
+    cfg = _cfg({"imgsz": imgsz, "batch": batch, "workers": 0, "seed": seed, **NO_AUGMENTATION})
     data = load_dataset_info(data_yaml)
-    dataset = build_yolo_dataset(cfg, data["train"], batch, data, mode="train", stride=int(model.stride.max()))
+    dataset = build_yolo_dataset(cfg, data["train"], batch, data, mode="train",
+                                 stride=int(getattr(model, "stride").max()))
     loader = build_dataloader(dataset, batch, workers=0, shuffle=True)
-    model.args = cfg  # the detection loss reads its box/cls/dfl gains from here
-    model.criterion = None
+    setattr(model, "args", cfg)  # the detection loss reads its box/cls/dfl gains from here
+    setattr(model, "criterion", None)
     model.train()
     # released checkpoints have every parameter frozen; train all but DFL's fixed decoding table,
     # as ultralytics' own trainer does
@@ -77,23 +89,38 @@ def finetune(
         if parameter.requires_grad:
             trainable.append(parameter)
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
-    losses = []
-    for batch_data in itertools.islice(_endless(loader), iterations):
-        batch_data["img"] = batch_data["img"].float() / 255
-        predictions = model(batch_data["img"])
-        loss, _ = model.loss(batch_data, predictions)
-        loss = loss.sum()
-        losses.append(float(loss.detach()) / batch)
-        if teacher is not None:
-            with torch.no_grad():
-                _, teacher_predictions = teacher.eval()(batch_data["img"])
-            loss = loss + distill_weight * batch * distillation_loss(predictions, teacher_predictions)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
-        optimizer.step()
+    with running_on(model, device) as student, contextlib.ExitStack() as watching:
+        taught = watching.enter_context(running_on(teacher, device)) if teacher is not None else None
+        for batch_data in itertools.islice(_endless(loader), iterations):
+            _step(model, batch_to(batch_data, device), batch, optimizer, losses, teacher, distill_weight)
+    losses.devices = {"finetune": student.describe(), **({"teacher": taught.describe()} if taught else {})}
     model.eval()
     return losses
+
+
+class FinetuneLosses(list):
+    """The detection loss of every fine-tune step, with `devices`: {stage: where its model's
+    parameters and inputs were} (runners/device.py DeviceWatch)."""
+
+    devices: dict[str, str]
+
+
+def _step(model: nn.Module, batch_data: dict, batch: int, optimizer, losses: list, teacher: nn.Module | None,
+          distill_weight: float) -> None:
+    """One fine-tune step on one batch (already on the model's device)."""
+    batch_data["img"] = batch_data["img"].float() / 255
+    predictions = model(batch_data["img"])
+    loss, _ = getattr(model, "loss")(batch_data, predictions)
+    loss = loss.sum()
+    losses.append(float(loss.detach()) / batch)
+    if teacher is not None:
+        with torch.no_grad():
+            _, teacher_predictions = teacher.eval()(batch_data["img"])
+        loss = loss + distill_weight * batch * distillation_loss(predictions, teacher_predictions)
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
+    optimizer.step()
 
 
 def distillation_loss(student: dict, teacher: dict) -> torch.Tensor:
@@ -111,9 +138,15 @@ def distillation_loss(student: dict, teacher: dict) -> torch.Tensor:
     return box_kl + class_bce
 
 
+def _cfg(overrides: dict) -> IterableSimpleNamespace:
+    """ultralytics' configuration with `overrides` (get_cfg returns an IterableSimpleNamespace; it is
+    annotated SimpleNamespace)."""
+    return cast(IterableSimpleNamespace, get_cfg(overrides=overrides))
+
+
 def calibration_batches(data_yaml: Path, *, imgsz: int, batch: int, count: int, stride: int = 32):
     """`count` batches of train images (letterboxed, no augmentation) for activation calibration."""
-    cfg = get_cfg(overrides={"imgsz": imgsz, "batch": batch, "workers": 0})
+    cfg = _cfg({"imgsz": imgsz, "batch": batch, "workers": 0})
     data = load_dataset_info(data_yaml)
     dataset = build_yolo_dataset(cfg, data["train"], batch, data, mode="val", stride=stride)
     loader = build_dataloader(dataset, batch, workers=0, shuffle=False)
@@ -124,7 +157,7 @@ def calibration_batches(data_yaml: Path, *, imgsz: int, batch: int, count: int, 
 def loss_batches(data_yaml: Path, *, imgsz: int, batch: int, count: int, stride: int = 32) -> list[dict]:
     """`count` fixed batches of train images with their labels (letterboxed, no augmentation): the
     same images every time, so loss differences between models are not sampling noise."""
-    cfg = get_cfg(overrides={"imgsz": imgsz, "batch": batch, "workers": 0})
+    cfg = _cfg({"imgsz": imgsz, "batch": batch, "workers": 0})
     data = load_dataset_info(data_yaml)
     dataset = build_yolo_dataset(cfg, data["train"], batch, data, mode="val", stride=stride)
     loader = build_dataloader(dataset, batch, workers=0, shuffle=False)
@@ -135,18 +168,22 @@ def loss_batches(data_yaml: Path, *, imgsz: int, batch: int, count: int, stride:
     return batches
 
 
+@overload
+def detection_loss(model: nn.Module, batches: list[dict], *, grad: Literal[False] = False) -> float: ...
+@overload
+def detection_loss(model: nn.Module, batches: list[dict], *, grad: Literal[True]) -> torch.Tensor: ...
 def detection_loss(model: nn.Module, batches: list[dict], *, grad: bool = False) -> torch.Tensor | float:
     """Mean detection loss per image (ultralytics' box + cls + dfl, with its default gains) of
     `model` in eval mode over `batches` (from loss_batches). With grad=True, a tensor that
     keeps the graph; else a float."""
     if not isinstance(getattr(model, "args", None), IterableSimpleNamespace):
-        model.args = get_cfg()  # the loss reads its gains from here
-    model.criterion = None  # built for this model (its stride and head)
+        setattr(model, "args", get_cfg())  # the loss reads its gains from here
+    setattr(model, "criterion", None)  # built for this model (its stride and head)
     model.eval()
     total, images = 0.0, 0
     with torch.set_grad_enabled(grad):
         for batch_data in batches:
-            loss, _ = model.loss(batch_data, model(batch_data["img"]))
+            loss, _ = getattr(model, "loss")(batch_data, model(batch_data["img"]))
             total = total + loss.sum()
             images += len(batch_data["img"])
     return total / images if grad else float(total) / images
@@ -158,11 +195,16 @@ def _endless(loader):
         yield from loader
 
 
-def validate(model: nn.Module, data_yaml: Path, *, imgsz: int, batch: int = 32, split: str = "val") -> dict[str, float]:
-    """mAP50-95 and mAP50 on a split (default val), computed by ultralytics' DetectionValidator."""
-    args = dict(data=str(data_yaml), imgsz=imgsz, batch=batch, workers=0, device="cpu",
+def validate(model: nn.Module, data_yaml: Path, *, imgsz: int, batch: int = 32, split: str = "val",
+             device: torch.device = CPU) -> dict:
+    """mAP50-95 and mAP50 on a split (default val), computed by ultralytics' DetectionValidator on
+    `device` (the validator moves the model there; it stays there), and `device`: where the model's
+    parameters and the batches were (runners/device.py; 'not watched' for a model given as a file)."""
+    args = dict(data=str(data_yaml), imgsz=imgsz, batch=batch, workers=0, device=trainer_device(device),
                 plots=False, verbose=False, save_json=False, split=split)
-    with tempfile.TemporaryDirectory() as save_dir:
+    with tempfile.TemporaryDirectory() as save_dir, contextlib.ExitStack() as watching:
+        watch = watching.enter_context(running_on(model, device)) if isinstance(model, nn.Module) else None
         validator = DetectionValidator(save_dir=Path(save_dir), args=args)
         stats = validator(model=model)
-    return {"map50_95": float(stats["metrics/mAP50-95(B)"]), "map50": float(stats["metrics/mAP50(B)"])}
+    return {"map50_95": float(stats["metrics/mAP50-95(B)"]), "map50": float(stats["metrics/mAP50(B)"]),
+            "device": watch.describe() if watch else "not watched"}

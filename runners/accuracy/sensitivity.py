@@ -44,6 +44,7 @@ from tqdm import tqdm
 from edgesearch.runners.accuracy.finetune import detection_loss, loss_batches
 from edgesearch.runners.checkpoints import load_detection_model
 from edgesearch.runners.costs import layer_costs
+from edgesearch.runners.device import batch_to, describe, exact_float32, resolve_device, running_on, to_device
 from edgesearch.spaces.activations import attach_input_quantizer, calibrate, remove_input_quantizers
 from edgesearch.spaces.apply import apply_candidate, conv_layers, replace_module
 from edgesearch.spaces.candidate import Candidate, LayerKnobs
@@ -72,18 +73,32 @@ class SensitivitySettings:
     threads: int = 2
     seed: int = 0
     trust_checkpoint: bool = False
+    # where the losses are measured (runners/device.py): auto | cpu | cuda[:N]; options are applied
+    # and weight errors computed on the CPU. Not part of the cache key (search/analysis.py).
+    device: str = "auto"
 
 
 def analyse(settings: dict, layer_options: dict[str, dict[str, list]], progress: bool = False) -> dict:
     """Sensitivity of every layer to every option in `layer_options` ({layer: {knob: values}}, the
-    space's choices plus any recipe values). Returns plain data (see the module docstring)."""
+    space's choices plus any recipe values). Returns plain data (see the module docstring), with
+    `device` (where the losses were measured) and `stage_devices` (what the fused model's
+    parameters and batches were on, as seen)."""
     config = SensitivitySettings(**settings)
+    device = resolve_device(config.device)
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     base = load_detection_model(config.checkpoint, trust=config.trust_checkpoint)
-    fused = apply_candidate(base, Candidate({}))  # BN folded: the weights every option quantizes
+    fused = to_device(apply_candidate(base, Candidate({})), device)  # BN folded: the weights every option quantizes
+    with exact_float32(device), running_on(fused, device) as watch:
+        result = _analyse(config, device, base, fused, layer_options, progress)
+    return {**result, "device": describe(device), "stage_devices": {"sensitivity": watch.describe()}}
+
+
+def _analyse(config: SensitivitySettings, device: torch.device, base: nn.Module, fused: nn.Module,
+             layer_options: dict[str, dict[str, list]], progress: bool) -> dict:
     batches = loss_batches(Path(config.data_yaml), imgsz=config.imgsz, batch=config.batch, count=config.loss_batches,
-                           stride=int(fused.stride.max()))
+                           stride=int(getattr(fused, "stride").max()))
+    batches = [batch_to(b, device) for b in batches]
     images = sum(len(b["img"]) for b in batches)
     seconds = {}
     started = time.perf_counter()
@@ -97,7 +112,8 @@ def analyse(settings: dict, layer_options: dict[str, dict[str, list]], progress:
     layers: dict[str, dict] = {}
     for name in tqdm(layer_options, desc="sensitivity: layer curvature", unit="layer", disable=not progress):
         weight = convs[name].weight
-        error = fake_quantize(weight.detach(), REFERENCE) - weight.detach()
+        on_cpu = weight.detach().cpu()  # quantizers run on the CPU (spaces/); the loss on the device
+        error = (fake_quantize(on_cpu, REFERENCE) - on_cpu).to(device)
         reference_w2 = float(error.pow(2).sum())
         with _weight_replaced(weight, weight.detach() + error):
             plus = detection_loss(fused, batches) - base_loss
@@ -118,7 +134,8 @@ def analyse(settings: dict, layer_options: dict[str, dict[str, list]], progress:
     bar = tqdm(layer_options.items(), desc="sensitivity: weight options", unit="layer", disable=not progress)
     for name, options in bar:
         info = layers[name]
-        deltas = squared_errors(convs[name].weight, list(_weight_options(options)), max_elements=SAMPLED_ELEMENTS)
+        deltas = squared_errors(convs[name].weight.detach().cpu(), list(_weight_options(options)),
+                                max_elements=SAMPLED_ELEMENTS)
         info["weight_options"] = {weight_option_key(knobs): {
             "delta_w2": delta, "omega": info["curvature"] * delta} for knobs, delta in deltas.items()}
         info["changes"] = {}
@@ -228,9 +245,11 @@ def _model_costs(model: nn.Module, imgsz: int) -> dict:
 
 def _changed_loss(base: nn.Module, fused: nn.Module, name: str, knob: str, value, batches: list[dict],
                   imgsz: int, base_costs: dict) -> tuple[float, dict]:
-    """The loss and costs of the fused base with one change at one layer."""
+    """The loss and costs of the fused base with one change at one layer (`base` on the CPU, where
+    changes are made; `fused` and `batches` on the device the loss is measured on)."""
+    device = next(fused.parameters()).device
     if knob == "prune_ratio":  # a pruning group reaches several layers: prune the base, then fold
-        model = apply_candidate(base, Candidate({name: LayerKnobs(prune_ratio=value)}))
+        model = to_device(apply_candidate(base, Candidate({name: LayerKnobs(prune_ratio=value)})), device)
         costs = {**_model_costs(model, imgsz), "out_channels": conv_layers(model)[name].out_channels}
         return detection_loss(model, batches), costs
     original = conv_layers(fused)[name]
@@ -238,13 +257,15 @@ def _changed_loss(base: nn.Module, fused: nn.Module, name: str, knob: str, value
         # fp16 compute rounds the float weights to fp16 as well (LayerKnobs.stored)
         weights = original.weight.detach().half().float() if value == 16 else original.weight.detach()
         attach_input_quantizer(original, value)
+        original.to(device)  # the quantizer's buffers
         try:
             with _weight_replaced(original.weight, weights):
                 calibrate(fused, (b["img"] for b in batches))
                 return detection_loss(fused, batches), base_costs
         finally:
             remove_input_quantizers(fused)
-    changed = shrink_kernel(original, value) if knob == "kernel_size" else factorize(original, value)
+    source = original if device.type == "cpu" else copy.deepcopy(original).cpu()
+    changed = (shrink_kernel(source, value) if knob == "kernel_size" else factorize(source, value)).to(device)
     replace_module(fused, name, changed)
     try:
         return detection_loss(fused, batches), _model_costs(fused, imgsz)

@@ -47,8 +47,8 @@ def search_and_holdout(data_yaml: Path):
         yield data_yaml, data_yaml, "test", "the data.yaml's test split"
         return
     images, held, kept = _carve(data)
-    with tempfile.TemporaryDirectory(prefix="edgesearch-splits-") as folder:
-        folder = Path(folder)
+    with tempfile.TemporaryDirectory(prefix="edgesearch-splits-") as scratch:
+        folder = Path(scratch)
         (folder / "search.txt").write_text("".join(f"{image}\n" for image in kept))
         (folder / "holdout.txt").write_text("".join(f"{image}\n" for image in held))
         derived = {"path": str(folder), "train": _as_list(data["train"]), "val": str(folder / "search.txt"),

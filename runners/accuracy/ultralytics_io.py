@@ -45,4 +45,4 @@ def check_det_dataset_without_download(dataset, autodownload: bool = True, **kwa
 # the modules that call it (each holds its own reference, taken at import)
 for _name in ("ultralytics.data.utils", "ultralytics.engine.validator", "ultralytics.engine.trainer",
               "ultralytics.engine.exporter"):
-    importlib.import_module(_name).check_det_dataset = check_det_dataset_without_download
+    setattr(importlib.import_module(_name), "check_det_dataset", check_det_dataset_without_download)

@@ -42,7 +42,8 @@ def set_export_mode(model: nn.Module) -> None:
     """What ultralytics' exporter sets on the head: a single concatenated output tensor."""
     for module in model.modules():
         if isinstance(module, Detect):
-            module.export, module.format, module.dynamic = True, "onnx", False
+            # ultralytics declares Detect.format = None (unannotated): mypy takes its type to be None
+            module.export, module.format, module.dynamic = True, "onnx", False  # type: ignore[assignment]
             module.shape = None  # drop anchors cached for another input size
 
 

@@ -26,16 +26,14 @@ import torch
 
 from edgesearch.runners.checkpoints import load_detection_model
 from edgesearch.runners.costs import layer_costs
-from edgesearch.runners.hardware.latency_model import calibration_for, estimate, network_work
 from edgesearch.runners.hardware.build import export_for_tvm, float_copy, plan_memory_only
+from edgesearch.runners.hardware.latency_model import calibration_for, estimate, network_work
 from edgesearch.runners.hardware.layer_table import per_layer_latency
 from edgesearch.runners.hardware.profiles import load_profile
 from edgesearch.spaces.activations import calibrate
 from edgesearch.spaces.apply import apply_candidate, conv_layers
 from edgesearch.spaces.candidate import Candidate, LayerKnobs
 from edgesearch.spaces.packing import bake_fake_quant
-
-
 
 VERSION = 3  # bump when the basis changes: cached bases from older code are recomputed (3: calibrated, per precision)
 

@@ -157,6 +157,11 @@ def refusal(profile: HardwareProfile) -> str | None:
 
 # --- which compiler links the library ---------------------------------------------------------
 
+# the triples of Debian's cross g++ packages (g++-<triple>) a library may be linked with
+CROSS_TRIPLES = frozenset({"aarch64-linux-gnu", "arm-linux-gnueabihf", "arm-linux-gnueabi", "x86_64-linux-gnu",
+                           "i686-linux-gnu", "riscv64-linux-gnu", "powerpc64le-linux-gnu"})
+
+
 def linker_for(cpu_target) -> str | None:
     """The cross g++ for a CPU target of another architecture, None for this machine's own.
 
@@ -165,7 +170,10 @@ def linker_for(cpu_target) -> str | None:
     if not triple or triple.split("-")[0] == platform.machine():
         return None
     debian_triple = triple.replace("-unknown-", "-")  # LLVM's aarch64-unknown-linux-gnu is Debian's aarch64-linux-gnu
-    compiler = f"{debian_triple}-g++"
+    if debian_triple not in CROSS_TRIPLES:  # a profile is data: it never names the program that runs
+        raise TargetNotBuildable(f"mtriple {triple!r} is not one edgesearch links libraries for "
+                                 f"(known: {', '.join(sorted(CROSS_TRIPLES))})")
+    compiler = f"{debian_triple}-g++"  # a bare name from the list above, looked up on PATH only
     if shutil.which(compiler) is None:
         raise TargetNotBuildable(f"{compiler} not found (needed to link the {triple} library); "
                                  f"apt-get install g++-{debian_triple}")
@@ -319,7 +327,7 @@ TVM_NVRTC_OPTIONS = ("-default-device", "--device-int128",
 def _installed_file(distribution: str, relative: str) -> Path | None:
     """A file or folder an installed distribution put in site-packages, or None."""
     try:
-        path = Path(importlib.metadata.distribution(distribution).locate_file(relative))
+        path = Path(str(importlib.metadata.distribution(distribution).locate_file(relative)))
     except importlib.metadata.PackageNotFoundError:
         return None
     return path if path.exists() else None

@@ -160,7 +160,8 @@ def integer_weights(conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor, bool]:
     flat = weight.reshape(weight.shape[0], -1)
     requantized_scale = (flat.abs().amax(dim=1) / INT8_LIMIT).clamp(min=torch.finfo(torch.float32).tiny)
     requantized = torch.round(flat / requantized_scale[:, None]).clamp(-INT8_LIMIT, INT8_LIMIT)
-    grid = _grid_int8(read_layer(conv.packed_layer)) if getattr(conv, "packed_layer", None) is not None else None
+    packed = getattr(conv, "packed_layer", None)
+    grid = _grid_int8(read_layer(packed)) if packed is not None else None
     if grid is None:
         return requantized.reshape(weight.shape), requantized_scale, False
     codes, scale, exact = grid
@@ -207,17 +208,17 @@ def integer_copy(model: nn.Module, half: bool = False, integer: bool = True) -> 
     FakeQuantU8, as they would run there."""
     model = copy.deepcopy(model)
     summary = IntegerSummary()
-    replacements = {}
+    replacements: dict[str, nn.Module] = {}
     for name, module in list(model.named_modules()):
         if not isinstance(module, nn.Conv2d):
             continue
         quantizer = getattr(module, "input_quantizer", None)
         runs_int8 = integer and runs_integer(module)
         if quantizer is not None:  # the fake-quant hook goes: the replacement quantizes instead
-            module.input_quantizer_hook.remove()
+            getattr(module, "input_quantizer_hook").remove()
             del module.input_quantizer, module.input_quantizer_hook
         if isinstance(quantizer, HalfPrecision):
-            module.output_rounding_hook.remove()
+            getattr(module, "output_rounding_hook").remove()
             del module.output_rounding_hook
             quantizer = None
             if half:  # a target that computes fp16 (CUDA): a half-precision kernel; else built in fp32
@@ -225,6 +226,7 @@ def integer_copy(model: nn.Module, half: bool = False, integer: bool = True) -> 
                 summary.half_layers += 1
                 continue
         if runs_int8:
+            assert isinstance(quantizer, InputQuantizer)  # runs_integer: its input is quantized to uint8
             weight, scale, exact = integer_weights(module)
             replacements[name] = IntegerConv2d(module, quantizer, weight, scale)
             summary.integer_layers += 1

@@ -5,12 +5,15 @@ A device profile's latency, when no device is reached, is estimated from the wor
 `latency_model.points`: public figures for the devices, builds measured here for x86-host):
 
     latency = host_ms
-            + sum over convs   max(FLOPs / (peak[p] * eff_p), bytes / (bandwidth * eff_mem))
+            + sum over convs   max(FLOPs / (peak[p] * eff_p * u ** util_exp), bytes / (bandwidth * eff_mem))
             + sum over non-conv ops   bytes / (bandwidth * eff_mem)   (+ their few matmul FLOPs at fp32)
             + kernels * overhead_ms
 
   p        the conv's compute precision (fp32 / fp16 / int8), its peak from the profile
   eff_p    compute efficiency per precision class; eff_mem the memory efficiency
+  u        the share of the vector unit the runtime's schedule gives the conv's shape, where it is
+           known (`schedule: tvm-cpu`, tvm_cpu_utilization: edgesearch's own fixed TVM schedule);
+           1 otherwise. util_exp says how much of that shows in the time (fitted)
   bytes    a conv reads its weights and input and writes its output at its precision's bytes
            (fp32 4, fp16 2, int8 1; an int8 conv's output at `int8_output_bytes`, the runtime's
            epilogue): weights stored in fewer bits are dequantized at load, so they save memory,
@@ -19,7 +22,9 @@ A device profile's latency, when no device is reached, is estimated from the wor
            non-conv op that moves data (concat, upsample, max-pool, split, add, the Detect head's
            decode: softmax, transposes, arithmetic); views and precision casts launch nothing
   overhead per-kernel launch / dispatch cost (a Jetson's A57 host queuing ~100 kernels; a CPU
-           runtime's per-op scheduling), host_ms a per-inference constant (rarely freed)
+           runtime's per-op scheduling), host_ms a per-inference constant (rarely freed). With
+           `launch_overlap: true` (a GPU whose host queues kernels while it runs) the launches
+           overlap the device's work: latency = host_ms + max(device work, kernels * overhead_ms)
 
 The parameters a profile frees are listed in its YAML (`free`, at most points - 2 of them); the
 rest keep their value (`fixed`, else 1 for an efficiency, 0 for an overhead; an efficiency of a
@@ -29,7 +34,7 @@ log(estimate / measured)), from several starts. Leave-one-out: each point is pre
 without it; the median and the 90th percentile of |estimate / measured - 1| are the stated error,
 and the label of every estimate carries "± p90". A profile with fewer than MIN_POINTS fitted points
 is "uncalibrated": its estimate is still returned (fitted with at most points - 2 parameters, or
-the plain roofline), labelled so, without an error.
+the plain roofline with whatever the YAML fixes from measurements), labelled so, without an error.
 
 A user's own device timings (search calibrate, search/calibrate.py) refit only REFIT_FREE: one
 factor scaling every efficiency (clocks, power mode, runtime version) and the per-kernel overhead;
@@ -46,33 +51,40 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from edgesearch.runners.cache import cache_root
+from edgesearch.runners.cache import cache_root, new_file_mode
 from edgesearch.spaces.errors import InputError
 
-WORK_VERSION = 1  # bump when network_work counts differently: cached point works are recounted
-FIT_VERSION = 1  # bump when the model form or the fit changes: cached shipped fits are refitted
+WORK_VERSION = 3  # bump when network_work counts differently: cached point works are recounted
+FIT_VERSION = 3  # bump when the model form or the fit changes: cached shipped fits are refitted
 MIN_POINTS = 6  # fewer fitted points: "uncalibrated"
 PRECISIONS = ("fp32", "fp16", "int8")
 PRECISION_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
 EFFICIENCIES = tuple(f"eff_{p}" for p in PRECISIONS) + ("eff_mem",)
-PARAMETERS = EFFICIENCIES + ("overhead_ms", "host_ms")
-DEFAULTS = {**{name: 1.0 for name in EFFICIENCIES}, "overhead_ms": 0.0, "host_ms": 0.0}
+# util_exp: how strongly a conv's time follows the vector utilization its shape gets from the runtime's
+# schedule (ModelOptions.schedule; 1 = in proportion, 0 = not at all); no effect without a schedule
+PARAMETERS = EFFICIENCIES + ("overhead_ms", "host_ms", "util_exp")
+DEFAULTS = {**{name: 1.0 for name in EFFICIENCIES}, "overhead_ms": 0.0, "host_ms": 0.0, "util_exp": 1.0}
 # log-space bounds of the fit: efficiencies relative to the profile's peaks, overheads in ms
 BOUNDS = {**{name: (1e-3, 10.0) for name in EFFICIENCIES}, "overhead_ms": (1e-6, 10.0), "host_ms": (1e-6, 1e3),
-          "scale": (1e-2, 1e2)}
+          "util_exp": (1e-2, 3.0), "scale": (1e-2, 1e2)}
 # what `search calibrate` may change with a user's >= 5 timings: every efficiency by one factor, and the
 # per-kernel overhead. Memory efficiency relative to compute, the per-precision ratios and host_ms
 # keep the shipped fit (5 points cannot separate them).
 REFIT_FREE = ("scale", "overhead_ms")
 REFIT_MIN_POINTS = 5
-ROOT = Path(__file__).resolve().parents[2]  # the repository: model YAMLs named by path are relative to it
+# model YAMLs named by a relative path (search/yolov8-tiny.yaml) are relative to the folder that holds
+# search/: the repository in a checkout, site-packages/edgesearch/ installed (the YAML is package data)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------------------------------- the work
@@ -87,6 +99,13 @@ class ConvWork:
     output_elements: int
     precision: str
     groups: int = 1
+    # the shape, for a runtime whose efficiency depends on it (ModelOptions.schedule); 0 = not recorded
+    in_channels: int = 0
+    out_channels: int = 0
+    out_height: int = 0
+    out_width: int = 0
+    kernel: int = 0  # kh * kw
+    stride: int = 0
 
 
 @dataclasses.dataclass
@@ -119,7 +138,7 @@ class NetworkWork:
                 "ops": [dataclasses.asdict(o) for o in self.ops]}
 
     @classmethod
-    def from_json(cls, raw: dict) -> "NetworkWork":
+    def from_json(cls, raw: dict) -> NetworkWork:
         try:
             return cls(imgsz=int(raw["imgsz"]), convs=[ConvWork(*row) for row in raw["convs"]],
                        ops=[OpWork(**op) for op in raw["ops"]], version=int(raw.get("version", 0)))
@@ -136,6 +155,10 @@ _NO_KERNEL = {"view", "_unsafe_view", "reshape", "_reshape_alias", "unsqueeze", 
               "_fake_quantize_per_tensor_affine_cachemask_tensor_qparams", "quantize_per_tensor", "dequantize",
               "round", "empty", "empty_like", "zeros", "zeros_like", "ones", "full", "new_full", "new_zeros",
               "new_empty", "arange", "_local_scalar_dense", "unbind"}
+# ops whose output holds no activation values even when an activation is an argument (its shape, device,
+# dtype): e.g. the Detect head's anchor grid, built by feats.new_full(...), which a runtime folds into a constant
+_CREATION = {"new_full", "new_zeros", "new_ones", "new_empty", "empty_like", "zeros_like", "ones_like", "full_like",
+             "arange", "_local_scalar_dense"}
 # elementwise epilogues a runtime fuses into the conv that produced their input
 _FUSED_EPILOGUE = {"silu", "silu_", "relu", "relu_", "sigmoid", "sigmoid_", "hardswish", "hardswish_", "leaky_relu",
                    "leaky_relu_", "gelu", "hardsigmoid", "hardsigmoid_", "mish", "mish_", "clamp", "clamp_",
@@ -159,7 +182,7 @@ class _OpCounter(TorchDispatchMode):
     """Counts the aten ops that act on activations (tensors derived from the input image), outside
     convs and linears, as kernels a runtime launches (module docstring)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.depth = {"conv": 0, "detect": 0}
         self.precision = "fp32"  # of the conv that ran last: the precision its consumers move data in
@@ -168,9 +191,9 @@ class _OpCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         inputs = [t for t in _tensors((args, kwargs or {})) if getattr(t, _ACTIVATION, False)]
-        if not inputs:
-            return out
         name = func.overloadpacket.__name__
+        if not inputs or name in _CREATION:
+            return out
         # a conv's output stays one through its fused epilogue and through views and casts of it
         conv_output = name == "convolution" or (
             (name in _FUSED_EPILOGUE or name in _NO_KERNEL) and getattr(inputs[0], _CONV_OUTPUT, False))
@@ -228,8 +251,14 @@ def network_work(model: nn.Module, imgsz: int, precisions: dict[str, str] | None
                 macs = out_elems * module.in_features
             precision = _lookup(precisions, name)
             counter.precision = precision
+            if isinstance(module, nn.Conv2d):
+                shape = dict(in_channels=module.in_channels, out_channels=module.out_channels,
+                             out_height=output.shape[2], out_width=output.shape[3],
+                             kernel=module.kernel_size[0] * module.kernel_size[1], stride=module.stride[0])
+            else:
+                shape = dict(in_channels=module.in_features, out_channels=module.out_features)
             convs.append(ConvWork(name, 2 * macs, module.weight.numel(), args[0].numel() // args[0].shape[0],
-                                  out_elems, precision, getattr(module, "groups", 1)))
+                                  out_elems, precision, getattr(module, "groups", 1), **shape))
         return hook
 
     from ultralytics.nn.modules.head import Detect
@@ -257,7 +286,7 @@ def network_work(model: nn.Module, imgsz: int, precisions: dict[str, str] | None
 
 def model_work(model_name: str, imgsz: int, precision: str) -> NetworkWork:
     """The work of an architecture named by an ultralytics model YAML (e.g. yolov8n.yaml, yolo11s.yaml)
-    or a path relative to the repository (search/yolov8-tiny.yaml), fused as every runtime runs it,
+    or a path relative to the package root (search/yolov8-tiny.yaml, also installed), fused as every runtime runs it,
     with every conv at `precision` except, for int8, the ones an integer kernel does not take
     (grouped convs, DFL's fixed decoding conv: they stay fp32, as in cost_basis.all_int8). No
     weights are read: the shapes are traced on torch's meta device. Cached in
@@ -286,19 +315,29 @@ def _traced_work(model_name: str, imgsz: int) -> NetworkWork:
         with contextlib.suppress(ValueError, InputError, OSError):
             work = NetworkWork.from_json(json.loads(cached.read_text()))
     if work is None:
+        from ultralytics.nn.modules.head import Detect
         from ultralytics.nn.tasks import DetectionModel
         from ultralytics.utils import LOGGER
 
         level = LOGGER.level
         LOGGER.setLevel("ERROR")  # "no model scale passed" for a one-scale YAML
         try:
-            model = DetectionModel(str(path) if path.is_file() else model_name, verbose=False).eval()
+            # built on torch's meta device (shapes, no numbers: 3x faster for the large YOLOs); the head's
+            # bias initialisation needs numbers and does not change a shape, so it is skipped
+            with torch.device("meta"), mock.patch.object(Detect, "bias_init", lambda self: None):
+                model = DetectionModel(str(path) if path.is_file() else model_name, verbose=False).eval()
         finally:
             LOGGER.setLevel(level)
         model.fuse(verbose=False)
-        stride = model.model[-1].stride.clone()
-        model = model.to("meta")
-        model.model[-1].stride = stride  # the anchor grid reads the strides as numbers
+        head = getattr(model, "model")[-1]  # Detect
+        # its strides, which the anchor grid reads as numbers, from the sizes of the maps it receives
+        head.stride = torch.ones(head.nl)
+        sizes: list[int] = []
+        handle = head.register_forward_pre_hook(lambda module, args: sizes.extend(x.shape[-1] for x in args[0]))
+        with torch.no_grad():
+            model(torch.zeros(1, 3, 256, 256, device="meta"))
+        handle.remove()
+        head.stride = torch.tensor([256.0 / size for size in sizes[:head.nl]])
         work = network_work(model, imgsz)
         _atomic_write_text(cached, json.dumps(work.to_json()))
     _TRACED[key] = work
@@ -308,16 +347,62 @@ def _traced_work(model_name: str, imgsz: int) -> NetworkWork:
 # ------------------------------------------------------------------------------ the estimate
 
 
+SCHEDULES = ("", "tvm-cpu")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelOptions:
     """What a profile's runtime does that is known, not fitted (YAML latency_model keys)."""
     int8_output_bytes: int = 1  # an int8 conv's output: 1 when the runtime requantizes (TensorRT), 4 for an fp32 epilogue (TVM here)
     launch_overlap: bool = False  # True: kernels are queued while the GPU runs (latency = max(GPU, launches)); False: added
+    schedule: str = ""  # "tvm-cpu": edgesearch's fixed TVM CPU schedule, whose vector use depends on shapes (tvm_cpu_utilization)
 
     @classmethod
-    def from_section(cls, section: dict) -> "ModelOptions":
+    def from_section(cls, section: dict) -> ModelOptions:
+        schedule = str(section.get("schedule", ""))
+        if schedule not in SCHEDULES:
+            raise InputError(f"latency_model.schedule must be one of {SCHEDULES}, not {schedule!r}")
         return cls(int8_output_bytes=int(section.get("int8_output_bytes", 1)),
-                   launch_overlap=bool(section.get("launch_overlap", False)))
+                   launch_overlap=bool(section.get("launch_overlap", False)), schedule=schedule)
+
+
+def _vector_instructions(lanes: int, register: int) -> int:
+    """Instructions LLVM needs for one `lanes`-wide vector: power-of-two pieces of at most `register`."""
+    count = 0
+    while lanes > 0:
+        lanes -= min(register, 1 << (lanes.bit_length() - 1))
+        count += 1
+    return count
+
+
+def tvm_cpu_utilization(conv: ConvWork) -> float:
+    """The share of the vector unit a conv uses under edgesearch's fixed TVM CPU schedule
+    (runners/hardware/tvm_schedule.py, integer_kernels.py), known from its shape, not fitted:
+      fp32: the output row is vectorized along W by 16, 8 or 4 lanes (whichever divides W), else by W
+            itself (<= 32) or a divisor; a 1x1 stride-1 conv is a GEMM over H*W when 16, 32 or 8 lanes
+            tile it. A vector of L lanes costs as many 16-lane instructions as its power-of-two pieces:
+            at 160 px YOLOv8's 20x20 maps run 4-lane vectors, a quarter of the unit;
+      int8: VNNI tiles 16 output channels by 4 input channels: padding to those multiples is wasted.
+    1.0 where the shape was not recorded."""
+    from edgesearch.runners.hardware.tvm_schedule import VECTOR_LANES
+
+    if not conv.out_width:
+        return 1.0
+    if conv.precision == "int8":
+        oc, ic = conv.out_channels, conv.in_channels // max(conv.groups, 1)
+        return (oc / (-(-oc // 16) * 16)) * (ic / (-(-ic // 4) * 4))
+    height, width = conv.out_height, conv.out_width
+    lanes = None
+    if conv.kernel == 1 and conv.stride == 1:
+        options = [c for c in (VECTOR_LANES, 2 * VECTOR_LANES, VECTOR_LANES // 2, 8)
+                   if (height * width) % c == 0 and (c % width == 0 or width % c == 0)]
+        lanes = options[0] if options else None
+    if lanes is None:
+        lanes = next((c for c in (VECTOR_LANES, VECTOR_LANES // 2, VECTOR_LANES // 4) if width % c == 0), None)
+        if lanes is None:
+            lanes = width if width <= 2 * VECTOR_LANES else next(d for d in range(2 * VECTOR_LANES, 0, -1)
+                                                                    if width % d == 0)
+    return min(1.0, lanes / _vector_instructions(lanes, VECTOR_LANES) / VECTOR_LANES)
 
 
 class _Features:
@@ -329,6 +414,8 @@ class _Features:
         self.overlap = options.launch_overlap
         self.names = [c.name for c in work.convs]
         self.flops = np.array([c.flops for c in work.convs], dtype=float)
+        self.utilization = np.array([tvm_cpu_utilization(c) if options.schedule == "tvm-cpu" else 1.0
+                                     for c in work.convs], dtype=float)
         self.precision = np.array([index.get(c.precision, 0) for c in work.convs], dtype=int)
         self.bytes = np.array([(c.weight_elements + c.input_elements) * PRECISION_BYTES.get(c.precision, 4)
                                + c.output_elements * out_bytes.get(c.precision, 4) for c in work.convs], dtype=float)
@@ -345,7 +432,8 @@ def _peaks(profile) -> np.ndarray:
 def _conv_ms(features: _Features, params: dict, peaks: np.ndarray, bandwidth: float) -> np.ndarray:
     """Each conv's roofline with the efficiencies: max(compute, memory), in ms."""
     eff = np.array([params[f"eff_{p}"] for p in PRECISIONS])
-    compute = features.flops / (peaks[features.precision] * eff[features.precision])
+    compute = features.flops / (peaks[features.precision] * eff[features.precision]
+                                * features.utilization ** params["util_exp"])
     memory = features.bytes / (bandwidth * params["eff_mem"])
     return np.maximum(compute, memory) * 1e3
 
@@ -402,7 +490,7 @@ class Calibration:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, raw: dict) -> "Calibration":
+    def from_json(cls, raw: dict) -> Calibration:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in names})
 
@@ -422,11 +510,12 @@ def _expand(theta: np.ndarray, free: list[str], base: dict, tied: dict) -> dict:
 
 
 def fit(features: list[_Features], measured_ms: list[float], profile, free: list[str], base: dict,
-        tied: dict | None = None) -> dict:
+        tied: dict | None = None, warm: dict | None = None) -> dict:
     """Parameters minimising the squared log errors of `features` against `measured_ms`
     (scipy.optimize.least_squares over the logs of the `free` parameters, from several starts: the
     max() of the roofline makes the cost piecewise smooth); `base` gives the others, `tied`
-    {efficiency: leader} makes an efficiency follow another."""
+    {efficiency: leader} makes an efficiency follow another. `warm`: a nearby solution (a
+    leave-one-out refit starts from the full fit, and from one default start)."""
     from scipy.optimize import least_squares
 
     tied = tied or {}
@@ -441,26 +530,31 @@ def fit(features: list[_Features], measured_ms: list[float], profile, free: list
 
     lower = np.log([BOUNDS[name][0] for name in free])
     upper = np.log([BOUNDS[name][1] for name in free])
-    starts = {"eff": (0.05, 0.5), "overhead_ms": (1e-3, 0.05), "host_ms": (0.01, 1.0), "scale": (0.5, 2.0)}
+    starts = {"eff": (0.05, 0.5), "overhead_ms": (1e-3, 0.05), "host_ms": (0.01, 1.0), "scale": (0.5, 2.0),
+              "util_exp": (0.3, 1.0)}
+    corners = [np.log([starts["eff" if name.startswith("eff_") else name][(corner >> i) & 1 if i < 3 else 0]
+                       for i, name in enumerate(free)])
+               for corner in range(2 ** min(len(free), 3))]  # the first three parameters from a low and a high start
+    if warm is not None:
+        corners = [np.log([warm.get(name, 1.0) for name in free]), corners[0]]
     best = None
-    for corner in range(2 ** min(len(free), 3)):  # the first three parameters from a low and a high start
-        x0 = np.log([starts["eff" if name.startswith("eff_") else name][(corner >> i) & 1 if i < 3 else 0]
-                     for i, name in enumerate(free)])
+    for x0 in corners:
         result = least_squares(residuals, np.clip(x0, lower, upper), bounds=(lower, upper), method="trf",
                                diff_step=1e-4)
         if best is None or result.cost < best.cost:
             best = result
+    assert best is not None  # at least one start
     return _expand(best.x, free, base, tied)
 
 
-def _loo(features, measured, profile, free, base, tied) -> tuple[list[float], float | None, float | None]:
-    """Each point's estimate by a fit without it, and the median and 90th percentile of
-    |estimate / measured - 1| in %."""
+def _loo(features, measured, profile, free, base, tied, warm=None) -> tuple[list[float], float | None, float | None]:
+    """Each point's estimate by a fit without it (started from `warm`, the full fit, when given),
+    and the median and 90th percentile of |estimate / measured - 1| in %."""
     peaks, bandwidth = _peaks(profile), profile.memory_bandwidth_bytes_per_s
     predicted = []
     for i in range(len(features)):
         rest = [j for j in range(len(features)) if j != i]
-        params = fit([features[j] for j in rest], [measured[j] for j in rest], profile, free, base, tied)
+        params = fit([features[j] for j in rest], [measured[j] for j in rest], profile, free, base, tied, warm)
         predicted.append(_total_ms(features[i], params, peaks, bandwidth))
     errors = [abs(p / m - 1) * 100 for p, m in zip(predicted, measured, strict=True)]
     if not errors:
@@ -470,7 +564,8 @@ def _loo(features, measured, profile, free, base, tied) -> tuple[list[float], fl
 
 def _latency_section(profile) -> dict:
     section = getattr(profile, "latency_model", None)
-    if section is None and getattr(profile, "source", ""):
+    source = getattr(profile, "source", "")
+    if section is None and source:
         import yaml
 
         section = (yaml.safe_load(Path(profile.source).read_text()) or {}).get("latency_model")
@@ -481,7 +576,7 @@ def _parse_points(section: dict, where: str) -> list[dict]:
     points = []
     for i, raw in enumerate(section.get("points") or []):
         try:
-            point = {"model": str(raw["model"]), "imgsz": int(raw["imgsz"]), "precision": str(raw["precision"]),
+            point: dict[str, Any] = {"model": str(raw["model"]), "imgsz": int(raw["imgsz"]), "precision": str(raw["precision"]),
                      "runtime": str(raw.get("runtime", "")), "power_mode": str(raw.get("power_mode", "")),
                      "latency_ms": float(raw["latency_ms"]), "source": str(raw.get("source", "")),
                      "fit": bool(raw.get("fit", True))}
@@ -520,9 +615,11 @@ def calibrate_profile(profile) -> Calibration:
     features = {id(p): _Features(model_work(p["model"], p["imgsz"], p["precision"]), options) for p in points}
     measured = [p["latency_ms"] for p in fitted]
     params = fit([features[id(p)] for p in fitted], measured, profile, free, base, tied)
-    loo, median, p90 = ([None] * len(fitted), None, None)
+    loo: Sequence[float | None] = [None] * len(fitted)
+    median: float | None = None
+    p90: float | None = None
     if calibrated:
-        loo, median, p90 = _loo([features[id(p)] for p in fitted], measured, profile, free, base, tied)
+        loo, median, p90 = _loo([features[id(p)] for p in fitted], measured, profile, free, base, tied, params)
     loo_of = dict(zip((id(p) for p in fitted), loo, strict=True))
     peaks, bandwidth = _peaks(profile), profile.memory_bandwidth_bytes_per_s
     for p in points:
@@ -550,10 +647,15 @@ def _mtime(path: Path) -> int | None:
 def shipped_calibration(profile) -> Calibration:
     """calibrate_profile, memoized in this process and on disk (keyed by the YAML's latency model,
     the profile's rates and this module's model version)."""
+    import ultralytics
+
     section = _latency_section(profile)
-    key = hashlib.sha256(json.dumps([WORK_VERSION, FIT_VERSION, profile.name, section, profile.peak_ops_per_s,
-                                     profile.memory_bandwidth_bytes_per_s], sort_keys=True, default=str).encode())
-    key = key.hexdigest()[:16]
+    models = sorted({str(p.get("model")) for p in section.get("points") or [] if isinstance(p, dict)})
+    texts = [(ROOT / m).read_text() if (ROOT / m).is_file() else m for m in models]  # a repository YAML's content
+    digest = hashlib.sha256(json.dumps([WORK_VERSION, FIT_VERSION, ultralytics.__version__, profile.name, section,
+                                        texts, profile.peak_ops_per_s, profile.memory_bandwidth_bytes_per_s],
+                                       sort_keys=True, default=str).encode())
+    key = digest.hexdigest()[:16]
     if key in _MEMO:
         return _MEMO[key]
     path = cache_root() / "calibration" / "fits" / f"{profile.name}-{key}.json"
@@ -624,7 +726,8 @@ def refit(profile, works: list[NetworkWork], measured_ms: list[float], rows: lis
     features = [_Features(w, shipped.model_options) for w in works]
     free = list(REFIT_FREE)
     params = fit(features, measured_ms, profile, free, base)
-    loo, median, p90 = _loo(features, measured_ms, profile, free, base, {})
+    warm = {"scale": params["eff_fp32"] / base["eff_fp32"], "overhead_ms": params["overhead_ms"]}
+    loo, median, p90 = _loo(features, measured_ms, profile, free, base, {}, warm)
     peaks, bandwidth = _peaks(profile), profile.memory_bandwidth_bytes_per_s
     points = [{**row, "imgsz": w.imgsz, "latency_ms": m, "estimate_ms": _total_ms(f, params, peaks, bandwidth),
                "shipped_estimate_ms": _total_ms(f, base, peaks, bandwidth), "loo_ms": loo_ms, "fit": True}
@@ -638,14 +741,16 @@ def refit(profile, works: list[NetworkWork], measured_ms: list[float], rows: lis
                                f"per-kernel overhead {params['overhead_ms']:.3f} ms refitted; the rest as shipped: "
                                f"{shipped.means})"),
                        options=shipped.options,
-                       created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+                       created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = new_file_mode(path)  # the file's own mode, else the umask's: never mkstemp's 0600
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(handle, "w") as f:
+            os.fchmod(f.fileno(), mode)
             f.write(text)
         os.replace(tmp, path)
     except BaseException:

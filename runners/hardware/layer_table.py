@@ -186,7 +186,9 @@ def build_code_hash() -> str:
     edited meanwhile."""
     digest = hashlib.sha256()
     for module in (build, integer_kernels, integer_model, tensor_intrinsics, tvm_schedule, tuning):
-        digest.update(Path(module.__file__).read_bytes())
+        source = module.__file__
+        assert source is not None  # each is loaded from a file
+        digest.update(Path(source).read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -260,7 +262,7 @@ def time_executable(executable, inputs: list[torch.Tensor], *, repeat: int, min_
     arguments = [tvm.runtime.tensor(np.zeros(tuple(t.shape), dtype="float32"), device) for t in inputs]
     vm.time_evaluator("main", device, number=1, repeat=1, min_repeat_ms=min_repeat_ms)(*arguments)  # warm-up
     timer = vm.time_evaluator("main", device, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)
-    measurements = []
+    measurements: list[dict[str, float]] = []
     while len(measurements) < attempts:
         times_ms = [t * 1e3 for t in timer(*arguments).results]
         measurements.append({"latency_ms": statistics.median(times_ms),
@@ -278,6 +280,8 @@ def build_block(block: Block, profile: HardwareProfile, *, tune_trials: int = 0,
     mod = export_block(block.module, block.inputs, profile.target)
     started = time.perf_counter()
     if tune_trials > 0:
+        if tuning_db is None:
+            raise ValueError("tuning (tune_trials > 0) needs a tuning database")
         executable, _ = tuning.tune_and_build(mod, profile.target, tuning_db, tune_trials)
         return executable, {"build_s": time.perf_counter() - started}
     executable, built = build.build_local(mod, profile.target)

@@ -8,7 +8,11 @@ from pathlib import Path
 from edgesearch.spaces.errors import InputError
 from edgesearch.spaces.named_yaml import names_in, read_named_yaml
 
-PROFILES_DIR = Path(__file__).resolve().parents[2] / "hardware_profiles"
+# the folder that holds search/, spaces/, runners/ and reports/: the repository in a checkout (and an editable
+# install), site-packages/edgesearch/ in an installed wheel, where hardware_profiles/ ships as package data
+# (pyproject.toml: edgesearch.hardware_profiles)
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+PROFILES_DIR = PACKAGE_ROOT / "hardware_profiles"
 REQUIRED = ("name", "description", "measurement", "threads", "tvm", "sram_bytes", "dram_bytes",
             "peak_ops_per_s", "memory_bandwidth_bytes_per_s", "compute_precisions")
 PRECISIONS = ("fp32", "fp16", "int8")  # what a conv can compute in (spaces.candidate.LayerKnobs.compute_precision)
@@ -44,6 +48,25 @@ class HardwareProfile:
         return precision in self.compute_precisions
 
 
+def _check_rpc(block, where: str) -> None:
+    """The `rpc:` block's shape, at load (before any slow work): a mapping whose tracker_port is a
+    port number and whose servers (device addresses a tracker may send uploads to) are a list."""
+    if block is None:
+        return
+    if not isinstance(block, dict):
+        raise InputError(f"{where}: rpc must be a mapping with tracker_host, tracker_port and key")
+    port = block.get("tracker_port")
+    try:
+        valid = port is None or (not isinstance(port, bool) and 0 < int(port) < 65536)
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise InputError(f"{where}: rpc.tracker_port must be a port number (1-65535), not {port!r}")
+    servers = block.get("servers")
+    if servers is not None and (not isinstance(servers, list) or not all(isinstance(a, str) for a in servers)):
+        raise InputError(f"{where}: rpc.servers must be a list of device addresses")
+
+
 def load_profile(name_or_path: str | Path) -> HardwareProfile:
     path, raw = read_named_yaml(name_or_path, PROFILES_DIR, "profile")
     where = f"profile {path.name}"
@@ -58,7 +81,7 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
     if raw.get("memory_limit", "sram") not in ("sram", "dram", "none"):
         raise InputError(f"{where}: memory_limit must be 'sram', 'dram' or 'none', not {raw['memory_limit']!r}")
     precisions = raw["compute_precisions"]
-    if (not isinstance(precisions, list) or "fp32" not in precisions
+    if (not isinstance(precisions, list) or not all(isinstance(p, str) for p in precisions) or "fp32" not in precisions
             or not set(precisions) <= set(PRECISIONS) or len(set(precisions)) != len(precisions)):
         raise InputError(f"{where}: compute_precisions must list fp32 and any of fp16, int8, "
                          f"not {precisions!r}")
@@ -66,6 +89,7 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
     if not isinstance(peaks, dict) or not set(precisions) <= set(peaks):
         # the estimate prices each conv at the peak of the precision it computes in
         raise InputError(f"{where}: peak_ops_per_s needs an entry for each compute precision ({', '.join(precisions)})")
+    _check_rpc(raw.get("rpc"), where)
     try:
         return HardwareProfile(
             name=str(raw["name"]),

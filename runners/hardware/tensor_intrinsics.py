@@ -40,6 +40,8 @@ def load_tvm_intrinsics(name: str):
         if full in sys.modules:
             continue
         spec = importlib.util.spec_from_file_location(full, folder / f"{module_name}.py")
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load {folder / f'{module_name}.py'}")
         module = importlib.util.module_from_spec(spec)
         sys.modules[full] = module
         try:

@@ -43,7 +43,7 @@ def install_fast_inspect_stack() -> None:
 
     def fast_stack(context: int = 1):
         frames = []
-        frame = _sys._getframe(1)
+        frame: types.FrameType | None = _sys._getframe(1)
         while frame is not None:
             code = frame.f_code
             line = linecache.getline(code.co_filename, frame.f_lineno, frame.f_globals) if context > 0 else ""
@@ -57,7 +57,7 @@ def install_fast_inspect_stack() -> None:
             return getattr(inspect, name)
 
     proxy = InspectWithFastStack("inspect")
-    proxy.stack = fast_stack
+    setattr(proxy, "stack", fast_stack)
     for name in ("tvm.tirx.script.parser.entry", "tvm.script.parser.ir.entry", "tvm.relax.script.parser.entry",
                  "tvm.tirx.script.builder.ir"):
         try:
@@ -65,7 +65,7 @@ def install_fast_inspect_stack() -> None:
         except ImportError:
             continue
         if getattr(module, "inspect", None) is inspect:
-            module.inspect = proxy
+            setattr(module, "inspect", proxy)
 
 
 def _builder_worker_init() -> None:

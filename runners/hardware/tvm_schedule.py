@@ -126,8 +126,10 @@ def _schedule_conv(sch, conv) -> None:
             _parallel_spatial(sch, block, max_fused=2)
 
     n, f, y, x, rc, ry, rx = sch.get_loops(conv)
-    f_outer, f_inner = sch.split(f, [None, _largest_divisor(_extent(sch, f), OC_TILE)])
-    height, width = _extent(sch, y), _extent(sch, x)
+    channels, height, width = _extent(sch, f), _extent(sch, y), _extent(sch, x)
+    if channels is None or height is None or width is None:
+        raise ValueError("conv with a dynamic extent")
+    f_outer, f_inner = sch.split(f, [None, _largest_divisor(channels, OC_TILE)])
     lanes = None
     if _is_pointwise_stride1(sch, conv) and height and width:  # a GEMM over H*W
         options = [c for c in (VECTOR_LANES, 2 * VECTOR_LANES, VECTOR_LANES // 2, 8)
