@@ -4,10 +4,12 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat requirements-pip.lock requirements.lock pyproject.toml | sha1sum | cut -c1-12)
+# pip-compile's flags for both lock files (`make lock`)
+LOCK_FLAGS := --quiet --generate-hashes --allow-unsafe --no-emit-index-url --no-emit-find-links
 DEMO_OUT := reports/demo
 
-.PHONY: install demo lint test clean system-packages
+.PHONY: install demo lint test clean system-packages lock
 
 install: system-packages $(STAMP)
 
@@ -19,10 +21,11 @@ system-packages:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++-aarch64-linux-gnu qemu-user chromium; } || \
 	  echo "warning: could not install g++-aarch64-linux-gnu qemu-user chromium (not root?): aarch64 builds and browser tests will say so"
 
-$(STAMP): requirements.lock pyproject.toml
+# every file pip installs must match a sha256 in the lock (--require-hashes), pip itself included
+$(STAMP): requirements-pip.lock requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-pip.lock
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	rm -f $(VENV)/.installed-* && touch $@
 
@@ -42,6 +45,15 @@ lint: install
 
 test: install lint
 	$(BIN)/python -m pytest
+
+# `make lock`: pin again from pyproject.toml (its extras `test` included) with the sha256 of every file
+# of each pinned version; pip-compile keeps the versions already in requirements.lock unless
+# pyproject.toml asks for others. pip-tools runs in a scratch virtual environment under build/.
+lock:
+	rm -rf build/lockenv && $(PYTHON) -m venv build/lockenv
+	build/lockenv/bin/python -m pip install --quiet pip==26.3 pip-tools==7.6.2
+	build/lockenv/bin/pip-compile $(LOCK_FLAGS) --extra test --strip-extras --output-file requirements.lock pyproject.toml
+	echo "pip==26.3" | build/lockenv/bin/pip-compile $(LOCK_FLAGS) --output-file requirements-pip.lock -
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -203,13 +203,35 @@ def _score_remote(settings: dict, candidate: dict | None, parcels: dict) -> dict
 
     # the GPU Ray assigned (its CUDA_VISIBLE_DEVICES makes it cuda:0 here), not --device cuda:N
     gpu_ids = [str(i) for i in ray.get_gpu_ids()]
-    local = materialise(settings, parcels, fetch=ray.get)
-    ray_sets_visible = not os.environ.get("RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES")
-    local["device"] = trial_device_spec(local.get("device", "auto"), gpu_ids, ray_sets_visible)
-    scores = score_candidate(local, candidate)
+    try:
+        local = materialise(settings, parcels, fetch=ray.get)
+        ray_sets_visible = not os.environ.get("RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES")
+        local["device"] = trial_device_spec(local.get("device", "auto"), gpu_ids, ray_sets_visible)
+        scores = score_candidate(local, candidate)
+    except Exception as error:
+        raise CandidateFailed(describe_error(error), this_node()) from error
     scores["node"] = this_node()
     scores["ray_gpu_ids"] = ",".join(gpu_ids)  # what Ray assigned; `device`: what torch ran on
     return scores
+
+
+class CandidateFailed(Exception):
+    """A candidate's own error in its trial's task, with the node it ran on (a failed trial's
+    record says where it failed, as a scored one's says where it ran)."""
+
+    def __init__(self, description: str, node: dict):
+        super().__init__(description)
+        self.description, self.node = description, node
+
+    def __reduce__(self):  # Ray pickles it back to the driver
+        return CandidateFailed, (self.description, self.node)
+
+
+def failed_node(error: BaseException) -> dict | None:
+    """The node a failed trial ran on, where its task said (CandidateFailed); None when the task
+    never reported back (its worker or node died every attempt)."""
+    cause = getattr(error, "cause", None) or error
+    return cause.node if isinstance(cause, CandidateFailed) else None
 
 
 def this_node() -> dict:
@@ -298,5 +320,7 @@ def result(pending: Pending) -> dict:
 def describe_error(error: BaseException) -> str:
     """One line for a failed trial: the task's own exception, not Ray's wrapper."""
     cause = getattr(error, "cause", None) or error
+    if isinstance(cause, CandidateFailed):
+        return cause.description
     text = str(cause).strip().splitlines()
     return f"{type(cause).__name__}: {text[-1] if text else ''}"

@@ -345,7 +345,8 @@ def _search_loop(study, inputs: Inputs, settings: dict, run: dict, parallel: int
             try:
                 scores = execution.result(ref)
             except Exception as error:  # a failing candidate is recorded, the search goes on
-                studies.tell_failure(study, trial, execution.describe_error(error))
+                studies.tell_failure(study, trial, execution.describe_error(error),
+                                     node=execution.failed_node(error), attempts=ref.attempts)
                 bar.write(f"trial {trial.number} failed: {execution.describe_error(error)}")
             else:
                 studies.tell_scores(study, trial, scores, budgets)

@@ -40,6 +40,7 @@ ORIGIN_ATTR = "origin"  # one line: where the design came from (recipe, seed, mo
 PREDICTED_ATTR = "predicted"  # proxy scores before the fine-tune (guided strategy)
 RECIPE_ATTR = "recipe"
 ERROR_ATTR = "error"
+FAILED_ON_ATTR = "failed_on"  # a failed trial's {node, attempts} (a scored one keeps them in its scores)
 INTERRUPTED = "interrupted: the run stopped while this trial was in flight; its candidate was queued again"
 # study attr: numbers of the trials a stopped run left in flight, failed and queued again on resume (their
 # error is INTERRUPTED). Optuna's public API sets a trial's attributes only through the Trial that the
@@ -192,8 +193,11 @@ def tell_scores(study: optuna.Study, trial: Trial, scores: dict, budgets: dict) 
     study.tell(trial, [scores[name] for name in OBJECTIVES])
 
 
-def tell_failure(study: optuna.Study, trial: Trial, error: str) -> None:
+def tell_failure(study: optuna.Study, trial: Trial, error: str, *, node: dict | None = None,
+                 attempts: int | None = None) -> None:
+    """Record a failed trial: its error, and the node it failed on where its task said."""
     trial.set_user_attr(ERROR_ATTR, error)
+    trial.set_user_attr(FAILED_ON_ATTR, {"node": node, "attempts": attempts})
     study.tell(trial, state=TrialState.FAIL)
 
 
@@ -221,6 +225,7 @@ def trial_rows(study: optuna.Study) -> list[dict]:
     interrupted = interrupted_numbers(study)
     states = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
     for trial in study.get_trials(deepcopy=False, states=states):
+        where = trial.user_attrs.get(SCORE_ATTR) or trial.user_attrs.get(FAILED_ON_ATTR) or {}
         rows.append({
             "number": trial.number,
             "state": trial.state.name,
@@ -233,8 +238,8 @@ def trial_rows(study: optuna.Study) -> list[dict]:
             "origin": trial.user_attrs.get(ORIGIN_ATTR, "sampled by Optuna"),
             "recipe": trial.user_attrs.get(RECIPE_ATTR),
             "predicted": trial.user_attrs.get(PREDICTED_ATTR),
-            "node": node_label((trial.user_attrs.get(SCORE_ATTR) or {}).get("node")),
-            "attempts": (trial.user_attrs.get(SCORE_ATTR) or {}).get("attempts"),
+            "node": node_label(where.get("node")),
+            "attempts": where.get("attempts"),
         })
     return rows
 

@@ -101,6 +101,19 @@ def test_a_users_dataset_and_checkpoint_are_never_modified(tmp_path, smoke_input
     shutil.copytree(smoke_inputs.data_yaml.parent, dataset, ignore=shutil.ignore_patterns("*.cache"))
     checkpoint = tmp_path / "best.pt"
     shutil.copy2(smoke_inputs.checkpoint, checkpoint)
+    # a label cache handed over with the data: ultralytics would np.load(allow_pickle=True) it,
+    # and unpickling it opens (creates) `unpickled`
+    unpickled = tmp_path / "unpickled"
+
+    class Planted:
+        def __reduce__(self):
+            return open, (str(unpickled), "w")
+
+    import numpy as np
+
+    for split in (dataset / "labels").iterdir():
+        with split.with_suffix(".cache").open("wb") as cache:
+            np.save(cache, np.array(Planted(), dtype=object), allow_pickle=True)
 
     def snapshot():
         return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")}
@@ -110,6 +123,7 @@ def test_a_users_dataset_and_checkpoint_are_never_modified(tmp_path, smoke_input
                      "--uniform", "bits=6", "--finetune-iters", "1", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     assert snapshot() == before
+    assert not unpickled.exists()
 
 
 @pytest.mark.parametrize("args, fragment", [

@@ -53,11 +53,15 @@ def test_a_failing_trial_is_recorded_with_its_error_and_the_search_goes_on(tmp_p
         # the checkpoint is not shipped: the workers look for the vanished path
         parcels = shipping.put({k: v for k, v in ship_inputs(smoke_inputs).items() if k != "checkpoint"})
         _search_loop(study, smoke_inputs, settings, {"trials": 2}, parallel=2, cpus=1, budgets={}, parcels=parcels)
+        node = execution.this_node()  # the driver's node: the only node of a local Ray
     finally:
         execution.stop_ray()
     trials = study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]
-    assert all("checkpoint not found" in t.user_attrs[studies.ERROR_ATTR] for t in trials)
+    assert all(t.user_attrs[studies.ERROR_ATTR].startswith("CheckpointError: checkpoint not found") for t in trials)
+    # a failed trial says where it failed and after how many attempts, as a scored one does
+    rows = studies.trial_rows(study)
+    assert [(row["node"], row["attempts"]) for row in rows] == [(studies.node_label(node), 1)] * 2
 
 
 def test_resume_refuses_a_space_that_changed_since_the_run_started(tmp_path):
