@@ -22,6 +22,7 @@ from pathlib import Path
 NODE_MARKER = "EDGESEARCH_TEST_RAY_NODE"
 RAY = str(Path(sys.executable).with_name("ray"))
 TRIAL_TITLE = "ray::_score_remote"  # a Ray worker's process title while it runs a trial
+REMEASURE_TITLE = "ray::_remeasure_remote"  # ... while it re-measures the front
 
 
 def free_port() -> int:
@@ -137,11 +138,11 @@ class LocalCluster:
                     break
         return found
 
-    def trial_workers(self) -> dict[str, list[int]]:
-        """{node: PIDs of its Ray workers running a trial now}."""
+    def trial_workers(self, title: str = TRIAL_TITLE) -> dict[str, list[int]]:
+        """{node: PIDs of its Ray workers running a trial now} (or a task of another `title`)."""
         running = {}
         for name in self.nodes:
-            pids = [pid for pid in self.processes(name) if _cmdline(pid).startswith(TRIAL_TITLE)]
+            pids = [pid for pid in self.processes(name) if _cmdline(pid).startswith(title)]
             if pids:
                 running[name] = pids
         return running

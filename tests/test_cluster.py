@@ -8,7 +8,8 @@ One search carries the faults, to keep the file within a few minutes on two core
 run, the worker process of one is killed and the node of the other stopped, and the folder the
 inputs were given from is deleted (from then on only the object store has them); once those two
 trials are scored and a third runs, the driver is killed; `search run --resume` then finishes the
-run. Each test below checks one consequence.
+run. Each test below checks one consequence. Last, a search measured on the nodes themselves
+(x86-host) loses the node re-measuring its front, then its driver, and resumes.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import pytest
 import torch
 
 from conftest import SMOKE_SPACE, run_cli
-from local_cluster import LocalCluster
+from local_cluster import REMEASURE_TITLE, LocalCluster
 
 NO_CUDA = not torch.cuda.is_available()
 
@@ -94,6 +95,7 @@ def faulty_search(cluster, cluster_inputs, tmp_path_factory):
     out, given = folder / "run", folder / "given"
     model, data = _given_inputs(cluster_inputs, given)
     driver, resumed = _search(cluster, out, model, data), None
+    cpu_only_id = cluster.node_id(cluster.nodes[-1])  # started last
     try:
         # the base is scored alone first; then two trials run, on two nodes (one CPU each)
         running = _wait(lambda: (r := cluster.trial_workers()) and sum(map(len, r.values())) >= 2 and r,
@@ -118,6 +120,7 @@ def faulty_search(cluster, cluster_inputs, tmp_path_factory):
                 process.kill()
     log = "\n".join(p.read_text() for p in sorted(folder.glob("*.log")))
     return SimpleNamespace(out=out, resumed=resumed, log=log, stopped_id=stopped_id, before_kill=before_kill,
+                           cpu_only_id=cpu_only_id,
                            rows=list(csv.DictReader((out / "trials.csv").open())) if resumed.returncode == 0 else [])
 
 
@@ -141,7 +144,7 @@ def test_trials_ask_for_gpus_and_run_only_on_gpu_nodes(cluster, faulty_search):
     torch ran on: the CPU, since a logical GPU has no CUDA behind it (`auto` falls back)."""
     assert faulty_search.resumed.returncode == 0, faulty_search.log[-3000:]
     assert "each trial asks Ray for 1 GPU" in faulty_search.log
-    cpu_only = cluster.node_id(cluster.nodes[-1])[:8]  # started last, still up (a GPU node was stopped)
+    cpu_only = faulty_search.cpu_only_id[:8]
     scored = [r for r in faulty_search.rows if r["state"] == "COMPLETE"]
     assert scored and all(r["node"].split()[-1] != cpu_only for r in scored), [r["node"] for r in scored]
     expected = "cpu" if NO_CUDA else "cuda:0 ("  # where there is CUDA: the GPU Ray assigned, as cuda:0
@@ -182,3 +185,42 @@ def test_an_unreachable_cluster_is_refused_at_once_and_nothing_is_written(tmp_pa
     errors = [line for line in result.stderr.strip().splitlines() if line.startswith("search: error:")]
     assert len(errors) == 1 and "127.0.0.1:1" in errors[0], result.stderr[-2000:]
     assert not out.exists()
+
+
+def test_node_loss_and_a_killed_driver_during_the_re_measure_lose_nothing(cluster, cluster_inputs, tmp_path):
+    """A search timed on the nodes (x86-host: measured where each trial runs) re-measures its front
+    in one task at the end. The node running that task goes down: Ray runs it again on another node;
+    then the driver is killed; `--resume` re-measures once more. The scored trials are those the
+    search finished, and the report's re-measured figures all come from one node still up."""
+    import optuna
+
+    from edgesearch.search import jobs, study as studies
+
+    out = tmp_path / "run"
+    model, data = _given_inputs(cluster_inputs, tmp_path / "given")
+    measured = ("--profile", "x86-host", "--trials", "1", "--gpus-per-trial", "0")
+    driver, resumed = _search(cluster, out, model, data, *measured), None
+    try:
+        remeasuring = _wait(lambda: cluster.trial_workers(REMEASURE_TITLE), "the front's re-measure ran", driver)
+        node = next(iter(remeasuring))
+        stopped_id = cluster.node_id(node)
+        cluster.stop_node(node)
+        _wait(lambda: cluster.trial_workers(REMEASURE_TITLE), "the re-measure ran again on another node", driver)
+        scored = _scored(out)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        resumed = _search(cluster, out, model, data, *measured, "--resume")
+        resumed.wait(timeout=WAIT_S)
+    finally:
+        for process in (driver, resumed):
+            if process is not None and process.poll() is None:
+                process.kill()
+    log = "\n".join(p.read_text() for p in sorted(tmp_path.glob("*.log")))
+    assert resumed.returncode == 0, log[-3000:]
+    assert len(scored) == 1 and _scored(out) == scored
+    study = optuna.load_study(study_name=studies.STUDY_NAME, storage=studies.storage_url(out))
+    assert study.user_attrs[jobs.REMEASURE_ATTR]["state"] == "done", study.user_attrs[jobs.REMEASURE_ATTR]
+    remeasured = study.user_attrs["remeasured"]
+    assert set(remeasured) == {"base", *(str(t.number) for t in studies.pareto_trials(study))}
+    nodes = {figures["node"]["id"] for figures in remeasured.values()}
+    assert len(nodes) == 1 and stopped_id not in nodes, (nodes, stopped_id)
