@@ -36,7 +36,7 @@ demo: install
 # ruff on every Python file; mypy on the package as installed (edgesearch.search, ...): mypy does not
 # follow setuptools' editable-install hook, so the folders are linked under build/typecheck/edgesearch/
 # (mypy_path in pyproject.toml; its cache in build/mypy-cache makes a rerun take about a second)
-PACKAGE_DIRS := search spaces runners reports
+PACKAGE_DIRS := common search spaces runners reports
 lint: install
 	$(BIN)/ruff check .
 	mkdir -p build/typecheck/edgesearch

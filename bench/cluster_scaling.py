@@ -40,7 +40,7 @@ from edgesearch.search.cli_env import apply_process_env  # noqa: E402
 
 apply_process_env()
 
-from edgesearch.search.paths import write_text_atomically  # noqa: E402
+from edgesearch.common.files import write_text_atomically  # noqa: E402
 from local_cluster import LocalCluster  # noqa: E402
 
 PROFILE = ROOT / "tests" / "data" / "cluster-board.yaml"

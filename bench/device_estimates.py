@@ -49,6 +49,7 @@ os.environ.setdefault("TVM_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from edgesearch.common.files import write_text_atomically  # noqa: E402
 from edgesearch.runners.costs import LayerCost, roofline_latency_ms  # noqa: E402
 from edgesearch.runners.hardware.latency_model import (  # noqa: E402
     calibration_for,
@@ -58,7 +59,6 @@ from edgesearch.runners.hardware.latency_model import (  # noqa: E402
     shipped_calibration,
 )
 from edgesearch.runners.hardware.profiles import available_profiles, load_profile  # noqa: E402
-from edgesearch.search.paths import write_text_atomically  # noqa: E402
 
 X86 = "x86-host"
 TINY = "search/yolov8-tiny.yaml"

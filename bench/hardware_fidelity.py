@@ -39,13 +39,14 @@ import tvm  # noqa: E402
 from tvm import relax  # noqa: E402
 from ultralytics.nn.modules.block import Bottleneck  # noqa: E402
 
+from edgesearch.common.cache import cache_dir  # noqa: E402
+from edgesearch.common.files import write_text_atomically  # noqa: E402
 from edgesearch.runners.costs import layer_costs, roofline_latency_ms  # noqa: E402
 from edgesearch.runners.hardware.build import build_local, export_for_tvm, set_export_mode  # noqa: E402
 from edgesearch.runners.hardware.layer_table import build_block, describe_blocks, per_layer_latency  # noqa: E402
 from edgesearch.runners.hardware.profiles import load_profile  # noqa: E402
 from edgesearch.runners.hardware.tuning import tune_and_build  # noqa: E402
-from edgesearch.search.jobs import resolve_inputs  # noqa: E402
-from edgesearch.search.paths import cache_dir, write_text_atomically  # noqa: E402
+from edgesearch.search.resolve import resolve_inputs  # noqa: E402
 from edgesearch.spaces.apply import apply_candidate, uniform_candidate  # noqa: E402
 from edgesearch.spaces.candidate import Candidate, LayerKnobs  # noqa: E402
 from timers import ort_session, ort_timer, summarize, tvm_timer  # noqa: E402  (bench/timers.py)

@@ -45,13 +45,13 @@ import torch  # noqa: E402
 import tvm  # noqa: E402
 from tvm import relax  # noqa: E402
 
+from edgesearch.common.files import write_text_atomically  # noqa: E402
 from edgesearch.runners.accuracy.finetune import calibration_batches, validate  # noqa: E402
 from edgesearch.runners.hardware.build import build_local, export_for_tvm, float_copy, set_export_mode  # noqa: E402
 from edgesearch.runners.hardware.integer_model import integer_copy  # noqa: E402
 from edgesearch.runners.hardware.layer_table import build_block, describe_blocks  # noqa: E402
 from edgesearch.runners.hardware.profiles import load_profile  # noqa: E402
-from edgesearch.search.jobs import resolve_inputs  # noqa: E402
-from edgesearch.search.paths import write_text_atomically  # noqa: E402
+from edgesearch.search.resolve import resolve_inputs  # noqa: E402
 from edgesearch.spaces.activations import calibrate  # noqa: E402
 from edgesearch.spaces.apply import apply_candidate, uniform_candidate  # noqa: E402
 from edgesearch.spaces.candidate import LayerKnobs  # noqa: E402

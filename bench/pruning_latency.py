@@ -27,8 +27,8 @@ import tvm  # noqa: E402
 from tvm import relax  # noqa: E402
 
 from edgesearch.runners.hardware.build import build_local, export_for_tvm  # noqa: E402
-from edgesearch.search.jobs import resolve_inputs  # noqa: E402
 from edgesearch.search.presets import PRESETS  # noqa: E402
+from edgesearch.search.resolve import resolve_inputs  # noqa: E402
 from edgesearch.spaces.apply import apply_candidate, uniform_candidate  # noqa: E402
 from edgesearch.spaces.candidate import parse_uniform  # noqa: E402
 

@@ -35,13 +35,13 @@ apply_process_env()  # before torch / TVM load (the search modules import both)
 
 import torch  # noqa: E402
 
+from edgesearch.common.errors import InputError  # noqa: E402
+from edgesearch.common.files import write_text_atomically  # noqa: E402
 from edgesearch.runners.accuracy.finetune import finetune, validate  # noqa: E402
-from edgesearch.search.jobs import Inputs, resolve_inputs  # noqa: E402
-from edgesearch.search.paths import write_text_atomically  # noqa: E402
 from edgesearch.search.presets import PRESETS  # noqa: E402
+from edgesearch.search.resolve import Inputs, resolve_inputs  # noqa: E402
 from edgesearch.spaces.apply import apply_candidate, uniform_candidate, weight_bytes  # noqa: E402
 from edgesearch.spaces.candidate import Candidate, LayerKnobs  # noqa: E402
-from edgesearch.spaces.errors import InputError  # noqa: E402
 from edgesearch.spaces.packing import bake_fake_quant  # noqa: E402
 
 BITS = (8, 4)

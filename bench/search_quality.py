@@ -40,8 +40,8 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
+from edgesearch.common.files import write_text_atomically  # noqa: E402
 from edgesearch.search import study as studies  # noqa: E402
-from edgesearch.search.paths import write_text_atomically  # noqa: E402
 
 STRATEGIES = ("random", "nsga2", "guided")
 MAX_DROP = 0.01

@@ -33,8 +33,8 @@ apply_process_env()
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
+from edgesearch.common.files import write_text_atomically  # noqa: E402
 from edgesearch.search import study as studies  # noqa: E402
-from edgesearch.search.paths import write_text_atomically  # noqa: E402
 
 PARTS = ("finetune_s", "validate_s", "hardware_s", "eval_s")  # per-trial times measured inside the worker
 

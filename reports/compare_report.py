@@ -12,9 +12,11 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
+from edgesearch.common.files import atomic_write
+
 from . import design_data as dd
 from .figures import KIB, LAYOUT
-from .page import atomic_write, esc, figure_spec, fmt, fmt_bytes, mark, render
+from .page import esc, figure_spec, fmt, fmt_bytes, mark, render
 from .pareto_report import knob_summary
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")

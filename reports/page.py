@@ -13,11 +13,7 @@ import base64
 import hashlib
 import html
 import json
-import os
-import stat
-import tempfile
 from functools import lru_cache
-from pathlib import Path
 
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
@@ -121,43 +117,6 @@ def render(*, title: str, body: str, figures: dict[str, dict], data: dict, scrip
 <script type="application/json" id="page-data">{_script_json(data)}</script>
 <script>{page_script}</script>
 </body></html>"""
-
-
-def new_file_mode(path: Path) -> int:
-    """The mode a rewrite of `path` gets: the mode it has now (a user's chmod survives), else what
-    the process's umask gives a new file (never mkstemp's private 0600, never a forced 0644)."""
-    try:
-        return stat.S_IMODE(os.stat(path).st_mode)
-    except FileNotFoundError:
-        return 0o666 & ~_umask()
-
-
-def _umask() -> int:
-    try:  # Linux >= 4.7: read without changing it (os.umask would, for every thread, for a moment)
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """`data` into `path` through a temporary file renamed over it: a reader sees the old file or
-    the new one. The file keeps the mode `path` had (new_file_mode)."""
-    path = Path(path)
-    mode = new_file_mode(path)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def fmt_bytes(value) -> str:

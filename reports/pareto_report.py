@@ -26,8 +26,10 @@ import shlex
 from collections import Counter
 from pathlib import Path
 
+from edgesearch.common.files import atomic_write
+
 from . import design_data as dd, figures
-from .page import atomic_write, data_url, esc, figure_spec, fmt, fmt_bytes, mark, render
+from .page import data_url, esc, figure_spec, fmt, fmt_bytes, mark, render
 
 SCORE_COLUMNS = ("map50_95", "map50", "holdout_map50_95", "holdout_map50", "latency_ms", "latency_spread_ms",
                  "latency_error_pct", "latency_source", "latency_method", "compute_precision", "sram_bytes", "weight_bytes", "activation_bytes", "fits_sram",

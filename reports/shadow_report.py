@@ -9,9 +9,11 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
+from edgesearch.common.files import atomic_write
+
 from . import design_data as dd
 from .figures import COLORS, LAYOUT
-from .page import atomic_write, esc, figure_spec, fmt, mark, render
+from .page import esc, figure_spec, fmt, mark, render
 
 
 def _pct(value) -> str:

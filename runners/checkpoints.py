@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgesearch.spaces.errors import InputError
+from edgesearch.common.errors import InputError
 
 TRUST_FLAG = "--trust-checkpoint"
 

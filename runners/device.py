@@ -26,7 +26,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from edgesearch.spaces.errors import InputError
+from edgesearch.common.errors import InputError
 
 SPEC = re.compile(r"auto|cpu|cuda(:\d+)?")
 CPU = torch.device("cpu")

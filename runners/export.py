@@ -42,8 +42,6 @@ import datetime
 import hashlib
 import io
 import json
-import os
-import tempfile
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -53,7 +51,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgesearch.runners.cache import cache_root
+from edgesearch.common.cache import cache_root
+from edgesearch.common.errors import InputError
+from edgesearch.common.files import atomic_write
 from edgesearch.runners.evaluate import EvalSettings, build_design
 from edgesearch.runners.hardware.build import set_export_mode
 from edgesearch.runners.hardware.integer_model import integer_weights
@@ -61,7 +61,6 @@ from edgesearch.runners.hardware.precision import conv_precisions, describe
 from edgesearch.runners.hardware.profiles import load_profile
 from edgesearch.spaces.activations import InputQuantizer, remove_input_quantizers
 from edgesearch.spaces.apply import conv_layers, replace_module
-from edgesearch.spaces.errors import InputError
 from edgesearch.spaces.packing import read_layer
 
 EXPORT_FORMATS = ("onnx", "pt")
@@ -339,7 +338,7 @@ def _fold_weight_quantization(proto) -> None:
 
 
 def write_onnx(model: nn.Module, precisions: dict[str, str], imgsz: int, metadata: dict, out: Path) -> None:
-    _atomic_write(out, onnx_bytes(model, precisions, imgsz, metadata))
+    atomic_write(out, onnx_bytes(model, precisions, imgsz, metadata))
 
 
 # ------------------------------------------------------------------------------- .pt
@@ -383,7 +382,7 @@ def write_pt(model: nn.Module, base: nn.Module, config: EvalSettings, metadata: 
     }
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
-    _atomic_write(out, buffer.getvalue())
+    atomic_write(out, buffer.getvalue())
 
 
 # ------------------------------------------------------------------------------- the record
@@ -414,7 +413,7 @@ def record_export(identity: str, profile: str, config: EvalSettings, candidate: 
         "files": sorted(files.values(), key=lambda f: f["path"]),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, json.dumps(record, indent=2).encode())
+    atomic_write(path, json.dumps(record, indent=2).encode())
     return path
 
 
@@ -426,14 +425,3 @@ def _network_work(model: nn.Module, imgsz: int, precisions: dict[str, str]) -> d
     return network_work(model, imgsz, precisions).to_json()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as f:
-            f.write(data)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

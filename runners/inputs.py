@@ -36,7 +36,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from edgesearch.runners.cache import cache_root
+from edgesearch.common.cache import cache_root
 
 INPUTS_DIR = "inputs"
 PATH_SETTINGS = ("checkpoint", "data_yaml", "profile")  # the settings that name a file a trial opens

@@ -22,6 +22,7 @@ import torch
 import yaml
 from scipy.optimize import linear_sum_assignment
 
+from edgesearch.common.errors import InputError
 from edgesearch.runners.accuracy import ultralytics_io  # noqa: F401  (never write into the user's dataset)
 from edgesearch.runners.accuracy.finetune import load_dataset_info
 from edgesearch.runners.device import CPU, describe, resolve_device, running_on, to_device, trainer_device
@@ -30,7 +31,6 @@ from edgesearch.runners.hardware.profiles import load_profile
 from edgesearch.runners.hardware.scores import hardware_scores, remeasure_interleaved
 from edgesearch.spaces.apply import apply_candidate
 from edgesearch.spaces.candidate import Candidate
-from edgesearch.spaces.errors import InputError
 
 CONF = 0.25  # ultralytics' predict default: the detections a deployment would act on
 NMS_IOU = 0.7
@@ -129,7 +129,9 @@ def per_class_scores(model, images_dir: Path, names: dict, imgsz: int, device: t
 
 def latencies(base, design, config: EvalSettings) -> dict:
     profile = load_profile(config.profile)
-    if profile.measurement == "local":
+    from edgesearch.runners.hardware.measure import timed_here
+
+    if timed_here(profile):
         return remeasure_interleaved({"base": base, "design": design}, profile, config.imgsz)
     return {name: {k: v for k, v in hardware_scores(model, profile, config.imgsz).items()
                    if k in ("latency_ms", "latency_spread_ms", "latency_source", "latency_method")}

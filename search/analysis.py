@@ -13,7 +13,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from edgesearch.search.paths import cache_dir, write_text_atomically
+from edgesearch.common.cache import cache_dir
+from edgesearch.common.files import write_text_atomically
 
 SENSITIVITY_FILE = "sensitivity.json"
 BASIS_FILE = "cost_basis.json"

@@ -10,9 +10,10 @@ from pathlib import Path
 import ultralytics
 from filelock import FileLock
 
+from edgesearch.common.cache import cache_dir
+from edgesearch.common.files import atomic_directory
 from edgesearch.runners.accuracy.base_training import train_base_model
 from edgesearch.runners.device import resolve_device
-from edgesearch.search.paths import atomic_directory, cache_dir
 from edgesearch.search.presets import Preset
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from edgesearch.spaces.errors import InputError
+from edgesearch.common.errors import InputError
 
 # jobs-file key -> its type; each is the `search run` flag of the same name (underscores as dashes)
 SEARCH_KEYS = {"out": str, "model": str, "data": str, "profile": str, "space": str, "preset": str, "strategy": str,

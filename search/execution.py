@@ -25,8 +25,8 @@ from pathlib import Path
 import ray
 import ray.exceptions
 
+from edgesearch.common.errors import InputError
 from edgesearch.search.cli_env import PROCESS_ENV
-from edgesearch.spaces.errors import InputError
 
 # quiet ultralytics in workers (the driver shows one progress bar for the whole search)
 WORKER_ENV = {**PROCESS_ENV, "YOLO_VERBOSE": "False"}

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edgesearch.common.errors import InputError
 from edgesearch.reports import design_data
-from edgesearch.spaces.errors import InputError
 from edgesearch.spaces.knobs import report_knobs
 
 PACKED_SOURCE = ("computed: each layer's packed length at the design's layout (spaces/packing.packed_size after applying "

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import yaml
 
+from edgesearch.common.errors import InputError
 from edgesearch.runners.accuracy.finetune import load_dataset_info
-from edgesearch.spaces.errors import InputError
 
 SHIPPED_DATA_YAML = "data.shipped.yaml"  # the data.yaml written into the dataset archive, paths relative
 SPLITS = ("train", "val", "test")

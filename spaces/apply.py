@@ -17,9 +17,9 @@ from typing import cast
 
 from torch import nn
 
+from edgesearch.common.errors import InputError
 from edgesearch.spaces.activations import attach_input_quantizer
 from edgesearch.spaces.candidate import Candidate, LayerKnobs
-from edgesearch.spaces.errors import InputError
 from edgesearch.spaces.kernel_size import shrink_kernel, why_not_shrinkable
 from edgesearch.spaces.low_rank import factorize, factorized_shapes, is_worth_it
 from edgesearch.spaces.packing import module_packing, packed_size

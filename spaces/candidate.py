@@ -13,7 +13,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from edgesearch.spaces.errors import InputError
+from edgesearch.common.errors import InputError
 from edgesearch.spaces.knobs import ALIASES, DEFAULTS, FLOAT_BITS, KERNEL_SIZES, KNOBS, SCHEMES, problem
 
 __all__ = ["FLOAT_BITS", "KERNEL_SIZES", "SCHEMES", "Candidate", "LayerKnobs", "parse_uniform"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from edgesearch.spaces.errors import InputError
+from edgesearch.common.errors import InputError
 
 
 def why_not_shrinkable(conv: nn.Module, new_k: int) -> str | None:

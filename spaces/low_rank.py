@@ -25,7 +25,7 @@ from typing import Any, TypeGuard
 import torch
 from torch import nn
 
-from edgesearch.spaces.errors import InputError
+from edgesearch.common.errors import InputError
 
 
 def why_not_factorizable(conv: nn.Module) -> str | None:

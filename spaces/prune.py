@@ -42,7 +42,7 @@ from ultralytics.nn.modules.block import C2PSA, C3, SPPF, Attention, Bottleneck,
 from ultralytics.nn.modules.conv import Concat, Conv
 from ultralytics.nn.modules.head import Detect
 
-from edgesearch.spaces.errors import InputError
+from edgesearch.common.errors import InputError
 
 IMPORTANCES = ("l1", "bn")
 TRACE_IMGSZ = 64  # input size of the tracing forward pass (a multiple of the largest stride, 32)

@@ -37,12 +37,12 @@ from pathlib import Path
 
 from torch import nn
 
+from edgesearch.common.errors import InputError
+from edgesearch.common.named_yaml import names_in, read_named_yaml
 from edgesearch.spaces.candidate import LayerKnobs
-from edgesearch.spaces.errors import InputError
 from edgesearch.spaces.kernel_size import why_not_shrinkable
 from edgesearch.spaces.knobs import DEFAULTS, KNOB, KNOBS as KNOB_TABLE
 from edgesearch.spaces.low_rank import is_worth_it
-from edgesearch.spaces.named_yaml import names_in, read_named_yaml
 from edgesearch.spaces.prune import prunable_groups
 
 SPACES_DIR = Path(__file__).parent

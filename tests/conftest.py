@@ -52,7 +52,7 @@ def isolated_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def smoke_inputs(isolated_cache):
     """The smoke preset's data.yaml and trained tiny base checkpoint (real MNIST, real training)."""
-    from edgesearch.search.jobs import resolve_inputs
+    from edgesearch.search.resolve import resolve_inputs
 
     return resolve_inputs(profile="x86-host", space="yolov8", model=None, data=None, preset="smoke")
 

@@ -230,7 +230,7 @@ NAMED = {"checkpoint": r"\.pt\b", "data.yaml": r"data\.yaml", "space": r"space",
 
 @pytest.mark.parametrize("name", PROBES)
 def test_a_bad_input_is_one_line_and_exit_2_and_writes_nothing(tmp_path, capsys, monkeypatch, good, name):
-    from edgesearch.runners.cache import cache_root
+    from edgesearch.common.cache import cache_root
 
     probe = tmp_path / "probe"
     probe.mkdir()

@@ -194,7 +194,7 @@ def test_node_loss_and_a_killed_driver_during_the_re_measure_lose_nothing(cluste
     search finished, and the report's re-measured figures all come from one node still up."""
     import optuna
 
-    from edgesearch.search import jobs, study as studies
+    from edgesearch.search import remeasure, study as studies
 
     out = tmp_path / "run"
     model, data = _given_inputs(cluster_inputs, tmp_path / "given")
@@ -219,7 +219,7 @@ def test_node_loss_and_a_killed_driver_during_the_re_measure_lose_nothing(cluste
     assert resumed.returncode == 0, log[-3000:]
     assert len(scored) == 1 and _scored(out) == scored
     study = optuna.load_study(study_name=studies.STUDY_NAME, storage=studies.storage_url(out))
-    assert study.user_attrs[jobs.REMEASURE_ATTR]["state"] == "done", study.user_attrs[jobs.REMEASURE_ATTR]
+    assert study.user_attrs[remeasure.REMEASURE_ATTR]["state"] == "done", study.user_attrs[remeasure.REMEASURE_ATTR]
     remeasured = study.user_attrs["remeasured"]
     assert set(remeasured) == {"base", *(str(t.number) for t in studies.pareto_trials(study))}
     nodes = {figures["node"]["id"] for figures in remeasured.values()}

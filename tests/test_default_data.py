@@ -3,8 +3,8 @@ import hashlib
 import numpy as np
 import pytest
 
+from edgesearch.common.errors import InputError
 from edgesearch.search.default_data import DigitCanvasRecipe, build_digit_dataset, compose_canvas, read_idx
-from edgesearch.spaces.errors import InputError
 
 
 def _write_idx(path, array):

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import run_in_process
+from edgesearch.common.errors import InputError
 from edgesearch.runners.device import (
     CPU,
     resolve_device,
@@ -21,7 +22,6 @@ from edgesearch.runners.device import (
     trial_device_spec,
 )
 from edgesearch.search.execution import trial_gpus
-from edgesearch.spaces.errors import InputError
 
 NO_CUDA = not torch.cuda.is_available()
 needs_no_cuda = pytest.mark.skipif(not NO_CUDA, reason="checks the refusals of a machine without CUDA")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from edgesearch.common.errors import InputError
 from edgesearch.runners.hardware.precision import conv_precisions
 from edgesearch.runners.hardware.profiles import load_profile
 from edgesearch.search.options import OptionPricer
@@ -13,7 +14,6 @@ from edgesearch.search.recipes import FP16, device_recipes, recipe_candidates
 from edgesearch.spaces.activations import calibrate
 from edgesearch.spaces.apply import apply_candidate, conv_layers, uniform_candidate, weight_bytes
 from edgesearch.spaces.candidate import Candidate, LayerKnobs
-from edgesearch.spaces.errors import InputError
 from edgesearch.spaces.packing import bake_fake_quant
 from edgesearch.spaces.space import load_space
 

@@ -63,8 +63,8 @@ def exported(tmp_path_factory, smoke_inputs):
 def score(smoke_inputs):
     """edgesearch's own score of the design, with the settings `search eval` (and so the export) uses."""
     from edgesearch.runners.evaluate import score_candidate
-    from edgesearch.search.jobs import eval_settings
     from edgesearch.search.presets import PRESETS
+    from edgesearch.search.resolve import eval_settings
 
     preset = PRESETS["smoke"]
     settings = eval_settings(smoke_inputs, imgsz=preset.imgsz, finetune_iters=preset.finetune_iters,
@@ -137,7 +137,7 @@ def test_int8_is_qdq_where_the_profile_computes_int8_and_nowhere_on_jetson_nano(
 def test_the_export_carries_ultralytics_metadata_and_is_recorded_by_design_id(exported, smoke_inputs):
     from ultralytics.nn.autobackend import AutoBackend
 
-    from edgesearch.runners.cache import cache_root
+    from edgesearch.common.cache import cache_root
     from edgesearch.runners.hardware.latency_model import NetworkWork
     from edgesearch.spaces.candidate import Candidate
 

@@ -114,7 +114,7 @@ def test_a_run_keeps_to_one_kind_of_latency_figure(fused_tiny, tmp_path, monkeyp
 
 
 def test_a_build_left_partly_unscheduled_says_so_in_its_label():
-    from edgesearch.runners.hardware.scores import naive_note
+    from edgesearch.runners.hardware.measure import naive_note
 
     assert naive_note({"unscheduled_kernels": [], "serial_blocks": []}) == ""
     note = naive_note({"unscheduled_kernels": ["fused_conv2d_add"], "serial_blocks": ["k:b1", "k:b2"]})

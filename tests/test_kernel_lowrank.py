@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from edgesearch.common.errors import InputError
 from edgesearch.spaces import kernel_size, low_rank
-from edgesearch.spaces.errors import InputError
 
 
 def _conv(c_in, c_out, k, stride=1, padding=None, groups=1, seed=0):

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from edgesearch.common.errors import InputError
 from edgesearch.runners.hardware.layer_table import (
     build_pipeline,
     describe_blocks,
@@ -18,7 +19,6 @@ from edgesearch.runners.hardware.layer_table import (
 from edgesearch.runners.hardware.profiles import load_profile
 from edgesearch.spaces.apply import apply_candidate, uniform_candidate
 from edgesearch.spaces.candidate import LayerKnobs
-from edgesearch.spaces.errors import InputError
 from edgesearch.spaces.prune import prunable_pairs
 
 IMGSZ = 64

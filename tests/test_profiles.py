@@ -1,7 +1,7 @@
 import pytest
 
+from edgesearch.common.errors import InputError
 from edgesearch.runners.hardware.profiles import available_profiles, load_profile
-from edgesearch.spaces.errors import InputError
 
 
 def test_every_shipped_profile_loads_with_a_dict_target():

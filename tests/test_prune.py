@@ -16,7 +16,7 @@ from ultralytics.nn.modules.conv import Conv
 from ultralytics.nn.modules.head import Detect
 
 from conftest import unit_variance_weights
-from edgesearch.spaces.errors import InputError
+from edgesearch.common.errors import InputError
 from edgesearch.spaces.prune import prunable_groups, prunable_pairs, prune_output_channels, removed_count
 
 IMGSZ = 64

@@ -154,10 +154,11 @@ def test_changed_knobs_ignore_scheme_of_float_layers():
     assert dd.changed_knobs(a, b, LAYERS) == [{"layer": "model.2.cv1.conv", "knob": "weight_bits", "a": 8, "b": 4}]
 
 
-def test_reports_import_nothing_of_edgesearch_beyond_reports():
+def test_reports_import_nothing_of_edgesearch_beyond_reports_and_the_common_leaf():
     code = ("import sys, edgesearch.reports.pareto_report, edgesearch.reports.compare_report, "
             "edgesearch.reports.shadow_report;"
-            "print(sorted(m for m in sys.modules if m.startswith('edgesearch.') and not m.startswith('edgesearch.reports')))")
+            "print(sorted(m for m in sys.modules if m.startswith('edgesearch.') "
+            "and not m.startswith(('edgesearch.reports', 'edgesearch.common'))))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 

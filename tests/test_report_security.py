@@ -17,8 +17,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from browser import open_page, plot_points
 from conftest import run_in_process
+from edgesearch.common.files import atomic_write
 from edgesearch.reports.compare_report import write_comparison
-from edgesearch.reports.page import _script_json, atomic_write, fmt
+from edgesearch.reports.page import _script_json, fmt
 from edgesearch.reports.pareto_report import write_report
 from edgesearch.reports.shadow_report import write_shadow_report
 
@@ -253,8 +254,7 @@ def test_fuzzed_report_strings_appear_only_as_text(tmp_path_factory, layers, lab
 def test_a_rewritten_file_keeps_its_mode_and_a_new_one_follows_the_umask(tmp_path, existing):
     import os
 
-    from edgesearch.runners.hardware.latency_model import _atomic_write_text
-    from edgesearch.search.paths import write_text_atomically
+    from edgesearch.common.files import write_text_atomically
 
     path = tmp_path / "file.json"
     if existing is not None:
@@ -264,9 +264,8 @@ def test_a_rewritten_file_keeps_its_mode_and_a_new_one_follows_the_umask(tmp_pat
     try:
         atomic_write(path, b"new")
         write_text_atomically(path, "newer")
-        _atomic_write_text(path, "newest")
     finally:
         os.umask(previous)
-    assert path.read_text() == "newest"
+    assert path.read_text() == "newer"
     assert (path.stat().st_mode & 0o777) == (existing if existing is not None else 0o640)
     assert [p.name for p in tmp_path.iterdir()] == ["file.json"]  # no temporary left behind

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from edgesearch.common.errors import InputError
 from edgesearch.runners.hardware.build import build_local, export_for_tvm
 from edgesearch.runners.hardware.profiles import PROFILES_DIR, load_profile
 from edgesearch.runners.hardware.rpc_runner import (
@@ -24,7 +25,6 @@ from edgesearch.runners.hardware.rpc_runner import (
 )
 from edgesearch.spaces.apply import apply_candidate
 from edgesearch.spaces.candidate import Candidate
-from edgesearch.spaces.errors import InputError
 
 KEY = "loopback"
 IMGSZ = 64

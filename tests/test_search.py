@@ -43,7 +43,8 @@ def test_an_interrupted_guided_trial_is_queued_again_with_its_design(tmp_path):
 
 def test_a_failing_trial_is_recorded_with_its_error_and_the_search_goes_on(tmp_path, smoke_inputs):
     from edgesearch.search import execution, shipping
-    from edgesearch.search.jobs import _search_loop, eval_settings, ship_inputs
+    from edgesearch.search.loop import _search_loop
+    from edgesearch.search.resolve import eval_settings, ship_inputs
 
     study = studies.open_study(tmp_path, seed=0, population_size=2, create=True)
     settings = eval_settings(smoke_inputs, imgsz=64, finetune_iters=0, batch=8, threads=1, seed=0)
@@ -67,8 +68,8 @@ def test_a_failing_trial_is_recorded_with_its_error_and_the_search_goes_on(tmp_p
 def test_resume_refuses_a_space_that_changed_since_the_run_started(tmp_path):
     import pytest
 
-    from edgesearch.search.jobs import prepare_run_dir
-    from edgesearch.spaces.errors import InputError
+    from edgesearch.common.errors import InputError
+    from edgesearch.search.run_folder import prepare_run_dir
 
     run = {"trials": 2, "space_file": "spaces/mine.yaml", "space_sha256": "a" * 64}
     prepare_run_dir(tmp_path, run, resume=False)

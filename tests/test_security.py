@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_in_process
-from edgesearch.spaces.errors import InputError
+from edgesearch.common.errors import InputError
 
 # ------------------------------------------------------------------------------ paths
 
@@ -69,7 +69,7 @@ def test_list_file_lines_that_leave_the_dataset_folder_are_refused(tmp_path):
 
 
 def test_the_run_lock_never_follows_a_link_planted_in_the_run_folder(tmp_path):
-    from edgesearch.search.jobs import RunLock
+    from edgesearch.search.run_folder import RunLock
 
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
@@ -166,7 +166,7 @@ def test_a_cached_input_folder_is_trusted_by_its_content_not_its_name(tmp_path, 
 
 @pytest.mark.parametrize("existing", [0o600, 0o640, None])
 def test_a_rewritten_cache_file_keeps_its_mode(tmp_path, existing):
-    from edgesearch.runners.cache import new_file_mode
+    from edgesearch.common.files import new_file_mode
 
     path = tmp_path / "f"
     if existing is not None:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from edgesearch.common.errors import InputError
 from edgesearch.runners.accuracy.finetune import load_dataset_info
 from edgesearch.runners.inputs import materialise, unpacked
 from edgesearch.search.shipping import pack_dataset, pack_inputs
-from edgesearch.spaces.errors import InputError
 
 
 def _dataset(root: Path, data_yaml: str) -> Path:

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
+from edgesearch.common.errors import InputError
 from edgesearch.spaces.apply import apply_candidate, uniform_candidate, validate_candidate, weight_bytes
 from edgesearch.spaces.candidate import Candidate, LayerKnobs, parse_uniform
-from edgesearch.spaces.errors import InputError
 from edgesearch.spaces.prune import prunable_pairs
 from edgesearch.spaces.space import available_spaces, load_space
 

@@ -37,8 +37,8 @@ def test_a_datasets_own_test_split_is_the_held_out_one(smoke_inputs, tmp_path):
 def test_a_val_split_too_small_to_spare_a_held_out_part_is_refused(smoke_inputs, tmp_path):
     import pytest
 
+    from edgesearch.common.errors import InputError
     from edgesearch.runners.accuracy.splits import check_splittable
-    from edgesearch.spaces.errors import InputError
 
     val = sorted(Path(load_dataset_info(smoke_inputs.data_yaml)["val"]).rglob("*.png"))[:4]
     (tmp_path / "val.txt").write_text("".join(f"{p}\n" for p in val))

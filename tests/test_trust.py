@@ -75,7 +75,7 @@ def test_out_refuses_a_folder_that_holds_something_else(tmp_path):
 
 
 def test_the_default_run_folder_is_under_the_current_directory(tmp_path, monkeypatch):
-    from edgesearch.search.jobs import run_folder
+    from edgesearch.search.run_folder import run_folder
 
     monkeypatch.chdir(tmp_path)
     assert run_folder(None, "x86-host", "yolov8", "smoke") == tmp_path.resolve() / "reports" / "x86-host-yolov8-smoke"

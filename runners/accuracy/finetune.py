@@ -16,9 +16,9 @@ from ultralytics.data.utils import check_det_dataset
 from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.utils import IterableSimpleNamespace
 
+from edgesearch.common.errors import InputError
 from edgesearch.runners.accuracy import ultralytics_io  # noqa: F401  (never write into the user's dataset)
 from edgesearch.runners.device import CPU, batch_to, running_on, to_device, trainer_device
-from edgesearch.spaces.errors import InputError
 
 
 def load_dataset_info(data_yaml: Path) -> dict:

@@ -23,8 +23,8 @@ from pathlib import Path
 import yaml
 from ultralytics.data.utils import IMG_FORMATS
 
+from edgesearch.common.errors import InputError
 from edgesearch.runners.accuracy.finetune import load_dataset_info
-from edgesearch.spaces.errors import InputError
 
 HOLDOUT_SHARE = 3  # one val image in this many is held out when the dataset has no test split
 CARVE_OUT = f"1/{HOLDOUT_SHARE} of the val images, chosen by a hash of each file name before the search"

@@ -29,6 +29,7 @@ from edgesearch.runners.costs import layer_costs
 from edgesearch.runners.hardware.build import export_for_tvm, float_copy, plan_memory_only
 from edgesearch.runners.hardware.latency_model import calibration_for, estimate, network_work
 from edgesearch.runners.hardware.layer_table import per_layer_latency
+from edgesearch.runners.hardware.measure import timed_here
 from edgesearch.runners.hardware.profiles import load_profile
 from edgesearch.spaces.activations import calibrate
 from edgesearch.spaces.apply import apply_candidate, conv_layers
@@ -49,7 +50,7 @@ def cost_basis(settings: dict) -> dict:
     costs = {c.name: c for c in layer_costs(fused, (1, 3, imgsz, imgsz))}
     layers = {name: {"flops": c.flops, "input_elements": c.input_elements} for name, c in costs.items()}
     fixed_ms = 0.0
-    if profile.measurement == "local":
+    if timed_here(profile):
         table = per_layer_latency(fused, profile, imgsz)
         int8_table = per_layer_latency(all_int8(fused, imgsz), profile, imgsz, integer=True)
         fixed_ms = _share_blocks(table, layers, "latency_ms")

@@ -57,10 +57,10 @@ from tvm.relax.backend.cuda import pipeline as cuda_backend
 from tvm.s_tir import dlight
 from tvm.support import cc
 
+from edgesearch.common.errors import InputError
 from edgesearch.runners.hardware import integer_kernels
 from edgesearch.runners.hardware.build import module_sources, relax_pipeline
 from edgesearch.runners.hardware.profiles import HardwareProfile
-from edgesearch.spaces.errors import InputError
 
 KERNEL_CHECK_FORMAT = "cubin"  # machine code for one GPU: proves the arch is supported, not just parsed
 

@@ -45,6 +45,7 @@ import tvm
 from tvm import relax, te, tirx
 
 from edgesearch.runners.hardware import tensor_intrinsics
+from edgesearch.runners.hardware.tir_blocks import inline_all
 
 PACK, CONV, OUT = "es_int8_pack", "es_int8_conv", "es_int8_out"
 OUT_ELEMWISE_FUSABLE = 4  # relax OpPatternKind::kOutEWiseFusable
@@ -230,8 +231,8 @@ def _largest_divisor(n: int, cap: int) -> int:
     return next(d for d in range(min(n, cap), 0, -1) if n % d == 0)
 
 
-def schedule_integer_conv(sch, target, inline_all) -> None:
-    """The CPU schedule of the module docstring; `inline_all(sch, keep)` is tvm_schedule's inliner."""
+def schedule_integer_conv(sch, target) -> None:
+    """The CPU schedule of the module docstring."""
     family = family_of(target)
     outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
     if len(outputs) != 1:
@@ -294,9 +295,7 @@ def schedule_integer_conv_cuda(sch) -> None:
     outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
     if len(outputs) != 1:
         raise ValueError("integer conv kernel with several outputs")
-    from edgesearch.runners.hardware.tvm_schedule import _inline_all
-
-    _inline_all(sch, {PACK, CONV} | outputs)
+    inline_all(sch, {PACK, CONV} | outputs)
     (output_name,) = outputs
     conv = sch.get_sblock(CONV)
     accumulator = sch.cache_write(conv, 0, "local")

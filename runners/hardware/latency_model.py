@@ -49,8 +49,6 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -61,8 +59,9 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from edgesearch.runners.cache import cache_root, new_file_mode
-from edgesearch.spaces.errors import InputError
+from edgesearch.common.cache import cache_root
+from edgesearch.common.errors import InputError
+from edgesearch.common.files import write_text_atomically
 
 WORK_VERSION = 3  # bump when network_work counts differently: cached point works are recounted
 FIT_VERSION = 3  # bump when the model form or the fit changes: cached shipped fits are refitted
@@ -339,7 +338,7 @@ def _traced_work(model_name: str, imgsz: int) -> NetworkWork:
         handle.remove()
         head.stride = torch.tensor([256.0 / size for size in sizes[:head.nl]])
         work = network_work(model, imgsz)
-        _atomic_write_text(cached, json.dumps(work.to_json()))
+        write_text_atomically(cached, json.dumps(work.to_json()))
     _TRACED[key] = work
     return work
 
@@ -665,7 +664,7 @@ def shipped_calibration(profile) -> Calibration:
             calibration = Calibration.from_json(json.loads(path.read_text()))
     if calibration is None:
         calibration = calibrate_profile(profile)
-        _atomic_write_text(path, json.dumps(calibration.to_json()))
+        write_text_atomically(path, json.dumps(calibration.to_json()))
     _MEMO[key] = calibration
     return calibration
 
@@ -744,22 +743,10 @@ def refit(profile, works: list[NetworkWork], measured_ms: list[float], rows: lis
                        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = new_file_mode(path)  # the file's own mode, else the umask's: never mkstemp's 0600
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def store_refit(calibration: Calibration) -> Path:
     """Write a refit to cache_root()/calibration/<profile>.json atomically (never the shipped YAML)."""
     path = refit_path(calibration.profile)
-    _atomic_write_text(path, json.dumps(calibration.to_json(), indent=1))
+    write_text_atomically(path, json.dumps(calibration.to_json(), indent=1))
     return path

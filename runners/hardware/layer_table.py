@@ -38,11 +38,11 @@ import tvm
 from torch import nn
 from tvm import relax
 
-from edgesearch.runners.cache import cache_root
+from edgesearch.common.cache import cache_root
+from edgesearch.common.errors import InputError
 from edgesearch.runners.hardware import build, integer_kernels, integer_model, tensor_intrinsics, tuning, tvm_schedule
 from edgesearch.runners.hardware.integer_model import integer_copy
 from edgesearch.runners.hardware.profiles import HardwareProfile
-from edgesearch.spaces.errors import InputError
 from edgesearch.spaces.quantize import strip_fake_quant
 
 # Attributes that do not describe a block's computation: its position in the model graph ("i",
@@ -308,9 +308,10 @@ def per_layer_latency(model: nn.Module, profile: HardwareProfile, imgsz: int, *,
     `tune_trials` > 0 builds blocks with MetaSchedule (database `tuning_db`) instead of the fixed schedule.
     `integer`: time the blocks of the model's integer form (a baked model with calibrated int8
     activations); its entries sit in their own section of the table."""
-    if profile.measurement != "local":
-        raise InputError(f"per-layer latency is measured on this machine; profile {profile.name} is measured "
-                         f"over {profile.measurement}")
+    from edgesearch.runners.hardware.measure import timed_here  # measure loads TVM's build pipeline
+
+    if not timed_here(profile):
+        raise InputError(f"per-layer latency is measured on this machine; profile {profile.name} is not timed here")
     if tune_trials > 0 and not tuning_db:
         raise InputError("per-layer latency with tuning needs a tuning database folder (tuning_db)")
     schedule = f"MetaSchedule-tuned, {tune_trials} trials" if tune_trials > 0 else FIXED_SCHEDULE

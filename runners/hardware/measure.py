@@ -13,7 +13,8 @@ Three kinds (as MetaSchedule's Runner is "local" or "rpc", and its cost model es
 
 A run holds one kind of figure: a measured run never falls back to estimates (a trial whose device
 went away fails), an estimating run never asks the device. Outside this module no code asks which
-kind it has: scores.py hands every measurer the same `BuiltDesign`.
+kind it has: scores.py hands every measurer the same `BuiltDesign`, and what else needs to know
+whether a profile is timed on this machine asks `timed_here`.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from pathlib import Path
 
 from torch import nn
 
+from edgesearch.common.errors import InputError
 from edgesearch.runners.hardware.build import build_local, measure_latency_local, tvm_threads
 from edgesearch.runners.hardware.profiles import HardwareProfile
 from edgesearch.runners.hardware.turns import timing_turn
-from edgesearch.spaces.errors import InputError
 
 KINDS = ("local", "rpc", "estimate")
 SHARED_NOTE = "; {others} other trial(s) ran on this machine while it was timed (trials take turns to be timed)"
@@ -84,12 +85,24 @@ class Measurer:
         raise NotImplementedError
 
 
+def naive_note(build: dict) -> str:
+    """What the label must say when a build left kernels naive or blocks serial. The fixed schedule
+    lists them; a tuned build (tuning.tune_and_build) counts its naive kernels and has no serial list."""
+    def count(key: str) -> int:
+        value = build.get(key) or 0
+        return value if isinstance(value, int) else len(value)
+
+    naive, serial = count("unscheduled_kernels"), count("serial_blocks")
+    if not naive and not serial:
+        return ""
+    return (f"; NOT FULLY SCHEDULED: {naive} kernel(s) left as naive loops, {serial} block(s) left serial "
+            "(slower than a scheduled build)")
+
+
 class LocalMeasurer(Measurer):
     kind = "local"
 
     def latency(self, design: BuiltDesign) -> dict:
-        from edgesearch.runners.hardware.scores import naive_note  # scores imports this module
-
         if self.tune_trials > 0:
             from edgesearch.runners.hardware.tuning import tune_and_build
 
@@ -178,11 +191,18 @@ def measurer_for(profile: HardwareProfile, plan: MeasurementPlan | None = None, 
     return MEASURERS[plan.kind](profile, plan, tune_trials, tuning_db)
 
 
+def timed_here(profile: HardwareProfile) -> bool:
+    """Whether `profile`'s designs are built and timed on this machine (its runs get the local
+    measurer): what the front's re-measure, the shadow comparison, the cost basis and the per-layer
+    table ask. The one place that reads a profile's `measurement`."""
+    return profile.measurement == "local"
+
+
 def decide_measurement(profile: HardwareProfile, *, estimate_only: bool = False) -> MeasurementPlan:
     """The run's decision: this machine's profile is measured here; a device profile is measured over
     RPC when its tracker has the device and this machine can build for it, else estimated. A device
     that is there but cannot be built for is refused (InputError) with what to do instead."""
-    if profile.measurement == "local":
+    if timed_here(profile):
         return MeasurementPlan("local")
     if estimate_only:
         return MeasurementPlan("estimate", why="--estimate-latency asked for estimates")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from edgesearch.spaces.errors import InputError
-from edgesearch.spaces.named_yaml import names_in, read_named_yaml
+from edgesearch.common.errors import InputError
+from edgesearch.common.named_yaml import names_in, read_named_yaml
 
 # the folder that holds search/, spaces/, runners/ and reports/: the repository in a checkout (and an editable
 # install), site-packages/edgesearch/ in an installed wheel, where hardware_profiles/ ships as package data

@@ -35,8 +35,8 @@ import tvm
 from tvm import relax, rpc
 from tvm.rpc import base as rpc_protocol
 
+from edgesearch.common.errors import InputError
 from edgesearch.runners.hardware.profiles import HardwareProfile
-from edgesearch.spaces.errors import InputError
 
 TRACKER_ENV = "EDGESEARCH_RPC_TRACKER"
 KEY_ENV = "EDGESEARCH_RPC_KEY"

@@ -27,7 +27,7 @@ from edgesearch.runners.costs import layer_costs
 from edgesearch.runners.hardware.build import build_local, export_for_tvm, plan_memory_only, tvm_threads
 from edgesearch.runners.hardware.integer_kernels import kernel_description
 from edgesearch.runners.hardware.integer_model import IntegerSummary, integer_copy
-from edgesearch.runners.hardware.measure import SHARED_NOTE, BuiltDesign, Measurer, measurer_for
+from edgesearch.runners.hardware.measure import SHARED_NOTE, BuiltDesign, Measurer, measurer_for, timed_here
 from edgesearch.runners.hardware.precision import conv_precisions, describe
 from edgesearch.runners.hardware.profiles import HardwareProfile
 from edgesearch.runners.hardware.turns import timing_turn
@@ -58,26 +58,12 @@ def integer_scores(summary: IntegerSummary) -> dict:
             "integer_requantized_weight_layers": summary.requantized_weight_layers}
 
 
-def naive_note(build: dict) -> str:
-    """What the label must say when a build left kernels naive or blocks serial. The fixed schedule
-    lists them; a tuned build (tuning.tune_and_build) counts its naive kernels and has no serial list."""
-    def count(key: str) -> int:
-        value = build.get(key) or 0
-        return value if isinstance(value, int) else len(value)
-
-    naive, serial = count("unscheduled_kernels"), count("serial_blocks")
-    if not naive and not serial:
-        return ""
-    return (f"; NOT FULLY SCHEDULED: {naive} kernel(s) left as naive loops, {serial} block(s) left serial "
-            "(slower than a scheduled build)")
-
-
 def remeasure_interleaved(models: dict[str, nn.Module], profile: HardwareProfile, imgsz: int, *,
                           rounds: int = 8, repeat: int = 5) -> dict[str, dict]:
     """Latency of several designs timed in interleaved rounds on this machine (build each once,
     then round after round time every design in turn), so slow drifts of a shared machine hit all
     designs alike. Median and spread over all rounds; ratios between designs are the robust part."""
-    if profile.measurement != "local":
+    if not timed_here(profile):
         raise ValueError(f"profile {profile.name} is not measured on this machine")
     vms, precisions = {}, {}
     for name, model in models.items():

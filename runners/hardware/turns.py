@@ -15,7 +15,7 @@ import os
 import uuid
 from pathlib import Path
 
-from edgesearch.runners.cache import cache_root
+from edgesearch.common.cache import cache_root
 
 
 def machine_dir() -> Path:

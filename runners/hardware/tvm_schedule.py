@@ -24,13 +24,11 @@ import tvm
 from tvm import tirx
 from tvm.s_tir import Schedule
 
+from edgesearch.runners.hardware import integer_kernels
+from edgesearch.runners.hardware.tir_blocks import inline_all, iter_kinds, root_blocks
+
 VECTOR_LANES = 16  # fp32 lanes of one AVX-512 register
 OC_TILE = 8  # output channels per register tile
-
-
-def _iter_kinds(sch, block) -> str:
-    kinds = {tirx.IterVar.DataPar: "S", tirx.IterVar.CommReduce: "R"}
-    return "".join(kinds.get(iv.iter_type, "O") for iv in sch.get(block).iter_vars)
 
 
 def _extent(sch, loop) -> int | None:
@@ -42,34 +40,14 @@ def _largest_divisor(n: int, cap: int) -> int:
     return next(d for d in range(min(n, cap), 0, -1) if n % d == 0)
 
 
-def _root_blocks(sch):
-    return list(sch.get_child_blocks(sch.get_sblock("root")))
-
-
 def _output_names(sch) -> set[str]:
     return {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
-
-
-def _inline_all(sch, keep: set[str]) -> None:
-    """compute_inline every spatial block not in `keep`, until nothing more can be inlined."""
-    changed = True
-    while changed:
-        changed = False
-        for block in _root_blocks(sch):
-            if sch.get(block).name_hint in keep or "R" in _iter_kinds(sch, block):
-                continue
-            try:
-                sch.compute_inline(block)
-                changed = True
-                break
-            except Exception:  # noqa: BLE001  (TVM raises several error types when a block cannot be inlined)
-                pass
 
 
 def _parallel_spatial(sch, block, max_fused: int | None = None) -> None:
     """Fuse the leading spatial loops of a block and run them in parallel."""
     loops = sch.get_loops(block)
-    spatial = len(_iter_kinds(sch, block)) - len(_iter_kinds(sch, block).lstrip("S"))
+    spatial = len(iter_kinds(sch, block)) - len(iter_kinds(sch, block).lstrip("S"))
     spatial = min(spatial, len(loops), max_fused or len(loops))
     if spatial:
         sch.parallel(sch.fuse(*loops[:spatial]) if spatial > 1 else loops[0])
@@ -79,7 +57,7 @@ def _vectorize_innermost(sch, block) -> None:
     """Vectorize a spatial block's innermost loop when it is short and not the parallel one: the
     upsample / concat / requantize kernels between convs ran scalar (0.3 ms for a 49k-element
     resize + concat + quantize)."""
-    if "R" in _iter_kinds(sch, block):
+    if "R" in iter_kinds(sch, block):
         return
     loops = sch.get_loops(block)
     extent = _extent(sch, loops[-1]) if len(loops) > 1 else None
@@ -108,20 +86,20 @@ def _is_pointwise_stride1(sch, conv) -> bool:
 def _schedule_conv(sch, conv) -> None:
     conv_name = sch.get(conv).name_hint
     keep = {conv_name} | _output_names(sch)
-    for block in _root_blocks(sch):  # a padding stage that really pads stays a stage of its own
+    for block in root_blocks(sch):  # a padding stage that really pads stays a stage of its own
         name = sch.get(block).name_hint
         if name.startswith("pad_temp"):
             src, dst = sch.get(block).reads[0].source.shape, sch.get(block).writes[0].source.shape
             if [int(a) for a in src] != [int(a) for a in dst]:
                 keep.add(name)
-    _inline_all(sch, keep)
+    inline_all(sch, keep)
     conv = sch.get_sblock(conv_name)
     consumers = list(sch.get_consumers(conv))
     if len(consumers) > 1:
         raise ValueError("conv with several consumers")
     epilogue = consumers[0] if consumers else sch.cache_write(conv, 0, "global")
     conv = sch.get_sblock(conv_name)
-    for block in _root_blocks(sch):
+    for block in root_blocks(sch):
         if sch.get(block).name_hint not in (conv_name, sch.get(epilogue).name_hint):
             _parallel_spatial(sch, block, max_fused=2)
 
@@ -160,20 +138,18 @@ def _schedule_conv(sch, conv) -> None:
 def schedule_kernel(func: tirx.PrimFunc, target=None, serial: list[str] | None = None) -> tirx.PrimFunc | None:
     """The scheduled kernel, or None where the rule does not apply (the caller keeps it naive).
     Blocks whose loops could not be made parallel (still correct, slower) go to `serial`."""
-    from edgesearch.runners.hardware import integer_kernels  # it imports nothing of this module
-
     sch = Schedule(func)
     try:
         if integer_kernels.is_integer_conv(sch):
-            integer_kernels.schedule_integer_conv(sch, target or tvm.target.Target.current(), _inline_all)
+            integer_kernels.schedule_integer_conv(sch, target or tvm.target.Target.current())
             return sch.mod["main"]
-        blocks = _root_blocks(sch)
-        convs = [b for b in blocks if "conv2d" in sch.get(b).name_hint and _iter_kinds(sch, b) == "SSSSRRR"]
+        blocks = root_blocks(sch)
+        convs = [b for b in blocks if "conv2d" in sch.get(b).name_hint and iter_kinds(sch, b) == "SSSSRRR"]
         if len(convs) == 1:
             _schedule_conv(sch, convs[0])
         else:
-            _inline_all(sch, _output_names(sch))
-            for block in _root_blocks(sch):
+            inline_all(sch, _output_names(sch))
+            for block in root_blocks(sch):
                 try:
                     _parallel_spatial(sch, block)
                 except Exception:  # noqa: BLE001  (left serial: still correct, and counted)

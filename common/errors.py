@@ -1,7 +1,7 @@
 """The one exception type for bad user input, shared by every layer.
 
-It lives in `spaces/` because that folder sits at the bottom of the import graph: runners,
-search and the CLI can all raise or catch it. The CLI turns it into a one-line message and exit 2.
+It lives in `common/`, the leaf package every folder may import: spaces, runners, search, the CLI
+and the reports can all raise or catch it. The CLI turns it into a one-line message and exit 2.
 """
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from edgesearch.spaces.errors import InputError
+from edgesearch.common.errors import InputError
 
 
 def names_in(folder: Path) -> list[str]:

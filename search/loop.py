@@ -1,0 +1,146 @@
+"""The search loop (`search run`): ask designs, score them as Ray tasks, tell the study; the guided
+strategy's tables and first designs; then the front's re-measure and the report."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tqdm import tqdm
+
+from edgesearch.search import execution, shipping, study as studies
+from edgesearch.search.presets import PRESETS
+from edgesearch.search.remeasure import REMEASURE_ATTR, remeasure_front
+from edgesearch.search.resolve import Inputs, eval_settings, ship_inputs
+from edgesearch.search.run_folder import run_budgets, run_measurement
+from edgesearch.search.run_report import write_run_report
+
+
+def run_search(inputs: Inputs, run_dir: Path, run: dict, *, resume: bool, ray_address: str | None,
+               archives: dict | None = None, device: str = "auto", gpus_per_trial: float = 0.0) -> dict:
+    """The search loop: ask candidates, score them as Ray tasks (locally, or on the cluster at
+    `ray_address`), tell Optuna, write the report. Only this process opens the study. `device`
+    and `gpus_per_trial` are this invocation's (execution.trial_gpus), never the run folder's: a
+    resumed run chooses again on the machine it runs on."""
+    parallel = max(1, run["parallel"])
+    archives = archives or ship_inputs(inputs)
+    started_ray = execution.start_ray(ray_address, shipping.total_bytes(archives))
+    try:
+        cpus_per_trial = execution.cpus_per_trial(parallel)
+        settings = eval_settings(inputs, imgsz=run["imgsz"], finetune_iters=run["finetune_iters"], batch=run["batch"],
+                                 threads=cpus_per_trial, seed=run["seed"], tune_trials=run.get("tune_trials", 0),
+                                 distill=run.get("distill", False), measurement=run_measurement(run),
+                                 device=device)
+        print(execution.describe_devices(device, gpus_per_trial))
+        parcels = shipping.put(archives)
+        strategy = run.get("strategy", "nsga2")  # runs from before the guided search used NSGA-II
+        study = studies.open_study(run_dir, seed=run["seed"], population_size=run["population"], create=not resume,
+                                   strategy=strategy)
+        if not resume and strategy == "nsga2":
+            studies.enqueue_anchors(study, inputs.resolved)
+        requeued = studies.requeue_interrupted(study)
+        if requeued:
+            print(f"resuming: {requeued} interrupted trial(s) queued again")
+        if "base" not in study.user_attrs:
+            print("scoring the base model (no changes, no fine-tune)")
+            base_settings = dict(settings, finetune_iters=0)
+            study.set_user_attr("base", execution.result(execution.submit(base_settings, None, cpus_per_trial,
+                                                                          parcels, gpus_per_trial)))
+        budgets = run_budgets(run, study.user_attrs["base"])
+        guide = _prepare_guide(inputs, settings, run, run_dir, study, budgets) if strategy == "guided" else None
+        _search_loop(study, inputs, settings, run, parallel, cpus_per_trial, budgets, guide, parcels, gpus_per_trial)
+        from edgesearch.runners.hardware.measure import timed_here
+
+        if timed_here(inputs.profile):
+            remeasure_front(study, settings, cpus_per_trial, parcels)  # with the trials' thread count
+        else:
+            study.set_user_attr(REMEASURE_ATTR, {"state": "skipped", "why": f"profile {inputs.profile.name} is not "
+                                                 "timed on this machine: its figures are the search's own"})
+    finally:
+        if started_ray:  # else the caller's (a batch of searches shares one connection)
+            execution.stop_ray()
+    return write_run_report(run_dir, study=study)
+
+
+def _prepare_guide(inputs: Inputs, settings: dict, run: dict, run_dir: Path, study, budgets: dict):
+    """Sensitivity and cost tables (cached), then, in a new study, recipes and seeds queued first."""
+    from edgesearch.search import analysis
+    from edgesearch.search.guided import Guide
+    from edgesearch.search.options import OptionPricer
+    from edgesearch.search.recipes import recipe_candidates, recipe_options
+
+    layers = list(inputs.resolved)
+    recipes = recipe_candidates(inputs.base_model, layers, PRESETS[run["preset"]].recipes,
+                                inputs.profile.compute_precisions)
+    extra = recipe_options(recipes, layers)  # recipes are priced too, whatever the space offers
+    options = {name: {knob: _merged(values, extra[name].get(knob, ())) for knob, values in layer.choices.items()}
+               for name, layer in inputs.resolved.items()}
+    cpus = os.cpu_count() or 1
+    pricer = OptionPricer(analysis.sensitivity(settings, options, run_dir, cpus),
+                          analysis.cost_basis(settings, run_dir, cpus))
+    guide = Guide(pricer, inputs.resolved, study.user_attrs["base"], budgets, run["seed"])
+    if not study.user_attrs.get("seeded"):
+        for name, recipe in recipes.items():
+            design = recipe.to_json()
+            studies.enqueue_design(study, design, f"recipe: {name}", recipe=name,
+                                   predicted={"omega": guide.omega(design)})
+        for origin, candidate in guide.seeds(recipes, seed_count(run["trials"], len(recipes))):
+            studies.enqueue_design(study, candidate, origin, predicted={"omega": guide.omega(candidate)})
+        study.set_user_attr("seeded", True)
+    return guide
+
+
+def seed_count(trials: int, recipes: int) -> int:
+    """Budgeted seeds after the recipes: about a quarter of the trials (2-8), never more than remain."""
+    return max(0, min(max(2, trials // 4), 8, trials - recipes))
+
+
+def _merged(values: list, extra) -> list:
+    return list(values) + [v for v in sorted(extra, key=str) if v not in values]
+
+
+def _search_loop(study, inputs: Inputs, settings: dict, run: dict, parallel: int, cpus: int, budgets: dict,
+                 guide=None, parcels: dict | None = None, gpus: float = 0.0) -> None:
+    """Keep `parallel` trials in flight until the run has its trials, each asking Ray for `cpus`
+    CPUs and `gpus` GPUs; `parcels`: the shipped inputs (shipping.put), None to ship them here."""
+    if parcels is None:
+        parcels = shipping.put(ship_inputs(inputs))
+    finished = studies.finished_count(study)
+    in_flight: dict = {}
+    with tqdm(total=run["trials"], initial=finished, desc="trials", unit="trial") as bar:
+        while finished + len(in_flight) < run["trials"] or in_flight:
+            while len(in_flight) < parallel and finished + len(in_flight) < run["trials"]:
+                if guide is not None and not studies.has_waiting(study) and not guide.propose_into(study):
+                    break  # no scored design to move from yet (or no new move): wait for one
+                trial = study.ask()
+                candidate = studies.candidate_of(trial, inputs.resolved)
+                in_flight[execution.submit(settings, candidate, cpus, parcels, gpus)] = trial
+            if not in_flight:
+                why = ("every move from the front was tried already" if studies.pareto_trials(study)
+                       else "no design was scored to move from")
+                bar.write(f"no new design to try: {why}")
+                break
+            ref = execution.wait_one(list(in_flight))
+            trial = in_flight.pop(ref)
+            try:
+                scores = execution.result(ref)
+            except Exception as error:  # a failing candidate is recorded, the search goes on
+                studies.tell_failure(study, trial, execution.describe_error(error),
+                                     node=execution.failed_node(error), attempts=ref.attempts)
+                bar.write(f"trial {trial.number} failed: {execution.describe_error(error)}")
+            else:
+                studies.tell_scores(study, trial, scores, budgets)
+            finished += 1
+            bar.update(1)
+            bar.set_postfix_str(_front_summary(study), refresh=True)
+
+
+def _front_summary(study) -> str:
+    """The current front in a few words, for the trials' progress bar."""
+    front = studies.pareto_trials(study)
+    if not front:
+        return "no design scored yet"
+    scores = [t.user_attrs[studies.SCORE_ATTR] for t in front]
+    return (f"front {len(front)}: best mAP50-95 {max(s['map50_95'] for s in scores):.3f}, "
+            f"smallest {min(s['sram_bytes'] for s in scores) / 2**20:.2f} MiB, "
+            f"fastest {min(s['latency_ms'] for s in scores):.2f} ms")
