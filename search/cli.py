@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 
 from edgesearch.search.cli_env import apply_process_env, quiet_console
 
-if TYPE_CHECKING:  # jobs (torch, TVM) loads only when a command needs it
+if TYPE_CHECKING:  # resolve (torch, TVM) loads only when a command needs it
     from edgesearch.search.resolve import Inputs
+    from edgesearch.search.run_config import RunConfig
 
 apply_process_env()  # before torch or TVM load (OpenMP reads it once, at load)
 
@@ -307,7 +308,7 @@ class PreparedRun:
     args: argparse.Namespace
     inputs: Inputs
     run_dir: Path
-    run: dict
+    run: RunConfig
     archives: dict  # shipping.Archive per trial setting that names a file
     gpus_per_trial: float = 0.0  # this invocation's (execution.trial_gpus), never read from run.json
 
@@ -317,50 +318,50 @@ def prepare_run(args) -> PreparedRun:
     from edgesearch.search import execution
     from edgesearch.search.presets import PRESETS
     from edgesearch.search.resolve import check_smallest_design_fits, decide_measurement, ship_inputs
-    from edgesearch.search.run_folder import RUN_FILE, check_run_dir, run_folder
+    from edgesearch.search.run_config import RunConfig  # noqa: F811  (the TYPE_CHECKING import is for annotations)
+    from edgesearch.search.run_folder import check_run_dir, run_folder
 
     # Ray is joined already on a cluster (cmd_run, cmd_batch); locally, this machine's GPUs
     gpus = execution.trial_gpus(args.gpus_per_trial, args.device, execution.node_gpus())
     if args.out or args.resume:  # before the slow work of resolving inputs
         check_run_dir(run_folder(args.out, args.profile, args.space, args.preset), args.resume)
     if args.resume:  # a resumed run keeps the inputs it started with
-        stored = json.loads((run_folder(args.out, args.profile, args.space, args.preset) / RUN_FILE).read_text())
-        args.profile, args.space, args.preset = stored["profile_file"], stored["space_file"], stored["preset"]
-        args.model, args.data = stored["model"], stored["data"]
         # trust is never read from the run folder: a doctored run.json must not switch on full
         # unpickling; --trust-checkpoint counts only when given on this command line
-        args.distill = stored.get("distill", False)
+        stored = RunConfig.read(run_folder(args.out, args.profile, args.space, args.preset))
+        args.profile, args.space, args.preset = stored.profile_file, stored.space_file, stored.preset
+        args.model, args.data, args.distill = stored.model, stored.data, stored.distill
     preset = PRESETS[args.preset]
     inputs = _inputs(args)
     run_dir = run_folder(args.out, inputs.profile.name, inputs.space.name, args.preset)
-    run = {
-        "run_name": run_dir.name,
-        "profile": inputs.profile.name,
-        "profile_file": inputs.profile.source,
-        "sram_budget_bytes": inputs.profile.sram_bytes,
-        "space": inputs.space.name,
-        "space_file": inputs.space.source,
-        "space_sha256": hashlib.sha256(Path(inputs.space.source).read_bytes()).hexdigest(),
-        "preset": args.preset,
-        "model": str(inputs.checkpoint),
-        "trust_checkpoint": inputs.trust_checkpoint,
-        "data": str(inputs.data_yaml),
-        "memory_budget": _memory_budget(args, inputs.profile),
-        "max_map_drop": args.max_map_drop,
-        "latency_budget_ms": args.latency_budget,
-        "strategy": args.strategy or STRATEGIES[0],
-        "trials": args.trials or (0 if args.resume else preset.trials),  # a resume keeps its count unless given
-        "parallel": args.parallel,
-        "population": args.population or preset.population,
+    run = RunConfig(
+        run_name=run_dir.name,
+        profile=inputs.profile.name,
+        profile_file=inputs.profile.source,
+        sram_budget_bytes=inputs.profile.sram_bytes,
+        space=inputs.space.name,
+        space_file=inputs.space.source,
+        space_sha256=hashlib.sha256(Path(inputs.space.source).read_bytes()).hexdigest(),
+        preset=args.preset,
+        model=str(inputs.checkpoint),
+        trust_checkpoint=inputs.trust_checkpoint,
+        data=str(inputs.data_yaml),
+        memory_budget=_memory_budget(args, inputs.profile),
+        max_map_drop=args.max_map_drop,
+        latency_budget_ms=args.latency_budget,
+        trials=args.trials or (0 if args.resume else preset.trials),  # a resume keeps its count unless given
+        parallel=args.parallel,
+        population=args.population or preset.population,
         **_trial_sizes(args, preset),
-        "tune_trials": args.tune_trials,
-        "distill": args.distill,
-        "batch": preset.batch,
-        "seed": args.seed,
-    }
+        tune_trials=args.tune_trials,
+        distill=args.distill,
+        batch=preset.batch,
+        seed=args.seed,
+        **({"strategy": args.strategy} if args.strategy else {}),  # else RunConfig's default
+    )
     if not args.resume:
         check_smallest_design_fits(inputs, run)  # says at once when no design can meet the budget
-        decide_measurement(inputs, run, args.estimate_latency)
+        run = decide_measurement(inputs, run, args.estimate_latency)
     archives = ship_inputs(inputs)  # inputs that cannot travel to the workers are refused here
     return PreparedRun(args, inputs, run_dir, run, archives, gpus)
 
@@ -376,7 +377,7 @@ def execute_run(prepared: PreparedRun, address: str | None) -> None:
             held.enter_context(RunLock(prepared.run_dir))
         run = prepare_run_dir(prepared.run_dir, prepared.run, args.resume, explicit={
             "max_map_drop": args.max_map_drop, "latency_budget_ms": args.latency_budget, "strategy": args.strategy,
-            "memory_budget": prepared.run["memory_budget"] if args.sram_budget else None})
+            "memory_budget": prepared.run.memory_budget if args.sram_budget else None})
         if not args.resume:  # the folder exists only now
             held.enter_context(RunLock(prepared.run_dir))
         run_search(prepared.inputs, prepared.run_dir, run, resume=args.resume, ray_address=address,
@@ -410,7 +411,7 @@ def cmd_batch(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from edgesearch.search.run_folder import RUN_FILE
+    from edgesearch.search.run_config import RUN_FILE
     from edgesearch.search.run_report import write_comparison_report, write_run_report
 
     run_dirs = [Path(d) for d in args.run_dir]

@@ -12,29 +12,29 @@ from edgesearch.search import execution, shipping, study as studies
 from edgesearch.search.presets import PRESETS
 from edgesearch.search.remeasure import REMEASURE_ATTR, remeasure_front
 from edgesearch.search.resolve import Inputs, eval_settings, ship_inputs
-from edgesearch.search.run_folder import run_budgets, run_measurement
+from edgesearch.search.run_config import RunConfig
 from edgesearch.search.run_report import write_run_report
 
 
-def run_search(inputs: Inputs, run_dir: Path, run: dict, *, resume: bool, ray_address: str | None,
+def run_search(inputs: Inputs, run_dir: Path, run: RunConfig, *, resume: bool, ray_address: str | None,
                archives: dict | None = None, device: str = "auto", gpus_per_trial: float = 0.0) -> dict:
     """The search loop: ask candidates, score them as Ray tasks (locally, or on the cluster at
     `ray_address`), tell Optuna, write the report. Only this process opens the study. `device`
     and `gpus_per_trial` are this invocation's (execution.trial_gpus), never the run folder's: a
     resumed run chooses again on the machine it runs on."""
-    parallel = max(1, run["parallel"])
+    parallel = max(1, run.parallel)
     archives = archives or ship_inputs(inputs)
     started_ray = execution.start_ray(ray_address, shipping.total_bytes(archives))
     try:
         cpus_per_trial = execution.cpus_per_trial(parallel)
-        settings = eval_settings(inputs, imgsz=run["imgsz"], finetune_iters=run["finetune_iters"], batch=run["batch"],
-                                 threads=cpus_per_trial, seed=run["seed"], tune_trials=run.get("tune_trials", 0),
-                                 distill=run.get("distill", False), measurement=run_measurement(run),
+        settings = eval_settings(inputs, imgsz=run.imgsz, finetune_iters=run.finetune_iters, batch=run.batch,
+                                 threads=cpus_per_trial, seed=run.seed, tune_trials=run.tune_trials,
+                                 distill=run.distill, measurement=run.measurement,
                                  device=device)
         print(execution.describe_devices(device, gpus_per_trial))
         parcels = shipping.put(archives)
-        strategy = run.get("strategy", "nsga2")  # runs from before the guided search used NSGA-II
-        study = studies.open_study(run_dir, seed=run["seed"], population_size=run["population"], create=not resume,
+        strategy = run.strategy
+        study = studies.open_study(run_dir, seed=run.seed, population_size=run.population, create=not resume,
                                    strategy=strategy)
         if not resume and strategy == "nsga2":
             studies.enqueue_anchors(study, inputs.resolved)
@@ -46,9 +46,9 @@ def run_search(inputs: Inputs, run_dir: Path, run: dict, *, resume: bool, ray_ad
             base_settings = dict(settings, finetune_iters=0)
             study.set_user_attr("base", execution.result(execution.submit(base_settings, None, cpus_per_trial,
                                                                           parcels, gpus_per_trial)))
-        budgets = run_budgets(run, study.user_attrs["base"])
+        budgets = run.budgets(study.user_attrs["base"])
         guide = _prepare_guide(inputs, settings, run, run_dir, study, budgets) if strategy == "guided" else None
-        _search_loop(study, inputs, settings, run, parallel, cpus_per_trial, budgets, guide, parcels, gpus_per_trial)
+        _search_loop(study, inputs, settings, run.trials, parallel, cpus_per_trial, budgets, guide, parcels, gpus_per_trial)
         from edgesearch.runners.hardware.measure import timed_here
 
         if timed_here(inputs.profile):
@@ -62,7 +62,7 @@ def run_search(inputs: Inputs, run_dir: Path, run: dict, *, resume: bool, ray_ad
     return write_run_report(run_dir, study=study)
 
 
-def _prepare_guide(inputs: Inputs, settings: dict, run: dict, run_dir: Path, study, budgets: dict):
+def _prepare_guide(inputs: Inputs, settings: dict, run: RunConfig, run_dir: Path, study, budgets: dict):
     """Sensitivity and cost tables (cached), then, in a new study, recipes and seeds queued first."""
     from edgesearch.search import analysis
     from edgesearch.search.guided import Guide
@@ -70,7 +70,7 @@ def _prepare_guide(inputs: Inputs, settings: dict, run: dict, run_dir: Path, stu
     from edgesearch.search.recipes import recipe_candidates, recipe_options
 
     layers = list(inputs.resolved)
-    recipes = recipe_candidates(inputs.base_model, layers, PRESETS[run["preset"]].recipes,
+    recipes = recipe_candidates(inputs.base_model, layers, PRESETS[run.preset].recipes,
                                 inputs.profile.compute_precisions)
     extra = recipe_options(recipes, layers)  # recipes are priced too, whatever the space offers
     options = {name: {knob: _merged(values, extra[name].get(knob, ())) for knob, values in layer.choices.items()}
@@ -78,13 +78,13 @@ def _prepare_guide(inputs: Inputs, settings: dict, run: dict, run_dir: Path, stu
     cpus = os.cpu_count() or 1
     pricer = OptionPricer(analysis.sensitivity(settings, options, run_dir, cpus),
                           analysis.cost_basis(settings, run_dir, cpus))
-    guide = Guide(pricer, inputs.resolved, study.user_attrs["base"], budgets, run["seed"])
+    guide = Guide(pricer, inputs.resolved, study.user_attrs["base"], budgets, run.seed)
     if not study.user_attrs.get("seeded"):
         for name, recipe in recipes.items():
             design = recipe.to_json()
             studies.enqueue_design(study, design, f"recipe: {name}", recipe=name,
                                    predicted={"omega": guide.omega(design)})
-        for origin, candidate in guide.seeds(recipes, seed_count(run["trials"], len(recipes))):
+        for origin, candidate in guide.seeds(recipes, seed_count(run.trials, len(recipes))):
             studies.enqueue_design(study, candidate, origin, predicted={"omega": guide.omega(candidate)})
         study.set_user_attr("seeded", True)
     return guide
@@ -99,17 +99,17 @@ def _merged(values: list, extra) -> list:
     return list(values) + [v for v in sorted(extra, key=str) if v not in values]
 
 
-def _search_loop(study, inputs: Inputs, settings: dict, run: dict, parallel: int, cpus: int, budgets: dict,
+def _search_loop(study, inputs: Inputs, settings: dict, trials: int, parallel: int, cpus: int, budgets: dict,
                  guide=None, parcels: dict | None = None, gpus: float = 0.0) -> None:
-    """Keep `parallel` trials in flight until the run has its trials, each asking Ray for `cpus`
+    """Keep `parallel` trials in flight until the run has `trials` trials, each asking Ray for `cpus`
     CPUs and `gpus` GPUs; `parcels`: the shipped inputs (shipping.put), None to ship them here."""
     if parcels is None:
         parcels = shipping.put(ship_inputs(inputs))
     finished = studies.finished_count(study)
     in_flight: dict = {}
-    with tqdm(total=run["trials"], initial=finished, desc="trials", unit="trial") as bar:
-        while finished + len(in_flight) < run["trials"] or in_flight:
-            while len(in_flight) < parallel and finished + len(in_flight) < run["trials"]:
+    with tqdm(total=trials, initial=finished, desc="trials", unit="trial") as bar:
+        while finished + len(in_flight) < trials or in_flight:
+            while len(in_flight) < parallel and finished + len(in_flight) < trials:
                 if guide is not None and not studies.has_waiting(study) and not guide.propose_into(study):
                     break  # no scored design to move from yet (or no new move): wait for one
                 trial = study.ask()

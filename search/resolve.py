@@ -18,7 +18,7 @@ from edgesearch.search import shipping
 from edgesearch.search.base_model import default_base_checkpoint
 from edgesearch.search.default_data import build_digit_dataset
 from edgesearch.search.presets import PRESETS
-from edgesearch.search.run_folder import memory_budget
+from edgesearch.search.run_config import RunConfig
 from edgesearch.spaces.space import LayerChoices, Space, load_space
 
 
@@ -86,18 +86,18 @@ def eval_settings(inputs: Inputs, *, imgsz: int, finetune_iters: int, batch: int
     }
 
 
-def check_smallest_design_fits(inputs: Inputs, run: dict) -> None:
+def check_smallest_design_fits(inputs: Inputs, run: RunConfig) -> None:
     """Refuse a budget no design of the space can meet, before any search: the smallest design
     (least packed bytes per layer, int8 activations where offered) is packed and its activations
     planned by TVM."""
-    budget = memory_budget(run)
+    budget = run.memory_budget
     if budget["bytes"] is None:
         return
     from edgesearch.runners.hardware.memory import design_memory  # loads TVM
     from edgesearch.spaces.apply import apply_candidate, smallest_candidate
 
     smallest = smallest_candidate(inputs.base_model, {n: layer.choices for n, layer in inputs.resolved.items()})
-    memory = design_memory(apply_candidate(inputs.base_model, smallest), run["imgsz"], inputs.profile.target)
+    memory = design_memory(apply_candidate(inputs.base_model, smallest), run.imgsz, inputs.profile.target)
     if memory["memory_bytes"] > budget["bytes"]:
         raise InputError(
             f"no design can meet the {budget['kind'].upper()} budget of {budget['bytes'] / 1024:,.0f} KiB "
@@ -106,16 +106,16 @@ def check_smallest_design_fits(inputs: Inputs, run: dict) -> None:
             f"{memory['activation_bytes'] / 1024:,.0f} KiB planned activations); set --sram-budget or another profile")
 
 
-def decide_measurement(inputs: Inputs, run: dict, estimate_only: bool = False) -> None:
+def decide_measurement(inputs: Inputs, run: RunConfig, estimate_only: bool = False) -> RunConfig:
     """How this whole search obtains latency (measure.decide_measurement): decided once, here, so that
     one objective never mixes measured and estimated figures; a device that is there but cannot be
     built for is refused before anything is written."""
     from edgesearch.runners.hardware import measure  # loads TVM
 
     plan = measure.decide_measurement(inputs.profile, estimate_only=estimate_only)
-    run["measurement"] = dataclasses.asdict(plan)
-    measurer = measure.measurer_for(inputs.profile, plan, tune_trials=run.get("tune_trials", 0))
+    measurer = measure.measurer_for(inputs.profile, plan, tune_trials=run.tune_trials)
     print(f"latency on {inputs.profile.name}: every trial {measurer.describe()}")
+    return dataclasses.replace(run, measurement=dataclasses.asdict(plan))
 
 
 def ship_inputs(inputs: Inputs) -> dict:

@@ -3,15 +3,13 @@ written when the run starts and read on --resume), with what is derived from the
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
-import json
 import os
 from pathlib import Path
 
 from edgesearch.common.errors import InputError
-from edgesearch.common.files import write_text_atomically
-
-RUN_FILE = "run.json"
+from edgesearch.search.run_config import RUN_FILE, RunConfig
 
 
 def run_folder(out: str | None, profile: str, space: str, preset: str) -> Path:
@@ -49,10 +47,6 @@ class RunLock:
         self.handle.close()
 
 
-def _write_json(path: Path, payload: dict) -> None:
-    write_text_atomically(path, json.dumps(payload, indent=2))
-
-
 def check_run_dir(run_dir: Path, resume: bool) -> None:
     """Refuse a run folder this command cannot use (before any slow work): a resume needs a run
     there; a new run needs the folder absent or empty (the report would overwrite other files)."""
@@ -65,49 +59,24 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
         raise InputError(f"{run_dir} exists and is not an empty folder or a run folder; choose another --out")
 
 
-def prepare_run_dir(run_dir: Path, run: dict, resume: bool, explicit: dict | None = None) -> dict:
-    """Create (or, with resume, reopen) a run folder; returns the run's settings. On resume,
-    settings given explicitly on the command line (`explicit`, None = not given) must match the run's."""
+def prepare_run_dir(run_dir: Path, run: RunConfig, resume: bool, explicit: dict | None = None) -> RunConfig:
+    """Create (or, with resume, reopen) a run folder; returns the run's settings. On resume, the
+    stored settings hold, but for more trials when asked and this command line's trust; settings
+    given explicitly on the command line (`explicit`, None = not given) must match the run's."""
     check_run_dir(run_dir, resume)
-    run_file = run_dir / RUN_FILE
     if resume:
-        stored = json.loads(run_file.read_text())
-        if stored.get("space_sha256", run["space_sha256"]) != run["space_sha256"]:
+        stored = RunConfig.read(run_dir, trust_checkpoint=run.trust_checkpoint)
+        if stored.space_sha256 and stored.space_sha256 != run.space_sha256:
             # the study's stored choices would no longer match the space's: sampling would break
-            raise InputError(f"space {stored['space_file']} changed since the run in {run_dir} started; "
+            raise InputError(f"space {stored.space_file} changed since the run in {run_dir} started; "
                              "start a new run with --out")
         for key, value in (explicit or {}).items():
-            if value is not None and stored.get(key) != value:
-                raise InputError(f"the run in {run_dir} started with {key} {stored.get(key)!r}, not {value!r}; "
+            if value is not None and getattr(stored, key) != value:
+                raise InputError(f"the run in {run_dir} started with {key} {getattr(stored, key)!r}, not {value!r}; "
                                  "start a new run with --out")
-        stored["trials"] = max(stored["trials"], run["trials"])  # a resume may ask for more trials
-        stored["trust_checkpoint"] = run.get("trust_checkpoint", False)  # this command line's, never the folder's
-        _write_json(run_file, stored)
+        stored = dataclasses.replace(stored, trials=max(stored.trials, run.trials))  # a resume may ask for more
+        stored.write(run_dir)
         return stored
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(run_file, run)
+    run.write(run_dir)
     return run
-
-
-def memory_budget(run: dict) -> dict:
-    """The run's hard memory budget ({kind, bytes, source}); runs from before memory_limit had the
-    profile's SRAM."""
-    return run.get("memory_budget") or {"kind": "sram", "bytes": run["sram_budget_bytes"], "source": "profile"}
-
-
-def run_budgets(run: dict, base: dict) -> dict:
-    """The constraints of the study: memory (hard), latency (if asked), accuracy floor (if asked)."""
-    drop = run.get("max_map_drop")
-    return {"memory_bytes": memory_budget(run)["bytes"], "memory_kind": memory_budget(run)["kind"],
-            "latency_ms": run.get("latency_budget_ms"),
-            "map_floor": base["map50_95"] * (1 - drop) if drop else None}
-
-
-def run_measurement(run: dict) -> dict | None:
-    """The run's measurement plan; runs from before it recorded latency_mode (RPC profiles only)."""
-    if "measurement" in run:
-        return run["measurement"]
-    mode = run.get("latency_mode")
-    if mode == "estimated":
-        return {"kind": "estimate", "why": run.get("latency_mode_why") or "no device when the run started"}
-    return {"kind": "rpc"} if mode == "measured" else None

@@ -13,11 +13,13 @@ from edgesearch.reports.design_data import recommendations
 from edgesearch.reports.pareto_report import pareto_table, write_report
 from edgesearch.search import study as studies
 from edgesearch.search.report_inputs import report_extras
-from edgesearch.search.run_folder import RUN_FILE
+from edgesearch.search.run_config import RUN_FILE
 
 
 def report_data(run_dir: Path, study=None) -> dict:
-    """The plain data a report is written from: run, base, trials, extras."""
+    """The plain data a report is written from: run, base, trials, extras. run.json is read as plain
+    data (the report shows what it holds, and reads a handed-over folder's with care), not as a
+    RunConfig: reporting needs no setting to be complete."""
     run = json.loads((run_dir / RUN_FILE).read_text())
     if study is None:
         study = studies.open_study(run_dir, seed=run["seed"], population_size=run["population"], create=False)

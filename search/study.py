@@ -174,7 +174,7 @@ def suggest_candidate(trial: Trial, resolved: dict[str, LayerChoices]) -> Candid
 
 
 def constraint_values(scores: dict, budgets: dict) -> dict[str, float]:
-    """{constraint: value - budget} for the run's budgets (see run_folder.run_budgets); <= 0 is feasible."""
+    """{constraint: value - budget} for the run's budgets (see run_config.RunConfig.budgets); <= 0 is feasible."""
     values = {}
     if budgets.get("memory_bytes") is not None:
         values["memory_over_budget_bytes"] = scores["sram_bytes"] - budgets["memory_bytes"]

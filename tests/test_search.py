@@ -53,7 +53,7 @@ def test_a_failing_trial_is_recorded_with_its_error_and_the_search_goes_on(tmp_p
     try:
         # the checkpoint is not shipped: the workers look for the vanished path
         parcels = shipping.put({k: v for k, v in ship_inputs(smoke_inputs).items() if k != "checkpoint"})
-        _search_loop(study, smoke_inputs, settings, {"trials": 2}, parallel=2, cpus=1, budgets={}, parcels=parcels)
+        _search_loop(study, smoke_inputs, settings, 2, parallel=2, cpus=1, budgets={}, parcels=parcels)
         node = execution.this_node()  # the driver's node: the only node of a local Ray
     finally:
         execution.stop_ray()
@@ -66,16 +66,63 @@ def test_a_failing_trial_is_recorded_with_its_error_and_the_search_goes_on(tmp_p
 
 
 def test_resume_refuses_a_space_that_changed_since_the_run_started(tmp_path):
+    import dataclasses
+
     import pytest
 
     from edgesearch.common.errors import InputError
     from edgesearch.search.run_folder import prepare_run_dir
 
-    run = {"trials": 2, "space_file": "spaces/mine.yaml", "space_sha256": "a" * 64}
+    run = example_run(trials=2, space_file="spaces/mine.yaml", space_sha256="a" * 64)
     prepare_run_dir(tmp_path, run, resume=False)
-    assert prepare_run_dir(tmp_path, dict(run, trials=4), resume=True)["trials"] == 4
+    assert prepare_run_dir(tmp_path, dataclasses.replace(run, trials=4), resume=True).trials == 4
     with pytest.raises(InputError, match="changed since the run"):
-        prepare_run_dir(tmp_path, dict(run, space_sha256="b" * 64), resume=True)
+        prepare_run_dir(tmp_path, dataclasses.replace(run, space_sha256="b" * 64), resume=True)
+
+
+def example_run(**changes):
+    """A complete RunConfig with `changes`."""
+    from edgesearch.search.run_config import RunConfig
+
+    settings = {"run_name": "run", "profile": "x86-host", "profile_file": "x86-host.yaml", "space": "yolov8",
+                "space_file": "yolov8.yaml", "space_sha256": "", "model": "base.pt", "data": "data.yaml",
+                "memory_budget": {"kind": "sram", "bytes": 1 << 20, "source": "profile"}, "trials": 2,
+                "population": 4, "imgsz": 64, "finetune_iters": 0, "batch": 8, "parallel": 1}
+    return RunConfig(**{**settings, **changes})
+
+
+def test_a_run_json_is_read_back_as_written_upgraded_from_older_runs_or_refused_in_one_line(tmp_path):
+    """One run configuration: run.json round-trips; a run.json of an earlier version (no strategy,
+    no memory budget, latency_mode) reads as those runs behaved; trust never comes from the file; a
+    file that is not a run.json of ours is one InputError."""
+    import json
+
+    import pytest
+
+    from edgesearch.common.errors import InputError
+    from edgesearch.search.run_config import RUN_FILE, RunConfig
+
+    run = example_run(strategy="random", max_map_drop=0.01, measurement={"kind": "local", "why": ""},
+                      trust_checkpoint=True)
+    run.write(tmp_path)
+    assert RunConfig.read(tmp_path, trust_checkpoint=True) == run
+    assert RunConfig.read(tmp_path).trust_checkpoint is False  # the file says true: never taken from it
+
+    old = run.to_json()
+    for key in ("strategy", "memory_budget", "measurement", "space_sha256", "run_name", "trust_checkpoint"):
+        del old[key]
+    old.update(sram_budget_bytes=4096, latency_mode="estimated", latency_mode_why="no tracker")
+    (tmp_path / RUN_FILE).write_text(json.dumps(old))
+    upgraded = RunConfig.read(tmp_path)
+    assert upgraded.strategy == "nsga2" and upgraded.run_name == tmp_path.name
+    assert upgraded.memory_budget == {"kind": "sram", "bytes": 4096, "source": "profile"}
+    assert upgraded.measurement == {"kind": "estimate", "why": "no tracker"}
+
+    for text, fragment in ((json.dumps(dict(old, colour="red")), "unknown settings colour"),
+                           (json.dumps({"trials": 1}), "missing"), ("[1]", "not a mapping"), ("{", "not a readable")):
+        (tmp_path / RUN_FILE).write_text(text)
+        with pytest.raises(InputError, match=fragment):
+            RunConfig.read(tmp_path)
 
 
 def test_a_new_study_scores_uniform_anchor_designs_first(tmp_path, tiny_model):

@@ -25,9 +25,11 @@ def test_resume_never_takes_trust_from_the_run_folder(tmp_path, smoke_inputs):
     torch.save({**real, "train_args": {"x": _RunsShell(marker)}}, evil)
     out = tmp_path / "run"
     out.mkdir()
-    run = {"profile_file": smoke_inputs.profile.source, "space_file": smoke_inputs.space.source,
-           "preset": "smoke", "model": str(evil), "data": str(smoke_inputs.data_yaml),
-           "trust_checkpoint": True, "trials": 1}
+    run = {"run_name": "run", "profile": "x86-host", "profile_file": smoke_inputs.profile.source, "space": "smoke",
+           "space_file": smoke_inputs.space.source, "space_sha256": "", "preset": "smoke", "model": str(evil),
+           "data": str(smoke_inputs.data_yaml), "memory_budget": {"kind": "sram", "bytes": None, "source": "profile"},
+           "trust_checkpoint": True, "trials": 1, "population": 4, "imgsz": 64, "finetune_iters": 0, "batch": 8,
+           "parallel": 1}  # a complete run.json, as a search writes one, doctored to say trust_checkpoint
     (out / "run.json").write_text(json.dumps(run))
     result = run_cli("run", "--out", str(out), "--resume")
     assert result.returncode == 2, result.stderr[-2000:]
