@@ -1,5 +1,5 @@
-"""A run folder: where it is, its lock (one search at a time), and its run.json (the run's settings,
-written when the run starts and read on --resume), with what is derived from them."""
+"""A run folder: where it is, its lock (one search at a time), and its run.json (the run's RunConfig,
+search/run_config.py: written when the run starts, read back and checked on --resume)."""
 
 from __future__ import annotations
 

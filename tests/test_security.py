@@ -164,19 +164,6 @@ def test_a_cached_input_folder_is_trusted_by_its_content_not_its_name(tmp_path, 
         unpacked("0" * 64, lambda: zeros)
 
 
-@pytest.mark.parametrize("existing", [0o600, 0o640, None])
-def test_a_rewritten_cache_file_keeps_its_mode(tmp_path, existing):
-    from edgesearch.common.files import new_file_mode
-
-    path = tmp_path / "f"
-    if existing is not None:
-        path.write_text("x")
-        path.chmod(existing)
-    previous = os.umask(0o077)
-    try:
-        assert new_file_mode(path) == (existing if existing is not None else 0o600)
-    finally:
-        os.umask(previous)
 
 
 # ------------------------------------------------------------------------------ network and data peers
