@@ -89,6 +89,14 @@ def _wait(condition, what: str, driver: subprocess.Popen):
     raise TimeoutError(what)
 
 
+def _stop_and_read_logs(drivers, folder: Path) -> str:
+    """Kill the drivers still running (a failed wait must not leave one behind); the searches' logs."""
+    for process in drivers:
+        if process is not None and process.poll() is None:
+            process.kill()
+    return "\n".join(p.read_text() for p in sorted(folder.glob("*.log")))
+
+
 @pytest.fixture(scope="module")
 def faulty_search(cluster, cluster_inputs, tmp_path_factory):
     folder = tmp_path_factory.mktemp("cluster-run")
@@ -115,10 +123,7 @@ def faulty_search(cluster, cluster_inputs, tmp_path_factory):
         resumed = _search(cluster, out, model, data, "--resume")
         resumed.wait(timeout=WAIT_S)
     finally:
-        for process in (driver, resumed):
-            if process is not None and process.poll() is None:
-                process.kill()
-    log = "\n".join(p.read_text() for p in sorted(folder.glob("*.log")))
+        log = _stop_and_read_logs((driver, resumed), folder)
     return SimpleNamespace(out=out, resumed=resumed, log=log, stopped_id=stopped_id, before_kill=before_kill,
                            cpu_only_id=cpu_only_id,
                            rows=list(csv.DictReader((out / "trials.csv").open())) if resumed.returncode == 0 else [])
@@ -212,10 +217,7 @@ def test_node_loss_and_a_killed_driver_during_the_re_measure_lose_nothing(cluste
         resumed = _search(cluster, out, model, data, *measured, "--resume")
         resumed.wait(timeout=WAIT_S)
     finally:
-        for process in (driver, resumed):
-            if process is not None and process.poll() is None:
-                process.kill()
-    log = "\n".join(p.read_text() for p in sorted(tmp_path.glob("*.log")))
+        log = _stop_and_read_logs((driver, resumed), tmp_path)
     assert resumed.returncode == 0, log[-3000:]
     assert len(scored) == 1 and _scored(out) == scored
     study = optuna.load_study(study_name=studies.STUDY_NAME, storage=studies.storage_url(out))
