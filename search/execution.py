@@ -92,20 +92,17 @@ _AUTH_MODE_BEFORE: list = []  # the environment's RAY_AUTH_MODE while a local Ra
 
 def _token_auth_on() -> None:
     """Token authentication for the local Ray, whatever the environment says (RAY_AUTH_MODE=disabled
-    would leave its ports open to anyone who can reach this machine). Ray reads the token from
+    would leave its ports open to anyone who can reach this machine). Ray (2.59 and later) turns it on
+    itself for a local cluster it starts when RAY_AUTH_MODE is unset, reading its settings again
+    however early it was imported; so the variable is set aside while Ray starts (stop_ray puts it
+    back). Setting it to "token" here would not do: Ray read it when it was imported, and a driver
+    whose settings disagree with its own cluster's cannot connect. Ray reads the token from
     RAY_AUTH_TOKEN, else ~/.ray/auth_token, and writes one there if there is none."""
-    _AUTH_MODE_BEFORE.append(os.environ.get(AUTH_MODE_ENV))
-    os.environ[AUTH_MODE_ENV] = "token"
-    _reread_ray_config()
+    _AUTH_MODE_BEFORE.append(os.environ.pop(AUTH_MODE_ENV, None))
     _private_token_file()
-
-
-def _reread_ray_config() -> None:
-    """Ray caches its settings (RAY_AUTH_MODE among them) when it loads: read them again, as Ray's
-    own switch to token mode does (ray._private.authentication.authentication_token_setup)."""
-    import ray._raylet
-
-    ray._raylet.Config.initialize("")  # type: ignore[attr-defined]  # a compiled module: no stubs
+    # Ray's notice that it turned tokens on ends "Set RAY_AUTH_MODE=disabled to opt out", which is not
+    # so here: silenced by its logger's name (were the name to change, the notice would just show)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
 
 
 def _private_token_file() -> None:
@@ -133,10 +130,9 @@ def stop_ray() -> None:
         before = _AUTH_MODE_BEFORE.pop()
         _AUTH_MODE_BEFORE.clear()
         if before is None:
-            os.environ.pop(AUTH_MODE_ENV, None)
+            os.environ.pop(AUTH_MODE_ENV, None)  # Ray set it to "token"
         else:
             os.environ[AUTH_MODE_ENV] = before
-        _reread_ray_config()
 
 
 def cpus_per_trial(parallel: int) -> int:

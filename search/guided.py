@@ -1,4 +1,4 @@
-"""The guided search: recipes first, then budgeted seeds, then screened few-layer moves.
+"""The guided search, as an Optuna sampler: recipes first, then budgeted seeds, then screened few-layer moves.
 
 1. Recipes (recipes.py): what a user would otherwise apply, as reference points.
 2. Seeds: least-omega designs at budgets spread between the smallest and the largest recipe's
@@ -6,21 +6,32 @@
    from the multiple-choice knapsack of allocate.py over the per-layer option tables.
 3. Moves (moves.py): 1-3 layers of a front design changed, several drawn per slot, the one the
    proxy predicts adds most hypervolume scored in full, the others stored as screened.
+
+GuidedSampler is an Optuna sampler (optuna.samplers.BaseSampler): each new trial gets the next design
+of this order, as its parameters ("layer|knob" for the knobs the design changes, so Optuna's own
+tools see them) and as its user attributes (the design, its origin, its predicted scores). The study
+is the one truth: the recipes and seeds are planned once, in a study attribute, and a design of the
+plan is due until a trial of the study carries it; moves start from the study's scored trials. So a
+resumed run, another process or `study.optimize` carries on where the study is.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import optuna
-from optuna.trial import TrialState
+from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.trial import FrozenTrial, Trial, TrialState
 
 from edgesearch.search import study as studies
 from edgesearch.search.allocate import allocate, budget_sweep, design_price
 from edgesearch.search.moves import RESOURCES, Scored, fit_accuracy_model, layer_fronts, propose, screen
 from edgesearch.search.options import OptionPricer, layer_options
+from edgesearch.search.study import Proposal
 from edgesearch.spaces.candidate import Candidate
+from edgesearch.spaces.knobs import DEFAULTS
 from edgesearch.spaces.space import LayerChoices
 
 PROPOSALS_PER_SLOT = 8  # moves drawn per fully scored trial; the proxy picks one
@@ -29,6 +40,9 @@ LATENCY_SEED_TOP = 0.9  # latency seeds go up to this share of the base's predic
 CHEAPEN_PROBABILITY = 0.5
 CHEAPEN_PROBABILITY_WITH_FLOOR = 0.75  # an accuracy floor asks for the smallest designs above it
 MIB = 1024 * 1024
+PLAN_ATTR = "guided_plan"  # study attr: the designs to score first, in order (recipes, seeds, floor seeds)
+FLOOR_PLANNED_ATTR = "floor_seeded"  # study attr: the accuracy floor's seeds were planned
+LEGACY_SEEDED_ATTR = "seeded"  # runs before the sampler queued their recipes and seeds as waiting trials
 
 
 def candidate_key(candidate: dict) -> str:
@@ -123,24 +137,23 @@ class Guide:
                                 f"alpha {alpha:.3g})", candidate))
         return designs
 
-    def propose_into(self, study: optuna.Study) -> bool:
-        """Draw moves from the current front, screen them, enqueue the best and store the rest as
-        screened. False when nothing can be proposed yet (no scored design, or no new move)."""
+    def floor_proposals(self, study: optuna.Study) -> list[Proposal]:
+        """With an accuracy floor: floor_seeds from the model fitted on the scored designs, those not tried."""
+        alpha, intercept = fit_accuracy_model(self.scored(study), DEFAULT_ALPHA, self.base["map50_95"])
+        seen = _designs_tried(study)
+        return [Proposal(candidate, origin, predicted={"omega": self.omega(candidate)})
+                for origin, candidate in self.floor_seeds(alpha, intercept) if candidate_key(candidate) not in seen]
+
+    def move(self, study: optuna.Study) -> Proposal | None:
+        """Draw moves from the current front, screen them, store all but the best as screened and
+        return the best. None when nothing can be proposed yet (no scored design, or no new move)."""
         scored = self.scored(study)
         if not scored:
-            return False
+            return None
         numbers = {t.number for t in studies.pareto_trials(study)}
         front = [s for s in scored if s.number in numbers] or scored
-        alpha, intercept = fit_accuracy_model(scored, DEFAULT_ALPHA, self.base["map50_95"])
+        alpha, _ = fit_accuracy_model(scored, DEFAULT_ALPHA, self.base["map50_95"])
         floor = self.budgets.get("map_floor")
-        if floor is not None and not study.user_attrs.get("floor_seeded"):
-            study.set_user_attr("floor_seeded", True)
-            seen = _designs_tried(study)
-            seeds = [(o, c) for o, c in self.floor_seeds(alpha, intercept) if candidate_key(c) not in seen]
-            for origin, candidate in seeds:
-                studies.enqueue_design(study, candidate, origin, predicted={"omega": self.omega(candidate)})
-            if seeds:
-                return True
         cheapen = CHEAPEN_PROBABILITY_WITH_FLOOR if floor is not None else CHEAPEN_PROBABILITY
         seen = _designs_tried(study)
         moves = []
@@ -157,14 +170,107 @@ class Guide:
             if len(moves) == PROPOSALS_PER_SLOT:
                 break
         if not moves:
-            return False
+            return None
         best = screen(moves, front, self.reference, floor)
         for index, move in enumerate(moves):
-            predicted = dict(move.predicted, alpha=alpha)
-            candidate = Candidate(move.layers).to_json()
-            if index == best:
-                studies.enqueue_design(study, candidate, f"move: {move.describe()}", predicted=predicted)
-            else:
-                studies.record_screened(study, candidate, f"move: {move.describe()}", predicted)
-        return True
+            if index != best:
+                studies.record_screened(study, Candidate(move.layers).to_json(), f"move: {move.describe()}",
+                                        dict(move.predicted, alpha=alpha))
+        chosen = moves[best]
+        return Proposal(Candidate(chosen.layers).to_json(), f"move: {chosen.describe()}",
+                        predicted=dict(chosen.predicted, alpha=alpha))
 
+
+class GuidedSampler(studies.DesignSampler):
+    """The guided search as an Optuna sampler (see the module's docstring). `space`: {layer: {knob:
+    values}}, the values a trial's parameter may take (the search space and what the recipes use)."""
+
+    def __init__(self, guide: Guide, space: dict[str, dict[str, list]], seed: int):
+        self.guide, self.space = guide, space
+        self._independent = optuna.samplers.RandomSampler(seed=seed)  # parameters no design of ours set
+        self._prepared: Proposal | None = None
+        self._chosen: dict[int, Proposal] = {}  # trial number -> its design, until `design` records it
+
+    def plan(self, study: optuna.Study, recipes: dict[str, Candidate], seed_count: int) -> None:
+        """Write the designs a new study scores first: the recipes, then `seed_count` budgeted seeds."""
+        if PLAN_ATTR in study.user_attrs or study.user_attrs.get(LEGACY_SEEDED_ATTR):
+            return
+        plan = [Proposal(c.to_json(), f"recipe: {name}", predicted={"omega": self.guide.omega(c.to_json())},
+                         recipe=name) for name, c in recipes.items()]
+        plan += [Proposal(candidate, origin, predicted={"omega": self.guide.omega(candidate)})
+                 for origin, candidate in self.guide.seeds(recipes, seed_count)]
+        study.set_user_attr(PLAN_ATTR, [dataclasses.asdict(p) for p in plan])
+
+    def prepare(self, study: optuna.Study) -> bool:
+        if self._prepared is None:
+            self._prepared = self._next(study)
+        return self._prepared is not None
+
+    def _next(self, study: optuna.Study) -> Proposal | None:
+        """The first design of the plan that no trial carries yet, else the floor's seeds (planned once,
+        when designs are scored to fit the accuracy model on), else a screened move."""
+        if (proposal := self._due(study)) is not None:
+            return proposal
+        if self.guide.budgets.get("map_floor") is not None and not study.user_attrs.get(FLOOR_PLANNED_ATTR):
+            if not self.guide.scored(study):
+                return None
+            extra = self.guide.floor_proposals(study)
+            study.set_user_attr(PLAN_ATTR, study.user_attrs.get(PLAN_ATTR, []) + [dataclasses.asdict(p) for p in extra])
+            study.set_user_attr(FLOOR_PLANNED_ATTR, True)
+            if extra:
+                return extra[0]
+        return self.guide.move(study)
+
+    @staticmethod
+    def _due(study: optuna.Study) -> Proposal | None:
+        carried = {(t.user_attrs.get(studies.ORIGIN_ATTR), candidate_key(t.user_attrs[studies.CANDIDATE_ATTR]))
+                   for t in study.get_trials(deepcopy=False) if studies.CANDIDATE_ATTR in t.user_attrs}
+        for entry in study.user_attrs.get(PLAN_ATTR, []):
+            if (entry["origin"], candidate_key(entry["candidate"])) not in carried:
+                return Proposal(**entry)
+        return None
+
+    def _parameters(self, proposal: Proposal) -> dict[str, tuple[object, CategoricalDistribution]]:
+        """{"layer|knob": (value, distribution)} for each knob the design changes from no change."""
+        parameters = {}
+        for layer, knobs in proposal.candidate["layers"].items():
+            for knob, value in knobs.items():
+                choices = self.space.get(layer, {}).get(knob, [])
+                if value != DEFAULTS[knob] and value in choices:
+                    parameters[f"{layer}|{knob}"] = (value, CategoricalDistribution(choices))
+        return parameters
+
+    # Optuna's sampler interface: before_trial chooses the design, sample_relative gives its values
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if studies.CANDIDATE_ATTR in trial.user_attrs:  # queued with its design: an interrupted trial's retry
+            return
+        proposal, self._prepared = self._prepared or self._next(study), None
+        if proposal is not None:
+            self._chosen[trial.number] = proposal
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        proposal = self._chosen.get(trial.number)
+        return {} if proposal is None else {name: d for name, (_, d) in self._parameters(proposal).items()}
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, object]:
+        proposal = self._chosen.get(trial.number)
+        if proposal is None:
+            return {}
+        return {name: value for name, (value, _) in self._parameters(proposal).items() if name in search_space}
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> object:
+        return self._independent.sample_independent(study, trial, param_name, param_distribution)
+
+    def design(self, trial: Trial) -> dict | None:
+        proposal = self._chosen.get(trial.number)
+        if proposal is None:
+            return None
+        for name, (_, distribution) in self._parameters(proposal).items():
+            trial.suggest_categorical(name, distribution.choices)  # the value sample_relative gives
+        for key, value in proposal.user_attrs().items():
+            trial.set_user_attr(key, value)
+        del self._chosen[trial.number]  # only now: the suggestions above read it (sample_relative)
+        return proposal.candidate

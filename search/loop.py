@@ -47,8 +47,9 @@ def run_search(inputs: Inputs, run_dir: Path, run: RunConfig, *, resume: bool, r
             study.set_user_attr("base", execution.result(execution.submit(base_settings, None, cpus_per_trial,
                                                                           parcels, gpus_per_trial)))
         budgets = run.budgets(study.user_attrs["base"])
-        guide = _prepare_guide(inputs, settings, run, run_dir, study, budgets) if strategy == "guided" else None
-        _search_loop(study, inputs, settings, run.trials, parallel, cpus_per_trial, budgets, guide, parcels, gpus_per_trial)
+        if strategy == "guided":
+            study.sampler = _guided_sampler(inputs, settings, run, run_dir, study, budgets)
+        _search_loop(study, inputs, settings, run.trials, parallel, cpus_per_trial, budgets, parcels, gpus_per_trial)
         from edgesearch.runners.hardware.measure import timed_here
 
         if timed_here(inputs.profile):
@@ -62,32 +63,34 @@ def run_search(inputs: Inputs, run_dir: Path, run: RunConfig, *, resume: bool, r
     return write_run_report(run_dir, study=study)
 
 
-def _prepare_guide(inputs: Inputs, settings: dict, run: RunConfig, run_dir: Path, study, budgets: dict):
-    """Sensitivity and cost tables (cached), then, in a new study, recipes and seeds queued first."""
+def _guided_sampler(inputs: Inputs, settings: dict, run: RunConfig, run_dir: Path, study, budgets: dict):
+    """The guided strategy's sampler: sensitivity and cost tables (cached), and in a new study the
+    plan of recipes and seeds to score first."""
     from edgesearch.search import analysis
-    from edgesearch.search.guided import Guide
+    from edgesearch.search.guided import Guide, GuidedSampler
     from edgesearch.search.options import OptionPricer
-    from edgesearch.search.recipes import recipe_candidates, recipe_options
 
-    layers = list(inputs.resolved)
-    recipes = recipe_candidates(inputs.base_model, layers, PRESETS[run.preset].recipes,
-                                inputs.profile.compute_precisions)
-    extra = recipe_options(recipes, layers)  # recipes are priced too, whatever the space offers
-    options = {name: {knob: _merged(values, extra[name].get(knob, ())) for knob, values in layer.choices.items()}
-               for name, layer in inputs.resolved.items()}
+    recipes, options = guided_space(inputs, run.preset)
     cpus = os.cpu_count() or 1
     pricer = OptionPricer(analysis.sensitivity(settings, options, run_dir, cpus),
                           analysis.cost_basis(settings, run_dir, cpus))
-    guide = Guide(pricer, inputs.resolved, study.user_attrs["base"], budgets, run.seed)
-    if not study.user_attrs.get("seeded"):
-        for name, recipe in recipes.items():
-            design = recipe.to_json()
-            studies.enqueue_design(study, design, f"recipe: {name}", recipe=name,
-                                   predicted={"omega": guide.omega(design)})
-        for origin, candidate in guide.seeds(recipes, seed_count(run.trials, len(recipes))):
-            studies.enqueue_design(study, candidate, origin, predicted={"omega": guide.omega(candidate)})
-        study.set_user_attr("seeded", True)
-    return guide
+    sampler = GuidedSampler(Guide(pricer, inputs.resolved, study.user_attrs["base"], budgets, run.seed), options,
+                            run.seed)
+    sampler.plan(study, recipes, seed_count(run.trials, len(recipes)))
+    return sampler
+
+
+def guided_space(inputs: Inputs, preset: str) -> tuple[dict, dict[str, dict[str, list]]]:
+    """The recipes (name -> Candidate) a guided run scores first, and {layer: {knob: values}}: the
+    space's values and those the recipes use (recipes are priced too, whatever the space offers)."""
+    from edgesearch.search.recipes import recipe_candidates, recipe_options
+
+    layers = list(inputs.resolved)
+    recipes = recipe_candidates(inputs.base_model, layers, PRESETS[preset].recipes, inputs.profile.compute_precisions)
+    extra = recipe_options(recipes, layers)
+    options = {name: {knob: _merged(values, extra[name].get(knob, ())) for knob, values in layer.choices.items()}
+               for name, layer in inputs.resolved.items()}
+    return recipes, options
 
 
 def seed_count(trials: int, recipes: int) -> int:
@@ -100,9 +103,11 @@ def _merged(values: list, extra) -> list:
 
 
 def _search_loop(study, inputs: Inputs, settings: dict, trials: int, parallel: int, cpus: int, budgets: dict,
-                 guide=None, parcels: dict | None = None, gpus: float = 0.0) -> None:
+                 parcels: dict | None = None, gpus: float = 0.0) -> None:
     """Keep `parallel` trials in flight until the run has `trials` trials, each asking Ray for `cpus`
-    CPUs and `gpus` GPUs; `parcels`: the shipped inputs (shipping.put), None to ship them here."""
+    CPUs and `gpus` GPUs; `parcels`: the shipped inputs (shipping.put), None to ship them here. A
+    sampler that chooses whole designs (guided) is asked first whether it has one."""
+    designer = study.sampler if isinstance(study.sampler, studies.DesignSampler) else None
     if parcels is None:
         parcels = shipping.put(ship_inputs(inputs))
     finished = studies.finished_count(study)
@@ -110,7 +115,7 @@ def _search_loop(study, inputs: Inputs, settings: dict, trials: int, parallel: i
     with tqdm(total=trials, initial=finished, desc="trials", unit="trial") as bar:
         while finished + len(in_flight) < trials or in_flight:
             while len(in_flight) < parallel and finished + len(in_flight) < trials:
-                if guide is not None and not studies.has_waiting(study) and not guide.propose_into(study):
+                if designer is not None and not studies.has_waiting(study) and not designer.prepare(study):
                     break  # no scored design to move from yet (or no new move): wait for one
                 trial = study.ask()
                 candidate = studies.candidate_of(trial, inputs.resolved)

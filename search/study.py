@@ -6,8 +6,9 @@ asked, a latency budget and an accuracy floor. The study lives in SQLite inside 
 so a stopped run resumes where it was: finished trials stay, trials that were in flight when the
 run died are marked failed and their candidates queued again.
 
-Strategies: `guided` (default) hands Optuna every design it scores - recipes, budgeted seeds,
-few-layer moves (search/guided.py) - through `enqueue_trial`, with the design in the trial's
+Strategies: `guided` (default) is an Optuna sampler (search/guided.GuidedSampler, a DesignSampler)
+that chooses each trial's whole design - a recipe, a budgeted seed or a few-layer move - and
+gives it to the trial as parameters ("layer|knob", the knobs it changes) and as the trial's
 `candidate` attribute; moves screened out by the proxy are stored as PRUNED trials with their
 predicted scores, never fine-tuned and never on the front. `nsga2` (the search before guided
 moves: uniform 8/6/4-bit anchors, then Optuna's NSGA-II over per-layer parameters) and `random`
@@ -16,6 +17,8 @@ moves: uniform 8/6/4-bit anchors, then Optuna's NSGA-II over per-layer parameter
 
 from __future__ import annotations
 
+import abc
+import dataclasses
 import os
 import warnings
 from typing import Literal
@@ -67,7 +70,7 @@ def open_study(run_dir, *, seed: int, population_size: int, create: bool, strate
     sampler: optuna.samplers.BaseSampler
     if strategy == "nsga2":
         sampler = optuna.samplers.NSGAIISampler(population_size=population_size, seed=seed)
-    else:  # guided trials are all enqueued: the sampler never picks a value for them
+    else:  # random; a guided run sets its GuidedSampler once the sampler's tables exist (search/loop.py)
         sampler = optuna.samplers.RandomSampler(seed=seed)
     if create:
         study = optuna.create_study(study_name=STUDY_NAME, storage=storage_url(run_dir), directions=list(DIRECTIONS),
@@ -105,11 +108,32 @@ def trial_error(trial: FrozenTrial, interrupted: set[int]) -> str | None:
     return trial.user_attrs.get(ERROR_ATTR) or (INTERRUPTED if trial.number in interrupted else None)
 
 
-def enqueue_design(study: optuna.Study, candidate: dict, origin: str, *, predicted: dict | None = None,
-                   recipe: str | None = None) -> None:
-    """Queue a design chosen by the caller (guided strategy): the next `ask` returns it."""
-    attrs = {CANDIDATE_ATTR: candidate, ORIGIN_ATTR: origin, PREDICTED_ATTR: predicted, RECIPE_ATTR: recipe}
-    study.enqueue_trial({}, user_attrs={k: v for k, v in attrs.items() if v is not None})
+@dataclasses.dataclass(frozen=True)
+class Proposal:
+    """A whole design a sampler chose, with where it came from (the trial's user attributes)."""
+
+    candidate: dict
+    origin: str
+    predicted: dict | None = None
+    recipe: str | None = None
+
+    def user_attrs(self) -> dict:
+        attrs = {CANDIDATE_ATTR: self.candidate, ORIGIN_ATTR: self.origin, PREDICTED_ATTR: self.predicted,
+                 RECIPE_ATTR: self.recipe}
+        return {key: value for key, value in attrs.items() if value is not None}
+
+
+class DesignSampler(optuna.samplers.BaseSampler, abc.ABC):
+    """An Optuna sampler that chooses whole designs (search/guided.GuidedSampler). Optuna's sampler
+    interface fills the trial's parameters; `design` then hands the caller the design itself."""
+
+    @abc.abstractmethod
+    def prepare(self, study: optuna.Study) -> bool:
+        """Choose the next new trial's design now; False when there is none to propose yet."""
+
+    @abc.abstractmethod
+    def design(self, trial: Trial) -> dict | None:
+        """The design this sampler chose for `trial` (recorded on it), or None if it chose none."""
 
 
 def record_screened(study: optuna.Study, candidate: dict, origin: str, predicted: dict) -> None:
@@ -123,8 +147,11 @@ def has_waiting(study: optuna.Study) -> bool:
 
 
 def candidate_of(trial: Trial, resolved: dict[str, LayerChoices]) -> dict:
-    """The design a trial scores: the one enqueued with it, else sampled from its parameters."""
+    """The design a trial scores: the one queued with it (an interrupted trial's retry), else the one
+    a DesignSampler chose, else sampled from its parameters."""
     candidate = trial.user_attrs.get(CANDIDATE_ATTR)
+    if candidate is None and isinstance(trial.study.sampler, DesignSampler):
+        candidate = trial.study.sampler.design(trial)
     if candidate is None:
         candidate = suggest_candidate(trial, resolved).to_json()
         trial.set_user_attr(CANDIDATE_ATTR, candidate)

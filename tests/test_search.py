@@ -32,7 +32,7 @@ def test_interrupted_trials_are_failed_and_queued_again(tmp_path):
 def test_an_interrupted_guided_trial_is_queued_again_with_its_design(tmp_path):
     study = studies.open_study(tmp_path, seed=0, population_size=2, create=True)
     design = {"layers": {"model.0.conv": {"weight_bits": 4}}}
-    studies.enqueue_design(study, design, "seed: test", predicted={"omega": 0.5})
+    study.enqueue_trial({}, user_attrs=studies.Proposal(design, "seed: test", predicted={"omega": 0.5}).user_attrs())
     assert study.ask().user_attrs[studies.CANDIDATE_ATTR] == design  # the run dies while it is in flight
     reopened = studies.open_study(tmp_path, seed=0, population_size=2, create=False)
     assert studies.requeue_interrupted(reopened) == 1

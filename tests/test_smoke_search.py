@@ -261,3 +261,58 @@ def test_a_guided_search_scores_recipes_then_seeds_then_screened_few_layer_moves
     assert front and front <= {t.number for t in scored}
     rows = list(csv.DictReader((out / "trials.csv").open()))
     assert sum(r["state"] == "PRUNED" for r in rows) == len(screened)
+
+
+def test_the_guided_sampler_drives_study_optimize_and_a_new_process_carries_on_from_the_study(smoke_run, tmp_path):
+    """GuidedSampler is an Optuna sampler: `study.optimize` with it scores the recipes, then the seeds,
+    then screened moves, each design also as the trial's parameters; a second sampler (another
+    process, as a resumed run) reads the plan and the trials from the storage and goes on with moves.
+    Scores are the proxy's (no fine-tune): the smoke run's own sensitivity and cost tables."""
+    from edgesearch.search.guided import Guide, GuidedSampler
+    from edgesearch.search.loop import guided_space
+    from edgesearch.search.options import OptionPricer
+    from edgesearch.search.resolve import resolve_inputs
+    from edgesearch.spaces.candidate import Candidate
+    from edgesearch.spaces.knobs import DEFAULTS
+
+    out = smoke_run.out
+    inputs = resolve_inputs(profile="x86-host", space=SMOKE_SPACE, model=None, data=None, preset="smoke")
+    recipes, space = guided_space(inputs, "smoke")
+    pricer = OptionPricer(json.loads((out / "sensitivity.json").read_text()),
+                          json.loads((out / "cost_basis.json").read_text()))
+    base = optuna.load_study(study_name=studies.STUDY_NAME, storage=studies.storage_url(out)).user_attrs["base"]
+
+    def sampler():
+        return GuidedSampler(Guide(pricer, inputs.resolved, base, {}, seed=0), space, seed=0)
+
+    def objective(trial):
+        candidate = studies.candidate_of(trial, inputs.resolved)
+        price = pricer.design(Candidate.from_json(candidate).layers)
+        scores = {"map50_95": base["map50_95"] - 0.05 * price["omega"], "latency_ms": price["latency_ms"],
+                  "sram_bytes": price["sram_bytes"]}
+        trial.set_user_attr(studies.SCORE_ATTR, scores)
+        return [scores[name] for name in studies.OBJECTIVES]
+
+    storage = f"sqlite:///{tmp_path}/study.db"
+    first = sampler()
+    study = optuna.create_study(storage=storage, directions=list(studies.DIRECTIONS), sampler=first)
+    first.plan(study, recipes, seed_count=2)
+    study.optimize(objective, n_trials=len(recipes) + 4)  # the recipes, the seeds, then moves
+    resumed = optuna.load_study(study_name=study.study_name, storage=storage, sampler=sampler())
+    resumed.optimize(objective, n_trials=3)
+
+    trials = sorted(resumed.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.number)
+    origins = [t.user_attrs[studies.ORIGIN_ATTR] for t in trials]
+    assert len(trials) == len(recipes) + 7
+    assert origins[:len(recipes)] == [f"recipe: {name}" for name in recipes]
+    kinds = [origin.split(":")[0] for origin in origins[len(recipes):]]
+    seeds = kinds.count("seed")
+    assert seeds >= 2 and kinds == ["seed"] * seeds + ["move"] * (7 - seeds), kinds
+    assert resumed.get_trials(states=(TrialState.PRUNED,)), "each move slot screens several moves"
+    changed_anything = False
+    for trial in trials:  # the parameters are the knobs the design changes, layer by layer
+        for layer, knobs in trial.user_attrs[studies.CANDIDATE_ATTR]["layers"].items():
+            from_params = {knob: trial.params.get(f"{layer}|{knob}", DEFAULTS[knob]) for knob in knobs}
+            assert from_params == knobs, (trial.number, layer)
+        changed_anything |= bool(trial.params)
+    assert changed_anything
