@@ -71,7 +71,7 @@ def budget_sweep(tables: dict[str, list[Option]], low: float, high: float, point
     """Designs of least omega at `points` budgets spread evenly (geometrically) from `low` to
     `high` on `budget`; budgets no design meets are skipped, repeated designs kept once."""
     designs, seen = [], set()
-    for limit in np.geomspace(low, high, points) if points > 1 else [high]:
+    for limit in np.geomspace(low, high, points) if points > 1 else [high] * points:  # 1: `high`, 0: none
         design = allocate(tables, {budget: float(limit)}, offsets=offsets)
         if design is None:
             continue

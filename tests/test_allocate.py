@@ -72,6 +72,9 @@ def test_a_sweep_spreads_designs_between_its_budgets():
     assert len(designs) >= 3 and all(size <= limit for (limit, _), size in zip(designs, sizes, strict=True))
     assert omegas == sorted(omegas, reverse=True)  # more bytes allowed, less predicted accuracy cost
 
+    assert budget_sweep(tables, low, high, 0, budget="weight_bytes") == []  # asked for none: none (was one)
+    assert [limit for limit, _ in budget_sweep(tables, low, high, 1, budget="weight_bytes")] == [high]
+
 
 def test_dominated_options_are_dropped():
     a = Option(LayerKnobs(weight_bits=4), omega=1.0, weight_bytes=100, activation_bytes=10, latency_ms=1.0)
