@@ -35,6 +35,9 @@ SCORE_COLUMNS = ("map50_95", "map50", "holdout_map50_95", "holdout_map50", "late
                  "latency_error_pct", "latency_source", "latency_method", "compute_precision", "sram_bytes", "weight_bytes", "activation_bytes", "fits_sram",
                  "params", "flops", "unscheduled_kernels", "serial_blocks", "activation_bytes_source", "holdout_source",
                  "device", "ray_gpu_ids")  # where the trial's models ran; the GPUs Ray assigned it
+# seconds each trial's task spent: fine-tune, validation, build + timing, the whole task (duration_s, from
+# ask to tell, also counts the time outside the task: waiting for a worker, Ray, the worker's start)
+STAGE_COLUMNS = ("finetune_s", "validate_s", "hardware_s", "eval_s")
 DESIGNS_DIR = "designs"
 
 
@@ -78,13 +81,14 @@ def _csv_bytes(trials: list[dict]) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["trial", "state", "pareto", "feasible", *SCORE_COLUMNS, "knobs", "origin", "recipe", "duration_s",
-                     "error", "predicted_map50_95", "predicted_omega", "node", "attempts"])
+                     "error", "predicted_map50_95", "predicted_omega", "node", "attempts", *STAGE_COLUMNS])
     for t in sorted(trials, key=lambda t: t["number"]):
         scores, predicted = t.get("scores") or {}, t.get("predicted") or {}
         writer.writerow([t["number"], t["state"], t.get("pareto"), t.get("feasible"),
                          *(scores.get(c) for c in SCORE_COLUMNS), knob_summary(t.get("candidate")),
                          t.get("origin") or "", t.get("recipe") or "", t.get("duration_s"), t.get("error") or "",
-                         predicted.get("map50_95"), predicted.get("omega"), t.get("node") or "", t.get("attempts") or ""])
+                         predicted.get("map50_95"), predicted.get("omega"), t.get("node") or "", t.get("attempts") or "",
+                         *(scores.get(c) for c in STAGE_COLUMNS)])
     return out.getvalue().encode()
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from edgesearch.search import execution, shipping, study as studies
+from edgesearch.search import execution, shipping, study as studies, timing
 from edgesearch.search.presets import PRESETS
 from edgesearch.search.remeasure import REMEASURE_ATTR, remeasure_front
 from edgesearch.search.resolve import Inputs, eval_settings, ship_inputs
@@ -23,6 +23,7 @@ def run_search(inputs: Inputs, run_dir: Path, run: RunConfig, *, resume: bool, r
     and `gpus_per_trial` are this invocation's (execution.trial_gpus), never the run folder's: a
     resumed run chooses again on the machine it runs on."""
     parallel = max(1, run.parallel)
+    spent: dict[str, float] = {}  # this invocation's stages (timing.account_text)
     archives = archives or ship_inputs(inputs)
     started_ray = execution.start_ray(ray_address, shipping.total_bytes(archives))
     try:
@@ -44,23 +45,32 @@ def run_search(inputs: Inputs, run_dir: Path, run: RunConfig, *, resume: bool, r
         if "base" not in study.user_attrs:
             print("scoring the base model (no changes, no fine-tune)")
             base_settings = dict(settings, finetune_iters=0)
-            study.set_user_attr("base", execution.result(execution.submit(base_settings, None, cpus_per_trial,
-                                                                          parcels, gpus_per_trial)))
+            with timing.stage(spent, "base score"):
+                study.set_user_attr("base", execution.result(execution.submit(base_settings, None, cpus_per_trial,
+                                                                              parcels, gpus_per_trial)))
         budgets = run.budgets(study.user_attrs["base"])
         if strategy == "guided":
-            study.sampler = _guided_sampler(inputs, settings, run, run_dir, study, budgets)
-        _search_loop(study, inputs, settings, run.trials, parallel, cpus_per_trial, budgets, parcels, gpus_per_trial)
+            with timing.stage(spent, "sensitivity and cost tables"):
+                study.sampler = _guided_sampler(inputs, settings, run, run_dir, study, budgets)
+        print(timing.estimate_text(study, run.trials - studies.finished_count(study), parallel, run.finetune_iters))
+        with timing.stage(spent, "trials"):
+            _search_loop(study, inputs, settings, run.trials, parallel, cpus_per_trial, budgets, parcels,
+                         gpus_per_trial)
         from edgesearch.runners.hardware.measure import timed_here
 
         if timed_here(inputs.profile):
-            remeasure_front(study, settings, cpus_per_trial, parcels)  # with the trials' thread count
+            with timing.stage(spent, "re-measure"):
+                remeasure_front(study, settings, cpus_per_trial, parcels)  # with the trials' thread count
         else:
             study.set_user_attr(REMEASURE_ATTR, {"state": "skipped", "why": f"profile {inputs.profile.name} is not "
                                                  "timed on this machine: its figures are the search's own"})
     finally:
         if started_ray:  # else the caller's (a batch of searches shares one connection)
             execution.stop_ray()
-    return write_run_report(run_dir, study=study)
+    with timing.stage(spent, "report"):
+        report = write_run_report(run_dir, study=study)
+    print(timing.account_text(study, spent))
+    return report
 
 
 def _guided_sampler(inputs: Inputs, settings: dict, run: RunConfig, run_dir: Path, study, budgets: dict):
@@ -111,6 +121,7 @@ def _search_loop(study, inputs: Inputs, settings: dict, trials: int, parallel: i
     if parcels is None:
         parcels = shipping.put(ship_inputs(inputs))
     finished = studies.finished_count(study)
+    estimated_from_trials = bool(timing.trial_times(study))  # else a better estimate follows the first trial
     in_flight: dict = {}
     with tqdm(total=trials, initial=finished, desc="trials", unit="trial") as bar:
         while finished + len(in_flight) < trials or in_flight:
@@ -135,6 +146,9 @@ def _search_loop(study, inputs: Inputs, settings: dict, trials: int, parallel: i
                 bar.write(f"trial {trial.number} failed: {execution.describe_error(error)}")
             else:
                 studies.tell_scores(study, trial, scores, budgets)
+                if not estimated_from_trials and finished + 1 < trials:
+                    bar.write(timing.estimate_text(study, trials - finished - 1, parallel, settings["finetune_iters"]))
+                    estimated_from_trials = True
             finished += 1
             bar.update(1)
             bar.set_postfix_str(_front_summary(study), refresh=True)

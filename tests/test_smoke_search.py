@@ -263,6 +263,25 @@ def test_a_guided_search_scores_recipes_then_seeds_then_screened_few_layer_moves
     assert sum(r["state"] == "PRUNED" for r in rows) == len(screened)
 
 
+
+def test_a_run_estimates_its_time_when_trials_start_and_says_where_it_went_at_the_end(smoke_run):
+    first, resumed = smoke_run.first.stdout, smoke_run.resumed.stdout
+    # nothing scored yet: a lower bound from the base's score (no fine-tune), then one from the first trial
+    assert re.search(rf"estimated time for {FIRST_TRIALS} trial\(s\): more than .*fine-tune not timed yet", first)
+    assert re.search(rf"estimated time for {FIRST_TRIALS - 1} trial\(s\): .*the median of 1 scored trial", first)
+    assert re.search(rf"estimated time for {RESUMED_TRIALS - FIRST_TRIALS} trial\(s\): .*the median of "
+                     rf"{FIRST_TRIALS} scored trial", resumed)
+    for stage in ("base score", "sensitivity and cost tables", "trials", "re-measure", "report"):
+        assert re.search(rf"where the time went: .*{stage} \d", first), stage
+    assert "base score" not in resumed.split("where the time went:")[1].splitlines()[0]  # scored by the first run
+    assert re.search(r"per scored trial \(median of \d+\): fine-tune [\d.]+ s, validation [\d.]+ s, build \+ timing "
+                     r"[\d.]+ s; the whole task [\d.]+ s; outside it .* [\d.]+ s", resumed)
+    rows = [r for r in csv.DictReader((smoke_run.out / "trials.csv").open()) if r["state"] == "COMPLETE"]
+    assert rows
+    for row in rows:  # each stage measured inside the task, the task inside the trial's ask-to-tell time
+        stages = [float(row[c]) for c in ("finetune_s", "validate_s", "hardware_s")]
+        assert all(s > 0 for s in stages) and sum(stages) <= float(row["eval_s"]) <= float(row["duration_s"]), row
+
 def test_the_guided_sampler_drives_study_optimize_and_a_new_process_carries_on_from_the_study(smoke_run, tmp_path):
     """GuidedSampler is an Optuna sampler: `study.optimize` with it scores the recipes, then the seeds,
     then screened moves, each design also as the trial's parameters; a second sampler (another
