@@ -14,6 +14,7 @@ from collections import Counter
 import moocore
 import numpy as np
 
+# the knob table's defaults (spaces/knobs.DEFAULTS; reports/ imports nothing of it: tests/test_report.py checks the copy)
 KNOB_DEFAULTS = {"weight_bits": 32, "scheme": "affine", "granularity": "filter", "group_size": 16,
                  "prune_ratio": 0.0, "sparsity": 0.0, "kernel_size": "keep", "rank_ratio": 1.0,
                  "activation_bits": 32}

@@ -104,13 +104,15 @@ def progress_figure(progress: dict, mark: str | None) -> go.Figure:
     return fig
 
 
-KNOB_ROWS = (  # (row label, knob, intensity 0 = unchanged .. 1 = most compressed)
+# (row label, knob, intensity 0 = unchanged .. 1 = most compressed), in the knob table's order (spaces/knobs.py;
+# reports/ imports nothing of it, so tests/test_report.py checks that these rows match it)
+KNOB_ROWS = (
     ("weight bits", "weight_bits", lambda k: 0.0 if k["weight_bits"] >= 32 else min(1.0, (32 - k["weight_bits"]) / 30)),
     ("scheme", "scheme", lambda k: 0.5 if k["weight_bits"] < 16 else 0.0),
     ("granularity", "granularity", lambda k: 0.5 if k["weight_bits"] < 16 else 0.0),
     ("prune ratio", "prune_ratio", lambda k: float(k["prune_ratio"])),
-    ("sparsity", "sparsity", lambda k: float(k["sparsity"])),
     ("kernel", "kernel_size", lambda k: {"keep": 0.0, 5: 0.33, 3: 0.66, 1: 1.0}.get(k["kernel_size"], 0.5)),
+    ("sparsity", "sparsity", lambda k: float(k["sparsity"])),
     ("rank ratio", "rank_ratio", lambda k: 1.0 - float(k["rank_ratio"])),
     ("compute", "activation_bits", lambda k: {8: 1.0, 16: 0.5}.get(k["activation_bits"], 0.0)),
 )

@@ -154,6 +154,17 @@ def test_changed_knobs_ignore_scheme_of_float_layers():
     assert dd.changed_knobs(a, b, LAYERS) == [{"layer": "model.2.cv1.conv", "knob": "weight_bits", "a": 8, "b": 4}]
 
 
+
+def test_the_reports_copies_of_the_knob_table_match_it():
+    """reports/ imports nothing of edgesearch and renders plain data even without extras, so it keeps
+    the knob defaults (design_data) and the heatmap's rows (figures) itself; the knob table is the
+    truth, and a knob added there without its report rows fails here."""
+    from edgesearch.reports import figures
+    from edgesearch.spaces.knobs import DEFAULTS, report_knobs
+
+    assert dd.KNOB_DEFAULTS == DEFAULTS
+    assert [[knob, label] for label, knob, _ in figures.KNOB_ROWS] == report_knobs()
+
 def test_reports_import_nothing_of_edgesearch_beyond_reports_and_the_common_leaf():
     code = ("import sys, edgesearch.reports.pareto_report, edgesearch.reports.compare_report, "
             "edgesearch.reports.shadow_report;"
