@@ -172,13 +172,12 @@ class Guide:
         if not moves:
             return None
         best = screen(moves, front, self.reference, floor)
-        for index, move in enumerate(moves):
+        proposals = [Proposal(Candidate(move.layers).to_json(), f"move: {move.describe()}",
+                              predicted=dict(move.predicted, alpha=alpha)) for move in moves]
+        for index, proposal in enumerate(proposals):
             if index != best:
-                studies.record_screened(study, Candidate(move.layers).to_json(), f"move: {move.describe()}",
-                                        dict(move.predicted, alpha=alpha))
-        chosen = moves[best]
-        return Proposal(Candidate(chosen.layers).to_json(), f"move: {chosen.describe()}",
-                        predicted=dict(chosen.predicted, alpha=alpha))
+                studies.record_screened(study, proposal)
+        return proposals[best]
 
 
 class GuidedSampler(studies.DesignSampler):
@@ -189,14 +188,17 @@ class GuidedSampler(studies.DesignSampler):
         self.guide, self.space = guide, space
         self._independent = optuna.samplers.RandomSampler(seed=seed)  # parameters no design of ours set
         self._prepared: Proposal | None = None
-        self._chosen: dict[int, Proposal] = {}  # trial number -> its design, until `design` records it
+        # trial number -> its design and that design's parameters (_parameters), until `design` records it
+        self._chosen: dict[int, tuple[Proposal, dict[str, tuple[object, CategoricalDistribution]]]] = {}
 
     def plan(self, study: optuna.Study, recipes: dict[str, Candidate], seed_count: int) -> None:
         """Write the designs a new study scores first: the recipes, then `seed_count` budgeted seeds."""
         if PLAN_ATTR in study.user_attrs or study.user_attrs.get(LEGACY_SEEDED_ATTR):
             return
-        plan = [Proposal(c.to_json(), f"recipe: {name}", predicted={"omega": self.guide.omega(c.to_json())},
-                         recipe=name) for name, c in recipes.items()]
+        plan = []
+        for name, recipe in recipes.items():
+            design = recipe.to_json()
+            plan.append(Proposal(design, f"recipe: {name}", predicted={"omega": self.guide.omega(design)}, recipe=name))
         plan += [Proposal(candidate, origin, predicted={"omega": self.guide.omega(candidate)})
                  for origin, candidate in self.guide.seeds(recipes, seed_count)]
         study.set_user_attr(PLAN_ATTR, [dataclasses.asdict(p) for p in plan])
@@ -247,28 +249,26 @@ class GuidedSampler(studies.DesignSampler):
             return
         proposal, self._prepared = self._prepared or self._next(study), None
         if proposal is not None:
-            self._chosen[trial.number] = proposal
+            self._chosen[trial.number] = (proposal, self._parameters(proposal))
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        proposal = self._chosen.get(trial.number)
-        return {} if proposal is None else {name: d for name, (_, d) in self._parameters(proposal).items()}
+        _, parameters = self._chosen.get(trial.number, (None, {}))
+        return {name: distribution for name, (_, distribution) in parameters.items()}
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, object]:
-        proposal = self._chosen.get(trial.number)
-        if proposal is None:
-            return {}
-        return {name: value for name, (value, _) in self._parameters(proposal).items() if name in search_space}
+        _, parameters = self._chosen.get(trial.number, (None, {}))
+        return {name: value for name, (value, _) in parameters.items() if name in search_space}
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> object:
         return self._independent.sample_independent(study, trial, param_name, param_distribution)
 
     def design(self, trial: Trial) -> dict | None:
-        proposal = self._chosen.get(trial.number)
-        if proposal is None:
+        if trial.number not in self._chosen:
             return None
-        for name, (_, distribution) in self._parameters(proposal).items():
+        proposal, parameters = self._chosen[trial.number]
+        for name, (_, distribution) in parameters.items():
             trial.suggest_categorical(name, distribution.choices)  # the value sample_relative gives
         for key, value in proposal.user_attrs().items():
             trial.set_user_attr(key, value)

@@ -136,10 +136,9 @@ class DesignSampler(optuna.samplers.BaseSampler, abc.ABC):
         """The design this sampler chose for `trial` (recorded on it), or None if it chose none."""
 
 
-def record_screened(study: optuna.Study, candidate: dict, origin: str, predicted: dict) -> None:
+def record_screened(study: optuna.Study, proposal: Proposal) -> None:
     """Store a design the screen passed over: PRUNED, with its proxy scores, never on the front."""
-    study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, user_attrs={
-        CANDIDATE_ATTR: candidate, ORIGIN_ATTR: origin, PREDICTED_ATTR: predicted}))
+    study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, user_attrs=proposal.user_attrs()))
 
 
 def has_waiting(study: optuna.Study) -> bool:
