@@ -84,12 +84,11 @@ def measure(nodes: int, trials: int, model: Path, data: Path, work: Path) -> dic
 
 
 def trial_figures(out: Path) -> dict:
-    import optuna
     from optuna.trial import TrialState
 
     from edgesearch.search import study as studies
 
-    study = optuna.load_study(study_name=studies.STUDY_NAME, storage=studies.storage_url(out))
+    study = studies.read_study(out)
     scored = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     first = min(t.datetime_start for t in scored)
     last = max(t.datetime_complete for t in scored)

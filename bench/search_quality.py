@@ -63,7 +63,7 @@ def run_search(folder: Path, strategy: str, seed: int, trials: int, parallel: in
 
 
 def _study(folder: Path) -> optuna.Study:
-    return optuna.load_study(study_name=studies.STUDY_NAME, storage=studies.storage_url(folder))
+    return studies.read_study(folder)
 
 
 def _hypervolume(points: list[tuple[float, float]], reference: tuple[float, float]) -> float:

@@ -30,7 +30,6 @@ from edgesearch.search.cli_env import apply_process_env
 
 apply_process_env()
 
-import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from edgesearch.common.files import write_text_atomically  # noqa: E402
@@ -42,7 +41,7 @@ PARTS = ("finetune_s", "validate_s", "hardware_s", "eval_s")  # per-trial times 
 def scored_trials(folder: Path) -> list:
     if not (folder / "study.db").exists():
         return []
-    study = optuna.load_study(study_name=studies.STUDY_NAME, storage=studies.storage_url(folder))
+    study = studies.read_study(folder)
     return sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number)
 
 

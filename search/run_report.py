@@ -22,7 +22,7 @@ def report_data(run_dir: Path, study=None) -> dict:
     RunConfig: reporting needs no setting to be complete."""
     run = json.loads((run_dir / RUN_FILE).read_text())
     if study is None:
-        study = studies.open_study(run_dir, seed=run["seed"], population_size=run["population"], create=False)
+        study = studies.read_study(run_dir)
     base = study.user_attrs.get("base")
     if base is None:
         raise InputError(f"{run_dir} has no scored base model yet; resume the run first")

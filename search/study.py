@@ -85,6 +85,12 @@ def open_study(run_dir, *, seed: int, population_size: int, create: bool, strate
     return study
 
 
+def read_study(run_dir) -> optuna.Study:
+    """An existing run's study, opened to read (reports, benchmarks): no sampler is needed and nothing
+    is written, so no run setting is read."""
+    return optuna.load_study(study_name=STUDY_NAME, storage=storage_url(run_dir))
+
+
 def requeue_interrupted(study: optuna.Study) -> int:
     """Fail the trials a killed run left RUNNING and queue their candidates again."""
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))

@@ -221,6 +221,13 @@ def test_a_search_writes_a_correct_report_and_resumes(smoke_run):
 
     rebuilt = run_cli("report", str(out))
     assert rebuilt.returncode == 0 and "report:" in rebuilt.stdout
+    # a report reads the study without the search's settings: a run.json without them still reports
+    bare = out.parent / "bare-run"
+    shutil.copytree(out, bare)
+    settings = json.loads((bare / "run.json").read_text())
+    (bare / "run.json").write_text(json.dumps({k: v for k, v in settings.items() if k not in ("seed", "population")}))
+    rebuilt = run_cli("report", str(bare))
+    assert rebuilt.returncode == 0 and "report:" in rebuilt.stdout, rebuilt.stderr[-2000:]
 
     again = run_cli("run", "--preset", "smoke", "--space", SMOKE_SPACE, "--out", str(out), "--trials", "2")
     assert again.returncode == 2 and "--resume" in again.stderr
