@@ -257,12 +257,18 @@ def profile_table(name: str) -> dict:
     calibration = shipped_calibration(profile)
     rows = []
     for point in calibration.points:
-        work = model_work(point["model"], point["imgsz"], point["precision"])
+        work = model_work(point["model"], point["imgsz"], point["precision"], point.get("num_classes"))
         rows.append({**point, "roofline_ms": roofline_ms(work, profile), "kernels": work.kernels,
                      "gflops": work.flops / 1e9})
     return {"profile": name, "means": calibration.means, "calibrated": calibration.calibrated,
             "free": calibration.free, "params": calibration.params, "loo_median_pct": calibration.loo_median_pct,
             "loo_p90_pct": calibration.loo_p90_pct, "label": calibration.describe(), "points": rows}
+
+
+def model_name(point: dict) -> str:
+    """A point's network for the tables: the YAML's stem, or the torchvision name and its head."""
+    name = Path(point["model"]).stem
+    return name + (f" ({point['num_classes']} classes)" if point.get("num_classes") else "")
 
 
 def pct(estimate_ms, measured_ms) -> str:
@@ -282,11 +288,11 @@ def profile_markdown(table: dict) -> list[str]:
              "|---|---:|---|---|---:|---:|---:|---:|---|"]
     for p in table["points"]:
         loo = "-" if p["loo_ms"] is None else f"{p['loo_ms']:.2f} ({pct(p['loo_ms'], p['latency_ms'])})"
-        lines.append(f"| {Path(p['model']).stem} | {p['imgsz']} | {p['precision']} | {p['runtime']} | "
+        lines.append(f"| {model_name(p)} | {p['imgsz']} | {p['precision']} | {p['runtime']} | "
                      f"{p['latency_ms']:.2f} | {p['roofline_ms']:.2f} ({pct(p['roofline_ms'], p['latency_ms'])}) | "
                      f"{p['estimate_ms']:.2f} ({pct(p['estimate_ms'], p['latency_ms'])}) | {loo} | "
                      f"{'yes' if p['fit'] else 'no: reference'} |")
-    lines += ["", "Sources:"] + [f"- {Path(p['model']).stem} {p['imgsz']} {p['precision']}: {p['source']}"
+    lines += ["", "Sources:"] + [f"- {model_name(p)} {p['imgsz']} {p['precision']}: {p['source']}"
                                  for p in table["points"]]
     return lines + [""]
 
@@ -396,7 +402,7 @@ def main(argv=None) -> int:
         write_text_atomically(session_path, json.dumps(session, indent=1))
         print("\n".join(["x86-host fit points (hardware_profiles/x86-host.yaml, latency_model.points):",
                          *fit_point_yaml(session), f"wrote {session_path}"]))
-    report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "profiles": {}}
+    report: dict = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "profiles": {}}
     lines = ["## Calibrated device latency estimates (bench/device_estimates.py)", ""]
     for name in available_profiles():
         table = profile_table(name)

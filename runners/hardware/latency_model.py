@@ -18,9 +18,11 @@ A device profile's latency, when no device is reached, is estimated from the wor
            (fp32 4, fp16 2, int8 1; an int8 conv's output at `int8_output_bytes`, the runtime's
            epilogue): weights stored in fewer bits are dequantized at load, so they save memory,
            not time
-  kernels  as the runtime launches them: conv + bias/BN + activation fused into one, plus each
-           non-conv op that moves data (concat, upsample, max-pool, split, add, the Detect head's
-           decode: softmax, transposes, arithmetic); views and precision casts launch nothing
+  kernels  as the runtime launches them: conv (or linear) + bias/BN + activation fused into one,
+           plus each non-conv op that moves data (concat, upsample, max-pool, global pooling, split,
+           add, an SE block's scaling multiply, the Detect head's decode: softmax, transposes,
+           arithmetic); views and precision casts launch nothing, a channel shuffle (transpose then
+           contiguous copy) is one kernel, an adaptive pooling to the size it already has none
   overhead per-kernel launch / dispatch cost (a Jetson's A57 host queuing ~100 kernels; a CPU
            runtime's per-op scheduling), host_ms a per-inference constant (rarely freed). With
            `launch_overlap: true` (a GPU whose host queues kernels while it runs) the launches
@@ -35,6 +37,11 @@ without it; the median and the 90th percentile of |estimate / measured - 1| are 
 and the label of every estimate carries "± p90". A profile with fewer than MIN_POINTS fitted points
 is "uncalibrated": its estimate is still returned (fitted with at most points - 2 parameters, or
 the plain roofline with whatever the YAML fixes from measurements), labelled so, without an error.
+
+A point names its network by an ultralytics model YAML (yolov8n.yaml, search/yolov8-tiny.yaml) or a
+torchvision classifier (`torchvision:resnet18`, with an optional `num_classes` for its head): public
+figures for a device are mostly of classifiers. Both are traced on torch's meta device (shapes only);
+a BatchNorm after a conv is that conv's epilogue (no kernel, no bytes), as a runtime folds it.
 
 A user's own device timings (search calibrate, search/calibrate.py) refit only REFIT_FREE: one
 factor scaling every efficiency (clocks, power mode, runtime version) and the per-kernel overhead;
@@ -158,12 +165,14 @@ _NO_KERNEL = {"view", "_unsafe_view", "reshape", "_reshape_alias", "unsqueeze", 
 # dtype): e.g. the Detect head's anchor grid, built by feats.new_full(...), which a runtime folds into a constant
 _CREATION = {"new_full", "new_zeros", "new_ones", "new_empty", "empty_like", "zeros_like", "ones_like", "full_like",
              "arange", "_local_scalar_dense"}
-# elementwise epilogues a runtime fuses into the conv that produced their input
+# elementwise epilogues a runtime fuses into the conv (or linear) that produced their input
 _FUSED_EPILOGUE = {"silu", "silu_", "relu", "relu_", "sigmoid", "sigmoid_", "hardswish", "hardswish_", "leaky_relu",
                    "leaky_relu_", "gelu", "hardsigmoid", "hardsigmoid_", "mish", "mish_", "clamp", "clamp_",
                    "hardtanh", "hardtanh_", "_native_batch_norm_legit_no_training", "native_batch_norm",
                    "batch_norm", "_native_batch_norm_legit"}
 _ACTIVATION, _CONV_OUTPUT = "_edgesearch_activation", "_edgesearch_conv_output"
+_TRANSPOSED = "_edgesearch_transposed"  # the output of a counted transpose: its contiguous copy is that same kernel
+_ADAPTIVE_POOL = {"_adaptive_avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d"}
 
 
 def _tensors(value):
@@ -202,6 +211,15 @@ class _OpCounter(TorchDispatchMode):
                 setattr(tensor, _CONV_OUTPUT, True)
         if self.depth["conv"] or conv_output or name in _NO_KERNEL:
             return out
+        # a channel shuffle (view, transpose, contiguous, view) moves the data once: the transpose is counted,
+        # the copy that makes it contiguous is the same pass; an adaptive pooling to the size its input
+        # already has (VGG's 7x7 pool of a 7x7 map) is an identity a runtime drops
+        if (name == "clone" and getattr(inputs[0], _TRANSPOSED, False)) or (
+                name in _ADAPTIVE_POOL and isinstance(out, torch.Tensor) and out.shape == inputs[0].shape):
+            return out
+        if name == "transpose":
+            for tensor in _tensors(out):
+                setattr(tensor, _TRANSPOSED, True)
         kind = ("detect." if self.depth["detect"] else "") + name
         op = self.ops.setdefault(kind, OpWork(kind))
         op.kernels += 1
@@ -243,6 +261,8 @@ def network_work(model: nn.Module, imgsz: int, precisions: dict[str, str] | None
             counter.depth[kind] -= 1
             if name is None:
                 return
+            if isinstance(output, torch.Tensor):  # a linear's output, like a conv's, takes its bias and activation in the same kernel
+                setattr(output, _CONV_OUTPUT, True)
             out_elems = output.numel() // output.shape[0]
             if isinstance(module, nn.Conv2d):
                 macs = out_elems * (module.in_channels // module.groups) * module.kernel_size[0] * module.kernel_size[1]
@@ -283,14 +303,16 @@ def network_work(model: nn.Module, imgsz: int, precisions: dict[str, str] | None
     return NetworkWork(imgsz=imgsz, convs=convs, ops=sorted(counter.ops.values(), key=lambda o: o.kind))
 
 
-def model_work(model_name: str, imgsz: int, precision: str) -> NetworkWork:
+def model_work(model_name: str, imgsz: int, precision: str, num_classes: int | None = None) -> NetworkWork:
     """The work of an architecture named by an ultralytics model YAML (e.g. yolov8n.yaml, yolo11s.yaml)
-    or a path relative to the package root (search/yolov8-tiny.yaml, also installed), fused as every runtime runs it,
-    with every conv at `precision` except, for int8, the ones an integer kernel does not take
+    or a path relative to the package root (search/yolov8-tiny.yaml, also installed), or by
+    `torchvision:<name>` (a torchvision classifier, e.g. torchvision:resnet18, its head of
+    `num_classes` outputs, else its default), fused as every runtime runs it,
+    with every conv (and linear) at `precision` except, for int8, the ones an integer kernel does not take
     (grouped convs, DFL's fixed decoding conv: they stay fp32, as in cost_basis.all_int8). No
     weights are read: the shapes are traced on torch's meta device. Cached in
-    cache_root()/calibration/work/ (one trace per architecture and input size)."""
-    work = _traced_work(model_name, imgsz)
+    cache_root()/calibration/work/ (one trace per architecture, head and input size)."""
+    work = _traced_work(model_name, imgsz, num_classes)
     convs = [dataclasses.replace(c, precision="fp32" if precision == "int8" and (c.groups != 1 or ".dfl." in f"{c.name}.")
                                  else precision) for c in work.convs]
     ops = [dataclasses.replace(o, elements={precision: sum(o.elements.values())}) for o in work.ops]
@@ -298,21 +320,52 @@ def model_work(model_name: str, imgsz: int, precision: str) -> NetworkWork:
 
 
 _TRACED: dict = {}
+TORCHVISION = "torchvision:"  # a point's model named as torchvision:<name> (torchvision.models.get_model)
 
 
-def _traced_work(model_name: str, imgsz: int) -> NetworkWork:
+def _torchvision_model(model_name: str, num_classes: int | None) -> nn.Module:
+    """A torchvision classifier built on torch's meta device (shapes only, no weights), in eval mode;
+    GoogLeNet / Inception v3 without their training-only auxiliary heads."""
+    import torchvision
+
+    name = model_name[len(TORCHVISION):]
+    known = set(torchvision.models.list_models(module=torchvision.models))
+    if name not in known:
+        raise InputError(f"{model_name}: torchvision has no classifier {name!r} (it has e.g. "
+                         f"{', '.join(sorted(known)[:8])}, ...)")
+    kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": int(num_classes)}
+    if name in ("googlenet", "inception_v3"):
+        kwargs.update(aux_logits=False, init_weights=False)
+    with torch.device("meta"):
+        return torchvision.models.get_model(name, weights=None, **kwargs).eval()
+
+
+def _traced_work(model_name: str, imgsz: int, num_classes: int | None = None) -> NetworkWork:
     path = ROOT / model_name
     text = path.read_text() if path.is_file() else model_name
-    import ultralytics
+    torchvision_model = model_name.startswith(TORCHVISION)
+    if torchvision_model:
+        import torchvision
 
-    key = hashlib.sha256(json.dumps([WORK_VERSION, ultralytics.__version__, text, imgsz]).encode()).hexdigest()[:12]
+        version, stem = torchvision.__version__, model_name[len(TORCHVISION):] + (f"-{num_classes}c" if num_classes else "")
+        identity: list = [WORK_VERSION, "torchvision", version, model_name, num_classes, imgsz]
+    else:
+        import ultralytics
+
+        stem = Path(model_name).stem
+        identity = [WORK_VERSION, ultralytics.__version__, text, imgsz]
+    key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:12]
     if key in _TRACED:
         return _TRACED[key]
-    cached = cache_root() / "calibration" / "work" / f"{Path(model_name).stem}-{imgsz}-{key}.json"
+    cached = cache_root() / "calibration" / "work" / f"{stem}-{imgsz}-{key}.json"
     work = None
     if cached.is_file():
         with contextlib.suppress(ValueError, InputError, OSError):
             work = NetworkWork.from_json(json.loads(cached.read_text()))
+    if work is None and torchvision_model:
+        # eval mode: a BatchNorm after a conv is counted as that conv's epilogue (network_work), as folded
+        work = network_work(_torchvision_model(model_name, num_classes), imgsz)
+        write_text_atomically(cached, json.dumps(work.to_json()))
     if work is None:
         from ultralytics.nn.modules.head import Detect
         from ultralytics.nn.tasks import DetectionModel
@@ -579,9 +632,14 @@ def _parse_points(section: dict, where: str) -> list[dict]:
                      "runtime": str(raw.get("runtime", "")), "power_mode": str(raw.get("power_mode", "")),
                      "latency_ms": float(raw["latency_ms"]), "source": str(raw.get("source", "")),
                      "fit": bool(raw.get("fit", True))}
+            if raw.get("num_classes") is not None:  # a torchvision classifier's head
+                point["num_classes"] = int(raw["num_classes"])
         except (KeyError, TypeError, ValueError) as error:
             raise InputError(f"{where}: latency_model.points[{i}] needs model, imgsz, precision and latency_ms "
                              f"({error})") from None
+        if "num_classes" in point and not (point["model"].startswith(TORCHVISION) and point["num_classes"] > 0):
+            raise InputError(f"{where}: latency_model.points[{i}]: num_classes is a positive head size of a "
+                             f"{TORCHVISION}<name> model")
         if point["precision"] not in PRECISIONS or not point["latency_ms"] > 0:
             raise InputError(f"{where}: latency_model.points[{i}]: precision must be one of {', '.join(PRECISIONS)} "
                              "and latency_ms positive")
@@ -611,7 +669,8 @@ def calibrate_profile(profile) -> Calibration:
     # an efficiency neither fitted nor fixed follows the one of the profile's own precision
     leader = f"eff_{precision}"
     tied = {name: leader for name in EFFICIENCIES[:3] if name not in (leader, *free, *fixed)}
-    features = {id(p): _Features(model_work(p["model"], p["imgsz"], p["precision"]), options) for p in points}
+    features = {id(p): _Features(model_work(p["model"], p["imgsz"], p["precision"], p.get("num_classes")), options)
+                for p in points}
     measured = [p["latency_ms"] for p in fitted]
     params = fit([features[id(p)] for p in fitted], measured, profile, free, base, tied)
     loo: Sequence[float | None] = [None] * len(fitted)
@@ -651,9 +710,13 @@ def shipped_calibration(profile) -> Calibration:
     section = _latency_section(profile)
     models = sorted({str(p.get("model")) for p in section.get("points") or [] if isinstance(p, dict)})
     texts = [(ROOT / m).read_text() if (ROOT / m).is_file() else m for m in models]  # a repository YAML's content
-    digest = hashlib.sha256(json.dumps([WORK_VERSION, FIT_VERSION, ultralytics.__version__, profile.name, section,
-                                        texts, profile.peak_ops_per_s, profile.memory_bandwidth_bytes_per_s],
-                                       sort_keys=True, default=str).encode())
+    identity = [WORK_VERSION, FIT_VERSION, ultralytics.__version__, profile.name, section, texts,
+                profile.peak_ops_per_s, profile.memory_bandwidth_bytes_per_s]
+    if any(m.startswith(TORCHVISION) for m in models):  # their architectures are torchvision's code
+        import torchvision
+
+        identity.append(torchvision.__version__)
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode())
     key = digest.hexdigest()[:16]
     if key in _MEMO:
         return _MEMO[key]
