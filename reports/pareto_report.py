@@ -37,7 +37,7 @@ SCORE_COLUMNS = ("map50_95", "map50", "holdout_map50_95", "holdout_map50", "late
                  "device", "ray_gpu_ids")  # where the trial's models ran; the GPUs Ray assigned it
 # seconds each trial's task spent: fine-tune, validation, build + timing, the whole task (duration_s, from
 # ask to tell, also counts the time outside the task: waiting for a worker, Ray, the worker's start)
-STAGE_COLUMNS = ("finetune_s", "validate_s", "hardware_s", "eval_s")
+STAGE_COLUMNS = ("finetune_s", "validate_s", "hardware_s", "eval_s", "build_reused")  # build_reused: search/timing.py
 DESIGNS_DIR = "designs"
 
 
@@ -81,14 +81,14 @@ def _csv_bytes(trials: list[dict]) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["trial", "state", "pareto", "feasible", *SCORE_COLUMNS, "knobs", "origin", "recipe", "duration_s",
-                     "error", "predicted_map50_95", "predicted_omega", "node", "attempts", *STAGE_COLUMNS])
+                     "error", "predicted_map50_95", "predicted_omega", "node", "attempts", *STAGE_COLUMNS, "training"])
     for t in sorted(trials, key=lambda t: t["number"]):
         scores, predicted = t.get("scores") or {}, t.get("predicted") or {}
         writer.writerow([t["number"], t["state"], t.get("pareto"), t.get("feasible"),
                          *(scores.get(c) for c in SCORE_COLUMNS), knob_summary(t.get("candidate")),
                          t.get("origin") or "", t.get("recipe") or "", t.get("duration_s"), t.get("error") or "",
                          predicted.get("map50_95"), predicted.get("omega"), t.get("node") or "", t.get("attempts") or "",
-                         *(scores.get(c) for c in STAGE_COLUMNS)])
+                         *(scores.get(c) for c in STAGE_COLUMNS), (scores.get("training") or {}).get("label", "")])
     return out.getvalue().encode()
 
 
@@ -103,7 +103,7 @@ class Report:
         self.prov = dd.Provenance()
         self.accuracy_mark = self.prov.mark("A", dd.accuracy_source(run, self.extras))
         self.budget = dd.memory_budget(run)
-        self.floor = dd.accuracy_floor(run, base)
+        self.floor = dd.accuracy_floor(run, base, trials)
         self.scored = dd.scored(trials)
         self.recommended = dd.recommendations(run, base, trials)
         self.names = dd.layer_names(trials, self.extras)

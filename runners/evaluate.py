@@ -14,13 +14,15 @@ from pathlib import Path
 
 import torch
 
+from edgesearch.common.cache import cache_root
 from edgesearch.runners.accuracy.finetune import calibration_batches, finetune, validate
 from edgesearch.runners.accuracy.splits import search_and_holdout
 from edgesearch.runners.checkpoints import load_detection_model
 from edgesearch.runners.device import CPU, describe, resolve_device, running_on, to_device
+from edgesearch.runners.hardware.build_cache import BUILDS_DIR, BuildCache
 from edgesearch.runners.hardware.measure import MeasurementPlan, decide_measurement, measurer_for
 from edgesearch.runners.hardware.profiles import load_profile
-from edgesearch.runners.hardware.scores import hardware_scores, remeasure_interleaved
+from edgesearch.runners.hardware.scores import KeptBuild, hardware_scores, remeasure_interleaved
 from edgesearch.runners.hardware.turns import running_trial
 from edgesearch.spaces.activations import calibrate
 from edgesearch.spaces.apply import apply_candidate
@@ -49,6 +51,13 @@ class EvalSettings:
     # where calibration, fine-tune and validation run (runners/device.py): auto | cpu | cuda[:N]; a Ray
     # trial gets the GPU Ray assigned it (search/execution.py). TVM builds stay on the CPU.
     device: str = "auto"
+    # the run's id: designs whose built graph was timed before in the run reuse that figure
+    # (hardware/build_cache.py, in this node's cache); empty: every design is built and timed
+    build_cache: str = ""
+    # successive halving (search/halving.py): after rung_steps of the fine-tune (0: no rung) a design
+    # goes on only if its mAP50-95 there reaches promotion_bar (None: it always goes on)
+    rung_steps: int = 0
+    promotion_bar: float | None = None
 
 
 def run_measurer(config: EvalSettings, profile):
@@ -71,9 +80,10 @@ def score_candidate(settings: dict, candidate: dict | None) -> dict:
 def _score(config: EvalSettings, candidate: dict | None) -> dict:
     started = time.perf_counter()
     device = resolve_device(config.device)
-    _, model, calibrated, losses, finetune_s = build_design(config, candidate)
-    to_device(model, device)  # baked on the CPU; validated on the device
     with search_and_holdout(Path(config.data_yaml)) as (search_data, holdout_data, holdout_split, holdout_how):
+        rung = Rung(config, lambda m: validate(m, search_data, imgsz=config.imgsz, device=device)["map50_95"])
+        _, model, calibrated, losses, finetune_s = build_design(config, candidate, rung.check if rung.steps else None)
+        to_device(model, device)  # baked on the CPU; validated on the device
         accuracy, validate_s = _timed(lambda: validate(model, search_data, imgsz=config.imgsz, device=device))
         holdout = validate(model, holdout_data, imgsz=config.imgsz, split=holdout_split, device=device)
     to_device(model, CPU)  # TVM builds from the CPU copy
@@ -81,7 +91,8 @@ def _score(config: EvalSettings, candidate: dict | None) -> dict:
     profile = load_profile(config.profile)
     hardware, hardware_s = _timed(lambda: hardware_scores(model, profile, config.imgsz,
                                                           measurer=run_measurer(config, profile),
-                                                          library_path=config.library_path or None))
+                                                          library_path=config.library_path or None,
+                                                          cache=run_build_cache(config)))
     return {
         **accuracy,
         # scored on images no choice of the search used (splits.py): what the search selects on is `map50_95`
@@ -91,6 +102,8 @@ def _score(config: EvalSettings, candidate: dict | None) -> dict:
         **hardware,
         "finetune_iters": config.finetune_iters,
         "distilled": config.distill,
+        "training": training_record(config, losses.stopped_at, rung),
+        "rung_map50_95": rung.map50_95,  # after the rung's steps (successive halving), where checked
         "device": describe(device),  # where the model ran (builds and timing: the CPU, or the profile's device)
         "stage_devices": stage_devices,  # what each stage's model parameters and inputs were on, as seen
         "activation_quantizers": calibrated,
@@ -102,12 +115,47 @@ def _score(config: EvalSettings, candidate: dict | None) -> dict:
     }
 
 
-def build_design(config: EvalSettings, candidate: dict | None):
+class Rung:
+    """Successive halving inside one trial: after `rung_steps` of the fine-tune the design is
+    validated on the search's images, and goes on to the full schedule only if it reaches the
+    `promotion_bar` the driver set for it (search/halving.py; None: always goes on, its mAP at the
+    rung kept to learn what the rest of a fine-tune adds)."""
+
+    def __init__(self, config: EvalSettings, map_of):
+        self.steps = config.rung_steps if 0 < config.rung_steps < config.finetune_iters else 0
+        self.bar, self.map_of = config.promotion_bar, map_of
+        self.map50_95: float | None = None
+
+    def check(self, model) -> bool:
+        self.map50_95 = self.map_of(model)
+        return self.bar is None or self.map50_95 >= self.bar
+
+
+def training_record(config: EvalSettings, stopped_at: int | None = None, rung: Rung | None = None) -> dict:
+    """How the scored weights were trained: the one record designs are compared by (a design is set
+    against a recipe or the fp32 control only when their records match). Fields: `start` (whose
+    weights training began from), `steps_from_base` (all fine-tune steps since the base, inherited
+    ones included), `inherited_steps` (of those, taken over with the start weights), `distilled`,
+    `recovery_steps` (a structural design's extra schedule), `stopped_early` (successive halving
+    stopped it at a rung: fewer steps than the run's schedule), and `label`, the record in words."""
+    steps = stopped_at or config.finetune_iters
+    record = {"start": "base", "steps_from_base": steps, "inherited_steps": 0,
+              "distilled": bool(config.distill and steps), "recovery_steps": 0, "stopped_early": stopped_at is not None}
+    label = (f"{steps} fine-tune steps from the base" + (", distilled from the base" if record["distilled"] else "")
+             if steps else "the base's weights, no fine-tune")
+    if stopped_at is not None and rung is not None and rung.map50_95 is not None and rung.bar is not None:
+        label += (f" (stopped at {stopped_at} of {config.finetune_iters}: mAP50-95 {rung.map50_95:.3f} there, "
+                  f"below the {rung.bar:.3f} it needed to reach the front)")
+    return {**record, "label": label}
+
+
+def build_design(config: EvalSettings, candidate: dict | None, rung_check=None):
     """(base, design, calibrated quantizers, fine-tune losses, fine-tune seconds): the candidate
     applied to the base, calibrated, fine-tuned and baked - the model a trial scores and deploys.
     Calibration and fine-tune run on config.device (runners/device.py); the candidate is applied
     and the weights packed on the CPU, where both models are returned. The losses' `devices` say
-    where calibration, fine-tune and teacher ran."""
+    where calibration, fine-tune and teacher ran. `rung_check(model)`: successive halving's check
+    after config.rung_steps (Rung.check); the losses' `stopped_at` says if it stopped the fine-tune."""
     device = resolve_device(config.device)
     base = load_detection_model(config.checkpoint, trust=config.trust_checkpoint)
     design = Candidate.from_json(candidate) if candidate else Candidate({})
@@ -119,29 +167,42 @@ def build_design(config: EvalSettings, candidate: dict | None):
     teacher = (base if device == CPU else copy.deepcopy(base)) if config.distill else None  # base stays on the CPU
     losses, finetune_s = _timed(lambda: finetune(model, Path(config.data_yaml), iterations=config.finetune_iters,
                                                  imgsz=config.imgsz, batch=config.batch, seed=config.seed,
-                                                 teacher=teacher, device=device))
+                                                 teacher=teacher, device=device,
+                                                 rung=(config.rung_steps, rung_check) if rung_check else None))
     losses.devices = {"calibration": calibrating.describe(), **losses.devices}
     to_device(model, CPU)  # packing reads the weights on the CPU
     bake_fake_quant(model)  # from here on the model holds exactly the quantized weights
     return base, model, calibrated, losses, finetune_s
 
 
-def remeasure_designs(settings: dict, candidates: dict[str, dict | None]) -> dict[str, dict]:
+def remeasure_designs(settings: dict, candidates: dict[str, dict | None],
+                      build_keys: dict[str, str] | None = None) -> dict[str, dict]:
     """Latency of the final designs (name -> candidate JSON, None = the base) re-timed together,
-    interleaved (hardware/scores.remeasure_interleaved). A build's speed depends on the architecture and
-    on which convs run as integer kernels, not on weight values or activation ranges, so the
-    designs are rebuilt from the candidates without fine-tuning: int8 activation ranges are
-    calibrated on one random batch and the weights baked at their knobs (as a trial bakes them)."""
+    interleaved (hardware/scores.remeasure_interleaved), each from the library its trial kept on this
+    node (`build_keys`: name -> build_key of its scores) where there is one. A design without one is
+    rebuilt from its candidate without fine-tuning: a build's speed depends on the architecture and on
+    which convs run as integer kernels, not on weight values or activation ranges, so int8 activation
+    ranges are calibrated on one random batch and the weights baked at their knobs (as a trial bakes them)."""
     config = EvalSettings(**settings)
     os.environ["TVM_NUM_THREADS"] = str(config.threads)
-    base = load_detection_model(config.checkpoint, trust=config.trust_checkpoint)
-    models = {}
+    cache, build_keys = run_build_cache(config), build_keys or {}
+    kept = {name: cache.library(build_keys[name]) for name in candidates if cache and build_keys.get(name)}
+    designs: dict = {name: KeptBuild(*library) for name, library in kept.items() if library}
+    base = None
     for name, candidate in candidates.items():
+        if name in designs:
+            continue
+        base = base or load_detection_model(config.checkpoint, trust=config.trust_checkpoint)
         model = apply_candidate(base, Candidate.from_json(candidate) if candidate else Candidate({}))
         calibrate(model, [torch.rand(2, 3, config.imgsz, config.imgsz, generator=torch.Generator().manual_seed(0))])
         bake_fake_quant(model)
-        models[name] = model
-    return remeasure_interleaved(models, load_profile(config.profile), config.imgsz)
+        designs[name] = model
+    return remeasure_interleaved(designs, load_profile(config.profile), config.imgsz)
+
+
+def run_build_cache(config: EvalSettings) -> BuildCache | None:
+    """This node's kept builds of the run (build_cache.py); None outside a search run."""
+    return BuildCache(cache_root() / BUILDS_DIR, config.build_cache) if config.build_cache else None
 
 
 def _timed(work):

@@ -73,8 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="guided: recipes, budgeted seeds, screened few-layer moves (default); nsga2: uniform "
                           "anchors then Optuna's NSGA-II over per-layer knobs; random: Optuna's random sampler")
     run.add_argument("--max-map-drop", type=float,
-                     help="accuracy floor: keep designs within this relative mAP50-95 drop of the base "
-                          "(e.g. 0.01) and aim at the smallest and fastest of them")
+                     help="accuracy floor: keep designs within this relative mAP50-95 drop (e.g. 0.01) of the "
+                          "higher of the base and the fp32 control (the base given the same fine-tune), and aim at "
+                          "the smallest and fastest of them")
+    run.add_argument("--rung-steps", type=int,
+                     help="successive halving: validate each move after this many fine-tune steps and stop it there "
+                          "when it cannot reach the front (default: a third of --finetune-iters; 0: every design "
+                          "gets the full fine-tune)")
+    run.add_argument("--no-build-reuse", action="store_true",
+                     help="build and time every design, even one whose built graph an earlier trial timed (and "
+                          "rebuild the front for its re-measure): the path before builds were reused")
     run.add_argument("--sram-budget", help="hard memory budget instead of the profile's, e.g. 2MiB, 512KiB, 3000000")
     run.add_argument("--latency-budget", type=float, help="latency budget in ms (a constraint of the search)")
     run.add_argument("--population", type=int, help="NSGA-II population size (preset's default)")
@@ -269,6 +277,8 @@ def check_run_arguments(args) -> None:
         raise InputError(f"--population must be at least 2, not {args.population}")
     if args.max_map_drop is not None and not 0 < args.max_map_drop < 1:
         raise InputError(f"--max-map-drop is a relative drop in (0, 1), e.g. 0.01 for 1 %, not {args.max_map_drop}")
+    if args.rung_steps is not None and args.rung_steps < 0:
+        raise InputError(f"--rung-steps must be 0 (no rung) or more, not {args.rung_steps}")
     if args.latency_budget is not None and not args.latency_budget > 0:
         raise InputError(f"--latency-budget must be a positive number of ms, not {args.latency_budget}")
     if args.sram_budget is not None:
@@ -316,6 +326,7 @@ class PreparedRun:
 def prepare_run(args) -> PreparedRun:
     """Everything `search run` checks before it writes anything (check_run_arguments aside)."""
     from edgesearch.search import execution
+    from edgesearch.search.halving import default_rung_steps
     from edgesearch.search.presets import PRESETS
     from edgesearch.search.resolve import check_smallest_design_fits, decide_measurement, ship_inputs
     from edgesearch.search.run_config import RunConfig  # noqa: F811  (the TYPE_CHECKING import is for annotations)
@@ -355,6 +366,9 @@ def prepare_run(args) -> PreparedRun:
         **_trial_sizes(args, preset),
         tune_trials=args.tune_trials,
         distill=args.distill,
+        build_reuse=not args.no_build_reuse,
+        rung_steps=(default_rung_steps(_trial_sizes(args, preset)["finetune_iters"]) if args.rung_steps is None
+                    else args.rung_steps),
         batch=preset.batch,
         seed=args.seed,
         **({"strategy": args.strategy} if args.strategy else {}),  # else RunConfig's default
@@ -377,7 +391,8 @@ def execute_run(prepared: PreparedRun, address: str | None) -> None:
             held.enter_context(RunLock(prepared.run_dir))
         run = prepare_run_dir(prepared.run_dir, prepared.run, args.resume, explicit={
             "max_map_drop": args.max_map_drop, "latency_budget_ms": args.latency_budget, "strategy": args.strategy,
-            "memory_budget": prepared.run.memory_budget if args.sram_budget else None})
+            "memory_budget": prepared.run.memory_budget if args.sram_budget else None, "rung_steps": args.rung_steps,
+            "build_reuse": False if args.no_build_reuse else None})
         if not args.resume:  # the folder exists only now
             held.enter_context(RunLock(prepared.run_dir))
         run_search(prepared.inputs, prepared.run_dir, run, resume=args.resume, ray_address=address,

@@ -238,18 +238,19 @@ def this_node() -> dict:
 
 
 @ray.remote(max_retries=SYSTEM_RETRIES, retry_exceptions=False)
-def _remeasure_remote(settings: dict, candidates: dict, parcels: dict) -> dict:
+def _remeasure_remote(settings: dict, candidates: dict, parcels: dict, build_keys: dict | None = None) -> dict:
     from edgesearch.runners.evaluate import remeasure_designs
     from edgesearch.runners.inputs import materialise
 
-    remeasured = remeasure_designs(materialise(settings, parcels, fetch=ray.get), candidates)
+    remeasured = remeasure_designs(materialise(settings, parcels, fetch=ray.get), candidates, build_keys)
     node = this_node()
     return {name: dict(figures, node=node) for name, figures in remeasured.items()}
 
 
-def remeasure(settings: dict, candidates: dict, cpus: int, parcels: dict) -> dict:
-    """runners/evaluate.remeasure_designs as one task: every design re-timed on one node, together."""
-    return ray.get(_remeasure_remote.options(num_cpus=cpus).remote(settings, candidates, parcels))
+def remeasure(settings: dict, candidates: dict, cpus: int, parcels: dict, build_keys: dict | None = None) -> dict:
+    """runners/evaluate.remeasure_designs as one task: every design re-timed on one node, together
+    (from the libraries the trials kept on that node, where it has them: `build_keys`)."""
+    return ray.get(_remeasure_remote.options(num_cpus=cpus).remote(settings, candidates, parcels, build_keys))
 
 
 @dataclasses.dataclass(eq=False)

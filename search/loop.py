@@ -8,8 +8,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from edgesearch.search import execution, shipping, study as studies, timing
+from edgesearch.search import execution, halving, shipping, study as studies, timing
 from edgesearch.search.presets import PRESETS
+from edgesearch.search.recipes import CONTROL
 from edgesearch.search.remeasure import REMEASURE_ATTR, remeasure_front
 from edgesearch.search.resolve import Inputs, eval_settings, ship_inputs
 from edgesearch.search.run_config import RunConfig
@@ -37,6 +38,9 @@ def run_search(inputs: Inputs, run_dir: Path, run: RunConfig, *, resume: bool, r
         strategy = run.strategy
         study = studies.open_study(run_dir, seed=run.seed, population_size=run.population, create=not resume,
                                    strategy=strategy)
+        if run.build_reuse:  # designs whose built graph was timed before in the run reuse its figure
+            settings["build_cache"] = studies.run_id(study)
+        settings["rung_steps"] = run.rung_steps  # successive halving (search/halving.py)
         if not resume and strategy == "nsga2":
             studies.enqueue_anchors(study, inputs.resolved)
         requeued = studies.requeue_interrupted(study)
@@ -48,14 +52,14 @@ def run_search(inputs: Inputs, run_dir: Path, run: RunConfig, *, resume: bool, r
             with timing.stage(spent, "base score"):
                 study.set_user_attr("base", execution.result(execution.submit(base_settings, None, cpus_per_trial,
                                                                               parcels, gpus_per_trial)))
-        budgets = run.budgets(study.user_attrs["base"])
+        budgets = run.budgets(study.user_attrs["base"], studies.control_scores(study))
         if strategy == "guided":
             with timing.stage(spent, "sensitivity and cost tables"):
                 study.sampler = _guided_sampler(inputs, settings, run, run_dir, study, budgets)
         print(timing.estimate_text(study, run.trials - studies.finished_count(study), parallel, run.finetune_iters))
         with timing.stage(spent, "trials"):
             _search_loop(study, inputs, settings, run.trials, parallel, cpus_per_trial, budgets, parcels,
-                         gpus_per_trial)
+                         gpus_per_trial, floor=lambda control: run.budgets(study.user_attrs["base"], control))
         from edgesearch.runners.hardware.measure import timed_here
 
         if timed_here(inputs.profile):
@@ -113,10 +117,12 @@ def _merged(values: list, extra) -> list:
 
 
 def _search_loop(study, inputs: Inputs, settings: dict, trials: int, parallel: int, cpus: int, budgets: dict,
-                 parcels: dict | None = None, gpus: float = 0.0) -> None:
+                 parcels: dict | None = None, gpus: float = 0.0, floor=None) -> None:
     """Keep `parallel` trials in flight until the run has `trials` trials, each asking Ray for `cpus`
     CPUs and `gpus` GPUs; `parcels`: the shipped inputs (shipping.put), None to ship them here. A
-    sampler that chooses whole designs (guided) is asked first whether it has one."""
+    sampler that chooses whole designs (guided) is asked first whether it has one. `floor(control)`:
+    the budgets once the fp32 control is scored (RunConfig.budgets), updated in place so that the
+    guided sampler, which holds the same dict, plans the floor's seeds against them."""
     designer = study.sampler if isinstance(study.sampler, studies.DesignSampler) else None
     if parcels is None:
         parcels = shipping.put(ship_inputs(inputs))
@@ -130,7 +136,7 @@ def _search_loop(study, inputs: Inputs, settings: dict, trials: int, parallel: i
                     break  # no scored design to move from yet (or no new move): wait for one
                 trial = study.ask()
                 candidate = studies.candidate_of(trial, inputs.resolved)
-                in_flight[execution.submit(settings, candidate, cpus, parcels, gpus)] = trial
+                in_flight[execution.submit(_with_bar(study, trial, settings), candidate, cpus, parcels, gpus)] = trial
             if not in_flight:
                 why = ("every move from the front was tried already" if studies.pareto_trials(study)
                        else "no design was scored to move from")
@@ -146,12 +152,22 @@ def _search_loop(study, inputs: Inputs, settings: dict, trials: int, parallel: i
                 bar.write(f"trial {trial.number} failed: {execution.describe_error(error)}")
             else:
                 studies.tell_scores(study, trial, scores, budgets)
+                if floor is not None and trial.user_attrs.get(studies.RECIPE_ATTR) == CONTROL:
+                    budgets.update(floor(scores))
                 if not estimated_from_trials and finished + 1 < trials:
                     bar.write(timing.estimate_text(study, trials - finished - 1, parallel, settings["finetune_iters"]))
                     estimated_from_trials = True
             finished += 1
             bar.update(1)
             bar.set_postfix_str(_front_summary(study), refresh=True)
+
+
+def _with_bar(study, trial, settings: dict) -> dict:
+    """A move's settings with its promotion bar (search/halving.py); anything else's unchanged."""
+    if not settings.get("rung_steps") or not str(trial.user_attrs.get(studies.ORIGIN_ATTR, "")).startswith("move:"):
+        return settings
+    bar = halving.promotion_bar(study, trial.user_attrs.get(studies.PREDICTED_ATTR), settings["finetune_iters"])
+    return settings if bar is None else dict(settings, promotion_bar=bar)
 
 
 def _front_summary(study) -> str:

@@ -41,6 +41,7 @@ def device_recipes(names: tuple[str, ...] | None, compute_precisions: tuple[str,
     names = tuple(names or RECIPES)
     if "fp16" in compute_precisions and FP16 not in names:
         names = (FP16, *names)
+    names = tuple(sorted(names, key=lambda name: name != CONTROL))  # first: the accuracy floor rests on it
     return tuple(name for name in names if RECIPES[name].compute_precision() in compute_precisions)
 
 

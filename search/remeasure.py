@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from edgesearch.runners.hardware.build_cache import KEPT_ORIGIN
 from edgesearch.search import execution, study as studies
 
 REMEASURE_ATTR = "remeasure"  # {state: done | failed | skipped, why}: what became of the final re-measure
@@ -12,12 +13,15 @@ def remeasure_front(study, settings: dict, cpus: int, parcels: dict) -> None:
     alone at its own moment (on a cluster, on its own node), and on a shared machine those moments
     differ by up to 3x. One Ray task, so all of them are timed on one node. Kept in the study
     (`remeasured`) and done again only when the front changed."""
-    front = {str(t.number): t.user_attrs[studies.CANDIDATE_ATTR] for t in studies.pareto_trials(study)}
+    front_trials = studies.pareto_trials(study)
+    front = {str(t.number): t.user_attrs[studies.CANDIDATE_ATTR] for t in front_trials}
+    build_keys = {str(t.number): t.user_attrs[studies.SCORE_ATTR].get("build_key") for t in front_trials}
+    build_keys["base"] = study.user_attrs["base"].get("build_key")
     if not front or set(study.user_attrs.get("remeasured", {})) == {"base", *front}:
         return
     print(f"re-measuring the {len(front)} Pareto design(s) and the base, interleaved")
     try:
-        remeasured = execution.remeasure(settings, {"base": None, **front}, cpus, parcels)
+        remeasured = execution.remeasure(settings, {"base": None, **front}, cpus, parcels, build_keys)
     except Exception as error:  # the report still gets written, with the search's own figures, and says why
         why = execution.describe_error(error)
         print(f"re-measuring failed: {why}")
@@ -28,4 +32,10 @@ def remeasure_front(study, settings: dict, cpus: int, parcels: dict) -> None:
     note = ("the search's own figures came from MetaSchedule-tuned builds; the re-measure builds with the fixed "
             "schedule, so compare re-measured figures with each other, not with the search's"
             if settings.get("tune_trials") else "")
-    study.set_user_attr(REMEASURE_ATTR, {"state": "done", "why": note})
+    study.set_user_attr(REMEASURE_ATTR, {"state": "done", "why": note, "from_libraries": kept_count(remeasured),
+                                         "designs": len(remeasured)})
+
+
+def kept_count(remeasured: dict) -> int:
+    """How many re-measured designs were timed from the library their trial built (none rebuilt)."""
+    return sum(1 for figures in remeasured.values() if figures.get("build_origin") == KEPT_ORIGIN)

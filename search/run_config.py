@@ -48,8 +48,10 @@ class RunConfig:
     seed: int = 0
     tune_trials: int = 0  # > 0: MetaSchedule-tuned builds for the local measurer
     distill: bool = False
+    rung_steps: int = 0  # successive halving: moves are validated after this many fine-tune steps (0: never)
+    build_reuse: bool = True  # a design whose built graph was timed before in the run reuses that figure
     # optional constraints
-    max_map_drop: float | None = None  # accuracy floor, relative to the base
+    max_map_drop: float | None = None  # accuracy floor, relative to max(base, fp32 control) (budgets)
     latency_budget_ms: float | None = None
     # decided once when the run starts (runners/hardware/measure.MeasurementPlan as plain data)
     measurement: dict | None = None
@@ -91,12 +93,15 @@ class RunConfig:
                                                            f"missing {', '.join(missing)}" if missing else "") if part))
         return cls(**values)
 
-    def budgets(self, base: dict) -> dict:
-        """The constraints of the study: memory (hard), latency (if asked), accuracy floor (if asked)."""
+    def budgets(self, base: dict, control: dict | None = None) -> dict:
+        """The constraints of the study: memory (hard), latency (if asked), accuracy floor (if asked):
+        `max_map_drop` below the higher of the unmodified base and the fp32 `control` (the base given
+        the designs' own fine-tune, once scored), as the issues define "within X %"."""
         drop = self.max_map_drop
+        reference = max(base["map50_95"], control["map50_95"] if control else 0.0)
         return {"memory_bytes": self.memory_budget["bytes"], "memory_kind": self.memory_budget["kind"],
                 "latency_ms": self.latency_budget_ms,
-                "map_floor": base["map50_95"] * (1 - drop) if drop else None}
+                "map_floor": reference * (1 - drop) if drop else None}
 
 
 # What runs of earlier versions did where their run.json lacks a setting (or named it otherwise).
@@ -108,6 +113,7 @@ def upgraded(raw: dict) -> dict:
     values = dict(raw)
     values.setdefault("strategy", LEGACY_STRATEGY)
     values.setdefault("space_sha256", "")  # runs from before the check: not known
+    values.setdefault("rung_steps", 0)  # runs from before successive halving fine-tuned every design fully
     if "memory_budget" not in values and "sram_budget_bytes" in values:
         values["memory_budget"] = {"kind": "sram", "bytes": values["sram_budget_bytes"], "source": "profile"}
     mode, why = values.pop("latency_mode", None), values.pop("latency_mode_why", None)

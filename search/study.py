@@ -20,6 +20,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import os
+import uuid
 import warnings
 from typing import Literal
 
@@ -28,6 +29,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from edgesearch.reports.pareto_report import knob_summary
 from edgesearch.search.cli_env import QUIET
+from edgesearch.search.recipes import CONTROL
 from edgesearch.spaces.candidate import Candidate, LayerKnobs
 from edgesearch.spaces.space import LayerChoices
 
@@ -89,6 +91,16 @@ def read_study(run_dir) -> optuna.Study:
     """An existing run's study, opened to read (reports, benchmarks): no sampler is needed and nothing
     is written, so no run setting is read."""
     return optuna.load_study(study_name=STUDY_NAME, storage=storage_url(run_dir))
+
+
+RUN_ID_ATTR = "run_id"  # a random hex id, set once: names the run's kept builds on each node (build_cache.py)
+
+
+def run_id(study: optuna.Study) -> str:
+    """The run's id, made on first use and kept in the study (so a resumed run finds its builds)."""
+    if RUN_ID_ATTR not in study.user_attrs:
+        study.set_user_attr(RUN_ID_ATTR, uuid.uuid4().hex)
+    return study.user_attrs[RUN_ID_ATTR]
 
 
 def requeue_interrupted(study: optuna.Study) -> int:
@@ -269,11 +281,20 @@ def trial_rows(study: optuna.Study) -> list[dict]:
             "duration_s": trial.duration.total_seconds() if trial.duration else None,
             "origin": trial.user_attrs.get(ORIGIN_ATTR, "sampled by Optuna"),
             "recipe": trial.user_attrs.get(RECIPE_ATTR),
+            "control": trial.user_attrs.get(RECIPE_ATTR) == CONTROL,  # the fp32 control (recipes.CONTROL)
             "predicted": trial.user_attrs.get(PREDICTED_ATTR),
             "node": node_label(where.get("node")),
             "attempts": where.get("attempts"),
         })
     return rows
+
+
+def control_scores(study: optuna.Study) -> dict | None:
+    """The scores of the fp32 control (the base given the designs' fine-tune), once scored."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if trial.user_attrs.get(RECIPE_ATTR) == CONTROL:
+            return trial.user_attrs[SCORE_ATTR]
+    return None
 
 
 def node_label(node: dict | None) -> str | None:

@@ -17,6 +17,7 @@ import optuna
 from optuna.trial import TrialState
 
 from edgesearch.search import study as studies
+from edgesearch.search.halving import halving_text
 
 TRIAL_STAGES = {"finetune_s": "fine-tune", "validate_s": "validation", "hardware_s": "build + timing"}
 TASK = "eval_s"  # the whole task, measured inside it
@@ -66,7 +67,26 @@ def account_text(study: optuna.Study, spent: dict[str, float]) -> str:
         lines.append(f"  per scored trial (median of {len(times)}): {', '.join(parts)}; the whole task "
                      f"{statistics.median(t[TASK] for t in times):.1f} s; outside it (waiting for a worker, Ray, "
                      f"the worker's start) {outside:.1f} s")
+    for extra in (reuse_text(study), halving_text(study)):
+        if extra:
+            lines.append("  " + extra)
     return "\n".join(lines)
+
+
+def reuse_text(study: optuna.Study) -> str:
+    """How many scored trials reused a build timed earlier in the run (runners/hardware/build_cache.py),
+    and how many of the front's designs the re-measure timed from their trials' libraries."""
+    flags = [scores["build_reused"] for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+             if "build_reused" in (scores := trial.user_attrs.get(studies.SCORE_ATTR) or {})]
+    if not flags:
+        return ""
+    text = (f"builds reused: {sum(flags)} of {len(flags)} scored trial(s) ({100 * sum(flags) / len(flags):.0f} %) "
+            "had a built graph timed before in the run and skipped build and timing")
+    remeasure = study.user_attrs.get("remeasure") or {}
+    if "from_libraries" in remeasure:
+        text += (f"; the re-measure timed {remeasure['from_libraries']} of its {remeasure['designs']} design(s) from "
+                 "the libraries their trials built, and rebuilt the rest")
+    return text
 
 
 @contextlib.contextmanager

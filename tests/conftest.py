@@ -68,7 +68,7 @@ def smoke_run(tmp_path_factory, smoke_inputs):
 
     out = tmp_path_factory.mktemp("smoke-run") / "run"
     first = run_cli("run", "--preset", "smoke", "--space", SMOKE_SPACE, "--out", str(out), "--trials",
-                    str(SMOKE_FIRST_TRIALS))
+                    str(SMOKE_FIRST_TRIALS), "--rung-steps", "1")  # successive halving after 1 of 2 steps
     assert first.returncode == 0, first.stderr[-3000:]
     written = {name: (out / name).stat().st_size for name in ("index.html", "trials.csv", "pareto.json", "study.db")}
     first_rows = list(csv.DictReader((out / "trials.csv").open()))

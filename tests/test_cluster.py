@@ -203,7 +203,8 @@ def test_node_loss_and_a_killed_driver_during_the_re_measure_lose_nothing(cluste
 
     out = tmp_path / "run"
     model, data = _given_inputs(cluster_inputs, tmp_path / "given")
-    measured = ("--profile", "x86-host", "--trials", "1", "--gpus-per-trial", "0")
+    # without build reuse the re-measure rebuilds its designs: long enough to lose its node meanwhile
+    measured = ("--profile", "x86-host", "--trials", "1", "--gpus-per-trial", "0", "--no-build-reuse")
     driver, resumed = _search(cluster, out, model, data, *measured), None
     try:
         remeasuring = _wait(lambda: cluster.trial_workers(REMEASURE_TITLE), "the front's re-measure ran", driver)

@@ -65,3 +65,27 @@ def test_int8_activations_are_calibrated_on_train_images(smoke_inputs):
     assert len(torch.unique(stem_input)) <= 256 and (stem_input - x).abs().max() <= float(stem.scale) / 2 + 1e-6
     scores = validate(model, smoke_inputs.data_yaml, imgsz=64)
     assert 0.0 <= scores["map50_95"] <= 1.0
+
+
+def test_a_rung_checks_the_model_midway_and_a_design_that_goes_on_trains_as_without_it(smoke_inputs):
+    """Successive halving inside the fine-tune: the check sees the model after the rung's steps; a
+    design that goes on ends with the losses and weights of an unchecked fine-tune (the validation
+    in between changes nothing), one that does not stops there."""
+    base = load_detection_model(smoke_inputs.checkpoint)
+    candidate = uniform_candidate(base, parse_uniform("bits=4,granularity=filter"), list(smoke_inputs.resolved))
+    plain, checked, stopped = (apply_candidate(base, candidate) for _ in range(3))
+    seen = []
+
+    def go_on(answer):
+        def check(model):
+            seen.append((model.training, validate(model, smoke_inputs.data_yaml, imgsz=64)["map50_95"]))
+            return answer
+        return check
+
+    reference = finetune(plain, smoke_inputs.data_yaml, iterations=4, imgsz=64, batch=8)
+    went_on = finetune(checked, smoke_inputs.data_yaml, iterations=4, imgsz=64, batch=8, rung=(2, go_on(True)))
+    halted = finetune(stopped, smoke_inputs.data_yaml, iterations=4, imgsz=64, batch=8, rung=(2, go_on(False)))
+    assert [training for training, _ in seen] == [False, False]  # checked in eval mode
+    assert list(went_on) == list(reference) and went_on.stopped_at is None
+    assert all(torch.equal(a, b) for a, b in zip(checked.state_dict().values(), plain.state_dict().values(), strict=True))
+    assert list(halted) == list(reference)[:2] and halted.stopped_at == 2

@@ -100,6 +100,26 @@ def test_recommendations_pick_by_their_rules():
     assert all(r["trial"] is None and r["why"] for r in dd.recommendations(RUN, BASE, trials[5:]))
 
 
+def test_the_accuracy_floor_rests_on_the_higher_of_the_base_and_the_fp32_control():
+    """"Within X %" as the issues define it: below the higher of the unmodified base and the fp32
+    control given the designs' fine-tune; the label says which, and the control's training."""
+    run = dict(RUN, max_map_drop=0.01)
+    training = {"steps_from_base": 2, "label": "2 fine-tune steps from the base"}
+    control = trial(7, dict(scores(0.72, 10.0, 400), training=training), recipe="control: float, the same fine-tune",
+                    control=True)
+    trials = [*hand_trials(), control]
+    floor = dd.accuracy_floor(run, BASE, trials)
+    assert floor["map50_95"] == pytest.approx(0.72 * 0.99)
+    assert "fp32 control's mAP50-95 0.720 (#7: 2 fine-tune steps from the base" in floor["label"]
+    picks = {r["key"]: r["trial"] for r in dd.recommendations(run, BASE, trials)}
+    assert picks["floor"] is None  # #0 (0.695) meets the base's floor (0.693), not the control's (0.713)
+    assert {r["key"]: r["trial"] for r in dd.recommendations(run, BASE, hand_trials())}["floor"] == 0
+    lower = dict(control, scores=dict(control["scores"], map50_95=0.65))  # a control below the base: the base
+    floor = dd.accuracy_floor(run, BASE, [*hand_trials(), lower])
+    assert floor["map50_95"] == pytest.approx(0.70 * 0.99) and "the fp32 control, #7, scored 0.650" in floor["label"]
+    assert "no fp32 control was scored" in dd.accuracy_floor(run, BASE, hand_trials())["label"]
+
+
 def test_the_knee_is_the_design_nearest_the_ideal_point():
     front = [trial(0, scores(0.70, 10.0, 100)), trial(1, scores(0.68, 5.5, 55)), trial(2, scores(0.40, 5.0, 50))]
     assert dd.knee(front)["number"] == 1

@@ -3,6 +3,7 @@ checks, the first designs of a new study. (The shared smoke search through the C
 writes, is tested in test_smoke_search.py.)"""
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from edgesearch.search import study as studies
@@ -78,6 +79,45 @@ def test_resume_refuses_a_space_that_changed_since_the_run_started(tmp_path):
     assert prepare_run_dir(tmp_path, dataclasses.replace(run, trials=4), resume=True).trials == 4
     with pytest.raises(InputError, match="changed since the run"):
         prepare_run_dir(tmp_path, dataclasses.replace(run, space_sha256="b" * 64), resume=True)
+
+
+def test_the_floor_constraint_rests_on_the_higher_of_the_base_and_the_fp32_control_which_is_scored_first():
+    from edgesearch.search.recipes import CONTROL, device_recipes
+
+    run = example_run(max_map_drop=0.01)
+    assert run.budgets({"map50_95": 0.70})["map_floor"] == 0.70 * 0.99  # before the control is scored
+    assert run.budgets({"map50_95": 0.70}, {"map50_95": 0.73})["map_floor"] == 0.73 * 0.99
+    assert run.budgets({"map50_95": 0.70}, {"map50_95": 0.60})["map_floor"] == 0.70 * 0.99
+    assert example_run().budgets({"map50_95": 0.70}, {"map50_95": 0.73})["map_floor"] is None  # no floor asked
+    assert device_recipes(None, ("fp32", "int8"))[0] == CONTROL
+    assert device_recipes(None, ("fp32", "fp16"))[0] == CONTROL
+
+
+def test_a_move_is_stopped_at_its_rung_only_below_what_reaching_the_front_needs():
+    """search/halving.py: no bar until MIN_GAINS full fine-tunes showed what the rest adds; then the
+    best mAP of designs clearly faster and smaller than the move's prediction, less the largest gain."""
+    import optuna
+
+    from edgesearch.search import halving, study as studies
+
+    study = optuna.create_study(directions=list(studies.DIRECTIONS))
+
+    def scored(map50_95, rung_map, latency_ms, sram_bytes, steps=60):
+        study.add_trial(optuna.trial.create_trial(
+            values=[map50_95, latency_ms, sram_bytes], user_attrs={studies.SCORE_ATTR: {
+                "map50_95": map50_95, "rung_map50_95": rung_map, "latency_ms": latency_ms, "sram_bytes": sram_bytes,
+                "training": {"steps_from_base": steps, "stopped_early": steps < 60}}}))
+
+    move = {"latency_ms": 10.0, "sram_bytes": 1000}
+    scored(0.70, 0.66, 5.0, 500)
+    scored(0.60, 0.58, 20.0, 2000)
+    assert halving.promotion_bar(study, move, 60) is None  # two gains seen: too few to stop anything
+    scored(0.50, 0.49, 8.0, 800)
+    scored(0.30, None, 1.0, 100, steps=20)  # stopped at its rung: neither a gain nor a reference
+    assert halving.promotion_bar(study, move, 60) == pytest.approx(0.70 - 0.04)  # #0 dominates; largest gain 0.04
+    assert halving.promotion_bar(study, {"latency_ms": 5.2, "sram_bytes": 520}, 60) is None  # nothing 10 % better
+    assert halving.promotion_bar(study, {"omega": 0.1}, 60) is None  # no predicted latency or memory: goes on
+    assert "1 of 4 scored trial(s) stopped" in halving.halving_text(study)
 
 
 def example_run(**changes):

@@ -289,6 +289,50 @@ def test_a_run_estimates_its_time_when_trials_start_and_says_where_it_went_at_th
         stages = [float(row[c]) for c in ("finetune_s", "validate_s", "hardware_s")]
         assert all(s > 0 for s in stages) and sum(stages) <= float(row["eval_s"]) <= float(row["duration_s"]), row
 
+
+def test_designs_with_a_graph_timed_before_reuse_its_figure_and_the_remeasure_times_the_trials_libraries(smoke_run):
+    study = studies.read_study(smoke_run.out)
+    scored = [t.user_attrs[studies.SCORE_ATTR] for t in study.get_trials(states=(TrialState.COMPLETE,))]
+    timed = {s["build_key"]: s["latency_ms"] for s in [study.user_attrs["base"], *scored] if not s["build_reused"]}
+    for scores in scored:  # a reused figure is the one its graph's first build (maybe the base's) measured
+        assert scores["build_key"] in timed
+        if scores["build_reused"]:
+            assert scores["latency_ms"] == timed[scores["build_key"]] and "reused" in scores["latency_source"]
+    rows = list(csv.DictReader((smoke_run.out / "trials.csv").open()))
+    assert sum(r["build_reused"] == "True" for r in rows) == sum(s["build_reused"] for s in scored)
+    reused = sum(s["build_reused"] for s in scored)
+    assert f"builds reused: {reused} of {len(scored)} scored trial(s)" in smoke_run.resumed.stdout
+    remeasure = study.user_attrs["remeasure"]  # every design was scored on this node: none rebuilt
+    assert remeasure["state"] == "done" and remeasure["from_libraries"] == remeasure["designs"] >= 2, remeasure
+    assert f"the re-measure timed {remeasure['designs']} of its {remeasure['designs']} design(s)" in \
+        smoke_run.resumed.stdout
+
+
+def test_every_design_carries_its_training_record_and_moves_below_the_front_stop_at_their_rung(smoke_run):
+    """Successive halving (search/halving.py) with the smoke run's --rung-steps 1 of 2: recipes and
+    seeds always train fully and record their mAP at the rung; a move either does too or stopped
+    there below its bar, and says so in its record."""
+    study = studies.read_study(smoke_run.out)
+    run = json.loads((smoke_run.out / "run.json").read_text())
+    steps, rung = run["finetune_iters"], run["rung_steps"]
+    assert (steps, rung) == (2, 1)
+    labels = {row["trial"]: row["training"] for row in csv.DictReader((smoke_run.out / "trials.csv").open())}
+    for trial in study.get_trials(states=(TrialState.COMPLETE,)):
+        scores, origin = trial.user_attrs[studies.SCORE_ATTR], trial.user_attrs[studies.ORIGIN_ATTR]
+        record = scores["training"]
+        assert labels[str(trial.number)] == record["label"] and record["start"] == "base"
+        if record["stopped_early"]:
+            assert origin.startswith("move:") and record["steps_from_base"] == rung
+            assert re.search(r"stopped at 1 of 2: mAP50-95 [\d.]+ there, below the [\d.]+ it needed", record["label"])
+        else:
+            assert record["steps_from_base"] == steps and record["label"] == f"{steps} fine-tune steps from the base"
+            assert scores["rung_map50_95"] is not None
+    stopped = sum(t.user_attrs[studies.SCORE_ATTR]["training"]["stopped_early"]
+                  for t in study.get_trials(states=(TrialState.COMPLETE,)))
+    assert f"successive halving: {stopped} of " in smoke_run.resumed.stdout
+    assert study.user_attrs["base"]["training"]["steps_from_base"] == 0
+
+
 def test_the_guided_sampler_drives_study_optimize_and_a_new_process_carries_on_from_the_study(smoke_run, tmp_path):
     """GuidedSampler is an Optuna sampler: `study.optimize` with it scores the recipes, then the seeds,
     then screened moves, each design also as the trial's parameters; a second sampler (another

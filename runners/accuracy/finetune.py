@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, cast, overload
 
@@ -54,6 +55,7 @@ def finetune(
     teacher: nn.Module | None = None,
     distill_weight: float = 1.0,
     device: torch.device | None = None,
+    rung: tuple[int, Callable[[nn.Module], bool]] | None = None,
 ) -> FinetuneLosses:
     """Train `model` in place for `iterations` steps with ultralytics' loss and data pipeline,
     on train images without augmentation (NO_AUGMENTATION), on `device` (None: where the model
@@ -63,6 +65,11 @@ def finetune(
     base model), the loss adds `distill_weight` x the distillation loss of `distillation_loss`.
     Returns the detection loss of every step (for the trial's record; without the distillation
     term, so distilled and plain fine-tunes compare), and where the steps ran (`.devices`).
+
+    `rung` = (steps, go_on): after that many steps (if fewer than `iterations`) `go_on(model)` sees
+    the model in eval mode and says whether the rest is worth running (successive halving); if not,
+    training stops there and `.stopped_at` says when. A model that goes on trains exactly as without
+    the check: same batches, same optimizer state.
     """
     losses = FinetuneLosses()
     losses.devices = {"finetune": "not run", **({"teacher": "not run"} if teacher is not None else {})}
@@ -91,18 +98,37 @@ def finetune(
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
     with running_on(model, device) as student, contextlib.ExitStack() as watching:
         taught = watching.enter_context(running_on(teacher, device)) if teacher is not None else None
-        for batch_data in itertools.islice(_endless(loader), iterations):
+        for step, batch_data in enumerate(itertools.islice(_endless(loader), iterations), start=1):
             _step(model, batch_to(batch_data, device), batch, optimizer, losses, teacher, distill_weight)
+            if rung is not None and step == rung[0] < iterations and not _checked(model, rung[1], trainable, cfg):
+                losses.stopped_at = step
+                break
     losses.devices = {"finetune": student.describe(), **({"teacher": taught.describe()} if taught else {})}
     model.eval()
     return losses
 
 
+def _checked(model: nn.Module, go_on: Callable[[nn.Module], bool], trainable: list, cfg) -> bool:
+    """`go_on(model)` in eval mode, then the model put back as training left it (a validator may
+    freeze parameters or replace the loss settings)."""
+    model.eval()
+    try:
+        return go_on(model)
+    finally:
+        model.train()
+        for parameter in trainable:
+            parameter.requires_grad_(True)
+        setattr(model, "args", cfg)
+        setattr(model, "criterion", None)
+
+
 class FinetuneLosses(list):
     """The detection loss of every fine-tune step, with `devices`: {stage: where its model's
-    parameters and inputs were} (runners/device.py DeviceWatch)."""
+    parameters and inputs were} (runners/device.py DeviceWatch), and `stopped_at`: the step a
+    rung stopped it at (None: every step ran)."""
 
     devices: dict[str, str]
+    stopped_at: int | None = None
 
 
 def _step(model: nn.Module, batch_data: dict, batch: int, optimizer, losses: list, teacher: nn.Module | None,

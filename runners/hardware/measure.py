@@ -72,6 +72,7 @@ class BuiltDesign:
 class Measurer:
     """Latency of a built design. Subclasses fill `latency`; failures raise (the trial fails)."""
     kind = ""
+    reusable = True  # its figure depends only on the built graph: kept per run (build_cache.py)
 
     def __init__(self, profile: HardwareProfile, plan: MeasurementPlan, tune_trials: int = 0, tuning_db: str = ""):
         self.profile, self.plan = profile, plan
@@ -157,6 +158,7 @@ class RpcMeasurer(Measurer):
 
 class EstimateMeasurer(Measurer):
     kind = "estimate"
+    reusable = False  # no build to save, and the estimate reads the model, not the graph
 
     def latency(self, design: BuiltDesign) -> dict:
         from edgesearch.runners.hardware.latency_model import calibration_for, estimate, network_work

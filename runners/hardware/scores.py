@@ -16,7 +16,9 @@ scores count the integer convs (`integer_layers`) and `latency_source` names the
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
+from pathlib import Path
 
 import numpy as np
 import tvm
@@ -25,6 +27,7 @@ from tvm import relax
 
 from edgesearch.runners.costs import layer_costs
 from edgesearch.runners.hardware.build import build_local, export_for_tvm, plan_memory_only, tvm_threads
+from edgesearch.runners.hardware.build_cache import KEPT_ORIGIN, REBUILT_ORIGIN, BuildCache, graph_key
 from edgesearch.runners.hardware.integer_kernels import kernel_description
 from edgesearch.runners.hardware.integer_model import IntegerSummary, integer_copy
 from edgesearch.runners.hardware.measure import SHARED_NOTE, BuiltDesign, Measurer, measurer_for, timed_here
@@ -58,19 +61,31 @@ def integer_scores(summary: IntegerSummary) -> dict:
             "integer_requantized_weight_layers": summary.requantized_weight_layers}
 
 
-def remeasure_interleaved(models: dict[str, nn.Module], profile: HardwareProfile, imgsz: int, *,
+@dataclasses.dataclass(frozen=True)
+class KeptBuild:
+    """A design's library as its trial built it (build_cache.BuildCache.library), to time again."""
+    path: Path
+    precision: str  # what the build computes in (precision())
+
+
+def remeasure_interleaved(designs: dict[str, nn.Module | KeptBuild], profile: HardwareProfile, imgsz: int, *,
                           rounds: int = 8, repeat: int = 5) -> dict[str, dict]:
-    """Latency of several designs timed in interleaved rounds on this machine (build each once,
-    then round after round time every design in turn), so slow drifts of a shared machine hit all
-    designs alike. Median and spread over all rounds; ratios between designs are the robust part."""
+    """Latency of several designs timed in interleaved rounds on this machine (each built once, or
+    loaded from the library its trial kept; then round after round every design timed in turn), so
+    slow drifts of a shared machine hit all designs alike. Median and spread over all rounds;
+    ratios between designs are the robust part."""
     if not timed_here(profile):
         raise ValueError(f"profile {profile.name} is not measured on this machine")
-    vms, precisions = {}, {}
-    for name, model in models.items():
-        build_model, summary = integer_copy(model)
-        executable, _ = build_local(export_for_tvm(build_model, imgsz, profile.target), profile.target)
+    vms, precisions, origins = {}, {}, {}
+    for name, design in designs.items():
+        if isinstance(design, KeptBuild):
+            executable, precisions[name] = tvm.runtime.load_module(str(design.path)), design.precision
+            origins[name] = KEPT_ORIGIN
+        else:
+            build_model, summary = integer_copy(design)
+            executable, _ = build_local(export_for_tvm(build_model, imgsz, profile.target), profile.target)
+            precisions[name], origins[name] = precision(summary, profile.target), REBUILT_ORIGIN
         vms[name] = relax.VirtualMachine(executable, tvm.cpu())
-        precisions[name] = precision(summary, profile.target)
     data = tvm.runtime.tensor(np.zeros((1, 3, imgsz, imgsz), dtype="float32"), tvm.cpu())
     times: dict[str, list[float]] = {name: [] for name in vms}
     with timing_turn() as turn:  # no trial of this machine is timed meanwhile
@@ -81,18 +96,38 @@ def remeasure_interleaved(models: dict[str, nn.Module], profile: HardwareProfile
     return {name: {"latency_ms": statistics.median(ms), "latency_spread_ms": max(ms) - min(ms),
                    "latency_source": REMEASURED_SOURCE.format(precision=precisions[name], threads=tvm_threads(),
                                                               designs=len(vms) - 1, rounds=rounds, repeat=repeat)
-                   + SHARED_NOTE.format(others=turn["others"]),
-                   "latency_method": REMEASURED_METHOD.format(threads=tvm_threads())}
+                   + f"; {origins[name]}" + SHARED_NOTE.format(others=turn["others"]),
+                   "latency_method": REMEASURED_METHOD.format(threads=tvm_threads()),
+                   "build_origin": origins[name]}
             for name, ms in times.items()}
 
 
+def _measured(design: BuiltDesign, measurer: Measurer, cache: BuildCache | None) -> dict:
+    """The measurer's latency fields for `design`, or those kept for its built graph; `build_key`
+    and `build_reused` say which. Estimates are not kept (they cost no build), nor a build whose
+    library the caller wants written."""
+    if cache is None or not measurer.reusable or design.library_path:
+        return measurer.latency(design)
+    key = graph_key(design.module, f"{measurer.profile.name} {measurer.profile.target} {measurer.describe()} "
+                                   f"threads {tvm_threads()}")
+    kept = cache.get(key)
+    if kept is not None:
+        return {**kept, "build_key": key, "build_reused": True}
+    keep_library = timed_here(measurer.profile)  # for the front's re-measure on this machine
+    fields = measurer.latency(dataclasses.replace(design, library_path=str(cache.library_path(key)))
+                              if keep_library else design)
+    cache.put(key, fields, design.precision_label)
+    return {**fields, "build_key": key, "build_reused": False}
+
+
 def hardware_scores(model: nn.Module, profile: HardwareProfile, imgsz: int, *, measurer: Measurer | None = None,
-                    library_path: str | None = None) -> dict:
+                    library_path: str | None = None, cache: BuildCache | None = None) -> dict:
     """Latency (with its source), memory footprint and sizes of a transformed (baked) model.
 
     The build is the model's integer form (module docstring); its latency comes from the run's
     `measurer` (measure.py: timed here, over RPC, or estimated; default: decided now for the
-    profile). `library_path` also writes the deployable library there."""
+    profile). `library_path` also writes the deployable library there. With a run's `cache`
+    (build_cache.py), a design whose built graph was timed before in the run reuses that figure."""
     measurer = measurer or measurer_for(profile)
     costs = layer_costs(model, (1, 3, imgsz, imgsz))
     packed = weight_bytes(model)
@@ -100,7 +135,7 @@ def hardware_scores(model: nn.Module, profile: HardwareProfile, imgsz: int, *, m
     module = export_for_tvm(build_model, imgsz, profile.target)
     computes_in = precision(summary, profile.target)
     precisions = conv_precisions(model, profile.compute_precisions)
-    latency = measurer.latency(BuiltDesign(model, module, imgsz, computes_in, precisions, library_path))
+    latency = _measured(BuiltDesign(model, module, imgsz, computes_in, precisions, library_path), measurer, cache)
     # the fixed-schedule local build plans its own memory; tuned, remote and estimated ones are planned generically
     activations = latency.pop("activation_bytes", None)
     planned = PLANNED_SOURCE if activations is not None else PLANNED_GENERIC_SOURCE
