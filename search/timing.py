@@ -84,8 +84,9 @@ def reuse_text(study: optuna.Study) -> str:
             "had a built graph timed before in the run and skipped build and timing")
     remeasure = study.user_attrs.get("remeasure") or {}
     if "from_libraries" in remeasure:
+        rebuilt = remeasure["designs"] - remeasure["from_libraries"]
         text += (f"; the re-measure timed {remeasure['from_libraries']} of its {remeasure['designs']} design(s) from "
-                 "the libraries their trials built, and rebuilt the rest")
+                 "the libraries their trials built" + (f" and rebuilt {rebuilt}" if rebuilt else ""))
     return text
 
 
