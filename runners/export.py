@@ -53,7 +53,7 @@ from torch import nn
 
 from edgesearch.common.cache import cache_root
 from edgesearch.common.errors import InputError
-from edgesearch.common.files import atomic_write
+from edgesearch.common.files import atomic_write, file_sha256
 from edgesearch.runners.evaluate import EvalSettings, build_design
 from edgesearch.runners.hardware.build import set_export_mode
 from edgesearch.runners.hardware.integer_model import integer_weights
@@ -97,14 +97,6 @@ def finetune_settings(config: EvalSettings) -> dict:
     """What decides the fine-tuned weights besides the candidate, the base and the input size."""
     return {"finetune_iters": config.finetune_iters, "seed": config.seed, "distill": config.distill,
             "batch": config.batch, "calibration_batches": config.calibration_batches}
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def design_id(candidate: dict | None, checkpoint_sha256: str, imgsz: int, finetune: dict, profile: str) -> str:

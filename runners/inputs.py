@@ -37,6 +37,7 @@ import tempfile
 from pathlib import Path
 
 from edgesearch.common.cache import cache_root
+from edgesearch.common.files import file_sha256
 
 INPUTS_DIR = "inputs"
 PATH_SETTINGS = ("checkpoint", "data_yaml", "profile")  # the settings that name a file a trial opens
@@ -122,11 +123,7 @@ def _file_hashes(folder: Path) -> dict[str, str] | None:
             relative = str(path.relative_to(folder))
             if relative == MANIFEST or name.endswith(WRITTEN_ON_THE_NODE):
                 continue
-            digest = hashlib.sha256()
-            with open(path, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-            hashes[relative] = digest.hexdigest()
+            hashes[relative] = file_sha256(path)
     return hashes
 
 

@@ -31,7 +31,7 @@ import shutil
 import time
 from pathlib import Path
 
-from edgesearch.common.files import write_text_atomically
+from edgesearch.common.files import file_sha256, write_text_atomically
 
 BUILDS_DIR = "builds"  # under the node cache
 MAX_BYTES = 2 * 2**30  # all runs' kept builds on one node
@@ -104,7 +104,7 @@ class BuildCache:
         its hash so a later load can check it)."""
         library = self.library_path(key)
         entry = {"fields": fields, "precision": precision, "kept_at": time.time(),
-                 "library_sha256": _sha256(library) if library.is_file() else None}
+                 "library_sha256": file_sha256(library) if library.is_file() else None}
         write_text_atomically(self.folder / f"{key}.json", json.dumps(entry))
         self._trim()
 
@@ -115,7 +115,7 @@ class BuildCache:
         except (OSError, ValueError):
             return None
         library = self.library_path(key)
-        if not entry.get("library_sha256") or not library.is_file() or _sha256(library) != entry["library_sha256"]:
+        if not entry.get("library_sha256") or not library.is_file() or file_sha256(library) != entry["library_sha256"]:
             return None
         return library, entry["precision"]
 
@@ -129,14 +129,6 @@ class BuildCache:
                 break
             total -= _size(folder)
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _size(folder: Path) -> int:
