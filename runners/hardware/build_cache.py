@@ -91,9 +91,8 @@ class BuildCache:
 
     def get(self, key: str) -> dict | None:
         """The fields kept for `key` (labelled as reused), or None."""
-        try:
-            entry = json.loads((self.folder / f"{key}.json").read_text())
-        except (OSError, ValueError):
+        entry = self._entry(key)
+        if entry is None:
             return None
         fields = dict(entry["fields"])
         fields["latency_source"] = fields.get("latency_source", "") + REUSED_NOTE
@@ -110,14 +109,18 @@ class BuildCache:
 
     def library(self, key: str) -> tuple[Path, str] | None:
         """(library path, precision label) of a kept library whose bytes match their record, or None."""
-        try:
-            entry = json.loads((self.folder / f"{key}.json").read_text())
-        except (OSError, ValueError):
-            return None
+        entry = self._entry(key)
         library = self.library_path(key)
-        if not entry.get("library_sha256") or not library.is_file() or file_sha256(library) != entry["library_sha256"]:
+        if entry is None or not entry.get("library_sha256") or not library.is_file() or file_sha256(library) != entry["library_sha256"]:
             return None
         return library, entry["precision"]
+
+    def _entry(self, key: str) -> dict | None:
+        """What put() kept for `key`, or None."""
+        try:
+            return json.loads((self.folder / f"{key}.json").read_text())
+        except (OSError, ValueError):
+            return None
 
     def _trim(self) -> None:
         """Remove the oldest other runs' folders while all runs' builds exceed MAX_BYTES."""
