@@ -18,7 +18,6 @@ or when no scored design is clearly faster and smaller than the move's predictio
 from __future__ import annotations
 
 import optuna
-from optuna.trial import TrialState
 
 from edgesearch.search import study as studies
 
@@ -56,5 +55,5 @@ def halving_text(study: optuna.Study) -> str:
 
 
 def _scored(study: optuna.Study) -> list[dict]:
-    return [t.user_attrs[studies.SCORE_ATTR] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if "training" in (t.user_attrs.get(studies.SCORE_ATTR) or {})]
+    """The scores of the scored trials that carry a training record."""
+    return [scores for scores in studies.completed_scores(study) if "training" in scores]

@@ -10,7 +10,6 @@ from tqdm import tqdm
 
 from edgesearch.search import execution, halving, shipping, study as studies, timing
 from edgesearch.search.presets import PRESETS
-from edgesearch.search.recipes import CONTROL
 from edgesearch.search.remeasure import REMEASURE_ATTR, remeasure_front
 from edgesearch.search.resolve import Inputs, eval_settings, ship_inputs
 from edgesearch.search.run_config import RunConfig
@@ -152,7 +151,7 @@ def _search_loop(study, inputs: Inputs, settings: dict, trials: int, parallel: i
                 bar.write(f"trial {trial.number} failed: {execution.describe_error(error)}")
             else:
                 studies.tell_scores(study, trial, scores, budgets)
-                if floor is not None and trial.user_attrs.get(studies.RECIPE_ATTR) == CONTROL:
+                if floor is not None and studies.is_control(trial):
                     budgets.update(floor(scores))
                 if not estimated_from_trials and finished + 1 < trials:
                     bar.write(timing.estimate_text(study, trials - finished - 1, parallel, settings["finetune_iters"]))

@@ -15,10 +15,10 @@ def remeasure_front(study, settings: dict, cpus: int, parcels: dict) -> None:
     (`remeasured`) and done again only when the front changed."""
     front_trials = studies.pareto_trials(study)
     front = {str(t.number): t.user_attrs[studies.CANDIDATE_ATTR] for t in front_trials}
-    build_keys = {str(t.number): t.user_attrs[studies.SCORE_ATTR].get("build_key") for t in front_trials}
-    build_keys["base"] = study.user_attrs["base"].get("build_key")
     if not front or set(study.user_attrs.get("remeasured", {})) == {"base", *front}:
         return
+    build_keys = {str(t.number): t.user_attrs[studies.SCORE_ATTR].get("build_key") for t in front_trials}
+    build_keys["base"] = study.user_attrs["base"].get("build_key")
     print(f"re-measuring the {len(front)} Pareto design(s) and the base, interleaved")
     try:
         remeasured = execution.remeasure(settings, {"base": None, **front}, cpus, parcels, build_keys)

@@ -281,7 +281,7 @@ def trial_rows(study: optuna.Study) -> list[dict]:
             "duration_s": trial.duration.total_seconds() if trial.duration else None,
             "origin": trial.user_attrs.get(ORIGIN_ATTR, "sampled by Optuna"),
             "recipe": trial.user_attrs.get(RECIPE_ATTR),
-            "control": trial.user_attrs.get(RECIPE_ATTR) == CONTROL,  # the fp32 control (recipes.CONTROL)
+            "control": is_control(trial),
             "predicted": trial.user_attrs.get(PREDICTED_ATTR),
             "node": node_label(where.get("node")),
             "attempts": where.get("attempts"),
@@ -289,12 +289,21 @@ def trial_rows(study: optuna.Study) -> list[dict]:
     return rows
 
 
+def is_control(trial: FrozenTrial | Trial) -> bool:
+    """Whether `trial` is the fp32 control: the base given the designs' fine-tune (recipes.CONTROL)."""
+    return trial.user_attrs.get(RECIPE_ATTR) == CONTROL
+
+
 def control_scores(study: optuna.Study) -> dict | None:
-    """The scores of the fp32 control (the base given the designs' fine-tune), once scored."""
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if trial.user_attrs.get(RECIPE_ATTR) == CONTROL:
-            return trial.user_attrs[SCORE_ATTR]
-    return None
+    """The scores of the fp32 control, once scored."""
+    return next((trial.user_attrs[SCORE_ATTR] for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                 if is_control(trial)), None)
+
+
+def completed_scores(study: optuna.Study) -> list[dict]:
+    """The scores of every scored (COMPLETE) trial."""
+    return [trial.user_attrs[SCORE_ATTR] for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if SCORE_ATTR in trial.user_attrs]
 
 
 def node_label(node: dict | None) -> str | None:

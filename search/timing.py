@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from edgesearch.search import study as studies
 from edgesearch.search.halving import halving_text
+from edgesearch.search.remeasure import REMEASURE_ATTR
 
 TRIAL_STAGES = {"finetune_s": "fine-tune", "validate_s": "validation", "hardware_s": "build + timing"}
 TASK = "eval_s"  # the whole task, measured inside it
@@ -76,13 +77,12 @@ def account_text(study: optuna.Study, spent: dict[str, float]) -> str:
 def reuse_text(study: optuna.Study) -> str:
     """How many scored trials reused a build timed earlier in the run (runners/hardware/build_cache.py),
     and how many of the front's designs the re-measure timed from their trials' libraries."""
-    flags = [scores["build_reused"] for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-             if "build_reused" in (scores := trial.user_attrs.get(studies.SCORE_ATTR) or {})]
+    flags = [scores["build_reused"] for scores in studies.completed_scores(study) if "build_reused" in scores]
     if not flags:
         return ""
     text = (f"builds reused: {sum(flags)} of {len(flags)} scored trial(s) ({100 * sum(flags) / len(flags):.0f} %) "
             "had a built graph timed before in the run and skipped build and timing")
-    remeasure = study.user_attrs.get("remeasure") or {}
+    remeasure = study.user_attrs.get(REMEASURE_ATTR) or {}
     if "from_libraries" in remeasure:
         rebuilt = remeasure["designs"] - remeasure["from_libraries"]
         text += (f"; the re-measure timed {remeasure['from_libraries']} of its {remeasure['designs']} design(s) from "
