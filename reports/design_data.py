@@ -102,14 +102,20 @@ def memory_budget(run: dict) -> dict:
     return {"kind": kind, "bytes": size, "label": f"{kind.upper()} budget {size / 1024:,.0f} KiB"}
 
 
-def accuracy_floor(run: dict, base: dict, trials: list[dict] | None = None) -> dict:
+def recovery_steps(trial: dict) -> int:
+    """The recovery schedule a scored trial had (its training record; 0: the search's own fine-tune)."""
+    return (scores(trial).get("training") or {}).get("recovery_steps") or 0
+
+
+def accuracy_floor(run: dict, base: dict, trials: list[dict] | None = None, recovery: int = 0) -> dict:
     """`max_map_drop` below the higher of the unmodified base and the fp32 control (the base given the
-    designs' own fine-tune: a trial row marked `control`), as the issues define "within X %"."""
+    designs' own fine-tune: a trial row marked `control`) with the same training record (`recovery`:
+    its recovery steps, 0 for the search's designs), as the issues define "within X %"."""
     drop = run.get("max_map_drop")
     stated = drop is not None
     drop = DEFAULT_MAX_MAP_DROP if drop is None else float(drop)
     base_map = base.get("map50_95") or 0.0
-    control = next((t for t in scored(trials or []) if t.get("control")), None)
+    control = next((t for t in scored(trials or []) if t.get("control") and recovery_steps(t) == recovery), None)
     control_map = scores(control)["map50_95"] if control else 0.0
     if control is not None and control_map > base_map:
         training = (scores(control).get("training") or {}).get("label") or "the designs' fine-tune"
@@ -144,21 +150,25 @@ def recommendations(run: dict, base: dict, trials: list[dict]) -> list[dict]:
     - the knee: the front design nearest the ideal point once each objective is scaled to [0, 1]
       over the front."""
     eligible = [t for t in scored(trials) if _within_budgets(t, run)]
-    floor = accuracy_floor(run, base, trials)
+    floors = {steps: accuracy_floor(run, base, trials, steps) for steps in {0, *map(recovery_steps, eligible)}}
+    floor = floors[0]
     budget = memory_budget(run)
     budget_text = budget["label"] + (f", latency ≤ {run['latency_budget_ms']} ms" if run.get("latency_budget_ms") else "")
+    floor_text = f"mAP50-95 ≥ {floor['map50_95']:.3f} ({floor['label']})" + "".join(
+        f"; for designs of the recovery stage ({steps} more steps), ≥ {f['map50_95']:.3f} ({f['label']})"
+        for steps, f in sorted(floors.items()) if steps)  # held to the control recovered as they were
     out = []
 
-    above = [t for t in eligible if scores(t)["map50_95"] >= floor["map50_95"]]
+    above = [t for t in eligible if scores(t)["map50_95"] >= floors[recovery_steps(t)]["map50_95"]]
     pick = min(above, key=lambda t: (scores(t)[MEMORY_KEY], scores(t)["latency_ms"]), default=None)
     out.append({"key": "floor", "title": "Best within the accuracy floor",
-                "rule": f"smallest footprint with mAP50-95 ≥ {floor['map50_95']:.3f} ({floor['label']}), within {budget_text}",
+                "rule": f"smallest footprint with {floor_text}, within {budget_text}",
                 "trial": pick["number"] if pick else None,
                 "why": None if pick else "no scored design reaches the accuracy floor within the budgets"})
 
     pick = min(above, key=lambda t: (scores(t)["latency_ms"], scores(t)[MEMORY_KEY]), default=None)
     out.append({"key": "floor-fastest", "title": "Fastest within the accuracy floor",
-                "rule": f"lowest latency with mAP50-95 ≥ {floor['map50_95']:.3f} ({floor['label']}), within {budget_text}",
+                "rule": f"lowest latency with {floor_text}, within {budget_text}",
                 "trial": pick["number"] if pick else None,
                 "why": None if pick else "no scored design reaches the accuracy floor within the budgets"})
 

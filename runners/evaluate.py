@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from edgesearch.common.cache import cache_root
-from edgesearch.runners.accuracy.finetune import calibration_batches, finetune, validate
+from edgesearch.runners.accuracy.finetune import FINETUNE_LR, calibration_batches, finetune, validate
 from edgesearch.runners.accuracy.splits import search_and_holdout
 from edgesearch.runners.checkpoints import load_detection_model
 from edgesearch.runners.device import CPU, describe, resolve_device, running_on, to_device
@@ -58,6 +58,10 @@ class EvalSettings:
     # goes on only if its mAP50-95 there reaches promotion_bar (None: it always goes on)
     rung_steps: int = 0
     promotion_bar: float | None = None
+    # the recovery stage's share of finetune_iters (search/recovery.py): a structural design's longer
+    # schedule, recorded in its training record
+    recovery_steps: int = 0
+    lr: float = FINETUNE_LR  # the fine-tune's learning rate (AdamW)
 
 
 def run_measurer(config: EvalSettings, profile):
@@ -136,13 +140,19 @@ def training_record(config: EvalSettings, stopped_at: int | None = None, rung: R
     against a recipe or the fp32 control only when their records match). Fields: `start` (whose
     weights training began from), `steps_from_base` (all fine-tune steps since the base, inherited
     ones included), `inherited_steps` (of those, taken over with the start weights), `distilled`,
-    `recovery_steps` (a structural design's extra schedule), `stopped_early` (successive halving
+    `recovery_steps` (a structural design's extra schedule), `lr` (the fine-tune's learning rate),
+    `stopped_early` (successive halving
     stopped it at a rung: fewer steps than the run's schedule), and `label`, the record in words."""
     steps = stopped_at or config.finetune_iters
+    recovery = min(config.recovery_steps, steps)
     record = {"start": "base", "steps_from_base": steps, "inherited_steps": 0,
-              "distilled": bool(config.distill and steps), "recovery_steps": 0, "stopped_early": stopped_at is not None}
-    label = (f"{steps} fine-tune steps from the base" + (", distilled from the base" if record["distilled"] else "")
-             if steps else "the base's weights, no fine-tune")
+              "distilled": bool(config.distill and steps), "recovery_steps": recovery,
+              "lr": config.lr if steps else None, "stopped_early": stopped_at is not None}
+    label = (f"{steps} fine-tune steps from the base" + (f" ({steps - recovery} + {recovery} of recovery)" if recovery
+                                                         else "")
+             + (", distilled from the base" if record["distilled"] else "")
+             + (f", learning rate {config.lr:g}" if config.lr != FINETUNE_LR else "") if steps
+             else "the base's weights, no fine-tune")
     if stopped_at is not None and rung is not None and rung.map50_95 is not None and rung.bar is not None:
         label += (f" (stopped at {stopped_at} of {config.finetune_iters}: mAP50-95 {rung.map50_95:.3f} there, "
                   f"below the {rung.bar:.3f} it needed to reach the front)")
@@ -166,8 +176,8 @@ def build_design(config: EvalSettings, candidate: dict | None, rung_check=None):
         calibrated = calibrate(model, (images.to(device) for images in batches))
     teacher = (base if device == CPU else copy.deepcopy(base)) if config.distill else None  # base stays on the CPU
     losses, finetune_s = _timed(lambda: finetune(model, Path(config.data_yaml), iterations=config.finetune_iters,
-                                                 imgsz=config.imgsz, batch=config.batch, seed=config.seed,
-                                                 teacher=teacher, device=device,
+                                                 imgsz=config.imgsz, batch=config.batch, lr=config.lr,
+                                                 seed=config.seed, teacher=teacher, device=device,
                                                  rung=(config.rung_steps, rung_check) if rung_check else None))
     losses.devices = {"calibration": calibrating.describe(), **losses.devices}
     to_device(model, CPU)  # packing reads the weights on the CPU

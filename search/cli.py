@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="successive halving: validate each move after this many fine-tune steps and stop it there "
                           "when it cannot reach the front (default: a third of --finetune-iters; 0: every design "
                           "gets the full fine-tune)")
+    run.add_argument("--recover-steps", type=int,
+                     help="recovery stage after the search: the front's structural designs (pruned, smaller kernels, "
+                          "low rank), the structural recipes and the fp32 control are trained this many more "
+                          "fine-tune steps from the base, distilled, and scored again (preset's default; 0: none)")
     run.add_argument("--no-build-reuse", action="store_true",
                      help="build and time every design, even one whose built graph an earlier trial timed (and "
                           "rebuild the front for its re-measure): the path before builds were reused")
@@ -279,6 +283,8 @@ def check_run_arguments(args) -> None:
         raise InputError(f"--max-map-drop is a relative drop in (0, 1), e.g. 0.01 for 1 %, not {args.max_map_drop}")
     if args.rung_steps is not None and args.rung_steps < 0:
         raise InputError(f"--rung-steps must be 0 (no rung) or more, not {args.rung_steps}")
+    if args.recover_steps is not None and args.recover_steps < 0:
+        raise InputError(f"--recover-steps must be 0 (no recovery stage) or more, not {args.recover_steps}")
     if args.latency_budget is not None and not args.latency_budget > 0:
         raise InputError(f"--latency-budget must be a positive number of ms, not {args.latency_budget}")
     if args.sram_budget is not None:
@@ -367,6 +373,7 @@ def prepare_run(args) -> PreparedRun:
         tune_trials=args.tune_trials,
         distill=args.distill,
         build_reuse=not args.no_build_reuse,
+        recover_steps=preset.recover_steps if args.recover_steps is None else args.recover_steps,
         rung_steps=(default_rung_steps(_trial_sizes(args, preset)["finetune_iters"]) if args.rung_steps is None
                     else args.rung_steps),
         batch=preset.batch,
@@ -392,7 +399,7 @@ def execute_run(prepared: PreparedRun, address: str | None) -> None:
         run = prepare_run_dir(prepared.run_dir, prepared.run, args.resume, explicit={
             "max_map_drop": args.max_map_drop, "latency_budget_ms": args.latency_budget, "strategy": args.strategy,
             "memory_budget": prepared.run.memory_budget if args.sram_budget else None, "rung_steps": args.rung_steps,
-            "build_reuse": False if args.no_build_reuse else None})
+            "build_reuse": False if args.no_build_reuse else None, "recover_steps": args.recover_steps})
         if not args.resume:  # the folder exists only now
             held.enter_context(RunLock(prepared.run_dir))
         run_search(prepared.inputs, prepared.run_dir, run, resume=args.resume, ray_address=address,

@@ -111,7 +111,7 @@ class Guide:
 
     def scored(self, study: optuna.Study) -> list[Scored]:
         result = []
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        for trial in studies.searched_trials(study, states=(TrialState.COMPLETE,)):
             scores, candidate = trial.user_attrs.get(studies.SCORE_ATTR), trial.user_attrs.get(studies.CANDIDATE_ATTR)
             if not scores or not candidate:
                 continue

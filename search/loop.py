@@ -1,5 +1,5 @@
 """The search loop (`search run`): ask designs, score them as Ray tasks, tell the study; the guided
-strategy's tables and first designs; then the front's re-measure and the report."""
+strategy's tables and first designs; then the recovery stage, the front's re-measure and the report."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from edgesearch.search import execution, halving, shipping, study as studies, timing
 from edgesearch.search.presets import PRESETS
+from edgesearch.search.recovery import recover_front
 from edgesearch.search.remeasure import REMEASURE_ATTR, remeasure_front
 from edgesearch.search.resolve import Inputs, eval_settings, ship_inputs
 from edgesearch.search.run_config import RunConfig
@@ -59,6 +60,9 @@ def run_search(inputs: Inputs, run_dir: Path, run: RunConfig, *, resume: bool, r
         with timing.stage(spent, "trials"):
             _search_loop(study, inputs, settings, run.trials, parallel, cpus_per_trial, budgets, parcels,
                          gpus_per_trial, floor=lambda control: run.budgets(study.user_attrs["base"], control))
+        with timing.stage(spent, "recovery"):  # before the re-measure: recovered designs may join the front
+            recover_front(study, settings, run.recover_steps, parallel, cpus_per_trial, parcels, gpus_per_trial,
+                          budgets_for=lambda control: run.budgets(study.user_attrs["base"], control))
         from edgesearch.runners.hardware.measure import timed_here
 
         if timed_here(inputs.profile):

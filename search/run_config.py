@@ -50,6 +50,7 @@ class RunConfig:
     distill: bool = False
     rung_steps: int = 0  # successive halving: moves are validated after this many fine-tune steps (0: never)
     build_reuse: bool = True  # a design whose built graph was timed before in the run reuses that figure
+    recover_steps: int = 0  # the recovery stage's extra fine-tune steps for the front's structural designs (0: none)
     # optional constraints
     max_map_drop: float | None = None  # accuracy floor, relative to max(base, fp32 control) (budgets)
     latency_budget_ms: float | None = None
@@ -114,6 +115,7 @@ def upgraded(raw: dict) -> dict:
     values.setdefault("strategy", LEGACY_STRATEGY)
     values.setdefault("space_sha256", "")  # runs from before the check: not known
     values.setdefault("rung_steps", 0)  # runs from before successive halving fine-tuned every design fully
+    values.setdefault("recover_steps", 0)  # runs from before the recovery stage had none
     if "memory_budget" not in values and "sram_budget_bytes" in values:
         values["memory_budget"] = {"kind": "sram", "bytes": values["sram_budget_bytes"], "source": "profile"}
     mode, why = values.pop("latency_mode", None), values.pop("latency_mode_why", None)

@@ -44,6 +44,7 @@ CANDIDATE_ATTR = "candidate"
 ORIGIN_ATTR = "origin"  # one line: where the design came from (recipe, seed, move, sampler)
 PREDICTED_ATTR = "predicted"  # proxy scores before the fine-tune (guided strategy)
 RECIPE_ATTR = "recipe"
+RECOVERED_FROM_ATTR = "recovered_from"  # a design of the recovery stage (search/recovery.py): its source trial
 ERROR_ATTR = "error"
 FAILED_ON_ATTR = "failed_on"  # a failed trial's {node, attempts} (a scored one keeps them in its scores)
 INTERRUPTED = "interrupted: the run stopped while this trial was in flight; its candidate was queued again"
@@ -110,6 +111,8 @@ def requeue_interrupted(study: optuna.Study) -> int:
         study.set_user_attr(INTERRUPTED_ATTR, sorted(interrupted_numbers(study) | {t.number for t in stale}))
     for trial in stale:
         study.tell(trial.number, state=TrialState.FAIL)
+        if is_recovered(trial):  # its scores are kept by the recovery stage, which tells them again
+            continue
         kept = {k: v for k, v in trial.user_attrs.items() if k in (CANDIDATE_ATTR, ORIGIN_ATTR, PREDICTED_ATTR,
                                                                        RECIPE_ATTR)}
         study.enqueue_trial(trial.params, user_attrs=kept, skip_if_exists=False)
@@ -200,9 +203,20 @@ def enqueue_anchors(study: optuna.Study, resolved: dict[str, LayerChoices]) -> i
 def finished_count(study: optuna.Study) -> int:
     """Trials that count against --trials: scored or failed, but not those a killed run left
     behind (requeue_interrupted queues their designs again, so counting them would lose a slot)."""
-    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+    finished = searched_trials(study, states=(TrialState.COMPLETE, TrialState.FAIL))
     interrupted = interrupted_numbers(study)
     return sum(1 for t in finished if trial_error(t, interrupted) != INTERRUPTED)
+
+
+def is_recovered(trial: FrozenTrial | Trial) -> bool:
+    """Whether `trial` is a design of the recovery stage (search/recovery.py), not one of the search's."""
+    return RECOVERED_FROM_ATTR in trial.user_attrs
+
+
+def searched_trials(study: optuna.Study, states: tuple[TrialState, ...]) -> list[FrozenTrial]:
+    """The search's own trials in `states`: the recovery stage's designs left out (a longer schedule,
+    scored after the search: they count against no --trials and teach the search nothing)."""
+    return [t for t in study.get_trials(deepcopy=False, states=states) if not is_recovered(t)]
 
 
 def suggest_candidate(trial: Trial, resolved: dict[str, LayerChoices]) -> Candidate:
@@ -282,6 +296,7 @@ def trial_rows(study: optuna.Study) -> list[dict]:
             "origin": trial.user_attrs.get(ORIGIN_ATTR, "sampled by Optuna"),
             "recipe": trial.user_attrs.get(RECIPE_ATTR),
             "control": is_control(trial),
+            "recovered_from": trial.user_attrs.get(RECOVERED_FROM_ATTR),
             "predicted": trial.user_attrs.get(PREDICTED_ATTR),
             "node": node_label(where.get("node")),
             "attempts": where.get("attempts"),
@@ -301,8 +316,8 @@ def control_scores(study: optuna.Study) -> dict | None:
 
 
 def completed_scores(study: optuna.Study) -> list[dict]:
-    """The scores of every scored (COMPLETE) trial."""
-    return [trial.user_attrs[SCORE_ATTR] for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    """The scores of every scored (COMPLETE) trial of the search (searched_trials)."""
+    return [trial.user_attrs[SCORE_ATTR] for trial in searched_trials(study, states=(TrialState.COMPLETE,))
             if SCORE_ATTR in trial.user_attrs]
 
 

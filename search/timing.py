@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from edgesearch.search import study as studies
 from edgesearch.search.halving import halving_text
+from edgesearch.search.recovery import recovery_text
 from edgesearch.search.remeasure import REMEASURE_ATTR
 
 TRIAL_STAGES = {"finetune_s": "fine-tune", "validate_s": "validation", "hardware_s": "build + timing"}
@@ -27,7 +28,7 @@ TASK = "eval_s"  # the whole task, measured inside it
 def trial_times(study: optuna.Study) -> list[dict[str, float]]:
     """Per scored trial: each stage's seconds, the task's, and ask to tell (`trial_s`)."""
     times = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    for trial in studies.searched_trials(study, states=(TrialState.COMPLETE,)):
         scores = trial.user_attrs.get(studies.SCORE_ATTR) or {}
         if TASK in scores and trial.duration is not None:
             times.append({**{k: scores.get(k) or 0.0 for k in (*TRIAL_STAGES, TASK)},
@@ -68,7 +69,7 @@ def account_text(study: optuna.Study, spent: dict[str, float]) -> str:
         lines.append(f"  per scored trial (median of {len(times)}): {', '.join(parts)}; the whole task "
                      f"{statistics.median(t[TASK] for t in times):.1f} s; outside it (waiting for a worker, Ray, "
                      f"the worker's start) {outside:.1f} s")
-    for extra in (reuse_text(study), halving_text(study)):
+    for extra in (reuse_text(study), halving_text(study), recovery_text(study)):
         if extra:
             lines.append("  " + extra)
     return "\n".join(lines)

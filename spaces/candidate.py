@@ -14,7 +14,16 @@ import json
 from pathlib import Path
 
 from edgesearch.common.errors import InputError
-from edgesearch.spaces.knobs import ALIASES, DEFAULTS, FLOAT_BITS, KERNEL_SIZES, KNOBS, SCHEMES, problem
+from edgesearch.spaces.knobs import (
+    ALIASES,
+    DEFAULTS,
+    FLOAT_BITS,
+    KERNEL_SIZES,
+    KNOBS,
+    SCHEMES,
+    STRUCTURAL_KNOBS,
+    problem,
+)
 
 __all__ = ["FLOAT_BITS", "KERNEL_SIZES", "SCHEMES", "Candidate", "LayerKnobs", "parse_uniform"]
 
@@ -41,6 +50,10 @@ class LayerKnobs:
     @property
     def quantized(self) -> bool:
         return self.weight_bits < 16
+
+    def changes_structure(self) -> bool:
+        """Whether these knobs change the layer's shape (a structural knob away from "no change")."""
+        return any(getattr(self, name) != DEFAULTS[name] for name in STRUCTURAL_KNOBS)
 
     def stored(self) -> LayerKnobs:
         """The knobs as the weights are stored and fake-quantized: a layer that computes in fp16
@@ -76,6 +89,10 @@ class Candidate:
 
     def to_json(self) -> dict:
         return {"layers": {name: dataclasses.asdict(knobs) for name, knobs in self.layers.items()}}
+
+    def changes_structure(self) -> bool:
+        """Whether any layer's shape changes (pruned channels, a smaller kernel, a low rank)."""
+        return any(knobs.changes_structure() for knobs in self.layers.values())
 
     @classmethod
     def from_json(cls, raw: dict) -> Candidate:

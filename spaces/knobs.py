@@ -74,6 +74,9 @@ class Knob:
     alias: str  # its name in `--uniform`
     doc: str
     ratio: bool = False  # a share in [0, 1]: stored as float in spaces
+    # changes the layer's shape (channels, kernel, rank): what a one-shot cut loses needs a longer
+    # schedule to win back (search/recovery.py)
+    structural: bool = False
 
 
 KNOBS: tuple[Knob, ...] = (
@@ -84,14 +87,16 @@ KNOBS: tuple[Knob, ...] = (
     Knob("granularity", "filter", "weight", _one_of(GRANULARITIES, f"one of {', '.join(GRANULARITIES)}"),
          "granularity", "granularity", "which weights share one set of quantization parameters"),
     Knob("prune_ratio", 0.0, "change", _ratio(False, True, "[0, 1)"), "prune ratio", "prune",
-         "structured: share of output channels removed (coupled channels together)", ratio=True),
-    Knob("kernel_size", "keep", "change", _kernel, "kernel", "kernel", "keep, 5, 3, 1: centre crop of the kernel"),
+         "structured: share of output channels removed (coupled channels together)", ratio=True, structural=True),
+    Knob("kernel_size", "keep", "change", _kernel, "kernel", "kernel", "keep, 5, 3, 1: centre crop of the kernel",
+         structural=True),
     Knob("group_size", 16, "weight", _integer_in(range(1, 4097), "an integer in 1..4096"), "group size", "group",
          "G of the `group` granularity: input channels per parameter set"),
     Knob("sparsity", 0.0, "weight", _ratio(False, True, "[0, 1)"), "sparsity", "sparsity",
          "unstructured magnitude pruning: share of weights set to zero", ratio=True),
     Knob("rank_ratio", 1.0, "change", _ratio(True, False, "(0, 1]"), "rank ratio", "rank",
-         "< 1: factorized by SVD into two convs keeping this share of the rank", ratio=True),
+         "< 1: factorized by SVD into two convs keeping this share of the rank", ratio=True,
+         structural=True),
     Knob("activation_bits", FLOAT_BITS, "change", _integer_in(ACTIVATION_BITS, "8, 16 or 32"), "compute", "act",
          "8: input as uint8, int8 compute; 16: fp16 compute; 32: float"),
 )
@@ -99,6 +104,7 @@ KNOB = {knob.name: knob for knob in KNOBS}
 DEFAULTS: dict[str, Any] = {knob.name: knob.default for knob in KNOBS}  # one value type per knob
 WEIGHT_KNOBS = tuple(knob.name for knob in KNOBS if knob.kind == "weight")
 CHANGE_KNOBS = tuple(knob.name for knob in KNOBS if knob.kind == "change")
+STRUCTURAL_KNOBS = tuple(knob.name for knob in KNOBS if knob.structural)
 ALIASES = {knob.alias: knob.name for knob in KNOBS if knob.alias != knob.name}
 
 

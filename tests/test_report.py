@@ -120,6 +120,23 @@ def test_the_accuracy_floor_rests_on_the_higher_of_the_base_and_the_fp32_control
     assert "no fp32 control was scored" in dd.accuracy_floor(run, BASE, hand_trials())["label"]
 
 
+def test_designs_of_the_recovery_stage_are_held_to_the_control_recovered_as_they_were():
+    run = dict(RUN, max_map_drop=0.01)
+    short = {"steps_from_base": 2, "recovery_steps": 0, "label": "2 fine-tune steps from the base"}
+    recovered = {"steps_from_base": 6, "recovery_steps": 4, "label": "6 fine-tune steps from the base (2 + 4 of recovery)"}
+    control = trial(7, dict(scores(0.72, 10.0, 400), training=short), control=True)
+    recovered_control = trial(8, dict(scores(0.80, 10.0, 400), training=recovered), control=True)
+    pruned = trial(9, dict(scores(0.75, 2.0, 30), training=recovered))  # above the short control's floor only
+    trials = [*hand_trials(), control, recovered_control, pruned]
+    assert dd.accuracy_floor(run, BASE, trials)["map50_95"] == pytest.approx(0.72 * 0.99)
+    floor = dd.accuracy_floor(run, BASE, trials, recovery=4)
+    assert floor["map50_95"] == pytest.approx(0.80 * 0.99) and "(#8: 6 fine-tune steps" in floor["label"]
+    picks = {r["key"]: r for r in dd.recommendations(run, BASE, trials)}
+    assert picks["floor-fastest"]["trial"] != 9 and "recovery stage (4 more steps), ≥ 0.792" in picks["floor"]["rule"]
+    trials[-1] = dict(pruned, scores=dict(pruned["scores"], map50_95=0.795))
+    assert {r["key"]: r["trial"] for r in dd.recommendations(run, BASE, trials)}["floor-fastest"] == 9
+
+
 def test_the_knee_is_the_design_nearest_the_ideal_point():
     front = [trial(0, scores(0.70, 10.0, 100)), trial(1, scores(0.68, 5.5, 55)), trial(2, scores(0.40, 5.0, 50))]
     assert dd.knee(front)["number"] == 1
