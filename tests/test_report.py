@@ -185,6 +185,27 @@ def test_the_reports_copies_of_the_knob_table_match_it():
     assert dd.KNOB_DEFAULTS == DEFAULTS
     assert [[knob, label] for label, knob, _ in figures.KNOB_ROWS] == report_knobs()
 
+def test_a_design_is_named_by_what_it_does_to_its_layers():
+    """Issue 19 item 6: layers grouped by what was done to them, the largest group first, capped."""
+    from edgesearch.reports.design_names import UNCHANGED, design_name
+
+    assert design_name(None) == design_name({"layers": {}}) == design_name(candidate([32, 32, 32])) == UNCHANGED
+    int8 = candidate([8, 8, 8], **{name: {"activation_bits": 8, "scheme": "symmetric"} for name in LAYERS})
+    assert design_name(int8) == "int8 weights + activations on 3 layers"
+    mixed = candidate([4, 4, 8], **{"model.0.conv": {"scheme": "kmeans", "sparsity": 0.5},
+                                    "model.1.conv": {"scheme": "kmeans", "prune_ratio": 0.25, "kernel_size": 1},
+                                    "model.2.cv1.conv": {"activation_bits": 8, "prune_ratio": 0.5, "rank_ratio": 0.5}})
+    named = ["4-bit k-means weights on 2 layers", "pruned 25-50 % on 2 layers", "int8 weights + activations on 1 layer",
+             "50 % sparse on 1 layer"]
+    assert design_name(mixed) == ", ".join([*named, "and 2 more changes"])
+    assert design_name(mixed, max_parts=6) == ", ".join([*named, "kernel cropped to 1×1 on 1 layer", "rank 0.5 on 1 layer"])
+    half = candidate([32, 16, 4], **{"model.0.conv": {"activation_bits": 16}, "model.2.cv1.conv": {"activation_bits": 16}})
+    assert design_name(half) == "4-bit weights + fp16 compute on 1 layer, fp16 compute on 1 layer, fp16 weights on 1 layer"
+    # a layer's name never enters the design's; odd values read as they are (the page escapes them)
+    odd = {"layers": {"<img src=x onerror=pwned=1>": {"kernel_size": "<b>", "weight_bits": 32}}}
+    assert design_name(odd) == "kernel cropped to <b>×<b> on 1 layer"
+
+
 def test_reports_import_nothing_of_edgesearch_beyond_reports_and_the_common_leaf():
     code = ("import sys, edgesearch.reports.pareto_report, edgesearch.reports.compare_report, "
             "edgesearch.reports.shadow_report;"
