@@ -15,9 +15,9 @@ import plotly.graph_objects as go
 from edgesearch.common.files import atomic_write
 
 from . import design_data as dd
+from .design_names import design_name
 from .figures import KIB, LAYOUT
 from .page import esc, figure_spec, fmt, fmt_bytes, mark, render
-from .pareto_report import knob_summary
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
@@ -43,8 +43,9 @@ def _figure(entries: list[dict], axis: str, prov: dd.Provenance, accuracy_marks:
 
         marks = sorted(({source_mark(dd.scores(t)) for t in front} | {source_mark(base)}) - {None})
         suffix = f" [{', '.join(marks)}]" if marks else ""
-        hover = [f"<b>{esc(name)} #{esc(t['number'])}</b>" + (f" · {esc(t['origin'])}" if t.get("origin") else "")
-                 + f"<br>{esc(knob_summary(t.get('candidate')))}<br>mAP50-95 {dd.scores(t)['map50_95']:.3f}, "
+        hover = [f"<b>{esc(name)} #{esc(t['number'])}: {esc(design_name(t.get('candidate')))}</b>"
+                 + (f"<br>origin: {esc(t['origin'])}" if t.get("origin") else "")
+                 + f"<br>mAP50-95 {dd.scores(t)['map50_95']:.3f}, "
                  f"{dd.scores(t)['latency_ms']:.2f} ms [{prov.mark('L', dd.scores(t).get('latency_source'))}], "
                  f"{dd.scores(t)['sram_bytes'] / KIB:,.1f} KiB" for t in front]
         fig.add_trace(go.Scatter(x=[x_of(dd.scores(t)) for t in front], y=[dd.scores(t)["map50_95"] for t in front],
@@ -92,10 +93,11 @@ def _picks_table(entries: list[dict], prov: dd.Provenance) -> str:
                 continue
             s = dd.scores(t)
             speed = dd.latency_pair(base, s, None, None)["speedup"]
-            picks.append(f"<b>#{esc(t['number'])}</b> {s['map50_95']:.3f} mAP, {s['latency_ms']:.2f} ms"
+            picks.append(f"<b>#{esc(t['number'])}: {esc(design_name(t.get('candidate')))}</b><br>"
+                         f"{s['map50_95']:.3f} mAP, {s['latency_ms']:.2f} ms"
                          + (f" ({speed:.2f}× faster)" if speed else "") + f", {fmt_bytes(s['sram_bytes'])} KiB"
                          + (f" ({dd.ratio(base['sram_bytes'], s['sram_bytes']):.2f}× smaller)" if s['sram_bytes'] else "")
-                         + f"<br><span class='muted'>{esc(knob_summary(t.get('candidate')))}</span>")
+                         + (f"<br><span class='muted'>origin: {esc(t['origin'])}</span>" if t.get("origin") else ""))
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in [
             f"<b>{esc(_name(entry))}</b>", esc(", ".join(kinds)) + lat_mark, esc(dd.memory_budget(run)["label"]),
             f"{counts['COMPLETE']} / {counts['FAIL']} / {counts['PRUNED']}", fmt(base.get("latency_ms"), 2),
@@ -114,7 +116,8 @@ def _same_designs_table(entries: list[dict], prov: dd.Provenance) -> str:
             if not t.get("candidate"):
                 continue
             key = json.dumps(t["candidate"], sort_keys=True)
-            seen.setdefault(key, {"label": t.get("recipe") or knob_summary(t["candidate"]), "by": {}})["by"][i] = t
+            label = design_name(t["candidate"]) + (f" (recipe: {t['recipe']})" if t.get("recipe") else "")
+            seen.setdefault(key, {"label": label, "by": {}})["by"][i] = t
     shared = [v for v in seen.values() if len(v["by"]) > 1]
     if not shared:
         return "<p class='muted'>No design was scored with the same knobs in more than one of these runs.</p>"

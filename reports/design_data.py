@@ -276,7 +276,7 @@ def layer_names(trials: list[dict], extras: dict) -> list[str]:
     return list((extras.get("sensitivity") or {}).get("layers") or {})
 
 
-def _same(a, b) -> bool:
+def same_value(a, b) -> bool:
     try:
         return math.isclose(float(a), float(b))
     except (TypeError, ValueError):
@@ -294,11 +294,11 @@ def option_omega(layer_table: dict | None, knobs: dict) -> float | None:
         if len(parts) != 5:
             continue
         bits, scheme, granularity, group, sparsity = parts
-        if not (_same(bits, knobs["weight_bits"]) and _same(sparsity, knobs["sparsity"])):
+        if not (same_value(bits, knobs["weight_bits"]) and same_value(sparsity, knobs["sparsity"])):
             continue
         if int(knobs["weight_bits"]) >= 16 or (
                 scheme == str(knobs["scheme"]) and granularity == str(knobs["granularity"])
-                and (knobs["granularity"] != "group" or _same(group, knobs["group_size"]))):
+                and (knobs["granularity"] != "group" or same_value(group, knobs["group_size"]))):
             return entry.get("omega")
     return None
 
@@ -310,10 +310,10 @@ def change_loss(layer_table: dict | None, knobs: dict) -> float | None:
         return None
     total, found = 0.0, False
     for knob, values in layer_table["changes"].items():
-        if knob not in knobs or _same(knobs[knob], KNOB_DEFAULTS.get(knob)):
+        if knob not in knobs or same_value(knobs[knob], KNOB_DEFAULTS.get(knob)):
             continue
         for value, entry in values.items():
-            if _same(value, knobs[knob]) and entry.get("delta_loss") is not None:
+            if same_value(value, knobs[knob]) and entry.get("delta_loss") is not None:
                 total += entry["delta_loss"]
                 found = True
     return total if found else None
@@ -351,7 +351,7 @@ def changed_knobs(a: dict | None, b: dict | None, names: list[str]) -> list[dict
                 continue  # float weights have no scheme or granularity
             if knob == "group_size" and "group" not in (ka["granularity"], kb["granularity"]):
                 continue
-            if not _same(ka[knob], kb[knob]):
+            if not same_value(ka[knob], kb[knob]):
                 out.append({"layer": name, "knob": knob, "a": ka[knob], "b": kb[knob]})
     return out
 

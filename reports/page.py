@@ -26,12 +26,13 @@ h1{font-size:1.6em;margin:.6em 0 .2em} h2{margin-top:1.8em;border-bottom:1px sol
 .grid2{display:grid;grid-template-columns:1fr 1fr;gap:1em} @media(max-width:1000px){.grid2{grid-template-columns:1fr}}
 .card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.8em 1em}
 .cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(280px,1fr));gap:1em}
-.card h3{margin:.1em 0 .4em;font-size:1.05em} .card .big{font-size:1.3em;font-weight:600}
+.card h3{margin:.1em 0 .4em;font-size:1.05em} .card .big{font-size:1.3em;font-weight:600} .card .name{font-weight:600}
 .muted{color:#666;font-size:.9em} .warn{color:#b00020;font-weight:600}
 table{border-collapse:collapse;background:#fff} th,td{border:1px solid #ddd;padding:3px 7px;font-size:13px}
 th{background:#f0f0f0;text-align:left;position:sticky;top:0} td.n{text-align:right;font-variant-numeric:tabular-nums}
 tr.base td{background:#fff4f4} tr.front td:first-child{border-left:4px solid #1f77b4}
 tr.recipe td:first-child{border-left:4px solid #ff7f0e}
+td.name{min-width:16em} td.origin{min-width:14em;color:#666;font-size:12px}  /* a move's origin runs long */
 .scroll{overflow-x:auto;max-width:100%}
 sup.mark{font-size:.75em;color:#555} a.mark{text-decoration:none}
 code,pre{background:#f3f3f3;border-radius:3px} pre{padding:.5em;white-space:pre-wrap;word-break:break-all;font-size:12px}

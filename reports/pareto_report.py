@@ -29,6 +29,7 @@ from pathlib import Path
 from edgesearch.common.files import atomic_write
 
 from . import design_data as dd, figures
+from .design_names import design_name
 from .page import data_url, esc, figure_spec, fmt, fmt_bytes, mark, render
 
 SCORE_COLUMNS = ("map50_95", "map50", "holdout_map50_95", "holdout_map50", "latency_ms", "latency_spread_ms",
@@ -42,7 +43,7 @@ DESIGNS_DIR = "designs"
 
 
 def knob_summary(candidate: dict | None) -> str:
-    """A one-line summary of a candidate's per-layer knobs, e.g.
+    """A tally of a candidate's per-layer knobs (trials.csv's `knobs`; the design's name is design_name), e.g.
     `4b×20 8b×9 32b×34; kmeans×12 pwlq×9; 7 pruned, 3 sparse, 2 kernel-shrunk, 4 low-rank, 10 int8-act`
     (or `N fp16-compute`)."""
     if not candidate:
@@ -64,6 +65,11 @@ def knob_summary(candidate: dict | None) -> str:
     return "; ".join(part for part in (bit_text, scheme_text, count_text or "no structural change") if part)
 
 
+def origin_text(t: dict) -> str:
+    """How the search found a trial's design: its recipe, seed, move or sampler."""
+    return t.get("origin") or ("recipe: " + t["recipe"] if t.get("recipe") else "")
+
+
 def error_text(error_pct: float | None) -> str:
     """' ± 23 %' for an estimated latency (the p90 of its calibration's leave-one-out errors), else ''."""
     return f" ± {error_pct:.0f} %" if error_pct else ""
@@ -80,12 +86,13 @@ def memory_axis_title(budget: dict) -> str:
 def _csv_bytes(trials: list[dict]) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["trial", "state", "pareto", "feasible", *SCORE_COLUMNS, "knobs", "origin", "recipe", "duration_s",
-                     "error", "predicted_map50_95", "predicted_omega", "node", "attempts", *STAGE_COLUMNS, "training"])
+    writer.writerow(["trial", "state", "pareto", "feasible", *SCORE_COLUMNS, "design", "knobs", "origin", "recipe",
+                     "duration_s", "error", "predicted_map50_95", "predicted_omega", "node", "attempts", *STAGE_COLUMNS, "training"])
     for t in sorted(trials, key=lambda t: t["number"]):
         scores, predicted = t.get("scores") or {}, t.get("predicted") or {}
         writer.writerow([t["number"], t["state"], t.get("pareto"), t.get("feasible"),
-                         *(scores.get(c) for c in SCORE_COLUMNS), knob_summary(t.get("candidate")),
+                         *(scores.get(c) for c in SCORE_COLUMNS),
+                         design_name(t.get("candidate")), knob_summary(t.get("candidate")),
                          t.get("origin") or "", t.get("recipe") or "", t.get("duration_s"), t.get("error") or "",
                          predicted.get("map50_95"), predicted.get("omega"), t.get("node") or "", t.get("attempts") or "",
                          *(scores.get(c) for c in STAGE_COLUMNS), (scores.get("training") or {}).get("label", "")])
@@ -116,9 +123,17 @@ class Report:
 
     # a design's figures, deltas and hover text ------------------------------------------------
     def label(self, t: dict | None) -> str:
+        """A design's short handle: its trial number (and recipe)."""
         if t is None:
             return "base"
         return f"#{t['number']}" + (f" {t['recipe']}" if t.get("recipe") else "")
+
+    def name(self, t: dict | None) -> str:
+        """What a design does (design_names.design_name): the page's name for it; its origin is said beside."""
+        return "the unmodified model" if t is None else design_name(t.get("candidate"))
+
+    def title(self, t: dict | None) -> str:
+        return f"{self.label(t)}: {self.name(t)}"
 
     def _row(self, t: dict | None) -> dict:
         base = self.base
@@ -129,9 +144,8 @@ class Report:
         row = {
             "key": "base" if t is None else str(t["number"]),
             "number": None if t is None else t["number"],
-            "label": self.label(t),
-            "origin": "the unmodified model" if t is None else (t.get("origin") or ("recipe: " + t["recipe"] if t.get("recipe") else "")),
-            "summary": knob_summary(None if t is None else t.get("candidate")),
+            "label": self.label(t), "name": self.name(t), "title": self.title(t),
+            "origin": "" if t is None else origin_text(t),
             "map50_95": s.get("map50_95"), "map50": s.get("map50"), "holdout_map50_95": s.get("holdout_map50_95"),
             "holdout_mark": self.prov.mark("H", s.get("holdout_source")) if s.get("holdout_source") else "",
             "d_map_points": None if d_map is None else 100 * d_map,
@@ -155,7 +169,7 @@ class Report:
         return row
 
     def _hover(self, r: dict) -> str:
-        lines = [f"<b>{esc(r['label'])}</b>" + (f" · {esc(r['origin'])}" if r["origin"] else ""), esc(r["summary"]),
+        lines = [f"<b>{esc(r['title'])}</b>", *([f"origin: {esc(r['origin'])}"] if r["origin"] else []),
                  f"mAP50-95 {fmt(r['map50_95'])}" + (f" ({r['d_map_points']:+.1f} points vs base)" if r["d_map_points"] is not None else "")
                  + f" [{self.accuracy_mark}]",
                  f"latency {fmt(r['latency_ms'], 2)} ms{error_text(r['latency_error_pct'])} [{r['latency_mark']}]"
@@ -182,7 +196,8 @@ class Report:
                 continue
             predicted_mark = predicted_mark or self.predicted_mark()
             x = p[axis] if axis == "latency_ms" else p[axis] / figures.KIB
-            hover = (f"<b>#{esc(t['number'])}</b> screened out [{predicted_mark}]" + (f" · {esc(t['origin'])}" if t.get("origin") else "")
+            hover = (f"<b>{esc(self.title(t))}</b> screened out [{predicted_mark}]"
+                     + (f"<br>origin: {esc(t['origin'])}" if t.get("origin") else "")
                      + f"<br>predicted mAP50-95 {p['map50_95']:.3f}, "
                      + (f"{p[axis]:.2f} ms" if axis == "latency_ms" else f"{p[axis] / 1024:,.1f} KiB") + " (never fine-tuned)")
             points.append({"number": t["number"], "category": "screened", "x": x, "y": p["map50_95"], "hover": hover,
@@ -247,7 +262,7 @@ class Report:
         for t in self.designs:
             key = str(t["number"])
             rows[key] = dd.layer_rows(t.get("candidate"), self.names, self.extras, packed.get(key))
-            title = esc(f"{self.label(t)}: {knob_summary(t.get('candidate'))}")  # plotly reads tags in titles
+            title = esc(self.title(t))  # plotly reads tags in titles
             figs[key] = figure_spec(figures.layer_figure(title, rows[key], base_rows, marks))
         for design_rows in rows.values():
             for r in design_rows:
@@ -310,16 +325,15 @@ def _table(report: Report) -> str:
     if has_remeasured:
         head.append(f"latency re-measured together (ms){rem_head}")
     head += ["× faster than base", f"memory footprint (KiB){mem_head}", "× smaller than base", "weights (KiB)",
-             "activations (KiB)", f"fits {esc(report.budget['label'])}", "parameters (M)", "FLOPs (M)", "what changed",
-             "candidate"]
+             "activations (KiB)", f"fits {esc(report.budget['label'])}", "parameters (M)", "FLOPs (M)", "candidate"]
     body = []
     for r in rows:
         t = report.by_number.get(r["number"])
         cls = "base" if r["number"] is None else "front" if r["pareto"] else "recipe" if r["recipe"] else ""
         d_map = "—" if r["d_map_points"] is None else f"{r['d_map_points']:+.1f}" + (
             f" ({r['d_map_relative']:+.1%})" if r["d_map_relative"] is not None else "")
-        cells = [f"<b>{esc(r['label'])}</b>" + (" <span class='muted'>front</span>" if r["pareto"] else ""),
-                 esc(r["origin"]), fmt(r["map50_95"]), d_map, fmt(r["map50"]),
+        cells = [f"<b>{esc(r['label'])}</b>" + (" <span class='muted'>front</span>" if r["pareto"] else "")
+                 + f"<br>{esc(r['name'])}", esc(r["origin"]) or "—", fmt(r["map50_95"]), d_map, fmt(r["map50"]),
                  fmt(r["holdout_map50_95"]) + (mark(r["holdout_mark"]) if r["holdout_mark"] else ""),
                  fmt(r["latency_ms"], 2) + error_text(r["latency_error_pct"]) + (mark(r["latency_mark"]) if lat_cells else "")]
         if has_remeasured:
@@ -332,13 +346,13 @@ def _table(report: Report) -> str:
                   fmt_bytes(r["weight_bytes"]), fmt_bytes(r["activation_bytes"]),
                   {True: "yes", False: "<span class='warn'>no</span>", None: "—"}[r["fits"]],
                   fmt(r["params"] / 1e6 if r["params"] else None, 3), fmt(r["flops"] / 1e6 if r["flops"] else None, 1),
-                  esc(r["summary"]),
                   (f"<a download='{esc(report.run.get('run_name', 'design'))}-trial-{esc(r['number'])}.json' "
                    f"href='{data_url(t['candidate'])}'>download</a>" if t and t.get("candidate") else "—")]
         numeric = ({2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 15} if has_remeasured
                    else {2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14})
+        classes = {0: "name", 1: "origin", **{i: "n" for i in numeric}}
         body.append(f"<tr class='{cls}' id='design-{esc(r['key'])}'>"
-                    + "".join(f"<td class='{'n' if i in numeric else ''}'>{c}</td>" for i, c in enumerate(cells)) + "</tr>")
+                    + "".join(f"<td class='{classes.get(i, '')}'>{c}</td>" for i, c in enumerate(cells)) + "</tr>")
     note = ("<p class='muted'>× faster compares a design with the base on figures of one source: the latencies "
             "re-measured together where both have one, else the search's own when both came from the same source; "
             "otherwise it is left blank. The search optimised the search figures.</p>")
@@ -358,13 +372,14 @@ def _device_cell(scores: dict) -> str:
 
 
 def _all_trials_table(report: Report) -> str:
-    head = ["trial", "state", "origin", "mAP50-95", "latency (ms)", "footprint (KiB)", "feasible", "front", "node",
-            "device", "duration (s)", "error"]
+    head = ["trial", "state", "design", "origin", "mAP50-95", "latency (ms)", "footprint (KiB)", "feasible", "front",
+            "node", "device", "duration (s)", "error"]
     body = []
     for t in sorted(report.trials, key=lambda t: t["number"]):
         s = dd.scores_of(t) or {}
         state = {"PRUNED": "screened out", "FAIL": "failed", "COMPLETE": "scored"}.get(str(t.get("state")), t.get("state"))
-        cells = [esc(f"#{t['number']}"), esc(state), esc(t.get("origin") or (("recipe: " + t["recipe"]) if t.get("recipe") else "")),
+        cells = [esc(f"#{t['number']}"), esc(state), esc(design_name(t.get("candidate"))) if t.get("candidate") else "—",
+                 esc(origin_text(t)),
                  fmt(s.get("map50_95")), fmt(s.get("latency_ms"), 2), fmt_bytes(s.get("sram_bytes")),
                  {True: "yes", False: "no", None: "—"}[t.get("feasible")], "yes" if t.get("pareto") else "",
                  esc(t.get("node") or ""), esc(_device_cell(s)), fmt(t.get("duration_s"), 1), esc(t.get("error") or "")]
@@ -388,10 +403,10 @@ def _cards(report: Report) -> str:
         cards.append(
             f"<div class='card' data-recommendation='{esc(rec['key'])}' data-trial='{esc(rec['trial'])}'>"
             f"<h3>{esc(rec['title'])}</h3><div class='big'><a href='#design-{esc(r['key'])}'>{esc(r['label'])}</a></div>"
-            f"<div>{esc(r['origin'])}</div>"
+            f"<div class='name'>{esc(r['name'])}</div>"
             f"<div>mAP50-95 {fmt(r['map50_95'])} ({d_map}) · {fmt(r['latency_ms'], 2)} ms · "
             f"{fmt_bytes(r['sram_bytes'])} KiB</div><div><b>{speed}</b>, <b>{smaller}</b> than the base</div>"
-            f"<div class='muted'>{esc(r['summary'])}</div><p class='muted'>{esc(rec['rule'])}</p></div>")
+            f"<div class='muted'>origin: {esc(r['origin'])}</div><p class='muted'>{esc(rec['rule'])}</p></div>")
     return f"<div class='cards'>{''.join(cards)}</div>"
 
 
@@ -411,7 +426,7 @@ def _takeaway(report: Report) -> str:
     for t in report.designs:
         r = report.rows[t["number"]]
         items.append(
-            f"<li id='take-{esc(t['number'])}'><b>{esc(r['label'])}</b> ({esc(r['summary'])}): "
+            f"<li id='take-{esc(t['number'])}'><b>{esc(r['title'])}</b>: "
             f"<a download='{esc(report.run.get('run_name', 'design'))}-trial-{esc(t['number'])}.json' href='{data_url(t['candidate'])}'>"
             f"candidate JSON</a> (also <code>{esc(report.design_file(t).relative_to(report.out_dir))}</code> beside this page)"
             f"<pre>{esc(report.eval_command(t))}</pre>"
@@ -513,7 +528,7 @@ def _html(report: Report) -> str:
     layer_figs, layer_rows = report.layer_data()
     def design_options(selected=None) -> str:
         return "".join(f"<option value='{esc(t['number'])}'{' selected' if t['number'] == selected else ''}>"
-                       f"{esc(report.label(t))}: {esc(report.rows[t['number']]['summary'])}</option>" for t in report.designs)
+                       f"{esc(report.title(t))}</option>" for t in report.designs)
 
     options = design_options()
     compare_a = "<option value='base' selected>base</option>" + options
@@ -579,7 +594,8 @@ def write_report(out_dir: Path, *, run: dict, base: dict, trials: list[dict], ex
         "objectives": {"map50_95": "maximize", "latency_ms": "minimize", "sram_bytes": "minimize"},
         "base": base,
         "pareto": [{"trial": t["number"], "scores": t["scores"], "remeasured": t.get("remeasured"),
-                    "origin": t.get("origin"), "recipe": t.get("recipe"), "candidate": t["candidate"]} for t in front],
+                    "design": design_name(t["candidate"]), "origin": t.get("origin"), "recipe": t.get("recipe"),
+                    "candidate": t["candidate"]} for t in front],
         "recommended": report.recommended,
     }
     files = {
@@ -606,20 +622,20 @@ def _remeasured_text(remeasured: dict | None) -> str:
 def pareto_table(base: dict, trials: list[dict]) -> str:
     """The Pareto designs as a fixed-width text table for the terminal."""
     header = (f"{'design':>8} {'mAP50-95':>9} {'held out':>9} {'mAP50':>7} {'latency ms':>11} {'re-measured':>14} "
-              f"{'memory KiB':>10} {'meets budgets':>13}  knobs")
+              f"{'memory KiB':>10} {'meets budgets':>13}  what it does")
     lines = [header, "-" * len(header)]
 
-    def line(label, s, remeasured, feasible, knobs):
+    def line(label, s, remeasured, feasible, name):
         held = f"{s['holdout_map50_95']:9.3f}" if s.get("holdout_map50_95") is not None else f"{'-':>9}"
         meets = {True: "yes", False: "no", None: "-"}[feasible]
         return (f"{label:>8} {s['map50_95']:9.3f} {held} {s['map50']:7.3f} {s['latency_ms']:11.2f} "
-                f"{_remeasured_text(remeasured):>14} {s['sram_bytes'] / 1024:10.1f} {meets:>13}  {knobs}")
+                f"{_remeasured_text(remeasured):>14} {s['sram_bytes'] / 1024:10.1f} {meets:>13}  {name}")
 
-    lines.append(line("base", base, base.get("remeasured"), None, "unmodified"))
+    lines.append(line("base", base, base.get("remeasured"), None, "the unmodified model"))
     front = sorted((t for t in trials if t["pareto"]), key=lambda t: -t["scores"]["map50_95"])
     for t in front:
         lines.append(line(f"#{t['number']}", t["scores"], t.get("remeasured"), t.get("feasible"),
-                          knob_summary(t["candidate"])))
+                          design_name(t["candidate"])))
     if front and all(t.get("feasible") is False for t in front):
         lines.append("no design meets the run's budgets: these are the non-dominated designs ignoring them")
     if base.get("holdout_source"):

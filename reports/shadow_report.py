@@ -1,6 +1,6 @@
 """The page of a shadow comparison (`search shadow`): a design beside the base on a second image
-folder. Input: the plain result of runners/shadow.py plus `context` (candidate file, profile,
-model). Writes index.html and shadow.json."""
+folder. Input: the plain result of runners/shadow.py plus `context` (candidate file, the
+design's name, profile, model). Writes index.html and shadow.json."""
 
 from __future__ import annotations
 
@@ -93,8 +93,8 @@ def write_shadow_report(out_dir: Path, result: dict, context: dict) -> dict[str,
     provenance = "".join(f"<dt id='prov-{esc(e['mark'])}'>[{esc(e['mark'])}] <span class='kind-{esc(e['kind'])}'>{esc(e['kind'])}</span></dt>"
                          f"<dd>{esc(e['text'])}</dd>" for e in prov.rows())
     body = f"""
-<h1>Shadow comparison: {esc(Path(str(context.get('candidate', 'design'))).name)} beside the base</h1>
-<p class="lede">The design ran beside the unmodified base on {result['images']} images of
+<h1>Shadow comparison: {esc(context.get('design') or Path(str(context.get('candidate', 'design'))).name)} beside the base</h1>
+<p class="lede">The design (<code>{esc(Path(str(context.get('candidate', '?'))).name)}</code>) ran beside the unmodified base on {result['images']} images of
 <code>{esc(result['images_dir'])}</code> (profile {esc(context.get('profile', '?'))}, model
 <code>{esc(Path(str(context.get('model', '?'))).name)}</code>; the design fine-tuned {result['finetune_iters']} steps as in
 the search).</p>

@@ -447,6 +447,7 @@ def cmd_report(args) -> None:
 
 
 def cmd_shadow(args) -> None:
+    from edgesearch.reports.design_names import design_name
     from edgesearch.reports.shadow_report import write_shadow_report
     from edgesearch.runners.shadow import list_images, shadow
     from edgesearch.search.presets import PRESETS
@@ -461,7 +462,8 @@ def cmd_shadow(args) -> None:
     settings = eval_settings(inputs, **_trial_sizes(args, preset), batch=preset.batch, threads=os.cpu_count() or 1,
                              seed=args.seed, tune_trials=args.tune_trials, distill=args.distill, device=args.device)
     result = shadow(settings, candidate.to_json(), args.images, conf=args.conf)
-    context = {"candidate": str(Path(args.candidate).resolve()), "profile": inputs.profile.name,
+    context = {"candidate": str(Path(args.candidate).resolve()), "design": design_name(candidate.to_json()),
+               "profile": inputs.profile.name,
                "model": str(inputs.checkpoint), "data": str(inputs.data_yaml)}
     files = write_shadow_report(out, result, context)
     a = result["agreement"]

@@ -27,7 +27,7 @@ from typing import Literal
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from edgesearch.reports.pareto_report import knob_summary
+from edgesearch.reports.design_names import design_name
 from edgesearch.search.cli_env import QUIET
 from edgesearch.search.recipes import CONTROL
 from edgesearch.spaces.candidate import Candidate, LayerKnobs
@@ -59,11 +59,11 @@ def storage_url(run_dir) -> str:
 
 
 METRIC_NAMES = ("mAP50-95", "latency_ms", "memory_footprint_bytes")  # what optuna-dashboard shows for the objectives
-SUMMARY_ATTR = "design"  # a one-line summary of the candidate, readable in optuna-dashboard's trial list
+SUMMARY_ATTR = "design"  # the design's name (what it does), readable in optuna-dashboard's trial list
 READ_ME = ("objectives: mAP50-95 on val (maximize), latency_ms (minimize), memory_footprint_bytes = packed weights + "
            "planned activations (minimize); constraints: memory_over_budget_bytes, and where asked "
-           "latency_over_budget_ms and map_below_floor, each <= 0 when met. Trial user attributes: design (summary), "
-           "origin (recipe, seed, move or sampler), predicted (proxy scores before the fine-tune), scores (every "
+           "latency_over_budget_ms and map_below_floor, each <= 0 when met. Trial user attributes: design (its name: "
+           "what it does), origin (recipe, seed, move or sampler), predicted (proxy scores before the fine-tune), scores (every "
            "figure, each with its source), candidate (per-layer knobs, the JSON `search eval --candidate` takes), "
            "error. PRUNED trials were screened out by the proxy and never fine-tuned. The run's report is "
            "index.html beside study.db.")
@@ -245,7 +245,7 @@ def constraint_values(scores: dict, budgets: dict) -> dict[str, float]:
 
 def tell_scores(study: optuna.Study, trial: Trial, scores: dict, budgets: dict) -> None:
     trial.set_user_attr(SCORE_ATTR, scores)
-    trial.set_user_attr(SUMMARY_ATTR, knob_summary(trial.user_attrs.get(CANDIDATE_ATTR)))
+    trial.set_user_attr(SUMMARY_ATTR, design_name(trial.user_attrs.get(CANDIDATE_ATTR)))
     for name, value in constraint_values(scores, budgets).items():
         trial.set_constraint(name, value)
     study.tell(trial, [scores[name] for name in OBJECTIVES])

@@ -3,6 +3,7 @@ progress; rendered in headless Chromium where the page's behaviour is the point.
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 import subprocess
@@ -202,6 +203,52 @@ def test_the_reports_copies_of_the_knob_table_match_it():
     assert dd.KNOB_DEFAULTS == DEFAULTS
     assert [[knob, label] for label, knob, _ in figures.KNOB_ROWS] == report_knobs()
 
+def test_a_design_is_named_by_what_it_does_to_its_layers():
+    """Issue 19 item 6: layers grouped by what was done to them, the largest group first, capped."""
+    from edgesearch.reports.design_names import UNCHANGED, design_name
+
+    assert design_name(None) == design_name({"layers": {}}) == design_name(candidate([32, 32, 32])) == UNCHANGED
+    int8 = candidate([8, 8, 8], **{name: {"activation_bits": 8, "scheme": "symmetric"} for name in LAYERS})
+    assert design_name(int8) == "int8 weights + activations on 3 layers"
+    mixed = candidate([4, 4, 8], **{"model.0.conv": {"scheme": "kmeans", "sparsity": 0.5},
+                                    "model.1.conv": {"scheme": "kmeans", "prune_ratio": 0.25, "kernel_size": 1},
+                                    "model.2.cv1.conv": {"activation_bits": 8, "prune_ratio": 0.5, "rank_ratio": 0.5}})
+    named = ["4-bit k-means weights on 2 layers", "pruned 25-50 % on 2 layers", "int8 weights + activations on 1 layer",
+             "50 % sparse on 1 layer"]
+    assert design_name(mixed) == ", ".join([*named, "and 2 more changes"])
+    assert design_name(mixed, max_parts=6) == ", ".join([*named, "kernel cropped to 1×1 on 1 layer", "rank 0.5 on 1 layer"])
+    half = candidate([32, 16, 4], **{"model.0.conv": {"activation_bits": 16}, "model.2.cv1.conv": {"activation_bits": 16}})
+    assert design_name(half) == "4-bit weights + fp16 compute on 1 layer, fp16 compute on 1 layer, fp16 weights on 1 layer"
+    # a layer's name never enters the design's; odd values read as they are (the page escapes them)
+    odd = {"layers": {"<img src=x onerror=pwned=1>": {"kernel_size": "<b>", "weight_bits": 32}}}
+    assert design_name(odd) == "kernel cropped to <b>×<b> on 1 layer"
+
+
+def test_the_page_titles_designs_by_what_they_do_and_keeps_their_origin(tmp_path):
+    from edgesearch.reports.design_names import design_name
+    from edgesearch.reports.pareto_report import Report
+
+    trials = hand_trials()
+    files = write_report(tmp_path, run=RUN, base=BASE, trials=trials)
+    html = files["index.html"].read_text()
+    move = trials[1]
+    title = "#1: " + design_name(move["candidate"])
+    assert title == "#1: 4-bit weights on 2 layers, int8 weights on 1 layer"
+    row = html[html.index("id='design-1'"):].split("</tr>", 1)[0]
+    assert f"<b>#1</b> <span class='muted'>front</span><br>{escape(title[4:])}</td>" in row  # the name first
+    assert f"<td class='origin'>{escape(move['origin'])}</td>" in row  # the origin beside it
+    assert f"#0 {trials[0]['recipe']}: int8 weights on 3 layers" in html  # a recipe keeps its name beside
+    assert html.count(f">{escape(title)}</option>") == 3  # the per-layer view's and the comparison's choices
+    hover = Report(RUN, BASE, trials, {}, tmp_path).rows[1]["hover"]  # the plots' (in the page's script data)
+    assert hover.startswith(f"<b>{escape(title)}</b><br>origin: {escape(move['origin'])}<br>")
+    with files["trials.csv"].open() as rows:
+        by_trial = {row["trial"]: row for row in csv.DictReader(rows)}
+    assert by_trial["1"]["design"] == design_name(move["candidate"]) and by_trial["1"]["origin"] == move["origin"]
+    assert by_trial["1"]["knobs"] == "4b×2 8b×1; affine×3; no structural change"  # the tally stays
+    pareto = json.loads(files["pareto.json"].read_text())["pareto"]
+    assert [(d["design"], d["origin"]) for d in pareto if d["trial"] == 1] == [(title[4:], move["origin"])]
+
+
 def test_reports_import_nothing_of_edgesearch_beyond_reports_and_the_common_leaf():
     code = ("import sys, edgesearch.reports.pareto_report, edgesearch.reports.compare_report, "
             "edgesearch.reports.shadow_report;"
@@ -290,7 +337,7 @@ def test_the_study_reads_sensibly_in_optuna_dashboard(tmp_path):
     trial = study.ask()
     trial.set_user_attr(studies.CANDIDATE_ATTR, candidate([4, 4, 8]))
     studies.tell_scores(study, trial, scores(0.5, 1.0, 10), {"memory_bytes": 100 * 1024})
-    assert study.trials[0].user_attrs[studies.SUMMARY_ATTR] == "4b×2 8b×1; affine×3; no structural change"
+    assert study.trials[0].user_attrs[studies.SUMMARY_ATTR] == "4-bit weights on 2 layers, int8 weights on 1 layer"
 
 
 def test_a_dram_budget_far_off_the_scale_is_noted_not_drawn_and_estimates_carry_error_bars():

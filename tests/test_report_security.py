@@ -9,6 +9,7 @@ import hashlib
 import json
 import re
 from collections import OrderedDict
+from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -150,7 +151,10 @@ def test_every_page_edgesearch_writes_carries_the_policy(tmp_path):
                           for w in ("base", "design")},
               "confidence": 0.25, "nms_iou": 0.7, "imgsz": 64, "images": 1, "images_dir": "/i", "finetune_iters": 1,
               "image_names": ["a.png"]}
-    _assert_policy(write_shadow_report(tmp_path / "shadow", shadow, {"candidate": "d.json"})["index.html"].read_text())
+    shadow_page = write_shadow_report(tmp_path / "shadow", shadow, {"candidate": "d.json", "design": STRING_PAYLOADS[0]})
+    html = shadow_page["index.html"].read_text()
+    _assert_policy(html)
+    assert f"<h1>Shadow comparison: {escape(STRING_PAYLOADS[0])} beside the base</h1>" in html  # named by its name
 
 
 def test_json_blocks_and_figures_cannot_break_out_of_their_element():
@@ -245,6 +249,26 @@ def test_fuzzed_report_strings_appear_only_as_text(tmp_path_factory, layers, lab
     assert not any("<!--" in block or "</script" in block.lower() for block in scripts[1:])
     data = json.loads(scripts[-2])  # the page data the script reads: every layer name intact
     assert [r["layer"] for r in data["layers"]["base"]] == layers
+
+
+def test_a_designs_name_from_hostile_knob_values_is_text_wherever_the_page_shows_it(tmp_path):
+    """The name (design_names) is built from a candidate's values: a doctored study.db's strings go
+    into it as they are, and every place that titles a design escapes it."""
+    from edgesearch.reports.design_names import design_name
+    from test_report import BASE, RUN, hand_trials
+
+    def page(value: str, layer: str) -> tuple[_Page, str]:
+        trials = hand_trials()
+        for number in (1, 2):  # a design of the front, shown in every view
+            trials[number]["candidate"]["layers"][layer] = {"kernel_size": value, "scheme": value}
+        name = design_name(trials[1]["candidate"])
+        html = write_report(tmp_path / value.encode().hex(), run=RUN, base=BASE, trials=trials)["index.html"].read_text()
+        return _parse(html), name
+
+    hostile, name = page(STRING_PAYLOADS[0], LAYER_PAYLOADS[1])
+    benign, _ = page("7", "model.9.conv")
+    assert STRING_PAYLOADS[0] in name and hostile.structure == benign.structure  # no payload became markup
+    assert "".join(hostile.text).count(name) >= 3  # the table, a card or the take-away, the choices
 
 
 # ------------------------------------------------------------------------------ file modes
