@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from edgesearch.common.cache import cache_root
-from edgesearch.runners.accuracy.finetune import FINETUNE_LR, calibration_batches, finetune, validate
+from edgesearch.runners.accuracy.finetune import FINETUNE_LR, STRUCTURAL_LR, calibration_batches, finetune, validate
 from edgesearch.runners.accuracy.splits import search_and_holdout
 from edgesearch.runners.checkpoints import load_detection_model
 from edgesearch.runners.device import CPU, describe, resolve_device, running_on, to_device
@@ -61,7 +61,8 @@ class EvalSettings:
     # the recovery stage's share of finetune_iters (search/recovery.py): a structural design's longer
     # schedule, recorded in its training record
     recovery_steps: int = 0
-    lr: float = FINETUNE_LR  # the fine-tune's learning rate (AdamW)
+    # the fine-tune's learning rate (AdamW); None: by the design (design_lr)
+    lr: float | None = None
 
 
 def run_measurer(config: EvalSettings, profile):
@@ -84,6 +85,7 @@ def score_candidate(settings: dict, candidate: dict | None) -> dict:
 def _score(config: EvalSettings, candidate: dict | None) -> dict:
     started = time.perf_counter()
     device = resolve_device(config.device)
+    config = dataclasses.replace(config, lr=design_lr(config, candidate))
     with search_and_holdout(Path(config.data_yaml)) as (search_data, holdout_data, holdout_split, holdout_how):
         rung = Rung(config, lambda m: validate(m, search_data, imgsz=config.imgsz, device=device)["map50_95"])
         _, model, calibrated, losses, finetune_s = build_design(config, candidate, rung.check if rung.steps else None)
@@ -119,6 +121,14 @@ def _score(config: EvalSettings, candidate: dict | None) -> dict:
     }
 
 
+def design_lr(config: EvalSettings, candidate: dict | None) -> float:
+    """The fine-tune's learning rate: the settings', else STRUCTURAL_LR for a design that changes
+    structure and FINETUNE_LR for any other (finetune.py says why)."""
+    if config.lr is not None:
+        return config.lr
+    return STRUCTURAL_LR if candidate and Candidate.from_json(candidate).changes_structure() else FINETUNE_LR
+
+
 class Rung:
     """Successive halving inside one trial: after `rung_steps` of the fine-tune the design is
     validated on the search's images, and goes on to the full schedule only if it reaches the
@@ -144,14 +154,14 @@ def training_record(config: EvalSettings, stopped_at: int | None = None, rung: R
     `stopped_early` (successive halving
     stopped it at a rung: fewer steps than the run's schedule), and `label`, the record in words."""
     steps = stopped_at or config.finetune_iters
-    recovery = min(config.recovery_steps, steps)
+    recovery, lr = min(config.recovery_steps, steps), config.lr or FINETUNE_LR
     record = {"start": "base", "steps_from_base": steps, "inherited_steps": 0,
               "distilled": bool(config.distill and steps), "recovery_steps": recovery,
-              "lr": config.lr if steps else None, "stopped_early": stopped_at is not None}
+              "lr": lr if steps else None, "stopped_early": stopped_at is not None}
     label = (f"{steps} fine-tune steps from the base" + (f" ({steps - recovery} + {recovery} of recovery)" if recovery
                                                          else "")
              + (", distilled from the base" if record["distilled"] else "")
-             + (f", learning rate {config.lr:g}" if config.lr != FINETUNE_LR else "") if steps
+             + (f", learning rate {lr:g}" if lr != FINETUNE_LR else "") if steps
              else "the base's weights, no fine-tune")
     if stopped_at is not None and rung is not None and rung.map50_95 is not None and rung.bar is not None:
         label += (f" (stopped at {stopped_at} of {config.finetune_iters}: mAP50-95 {rung.map50_95:.3f} there, "
@@ -176,7 +186,8 @@ def build_design(config: EvalSettings, candidate: dict | None, rung_check=None):
         calibrated = calibrate(model, (images.to(device) for images in batches))
     teacher = (base if device == CPU else copy.deepcopy(base)) if config.distill else None  # base stays on the CPU
     losses, finetune_s = _timed(lambda: finetune(model, Path(config.data_yaml), iterations=config.finetune_iters,
-                                                 imgsz=config.imgsz, batch=config.batch, lr=config.lr,
+                                                 imgsz=config.imgsz, batch=config.batch,
+                                                 lr=design_lr(config, candidate),
                                                  seed=config.seed, teacher=teacher, device=device,
                                                  rung=(config.rung_steps, rung_check) if rung_check else None))
     losses.devices = {"calibration": calibrating.describe(), **losses.devices}

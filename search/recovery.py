@@ -25,14 +25,16 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
+from edgesearch.runners.accuracy.finetune import STRUCTURAL_LR
 from edgesearch.search import execution, study as studies
 from edgesearch.spaces.candidate import Candidate
 
-# The schedule's learning rate, 10x the fine-tune's (which suits small quantization changes). Measured on
-# the default model, uniform 25 % channel pruning, distilled, mAP50-95 after 60/120/240/360 steps: lr 1e-4
-# 0.282/0.476/0.582/0.628; lr 1e-3 0.604/0.671/0.746/0.768 (the base 0.709). 50 % pruning at 1e-3: 0.161
-# after 60 steps, 0.586 after 360.
-RECOVERY_LR = 1e-3
+# The schedule's learning rate: a structural design's (runners/accuracy/finetune.py), for every design
+# recovered, the control included. Measured on the default model, uniform 25 % channel pruning,
+# distilled, mAP50-95 after 60/120/240/360 steps: lr 1e-4 0.282/0.476/0.582/0.628; lr 1e-3
+# 0.604/0.671/0.746/0.768 (the base 0.709; the control at 1e-3: 0.729/0.753/0.785/0.770 after 300).
+# 50 % pruning at 1e-3: 0.161 after 60 steps, 0.586 after 360.
+RECOVERY_LR = STRUCTURAL_LR
 MAX_FRONT_DESIGNS = 4  # the front's structural designs recovered, at most (each costs a long fine-tune)
 RESULTS_ATTR = "recovery_results"  # study attr: {source trial number: {"scores": ...} or {"error", "node", "attempts"}}
 SOURCES_ATTR = "recovery_sources"  # study attr: the source trial numbers chosen, kept for a resume

@@ -20,7 +20,9 @@ from optuna.trial import TrialState
 
 from browser import open_page, plot_points
 from conftest import RESUMED_TRIALS, SMOKE_FIRST_TRIALS as FIRST_TRIALS, SMOKE_SPACE, run_cli
+from edgesearch.runners.accuracy.finetune import FINETUNE_LR, STRUCTURAL_LR
 from edgesearch.search import study as studies
+from edgesearch.spaces.candidate import Candidate
 
 REPORT_LIMIT_BYTES = 6 * 1024 * 1024  # the smoke report: ~4.8 MB of it is plotly.js, inlined once
 DIRECTIONS = {"map50_95": 1, "latency_ms": -1, "sram_bytes": -1}  # +1 maximize, -1 minimize
@@ -325,11 +327,15 @@ def test_every_design_carries_its_training_record_and_moves_below_the_front_stop
         scores, origin = trial.user_attrs[studies.SCORE_ATTR], trial.user_attrs[studies.ORIGIN_ATTR]
         record = scores["training"]
         assert labels[str(trial.number)] == record["label"] and record["start"] == "base"
+        # a design that changes structure is fine-tuned at the higher rate, and says so
+        structural = Candidate.from_json(trial.user_attrs[studies.CANDIDATE_ATTR]).changes_structure()
+        assert record["lr"] == (STRUCTURAL_LR if structural else FINETUNE_LR)
+        rate = f", learning rate {STRUCTURAL_LR:g}" if structural else ""
         if record["stopped_early"]:
             assert origin.startswith("move:") and record["steps_from_base"] == rung
             assert re.search(r"stopped at 1 of 2: mAP50-95 [\d.]+ there, below the [\d.]+ it needed", record["label"])
         else:
-            assert record["steps_from_base"] == steps and record["label"] == f"{steps} fine-tune steps from the base"
+            assert record["steps_from_base"] == steps and record["label"] == f"{steps} fine-tune steps from the base{rate}"
             assert scores["rung_map50_95"] is not None
     stopped = sum(t.user_attrs[studies.SCORE_ATTR]["training"]["stopped_early"]
                   for t in study.get_trials(states=(TrialState.COMPLETE,)))
