@@ -58,7 +58,7 @@ def resolve_inputs(*, profile: str, space: str, model: str | None, data: str | N
         checkpoint = default_base_checkpoint(settings, data_yaml, seed, device)
         trust_checkpoint = False
         base = load_detection_model(checkpoint)
-    resolved = design_space.resolve(base, hardware.compute_precisions, hardware.name)
+    resolved = design_space.resolve(base, hardware.compute_precisions, hardware.name, hardware.channel_multiple)
     return Inputs(hardware, design_space, data_yaml, checkpoint, trust_checkpoint, base, resolved)
 
 

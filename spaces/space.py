@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 from pathlib import Path
 
 from torch import nn
@@ -43,7 +44,7 @@ from edgesearch.spaces.candidate import LayerKnobs
 from edgesearch.spaces.kernel_size import why_not_shrinkable
 from edgesearch.spaces.knobs import DEFAULTS, KNOB, KNOBS as KNOB_TABLE
 from edgesearch.spaces.low_rank import is_worth_it
-from edgesearch.spaces.prune import prunable_groups
+from edgesearch.spaces.prune import prunable_groups, removed_count
 
 SPACES_DIR = Path(__file__).parent
 KNOBS = tuple(knob.name for knob in KNOB_TABLE)
@@ -82,10 +83,12 @@ class Space:
         return choices
 
     def resolve(self, model: nn.Module, compute_precisions: tuple[str, ...] = ("fp32", "fp16", "int8"),
-                device: str = "the device") -> dict[str, LayerChoices]:
+                device: str = "the device", channel_multiple: int = 1) -> dict[str, LayerChoices]:
         """Per-layer choices for every searchable Conv2d of `model`, for a device that computes in
         `compute_precisions`: activation precisions it does not compute in are dropped (int8
-        activations on a device without int8 arithmetic would only round, never speed up)."""
+        activations on a device without int8 arithmetic would only round, never speed up), and
+        prune ratios are snapped so that a pruned group keeps a multiple of `channel_multiple`
+        channels (the device's kernel block: snapped_prune_ratios)."""
         groups = prunable_groups(model)
         follows = {member: knob for knob, group in groups.items() for member in group.producers if member != knob}
         resolved: dict[str, LayerChoices] = {}
@@ -97,6 +100,8 @@ class Space:
                 layer.choices["prune_ratio"] = [0.0]
                 why = f"its channels follow {follows[name]}" if name in follows else "its output channels must stay"
                 layer.notes.append(f"prune_ratio fixed to 0: {why} (coupled channels)")
+            elif name in groups and channel_multiple > 1:
+                _snap_prune_ratios(layer, groups[name].channels, channel_multiple, device)
             _keep_possible(layer, "kernel_size", lambda k, module=module: k == "keep" or why_not_shrinkable(module, k) is None,
                            "kernel sizes this conv cannot shrink to")
             _keep_possible(layer, "rank_ratio", lambda r, module=module: r == 1.0 or is_worth_it(module, r),
@@ -108,6 +113,40 @@ class Space:
         if not resolved:
             raise InputError(f"space {self.name!r} matches no Conv2d layer of this model")
         return resolved
+
+
+def snapped_prune_ratios(ratios: list[float], channels: int, multiple: int) -> dict[float, float | None]:
+    """{ratio: the ratio that keeps the nearest multiple of `multiple` channels (at least one block;
+    ties keep more), or None where that keeps every channel (the cut would be lost to padding)}.
+    A snapped ratio removes exactly channels - kept channels (prune.removed_count)."""
+    snapped: dict[float, float | None] = {}
+    for ratio in ratios:
+        if ratio == 0:
+            snapped[ratio] = ratio
+            continue
+        kept = channels - removed_count(channels, ratio)
+        kept = min(channels, max(multiple, multiple * math.floor(kept / multiple + 0.5)))
+        if kept == channels:
+            snapped[ratio] = None
+            continue
+        exact = (channels - kept) / channels
+        while removed_count(channels, exact) < channels - kept:  # float rounding below the integer
+            exact = math.nextafter(exact, 1.0)
+        snapped[ratio] = exact
+    return snapped
+
+
+def _snap_prune_ratios(layer: LayerChoices, channels: int, multiple: int, device: str) -> None:
+    """Snap a prunable layer's ratios to whole blocks of `multiple` channels (snapped_prune_ratios),
+    dropping those the block would undo and duplicates, saying so in its notes."""
+    snapped = snapped_prune_ratios(layer.choices["prune_ratio"], channels, multiple)
+    kept = list(dict.fromkeys(ratio for ratio in snapped.values() if ratio is not None))
+    if kept != layer.choices["prune_ratio"]:
+        layer.choices["prune_ratio"] = kept
+        changes = ", ".join(f"{ratio:g} -> {'dropped' if new is None else f'{new:.3g}'}"
+                            for ratio, new in snapped.items() if new != ratio)
+        layer.notes.append(f"prune_ratio: {changes} (kept channels a multiple of {multiple} of its {channels}, "
+                           f"the block {device}'s kernels compute in)")
 
 
 def _keep_possible(layer: LayerChoices, knob: str, possible, what: str) -> None:

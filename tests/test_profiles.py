@@ -47,6 +47,15 @@ def test_each_profile_says_which_memory_is_its_hard_limit(tmp_path):
         load_profile(bad)
 
 
+@pytest.mark.parametrize("value", ["0", "12.5", "true", "lots"])
+def test_a_channel_multiple_that_is_no_whole_number_of_channels_is_refused(tmp_path, value):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(open(load_profile("x86-host").source).read().replace("channel_multiple: 16",
+                                                                         f"channel_multiple: {value}"))
+    with pytest.raises(InputError, match="channel_multiple must be a whole number"):
+        load_profile(bad)
+
+
 def test_the_host_profile_builds_for_this_machines_cpu():
     """Code built for another CPU may use instructions this one lacks (AVX-512 on a Zen 3: SIGILL)."""
     from tvm.target import codegen

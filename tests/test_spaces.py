@@ -5,8 +5,8 @@ import pytest
 from edgesearch.common.errors import InputError
 from edgesearch.spaces.apply import apply_candidate, uniform_candidate, validate_candidate, weight_bytes
 from edgesearch.spaces.candidate import Candidate, LayerKnobs, parse_uniform
-from edgesearch.spaces.prune import prunable_pairs
-from edgesearch.spaces.space import available_spaces, load_space
+from edgesearch.spaces.prune import prunable_groups, prunable_pairs, removed_count
+from edgesearch.spaces.space import available_spaces, load_space, snapped_prune_ratios
 
 
 def test_parse_uniform_reads_all_five_knobs():
@@ -52,6 +52,31 @@ def test_default_space_resolves_per_layer(tiny_model):
             assert layer.choices["prune_ratio"] == [0.0] and layer.notes
     bottleneck = resolved["model.2.m.0.cv1.conv"].choices
     assert bottleneck["kernel_size"] == ["keep", 1] and bottleneck["rank_ratio"] == [1.0, 0.5, 0.25]
+
+
+def test_pruned_widths_keep_whole_blocks_of_the_profiles_channel_multiple(tiny_model):
+    """A cut is never lost to padding: each prune ratio is snapped to keep the nearest multiple of the
+    kernel block (ties keep more), dropped where the block would keep every channel."""
+    assert snapped_prune_ratios([0.0, 0.25, 0.5, 0.75], 64, 16) == {0.0: 0.0, 0.25: 0.25, 0.5: 0.5, 0.75: 0.75}
+    assert snapped_prune_ratios([0.25, 0.5, 0.75], 32, 16) == {0.25: None, 0.5: 0.5, 0.75: 0.5}
+    third = snapped_prune_ratios([0.25], 48, 16)[0.25]  # 36 kept -> 32
+    assert third == pytest.approx(1 / 3) and removed_count(48, third) == 16
+    plain = load_space("yolov8").resolve(tiny_model)
+    blocked = load_space("yolov8").resolve(tiny_model, channel_multiple=16)
+    groups = prunable_groups(tiny_model)
+    for name, group in groups.items():
+        if name not in blocked:
+            continue
+        for ratio in blocked[name].choices["prune_ratio"]:
+            kept = group.channels - removed_count(group.channels, ratio)
+            assert kept % 16 == 0 or ratio == 0, (name, ratio, kept)
+        if blocked[name].choices["prune_ratio"] != plain[name].choices["prune_ratio"]:
+            assert any("multiple of 16" in note for note in blocked[name].notes)
+    # the snapped design prunes to whole blocks
+    name = next(n for n in blocked if len(blocked[n].choices["prune_ratio"]) > 1)
+    ratio = blocked[name].choices["prune_ratio"][-1]
+    pruned = apply_candidate(tiny_model, Candidate({name: LayerKnobs(prune_ratio=ratio)}))
+    assert dict(pruned.named_modules())[name].out_channels % 16 == 0
 
 
 @pytest.mark.parametrize(

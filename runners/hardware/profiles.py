@@ -39,6 +39,9 @@ class HardwareProfile:
     # outside it is never offered as a speed-up; weights stored narrower are dequantized to one of these
     compute_precisions: tuple[str, ...] = ("fp32",)
     latency_model: dict | None = None  # calibration of the latency estimate (runners/hardware/latency_model.py)
+    # the channel block the device's kernels compute in (a width between multiples is padded up to the
+    # next one): a pruned layer keeps a multiple of it (spaces/space.py), so no cut is lost to padding
+    channel_multiple: int = 1
 
     @property
     def memory_budget_bytes(self) -> int | None:
@@ -90,6 +93,9 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
         # the estimate prices each conv at the peak of the precision it computes in
         raise InputError(f"{where}: peak_ops_per_s needs an entry for each compute precision ({', '.join(precisions)})")
     _check_rpc(raw.get("rpc"), where)
+    multiple = raw.get("channel_multiple", 1)
+    if isinstance(multiple, bool) or not isinstance(multiple, int) or not 1 <= multiple <= 256:
+        raise InputError(f"{where}: channel_multiple must be a whole number of channels in 1..256, not {multiple!r}")
     try:
         return HardwareProfile(
             name=str(raw["name"]),
@@ -107,6 +113,7 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
             memory_limit=raw.get("memory_limit", "sram"),
             compute_precisions=tuple(p for p in PRECISIONS if p in precisions),
             latency_model=raw.get("latency_model"),
+            channel_multiple=multiple,
         )
     except (TypeError, ValueError) as error:
         raise InputError(f"{where}: {error}") from None
