@@ -17,6 +17,7 @@ resumed, so a stopped benchmark continues). Per run, from its study:
     to every guided run's wall time in the "incl. sensitivity" column).
 
     .venv/bin/python bench/search_quality.py [--trials 24] [--seeds 0 1] [--parallel 1]
+    .venv/bin/python bench/search_quality.py --targets reports/demo   # the structure issue's targets table
 
 Prints a markdown table and writes bench/search_quality.{json,md}.
 """
@@ -151,8 +152,95 @@ def markdown(results: dict, recipes: list[str], sensitivity_s: float) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------ structure targets (issue 19, item 4)
+
+def structure_targets(folder: Path) -> dict:
+    """The structure issue's targets, read from one finished run (e.g. `make demo`'s): each design is
+    held to the higher of the unmodified base and the fp32 control with its own training record
+    (the recovery stage's designs to the recovered control); speed-ups are base / design latency
+    from the run's interleaved re-measure where both were re-measured, else the search's own figures
+    (the basis is given)."""
+    from edgesearch.reports import design_data as dd
+    from edgesearch.reports.design_names import design_name
+    from edgesearch.spaces.candidate import Candidate
+
+    study = _study(folder)
+    base, remeasured = study.user_attrs["base"], study.user_attrs.get("remeasured") or {}
+    rows = [row for row in studies.trial_rows(study) if row["state"] == "COMPLETE" and row["scores"]]
+    run = json.loads((folder / "run.json").read_text())
+    references = {}
+    for row in rows:
+        steps = dd.recovery_steps(row)
+        if steps not in references:
+            control = [r["scores"]["map50_95"] for r in rows if r["control"] and dd.recovery_steps(r) == steps]
+            references[steps] = max([base["map50_95"], *control])
+
+    def within(row, drop):
+        return row["scores"]["map50_95"] >= (1 - drop) * references[dd.recovery_steps(row)]
+
+    def speedup(row):
+        pair = dd.latency_pair(base, row["scores"], remeasured.get("base"), remeasured.get(str(row["number"])))
+        return pair["speedup"], pair["basis"]
+
+    def fp32_structure(row):
+        candidate = Candidate.from_json(row["candidate"])
+        return candidate.changes_structure() and all(k.activation_bits == 32 for k in candidate.layers.values())
+
+    def best(rows_, figure):
+        scored = [(figure(r), r) for r in rows_]
+        scored = [(f, r) for f, r in scored if f[0] is not None]
+        return max(scored, key=lambda item: item[0][0], default=(None, None))
+
+    def entry(target, threshold, found, unit="x"):
+        figure, row = found
+        value, basis = figure if figure else (None, None)
+        return {"target": target, "threshold": threshold, "value": value, "basis": basis,
+                "met": value is not None and value >= threshold, "unit": unit,
+                "design": None if row is None else f"#{row['number']}: {design_name(row['candidate'])}",
+                "training": None if row is None else (row["scores"].get("training") or {}).get("label"),
+                "map50_95": None if row is None else row["scores"]["map50_95"]}
+
+    table = [
+        entry("within 1 %: speed-up from structure alone (fp32 compute)", 1.5,
+              best([r for r in rows if within(r, 0.01) and fp32_structure(r)], speedup)),
+        entry("within 1 %: speed-up, structure with int8", 3.0, best([r for r in rows if within(r, 0.01)], speedup)),
+        entry("within 5 %: less weight memory", 20.0,
+              best([r for r in rows if within(r, 0.05)],
+                   lambda r: (base["weight_bytes"] / r["scores"]["weight_bytes"], "packed weights"))),
+        entry("within 5 %: fewer FLOPs", 5.0,
+              best([r for r in rows if within(r, 0.05)], lambda r: (base["flops"] / r["scores"]["flops"], "counted"))),
+    ]
+    pruning = [r for r in rows if r.get("recipe") == "50% structured pruning"]
+    recipe = {dd.recovery_steps(r): r["scores"]["map50_95"] for r in pruning}
+    return {"run": str(folder), "settings": {k: run.get(k) for k in ("profile", "model", "imgsz", "trials",
+                                                                   "finetune_iters", "recover_steps", "rung_steps")},
+            "base_map50_95": base["map50_95"], "references": references, "targets": table,
+            "pruning_recipe_map50_95": recipe}
+
+
+def targets_markdown(result: dict) -> str:
+    settings = ", ".join(f"{k} {v}" for k, v in result["settings"].items())
+    lines = [f"Structure targets (issue 19), run {result['run']}: {settings}. Base mAP50-95 "
+             f"{result['base_map50_95']:.3f}; references (the higher of the base and the fp32 control with the same "
+             "training record): " + ", ".join(f"{'search' if k == 0 else f'recovery {k} steps'} {v:.3f}"
+                                              for k, v in sorted(result["references"].items())) + ".", "",
+             "| target | needed | reached | basis | met | design | its training | its mAP50-95 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for t in result["targets"]:
+        lines.append(f"| {t['target']} | ≥ {t['threshold']:g}{t['unit']} | {_fmt(t['value'], 2)}{t['unit']} | "
+                     f"{t['basis'] or '-'} | {'yes' if t['met'] else 'no'} | {t['design'] or '-'} | "
+                     f"{t['training'] or '-'} | {_fmt(t['map50_95'])} |")
+    recipe = result["pruning_recipe_map50_95"]
+    lines += ["", "50 % structured-pruning recipe, mAP50-95: " + (", ".join(
+        f"{'after the search fine-tune' if k == 0 else f'after {k} recovery steps'} {v:.3f}"
+        for k, v in sorted(recipe.items())) or "not scored in this run")]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--targets", help="only the structure issue's targets table, read from this finished run "
+                                          "folder (e.g. reports/demo): written to bench/results/structure_targets")
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
@@ -160,6 +248,13 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", default="bench/search_quality_runs", help="run folders (kept; resumed)")
     parser.add_argument("--out", default="bench/search_quality")
     args = parser.parse_args(argv)
+    if args.targets:
+        result = structure_targets(Path(args.targets))
+        text = targets_markdown(result)
+        write_text_atomically(Path("bench/results/structure_targets.json"), json.dumps(result, indent=2))
+        write_text_atomically(Path("bench/results/structure_targets.md"), text + "\n")
+        print(text)
+        return 0
 
     runs = Path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)
