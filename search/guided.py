@@ -7,6 +7,10 @@
 3. Moves (moves.py): 1-3 layers of a front design changed, several drawn per slot, the one the
    proxy predicts adds most hypervolume scored in full, the others stored as screened.
 
+With an accuracy floor, a seed or move the accuracy model (fitted on the scored designs) predicts
+below it is not spent: it is stored as screened, with its prediction (a slot whose every move falls
+below is drawn again from restoring moves, then left empty).
+
 GuidedSampler is an Optuna sampler (optuna.samplers.BaseSampler): each new trial gets the next design
 of this order, as its parameters ("layer|knob" for the knobs the design changes, so Optuna's own
 tools see them) and as its user attributes (the design, its origin, its predicted scores). The study
@@ -154,10 +158,31 @@ class Guide:
         front = [s for s in scored if s.number in numbers] or scored
         alpha, _ = fit_accuracy_model(scored, DEFAULT_ALPHA, self.base["map50_95"])
         floor = self.budgets.get("map_floor")
-        cheapen = CHEAPEN_PROBABILITY_WITH_FLOOR if floor is not None else CHEAPEN_PROBABILITY
         seen = _designs_tried(study)
+        # with a floor, a slot whose draws all fall below it is drawn again from restoring moves only
+        # (they raise the predicted mAP), and is left empty if those fall below it too: such moves are not spent
+        cheapens = (CHEAPEN_PROBABILITY_WITH_FLOOR, 0.0) if floor is not None else (CHEAPEN_PROBABILITY,)
+        for cheapen in cheapens:
+            moves = self._draw(front, alpha, cheapen, seen)
+            if not moves:
+                continue
+            best: int | None = screen(moves, front, self.reference, floor)
+            if floor is not None and moves[best].predicted["map50_95"] < floor:
+                best = None
+            proposals = [Proposal(Candidate(move.layers).to_json(), f"move: {move.describe()}",
+                                  predicted=dict(move.predicted, alpha=alpha)) for move in moves]
+            for index, proposal in enumerate(proposals):
+                if index != best:
+                    studies.record_screened(study, proposal)
+            if best is not None:
+                return proposals[best]
+        return None
+
+    def _draw(self, front: list[Scored], alpha: float, cheapen: float, seen: set[str]) -> list:
+        """Up to PROPOSALS_PER_SLOT new moves from random front designs (draws repeating a design in
+        `seen`, which grows, are skipped)."""
         moves = []
-        for _ in range(PROPOSALS_PER_SLOT * 4):  # draws that repeat a design are skipped
+        for _ in range(PROPOSALS_PER_SLOT * 4):
             parent = front[self.rng.integers(len(front))]
             move = propose(parent, self.fronts, self.pricer, alpha, self.rng, cheapen_probability=cheapen)
             if move is None:
@@ -169,15 +194,7 @@ class Guide:
             moves.append(move)
             if len(moves) == PROPOSALS_PER_SLOT:
                 break
-        if not moves:
-            return None
-        best = screen(moves, front, self.reference, floor)
-        proposals = [Proposal(Candidate(move.layers).to_json(), f"move: {move.describe()}",
-                              predicted=dict(move.predicted, alpha=alpha)) for move in moves]
-        for index, proposal in enumerate(proposals):
-            if index != best:
-                studies.record_screened(study, proposal)
-        return proposals[best]
+        return moves
 
 
 class GuidedSampler(studies.DesignSampler):
@@ -211,8 +228,11 @@ class GuidedSampler(studies.DesignSampler):
     def _next(self, study: optuna.Study) -> Proposal | None:
         """The first design of the plan that no trial carries yet, else the floor's seeds (planned once,
         when designs are scored to fit the accuracy model on), else a screened move."""
-        if (proposal := self._due(study)) is not None:
-            return proposal
+        while (proposal := self._due(study)) is not None:
+            predicted = self._below_floor(study, proposal)
+            if predicted is None:
+                return proposal
+            studies.record_screened(study, dataclasses.replace(proposal, predicted=predicted))  # not spent
         if self.guide.budgets.get("map_floor") is not None and not study.user_attrs.get(FLOOR_PLANNED_ATTR):
             if not self.guide.scored(study):
                 return None
@@ -222,6 +242,18 @@ class GuidedSampler(studies.DesignSampler):
             if extra:
                 return extra[0]
         return self.guide.move(study)
+
+    def _below_floor(self, study: optuna.Study, proposal: Proposal) -> dict | None:
+        """A planned seed's predicted scores when the accuracy model fitted on the scored designs puts it
+        below the accuracy floor (it is then not spent); None for recipes (the reference points), without
+        a floor, or before three scored designs fit the model."""
+        floor, scored = self.guide.budgets.get("map_floor"), self.guide.scored(study)
+        if floor is None or not proposal.origin.startswith("seed:") or len({s.omega for s in scored}) < 3:
+            return None
+        alpha, intercept = fit_accuracy_model(scored, DEFAULT_ALPHA, self.guide.base["map50_95"])
+        omega = self.guide.omega(proposal.candidate)
+        predicted = intercept - alpha * omega
+        return {"omega": omega, "map50_95": predicted, "alpha": alpha} if predicted < floor else None
 
     @staticmethod
     def _due(study: optuna.Study) -> Proposal | None:

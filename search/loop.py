@@ -141,8 +141,8 @@ def _search_loop(study, inputs: Inputs, settings: dict, trials: int, parallel: i
                 candidate = studies.candidate_of(trial, inputs.resolved)
                 in_flight[execution.submit(_with_bar(study, trial, settings), candidate, cpus, parcels, gpus)] = trial
             if not in_flight:
-                why = ("every move from the front was tried already" if studies.pareto_trials(study)
-                       else "no design was scored to move from")
+                why = ("every move from the front was tried already, or is predicted below the accuracy floor"
+                       if studies.pareto_trials(study) else "no design was scored to move from")
                 bar.write(f"no new design to try: {why}")
                 break
             ref = execution.wait_one(list(in_flight))

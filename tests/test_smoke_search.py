@@ -396,3 +396,49 @@ def test_the_guided_sampler_drives_study_optimize_and_a_new_process_carries_on_f
             assert from_params == knobs, (trial.number, layer)
         changed_anything |= bool(trial.params)
     assert changed_anything
+
+
+def test_seeds_and_moves_predicted_below_the_accuracy_floor_are_not_spent(smoke_run, tmp_path):
+    """With a floor the accuracy model (fitted on the scored recipes) puts every design under, the
+    planned seeds and every drawn move are stored as screened, and the sampler proposes nothing;
+    with a floor at 0 it proposes the first seed."""
+    from edgesearch.search.guided import Guide, GuidedSampler
+    from edgesearch.search.loop import guided_space
+    from edgesearch.search.options import OptionPricer
+    from edgesearch.search.resolve import resolve_inputs
+    from edgesearch.spaces.candidate import Candidate
+
+    out = smoke_run.out
+    inputs = resolve_inputs(profile="x86-host", space=SMOKE_SPACE, model=None, data=None, preset="smoke")
+    recipes, space = guided_space(inputs, "smoke")
+    pricer = OptionPricer(json.loads((out / "sensitivity.json").read_text()),
+                          json.loads((out / "cost_basis.json").read_text()))
+    base = studies.read_study(out).user_attrs["base"]
+
+    def proxy(candidate):  # the proxy's figures, so the fitted model is exact
+        price = pricer.design(Candidate.from_json(candidate).layers)
+        return {"map50_95": base["map50_95"] - 0.05 * price["omega"], "latency_ms": price["latency_ms"],
+                "sram_bytes": price["sram_bytes"]}
+
+    def objective(trial):
+        scores = proxy(studies.candidate_of(trial, inputs.resolved))
+        trial.set_user_attr(studies.SCORE_ATTR, scores)
+        return [scores[name] for name in studies.OBJECTIVES]
+
+    for floor, proposes in ((base["map50_95"] + 0.01, False), (0.0, True)):
+        sampler = GuidedSampler(Guide(pricer, inputs.resolved, base, {"map_floor": floor}, seed=0), space, seed=0)
+        study = optuna.create_study(storage=f"sqlite:///{tmp_path}/{proposes}.db", directions=list(studies.DIRECTIONS),
+                                    sampler=sampler)
+        sampler.plan(study, recipes, seed_count=2)
+        study.optimize(objective, n_trials=len(recipes))
+        unchanged = proxy({"layers": {}})  # a third scored design: the accuracy model is fitted
+        study.add_trial(optuna.trial.create_trial(values=[unchanged[name] for name in studies.OBJECTIVES], user_attrs={
+            studies.SCORE_ATTR: unchanged, studies.CANDIDATE_ATTR: {"layers": {}}, studies.ORIGIN_ATTR: "test"}))
+        assert sampler.prepare(study) is proposes
+        screened = [t.user_attrs[studies.ORIGIN_ATTR] for t in study.get_trials(states=(TrialState.PRUNED,))]
+        if proposes:
+            assert not screened
+        else:  # both seeds, then every drawn move (cheapening, then restoring): none spent
+            assert [o.split(":")[0] for o in screened][:2] == ["seed", "seed"] and len(screened) > 2
+            assert all(t.user_attrs[studies.PREDICTED_ATTR]["map50_95"] < floor
+                       for t in study.get_trials(states=(TrialState.PRUNED,)))
