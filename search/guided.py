@@ -166,9 +166,9 @@ class Guide:
             moves = self._draw(front, alpha, cheapen, seen)
             if not moves:
                 continue
-            best: int | None = screen(moves, front, self.reference, floor)
-            if floor is not None and moves[best].predicted["map50_95"] < floor:
-                best = None
+            screened_best = screen(moves, front, self.reference, floor)
+            below = floor is not None and moves[screened_best].predicted["map50_95"] < floor
+            best = None if below else screened_best
             proposals = [Proposal(Candidate(move.layers).to_json(), f"move: {move.describe()}",
                                   predicted=dict(move.predicted, alpha=alpha)) for move in moves]
             for index, proposal in enumerate(proposals):
