@@ -151,18 +151,20 @@ def training_record(config: EvalSettings, stopped_at: int | None = None, rung: R
     weights training began from), `steps_from_base` (all fine-tune steps since the base, inherited
     ones included), `inherited_steps` (of those, taken over with the start weights), `distilled`,
     `recovery_steps` (a structural design's extra schedule), `lr` (the fine-tune's learning rate),
-    `stopped_early` (successive halving
-    stopped it at a rung: fewer steps than the run's schedule), and `label`, the record in words."""
+    `stopped_early` (successive halving stopped it at a rung: fewer steps than the run's schedule),
+    and `label`, the record in words."""
     steps = stopped_at or config.finetune_iters
     recovery, lr = min(config.recovery_steps, steps), config.lr or FINETUNE_LR
     record = {"start": "base", "steps_from_base": steps, "inherited_steps": 0,
               "distilled": bool(config.distill and steps), "recovery_steps": recovery,
               "lr": lr if steps else None, "stopped_early": stopped_at is not None}
-    label = (f"{steps} fine-tune steps from the base" + (f" ({steps - recovery} + {recovery} of recovery)" if recovery
-                                                         else "")
-             + (", distilled from the base" if record["distilled"] else "")
-             + (f", learning rate {lr:g}" if lr != FINETUNE_LR else "") if steps
-             else "the base's weights, no fine-tune")
+    label = "the base's weights, no fine-tune"
+    if steps:
+        parts = [f"{steps} fine-tune steps from the base"
+                 + (f" ({steps - recovery} + {recovery} of recovery)" if recovery else "")]
+        parts += ["distilled from the base"] if record["distilled"] else []
+        parts += [f"learning rate {lr:g}"] if lr != FINETUNE_LR else []
+        label = ", ".join(parts)
     if stopped_at is not None and rung is not None and rung.map50_95 is not None and rung.bar is not None:
         label += (f" (stopped at {stopped_at} of {config.finetune_iters}: mAP50-95 {rung.map50_95:.3f} there, "
                   f"below the {rung.bar:.3f} it needed to reach the front)")
