@@ -16,13 +16,20 @@ fixed train batches (letterboxed, no augmentation), so they add up and compare a
 Why measured and not HAWQ's Hutchinson trace: on the tiny test model a layer given a 50x outlier
 got a negative trace estimate from 8 probes (its quantization would have looked free), and on
 YOLOv8n the estimates of large layers had standard errors above their means at 16 probes. The
-Hutchinson trace is still computed, as a cross-check: `hawq_reference_delta` is HAWQ-V2's
-prediction 1/2 Tr(H)/n ||dW||^2 of the same reference change, and `agreement` the Spearman rank
-correlation between it and the measured second-order change over layers.
+Hutchinson trace can still be computed, as a cross-check (`probes` > 0; the reference pass always):
+`hawq_reference_delta` is HAWQ-V2's prediction 1/2 Tr(H)/n ||dW||^2 of the same reference change,
+and `agreement` the Spearman rank correlation between it and the measured second-order change over
+layers.
 
 An option that combines several changes is priced as their sum; bench/search_quality.py checks
 that additivity against measured drops. Negative measured changes (the loss can fall) are kept as
 measured, and clipped at zero where the search uses them (search/options.py).
+
+Two passes compute these figures (`method`): "reference", the pass up to VERSION 3, one full
+forward of every batch per figure, a pruned copy re-traced per pruning change; and "fast" (the
+default), the same figures with the redundant work left out (_analyse_fast: forwards re-run only
+from the changed block, one calibration, pruning by zeroing, weight errors on a smaller sample in a
+second thread). bench/sensitivity_speed.py times both, interleaved, and compares their rankings.
 
 `analyse` takes and returns plain data, so it runs in-process or as a Ray task like a trial.
 """
@@ -79,7 +86,9 @@ class SensitivitySettings:
     batch: int = 16
     loss_batches: int = 4  # train batches every loss is measured on
     hessian_batches: int = 1  # of those, the ones Hutchinson's probes use (a cross-check only: 0, none)
-    probes: int = 8  # Rademacher probes per Hessian batch (the reference pass: 2 batches x 16)
+    # Rademacher probes per Hessian batch: 0, no Hutchinson cross-check (the reference pass: 2 batches
+    # x 16; with 8 probes on 1 batch it took 11 of the fast pass's 108 s, for a figure that prices nothing)
+    probes: int = 0
     threads: int = 2
     seed: int = 0
     trust_checkpoint: bool = False
@@ -120,7 +129,7 @@ def _analyse(config: SensitivitySettings, device: torch.device, base: nn.Module,
     base_loss = detection_loss(fused, batches)
     convs = conv_layers(fused)
     traces = hessian_traces(fused, batches[:config.hessian_batches], [n for n in layer_options], config.probes,
-                            progress=progress)
+                            progress=progress) if config.probes and config.hessian_batches else {}
     seconds["hessian"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -135,13 +144,13 @@ def _analyse(config: SensitivitySettings, device: torch.device, base: nn.Module,
         with _weight_replaced(weight, weight.detach() - error):
             minus = detection_loss(fused, batches) - base_loss
         second_order = (plus + minus) / 2  # the gradient's first-order term cancels: 1/2 d^T H d
-        trace, spread = traces[name]
+        trace, spread = traces.get(name, (None, None))
         layers[name] = {"trace": trace, "trace_stderr": spread, "weights": weight.numel(),
                         "shape": list(weight.shape), "groups": convs[name].groups,
                         "bias": convs[name].bias is not None,
                         "reference_delta_w2": reference_w2, "reference_delta_loss": plus,
                         "reference_second_order": second_order,
-                        "hawq_reference_delta": 0.5 * trace / weight.numel() * reference_w2,
+                        "hawq_reference_delta": None if trace is None else 0.5 * trace / weight.numel() * reference_w2,
                         "curvature": max(second_order, 0.0) / reference_w2 if reference_w2 > 0 else 0.0}
     seconds["curvature"] = time.perf_counter() - started
 
@@ -191,8 +200,9 @@ def _table(config: SensitivitySettings, base_loss: float, images: int, base_cost
         "seconds": seconds,
         "method": (f"detection loss per image on {images} train images; weight options: c * ||W - Q(W)||^2 with "
                    "the layer's curvature c measured at 4-bit affine per tensor; other changes: measured loss "
-                   "change with only that change applied; cross-check: HAWQ's Hutchinson trace "
-                   f"({probes} probes)" if probes else "no Hutchinson cross-check"),
+                   "change with only that change applied; "
+                   + (f"cross-check: HAWQ's Hutchinson trace ({probes} probes)" if probes else
+                      "no Hutchinson cross-check")),
     }
 
 
