@@ -133,7 +133,7 @@ def agreement(a: dict, b: dict) -> dict:
         per_option = []
         for option in sorted({o for _, o in pairs}):
             layers = [p for p in pairs if p[1] == option]
-            if len(layers) >= 3:
+            if len(layers) >= 3 and len({x[p] for p in layers}) > 1 and len({y[p] for p in layers}) > 1:
                 per_option.append(spearmanr([x[p] for p in layers], [y[p] for p in layers]).statistic)
         result[family] = {"pairs": len(pairs), "spearman": float(pooled),
                           "across_layers_median": float(statistics.median(per_option)) if per_option else None,
@@ -148,14 +148,19 @@ def spread(values: list[float]) -> dict:
 def markdown(payload: dict) -> str:
     t = payload["timing"]
     ref, fast = t["reference"], t["fast"]
-    lines = ["| pass | runs | wall s (median) | min-max | hessian | curvature | weight options | changes |",
-             "|---|---:|---:|---|---:|---:|---:|---:|"]
+    lines = ["| pass | runs | wall s (median) | min-max | load avg before | base + Hutchinson s | curvature s | "
+             "weight options s | changes s |", "|---|---:|---:|---|---|---:|---:|---:|---:|"]
     for name, row in (("today's (reference)", ref), ("fast", fast)):
         stages = row["stages_median"]
         lines.append(f"| {name} | {len(row['wall']['runs'])} | {row['wall']['median']:.1f} | "
-                     f"{row['wall']['min']:.1f}-{row['wall']['max']:.1f} | " +
+                     f"{row['wall']['min']:.1f}-{row['wall']['max']:.1f} | "
+                     f"{', '.join(f'{load:.1f}' for load in row['load'])} | " +
                      " | ".join(f"{stages.get(s, 0):.1f}" for s in ("hessian", "curvature", "weight_options", "changes"))
                      + " |")
+    lines.append("")
+    lines.append("Stages are medians; the fast pass's weight options run in a second thread beside the losses "
+                 "(not on the wall time's path), and its first column is the base's forward (no Hutchinson "
+                 "cross-check by default; today's pass: 2 batches x 16 probes).")
     lines.append("")
     lines.append(f"Ratio of medians: **{t['ratio']:.2f}x** faster (per interleaved pair: "
                  f"{', '.join(f'{r:.2f}x' for r in t['pair_ratios'])}).")
@@ -169,6 +174,12 @@ def markdown(payload: dict) -> str:
         verdict = ("yes: " + ("pass" if row["spearman"] >= THRESHOLD else "FAIL")) if judged else "no (structure issue)"
         lines.append(f"| {family} | {row['pairs']} | {row['spearman']:.3f} | {ceiling.get('spearman', float('nan')):.3f} | "
                      f"{_fmt(row['across_layers_median'])} | {_fmt(ceiling.get('across_layers_median'))} | {verdict} |")
+    low = [f for f, row in payload["agreement"]["ceiling"].items() if f in JUDGED and row["spearman"] < THRESHOLD]
+    if low:
+        lines.append("")
+        lines.append(f"Below {THRESHOLD} at the ceiling ({', '.join(low)}): today's figures there move with the "
+                     "choice of train batches more than they differ between layers; the fast pass computes the "
+                     "same figures on the same batches.")
     return "\n".join(lines)
 
 
