@@ -134,6 +134,46 @@ def prune_output_channels(model: nn.Module, ratios: dict[str, float], importance
         parameter.requires_grad_(name not in frozen)
 
 
+def removed_channels(model: nn.Module, changes: list[tuple[str, float]],
+                     importance: str = "l1") -> dict[tuple[str, float], dict[str, tuple[list[int], list[int]]]]:
+    """What `prune_output_channels(model, {knob: ratio})` would remove, for each (knob, ratio) of
+    `changes` on its own, from one trace for all of them: {(knob, ratio): {conv name: (its output
+    channels removed, its input channels removed)}}, indices into the unpruned convs (a split cv1's
+    second half counted after its first). `model` is left untouched; zeroing these channels of its
+    fused copy computes what the pruned model computes (runners/accuracy/sensitivity.py)."""
+    if importance not in IMPORTANCES:
+        raise InputError(f"pruning importance must be one of {', '.join(IMPORTANCES)}, not {importance!r}")
+    scorer = _importance(importance)
+    analysed = copy.deepcopy(model)
+    result: dict[tuple[str, float], dict[str, tuple[list[int], list[int]]]] = {}
+    with _analysable(analysed) as halves:
+        found = _find_groups(analysed, halves)
+        names = _original_conv_names(analysed, halves)
+        offsets = {pair[1].conv: pair[0].conv.out_channels for pair in halves.values()}  # the second half's start
+        for knob, ratio in changes:
+            if knob not in found:
+                raise InputError(f"{knob} cannot be pruned: it is not the knob conv of a prunable group")
+            removed: dict[str, tuple[set[int], set[int]]] = {}
+            for group in found[knob]:
+                idxs = _weakest(scorer(group.all_channels), float(ratio))
+                if not idxs:
+                    continue
+                root = group.all_channels[0].dep
+                for dep, mapped in group.graph.get_pruning_group(root.target.module, root.handler, idxs):
+                    module = dep.target.module
+                    if not isinstance(module, nn.Conv2d):
+                        continue
+                    plain = [int(getattr(i, "idx", i)) for i in mapped]
+                    outputs, inputs = removed.setdefault(names[module], (set(), set()))
+                    if group.graph.is_out_channel_pruning_fn(dep.handler):
+                        outputs.update(i + offsets.get(module, 0) for i in plain)
+                    else:
+                        inputs.update(plain)
+            result[(knob, ratio)] = {name: (sorted(outputs), sorted(inputs))
+                                     for name, (outputs, inputs) in removed.items()}
+    return result
+
+
 def removed_count(channels: int, ratio: float) -> int:
     """Channels a ratio removes from a group: int(channels * ratio), keeping at least one."""
     return min(int(channels * ratio), channels - 1)

@@ -1,5 +1,6 @@
 """The sensitivity pass on the trained tiny base: real loss, real Hessian-vector products."""
 
+import pytest
 import torch
 
 from edgesearch.runners.accuracy.sensitivity import analyse, weight_option_key
@@ -45,3 +46,62 @@ def test_structural_changes_are_measured_and_priced(smoke_inputs):
     assert changes["prune_ratio"]["0.25"]["out_channels"] < smoke_inputs.base_model.get_submodule(layer).out_channels
     assert changes["activation_bits"]["8"]["delta_flops"] == 0
     assert all(change["delta_loss"] != 0 for values in changes.values() for change in values.values())
+
+
+def test_the_fast_pass_computes_what_the_reference_pass_does(smoke_inputs):
+    """The fast pass (losses re-run from the changed block, one calibration for every int8 input,
+    pruning groups priced by zeroing their channels of the fused base) against the reference pass
+    (a full forward per figure, a pruned copy per group): the same figures. Layers: a split cv1
+    whose group reaches residual adds, a conv whose channels feed concats far downstream (SPPF's
+    cv2 into the neck), a bottleneck conv with every structural change, a head conv."""
+    from edgesearch.runners.accuracy.sensitivity import REFERENCE_SETTINGS
+
+    options = {"model.6.cv1.conv": {"prune_ratio": [0.0, 0.25], "weight_bits": [4], "activation_bits": [32, 8]},
+               "model.9.cv2.conv": {"prune_ratio": [0.5], "weight_bits": [4]},
+               "model.2.m.0.cv1.conv": {"prune_ratio": [0.5], "kernel_size": [1], "rank_ratio": [0.5],
+                                        "activation_bits": [8], "weight_bits": [4, 32], "sparsity": [0.0, 0.5]},
+               "model.22.cv2.0.1.conv": {"prune_ratio": [0.25], "weight_bits": [4], "activation_bits": [8]}}
+    settings = {"checkpoint": str(smoke_inputs.checkpoint), "data_yaml": str(smoke_inputs.data_yaml), "imgsz": 64,
+                "batch": 8, "loss_batches": 2, "hessian_batches": 1, "probes": 1, "threads": 2, "device": "cpu"}
+    fast = analyse(settings, options)
+    reference = analyse({**settings, **REFERENCE_SETTINGS, "probes": 1, "hessian_batches": 1}, options)
+    assert fast["pass"] == "fast" and reference["pass"] == "reference"
+    assert fast["base_loss"] == pytest.approx(reference["base_loss"], rel=1e-6)
+    tolerance = 1e-5 * reference["base_loss"]
+    for name, layer in reference["layers"].items():
+        ours = fast["layers"][name]
+        assert ours["reference_second_order"] == pytest.approx(layer["reference_second_order"], abs=tolerance)
+        for key, option in layer["weight_options"].items():  # layers below FAST_SAMPLED_ELEMENTS: exact errors
+            assert ours["weight_options"][key]["delta_w2"] == pytest.approx(option["delta_w2"], rel=1e-6)
+        assert set(ours["changes"]) == set(layer["changes"])
+        for knob, values in layer["changes"].items():
+            for value, change in values.items():
+                mine = ours["changes"][knob][value]
+                assert mine["delta_loss"] == pytest.approx(change["delta_loss"], abs=tolerance), (name, knob, value)
+                assert {k: v for k, v in mine.items() if k != "delta_loss"} == \
+                    {k: v for k, v in change.items() if k != "delta_loss"}, (name, knob, value)
+
+
+def test_pruning_by_zeroing_names_what_pruning_removes(smoke_inputs):
+    """prune.removed_channels: the channels prune_output_channels removes, conv by conv (a split
+    cv1's halves counted as one conv), so the shapes left are the pruned model's."""
+    import copy
+
+    from edgesearch.spaces.apply import conv_layers
+    from edgesearch.spaces.prune import prune_output_channels, removed_channels
+
+    base = smoke_inputs.base_model
+    changes = [("model.6.cv1.conv", 0.25), ("model.9.cv2.conv", 0.5)]
+    removed = removed_channels(base, changes)
+    before = conv_layers(base)
+    for knob, ratio in changes:
+        pruned = copy.deepcopy(base)
+        prune_output_channels(pruned, {knob: ratio})
+        after = conv_layers(pruned)
+        for name, conv in before.items():
+            outputs, inputs = removed[(knob, ratio)].get(name, ([], []))
+            assert after[name].out_channels == conv.out_channels - len(outputs), (knob, name)
+            assert after[name].in_channels == conv.in_channels - len(inputs), (knob, name)
+            kept_out = [i for i in range(conv.out_channels) if i not in outputs]
+            kept_in = [i for i in range(conv.in_channels) if i not in inputs]
+            assert torch.equal(conv.weight[kept_out][:, kept_in], after[name].weight), (knob, name)

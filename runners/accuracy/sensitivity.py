@@ -16,19 +16,27 @@ fixed train batches (letterboxed, no augmentation), so they add up and compare a
 Why measured and not HAWQ's Hutchinson trace: on the tiny test model a layer given a 50x outlier
 got a negative trace estimate from 8 probes (its quantization would have looked free), and on
 YOLOv8n the estimates of large layers had standard errors above their means at 16 probes. The
-Hutchinson trace is still computed, as a cross-check: `hawq_reference_delta` is HAWQ-V2's
-prediction 1/2 Tr(H)/n ||dW||^2 of the same reference change, and `agreement` the Spearman rank
-correlation between it and the measured second-order change over layers.
+Hutchinson trace can still be computed, as a cross-check (`probes` > 0; the reference pass always):
+`hawq_reference_delta` is HAWQ-V2's prediction 1/2 Tr(H)/n ||dW||^2 of the same reference change,
+and `agreement` the Spearman rank correlation between it and the measured second-order change over
+layers.
 
 An option that combines several changes is priced as their sum; bench/search_quality.py checks
 that additivity against measured drops. Negative measured changes (the loss can fall) are kept as
 measured, and clipped at zero where the search uses them (search/options.py).
+
+Two passes compute these figures (`method`): "reference", the pass up to VERSION 3, one full
+forward of every batch per figure, a pruned copy re-traced per pruning change; and "fast" (the
+default), the same figures with the redundant work left out (_analyse_fast: forwards re-run only
+from the changed block, one calibration, pruning by zeroing, weight errors on a smaller sample in a
+second thread). bench/sensitivity_speed.py times both, interleaved, and compares their rankings.
 
 `analyse` takes and returns plain data, so it runs in-process or as a Ray task like a trial.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import copy
 import dataclasses
@@ -40,6 +48,8 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 from tqdm import tqdm
+from ultralytics.cfg import get_cfg
+from ultralytics.utils import IterableSimpleNamespace
 
 from edgesearch.runners.accuracy.finetune import detection_loss, loss_batches
 from edgesearch.runners.checkpoints import load_detection_model
@@ -51,13 +61,20 @@ from edgesearch.spaces.candidate import Candidate, LayerKnobs
 from edgesearch.spaces.kernel_size import shrink_kernel
 from edgesearch.spaces.knobs import CHANGE_KNOBS, weight_option_key
 from edgesearch.spaces.low_rank import factorize
+from edgesearch.spaces.prune import removed_channels
 from edgesearch.spaces.quantize import fake_quantize, squared_errors
 
-VERSION = 3  # bump when the method changes: cached tables from older code are recomputed
+VERSION = 4  # bump when the method changes: cached tables from older code are recomputed
 DEFAULTS = LayerKnobs()
 # PWLQ and k-means errors of larger layouts are estimated on a sample of this many entries (quantize.squared_errors):
 # exact, the pass took over 2 minutes for model.7.conv alone (295k weights, 240 options) on 2 busy cores
 SAMPLED_ELEMENTS = 32768
+# the fast pass's sample: omega's rankings over every weight option of YOLOv8n agree with 32768's at
+# Spearman 1.000 (same curvatures), at a sixteenth of the work
+FAST_SAMPLED_ELEMENTS = 2048
+METHODS = ("fast", "reference")
+# today's pass as it was (VERSION 3): what bench/sensitivity_speed.py compares the fast pass with
+REFERENCE_SETTINGS = {"method": "reference", "hessian_batches": 2, "probes": 16}
 REFERENCE = LayerKnobs(weight_bits=4, scheme="affine", granularity="tensor")  # where each layer's curvature is measured
 
 
@@ -68,11 +85,17 @@ class SensitivitySettings:
     imgsz: int
     batch: int = 16
     loss_batches: int = 4  # train batches every loss is measured on
-    hessian_batches: int = 2  # of those, the ones Hutchinson's probes use
-    probes: int = 16  # Rademacher probes per Hessian batch
+    hessian_batches: int = 1  # of those, the ones Hutchinson's probes use (a cross-check only: 0, none)
+    # Rademacher probes per Hessian batch: 0, no Hutchinson cross-check (the reference pass: 2 batches
+    # x 16; with 8 probes on 1 batch it took 11 of the fast pass's 108 s, for a figure that prices nothing)
+    probes: int = 0
     threads: int = 2
     seed: int = 0
     trust_checkpoint: bool = False
+    # "fast": the same figures with less redundant work (see _analyse_fast); "reference": the pass as
+    # it was up to VERSION 3, one full forward per figure (bench/sensitivity_speed.py times both)
+    method: str = "fast"
+    batch_offset: int = 0  # train batches skipped before the `loss_batches` used (the benchmark's other batches)
     # where the losses are measured (runners/device.py): auto | cpu | cuda[:N]; options are applied
     # and weight errors computed on the CPU. Not part of the cache key (search/analysis.py).
     device: str = "auto"
@@ -84,28 +107,29 @@ def analyse(settings: dict, layer_options: dict[str, dict[str, list]], progress:
     `device` (where the losses were measured) and `stage_devices` (what the fused model's
     parameters and batches were on, as seen)."""
     config = SensitivitySettings(**settings)
+    if config.method not in METHODS:
+        raise ValueError(f"sensitivity method must be one of {', '.join(METHODS)}, not {config.method!r}")
     device = resolve_device(config.device)
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     base = load_detection_model(config.checkpoint, trust=config.trust_checkpoint)
     fused = to_device(apply_candidate(base, Candidate({})), device)  # BN folded: the weights every option quantizes
     with exact_float32(device), running_on(fused, device) as watch:
-        result = _analyse(config, device, base, fused, layer_options, progress)
-    return {**result, "device": describe(device), "stage_devices": {"sensitivity": watch.describe()}}
+        passes = {"fast": _analyse_fast, "reference": _analyse}
+        result = passes[config.method](config, device, base, fused, layer_options, progress)
+    return {**result, "pass": config.method, "device": describe(device), "stage_devices": {"sensitivity": watch.describe()}}
 
 
 def _analyse(config: SensitivitySettings, device: torch.device, base: nn.Module, fused: nn.Module,
              layer_options: dict[str, dict[str, list]], progress: bool) -> dict:
-    batches = loss_batches(Path(config.data_yaml), imgsz=config.imgsz, batch=config.batch, count=config.loss_batches,
-                           stride=int(getattr(fused, "stride").max()))
-    batches = [batch_to(b, device) for b in batches]
+    batches = _batches(config, fused, device)
     images = sum(len(b["img"]) for b in batches)
     seconds = {}
     started = time.perf_counter()
     base_loss = detection_loss(fused, batches)
     convs = conv_layers(fused)
     traces = hessian_traces(fused, batches[:config.hessian_batches], [n for n in layer_options], config.probes,
-                            progress=progress)
+                            progress=progress) if config.probes and config.hessian_batches else {}
     seconds["hessian"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -120,13 +144,13 @@ def _analyse(config: SensitivitySettings, device: torch.device, base: nn.Module,
         with _weight_replaced(weight, weight.detach() - error):
             minus = detection_loss(fused, batches) - base_loss
         second_order = (plus + minus) / 2  # the gradient's first-order term cancels: 1/2 d^T H d
-        trace, spread = traces[name]
+        trace, spread = traces.get(name, (None, None))
         layers[name] = {"trace": trace, "trace_stderr": spread, "weights": weight.numel(),
                         "shape": list(weight.shape), "groups": convs[name].groups,
                         "bias": convs[name].bias is not None,
                         "reference_delta_w2": reference_w2, "reference_delta_loss": plus,
                         "reference_second_order": second_order,
-                        "hawq_reference_delta": 0.5 * trace / weight.numel() * reference_w2,
+                        "hawq_reference_delta": None if trace is None else 0.5 * trace / weight.numel() * reference_w2,
                         "curvature": max(second_order, 0.0) / reference_w2 if reference_w2 > 0 else 0.0}
     seconds["curvature"] = time.perf_counter() - started
 
@@ -155,24 +179,335 @@ def _analyse(config: SensitivitySettings, device: torch.device, base: nn.Module,
             **({"out_channels": costs["out_channels"]} if knob == "prune_ratio" else {}),
         }
     seconds["changes"] = time.perf_counter() - started
-    measured = [layer["reference_second_order"] for layer in layers.values()]
-    predicted = [layer["hawq_reference_delta"] for layer in layers.values()]
-    agreement = spearmanr(measured, predicted).statistic if len(layers) > 2 else None
+    return _table(config, base_loss, images, base_costs, layers, seconds)
+
+
+def _table(config: SensitivitySettings, base_loss: float, images: int, base_costs: dict, layers: dict[str, dict],
+           seconds: dict[str, float]) -> dict:
+    measured = [layer["reference_second_order"] for layer in layers.values() if layer["trace"] is not None]
+    predicted = [layer["hawq_reference_delta"] for layer in layers.values() if layer["trace"] is not None]
+    agreement = spearmanr(measured, predicted).statistic if len(measured) > 2 else None
+    probes = config.probes * config.hessian_batches
     return {
         "version": VERSION,
         "base_loss": base_loss,
         "reference_option": weight_option_key(REFERENCE),
         "agreement": None if agreement is None or math.isnan(agreement) else float(agreement),
         "images": images,
-        "probes": config.probes * config.hessian_batches,
+        "probes": probes,
         "base_flops": base_costs["flops"],
         "layers": layers,
         "seconds": seconds,
         "method": (f"detection loss per image on {images} train images; weight options: c * ||W - Q(W)||^2 with "
                    "the layer's curvature c measured at 4-bit affine per tensor; other changes: measured loss "
-                   "change with only that change applied; cross-check: HAWQ's Hutchinson trace "
-                   f"({config.probes * config.hessian_batches} probes)"),
+                   "change with only that change applied; "
+                   + (f"cross-check: HAWQ's Hutchinson trace ({probes} probes)" if probes else
+                      "no Hutchinson cross-check")),
     }
+
+
+def _batches(config: SensitivitySettings, fused: nn.Module, device: torch.device) -> list[dict]:
+    batches = loss_batches(Path(config.data_yaml), imgsz=config.imgsz, batch=config.batch,
+                           count=config.batch_offset + config.loss_batches, stride=int(getattr(fused, "stride").max()))
+    return [batch_to(b, device) for b in batches[config.batch_offset:]]
+
+
+# ---- the fast pass -------------------------------------------------------------------------------
+
+def _analyse_fast(config: SensitivitySettings, device: torch.device, base: nn.Module, fused: nn.Module,
+                  layer_options: dict[str, dict[str, list]], progress: bool) -> dict:
+    """The reference pass's figures with less redundant work, each computed as there (the same
+    central difference, calibration and measured changes), except where said:
+
+      - every loss re-runs the model only from the top-level block holding the change: the base's
+        block outputs on every batch are kept (_Replay), so a change in the neck does not re-run
+        the backbone;
+      - the int8 input quantizers of all layers are calibrated in one pass (each observes the float
+        model's input to its conv, as when calibrated alone);
+      - a pruning group's loss is that of the fused base with the group's channels zeroed (what the
+        pruned model computes), found from one DepGraph trace for all groups (prune.removed_channels)
+        instead of a copy and a re-trace per change; its FLOPs and parameters are counted, not traced;
+      - PWLQ and k-means errors of large layouts are estimated on FAST_SAMPLED_ELEMENTS entries.
+    """
+    batches = _batches(config, fused, device)
+    convs = conv_layers(fused)
+    # weight errors need no loss: a second thread computes them while the losses are measured, each
+    # on one core (many small ops: two threads each made them 7x slower on a busy 2-core host)
+    weights = {name: convs[name].weight.detach().cpu().clone() for name in layer_options}
+    with _Background(config.threads) as background:
+        errors = background.submit(_weight_errors, weights, layer_options)
+        return _measure_fast(config, device, base, fused, layer_options, progress, batches, background, errors)
+
+
+def _measure_fast(config: SensitivitySettings, device: torch.device, base: nn.Module, fused: nn.Module,
+                  layer_options: dict[str, dict[str, list]], progress: bool, batches: list[dict],
+                  background: _Background, errors: concurrent.futures.Future) -> dict:
+    images = sum(len(b["img"]) for b in batches)
+    seconds = {}
+    convs = conv_layers(fused)
+    started = time.perf_counter()
+    replay = _Replay(fused, batches, background.release)
+    base_loss = replay.base_loss
+    traces = hessian_traces(fused, batches[:config.hessian_batches], list(layer_options), config.probes,
+                            progress=progress) if config.probes and config.hessian_batches else {}
+    seconds["hessian"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    layers: dict[str, dict] = {}
+    for name in tqdm(layer_options, desc="sensitivity: layer curvature", unit="layer", disable=not progress):
+        weight = convs[name].weight
+        on_cpu = weight.detach().cpu()
+        error = (fake_quantize(on_cpu, REFERENCE) - on_cpu).to(device)
+        reference_w2 = float(error.pow(2).sum())
+        start = replay.block_of(name)
+        with _weight_replaced(weight, weight.detach() + error):
+            plus = replay.loss(start) - base_loss
+        with _weight_replaced(weight, weight.detach() - error):
+            minus = replay.loss(start) - base_loss
+        second_order = (plus + minus) / 2
+        trace, spread = traces.get(name, (None, None))
+        layers[name] = {"trace": trace, "trace_stderr": spread, "weights": weight.numel(),
+                        "shape": list(weight.shape), "groups": convs[name].groups,
+                        "bias": convs[name].bias is not None,
+                        "reference_delta_w2": reference_w2, "reference_delta_loss": plus,
+                        "reference_second_order": second_order,
+                        "hawq_reference_delta": None if trace is None else 0.5 * trace / weight.numel() * reference_w2,
+                        "curvature": max(second_order, 0.0) / reference_w2 if reference_w2 > 0 else 0.0}
+    seconds["curvature"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    for info in layers.values():
+        info["changes"] = {}
+    changes = [(name, knob, value) for name, options in layer_options.items() for knob in CHANGE_KNOBS
+               for value in options.get(knob, []) if value != getattr(DEFAULTS, knob)]
+    base_costs = _model_costs(fused, config.imgsz)
+    conv_costs = {c.name: c for c in layer_costs(fused, (1, 3, config.imgsz, config.imgsz))}
+    removed = removed_channels(base, [(name, value) for name, knob, value in changes if knob == "prune_ratio"])
+    quantizers = _calibrated_input_quantizers(
+        fused, [name for name, knob, value in changes if knob == "activation_bits" and value == 8], batches, device)
+    for name, knob, value in tqdm(changes, desc="sensitivity: structural changes", unit="change",
+                                  disable=not progress):
+        if knob == "prune_ratio" and _zeroable(convs, removed[(name, value)]):
+            group = removed[(name, value)]
+            with _channels_zeroed(convs, group):
+                loss = replay.loss(min(replay.block_of(conv) for conv in group))
+            costs = _pruned_costs(fused, convs, conv_costs, group, base_costs)
+            costs["out_channels"] = convs[name].out_channels - len(group[name][0])
+        elif knob == "prune_ratio":  # grouped convs: priced on a pruned copy, as the reference pass does
+            loss, costs = _changed_loss(base, fused, name, knob, value, batches, config.imgsz, base_costs)
+        elif knob == "activation_bits" and value == 8:
+            with _input_rounded(convs[name], quantizers[name]):
+                loss, costs = replay.loss(replay.block_of(name)), base_costs
+        else:
+            loss, costs = _replayed_change(replay, fused, name, knob, value, config.imgsz, base_costs)
+        layers[name]["changes"].setdefault(knob, {})[str(value)] = {
+            "delta_loss": loss - base_loss,
+            "delta_flops": costs["flops"] - base_costs["flops"],
+            "delta_params": costs["params"] - base_costs["params"],
+            **({"out_channels": costs["out_channels"]} if knob == "prune_ratio" else {}),
+        }
+    seconds["changes"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    deltas, seconds["weight_options"] = errors.result()  # its own time, beside the losses
+    background.release()
+    seconds["weight_options_wait"] = time.perf_counter() - started
+    for name, info in layers.items():
+        info["weight_options"] = {key: {"delta_w2": delta, "omega": info["curvature"] * delta}
+                                  for key, delta in deltas[name].items()}
+    return _table(config, base_loss, images, base_costs, layers, seconds)
+
+
+def _weight_errors(weights: dict[str, torch.Tensor], layer_options: dict[str, dict[str, list]]
+                   ) -> tuple[dict[str, dict[str, float]], float]:
+    """({layer: {weight option key: ||W - Q(W)||^2}}, seconds taken)."""
+    started = time.perf_counter()
+    deltas = {}
+    for name, options in layer_options.items():
+        found = squared_errors(weights[name], list(_weight_options(options)), max_elements=FAST_SAMPLED_ELEMENTS)
+        deltas[name] = {weight_option_key(knobs): delta for knobs, delta in found.items()}
+    return deltas, time.perf_counter() - started
+
+
+class _Background:
+    """One worker thread beside the main one; torch runs one thread per caller until it is done
+    (`release`, called between losses, gives the main thread its `threads` back)."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self.future: concurrent.futures.Future | None = None
+
+    def submit(self, function, *args) -> concurrent.futures.Future:
+        torch.set_num_threads(1)
+        self.future = self.pool.submit(function, *args)
+        return self.future
+
+    def release(self) -> None:
+        if self.future is not None and self.future.done():
+            self.future = None
+            torch.set_num_threads(self.threads)
+
+    def __enter__(self) -> _Background:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.future is not None:
+            self.future.cancel()
+        self.pool.shutdown(wait=True)  # a failed pass waits for the worker, then frees the threads
+        torch.set_num_threads(self.threads)
+
+
+class _Replay:
+    """finetune.detection_loss of the fused model after a change inside one top-level block: the
+    base's outputs of every block on every batch are kept, so only the blocks from the changed
+    one on run again (ultralytics' BaseModel._predict_once, from a block). A model that is not an
+    ultralytics chain of blocks runs whole."""
+
+    def __init__(self, model: nn.Module, batches: list[dict], before_each=None):
+        self.model, self.batches, self.before_each = model, batches, before_each
+        blocks = getattr(model, "model", None)
+        self.blocks = list(blocks) if isinstance(blocks, nn.Sequential) and all(hasattr(m, "f") for m in blocks) else []
+        self.starts = {f"model.{index}": index for index in range(len(self.blocks))}
+        self.outputs: list[list] = []
+        if self.blocks:
+            with torch.no_grad():
+                model.eval()
+                self.outputs = [self._run(batch["img"], 0, []) for batch in batches]
+        self.base_loss = self.loss(len(self.blocks))  # every block's output kept: the loss only
+
+    def block_of(self, name: str) -> int:
+        """Index of the top-level block holding the module `name` (0: from the input)."""
+        parts = name.split(".")
+        return self.starts.get(".".join(parts[:2]), 0)
+
+    def loss(self, start: int) -> float:
+        """The mean loss per image with blocks `start`.. run again (the earlier ones as kept)."""
+        if self.before_each is not None:
+            self.before_each()
+        if not self.blocks:
+            return detection_loss(self.model, self.batches)
+        if not isinstance(getattr(self.model, "args", None), IterableSimpleNamespace):
+            setattr(self.model, "args", get_cfg())
+        if getattr(self.model, "criterion", None) is None:
+            setattr(self.model, "criterion", getattr(self.model, "init_criterion")())
+        self.model.eval()
+        total, images = 0.0, 0
+        with torch.no_grad():
+            for batch, kept in zip(self.batches, self.outputs, strict=True):
+                outputs = self._run(batch["img"], start, kept) if start < len(self.blocks) else kept
+                loss, _ = getattr(self.model, "loss")(batch, outputs[-1])
+                total = total + loss.sum()
+                images += len(batch["img"])
+        return float(total) / images
+
+    def _run(self, images: torch.Tensor, start: int, kept: list) -> list:
+        outputs = list(kept[:start])
+        x = kept[start - 1] if start else images
+        for block in self.blocks[start:]:
+            source = getattr(block, "f")  # where the block reads from: -1 the previous block, else indices
+            if source != -1:
+                x = outputs[source] if isinstance(source, int) else [x if j == -1 else outputs[j] for j in source]
+            x = block(x)
+            outputs.append(x)
+        return outputs
+
+
+def _calibrated_input_quantizers(fused: nn.Module, layers: list[str], batches: list[dict],
+                                 device: torch.device) -> dict[str, nn.Module]:
+    """{layer: its int8 input quantizer, calibrated}: all observed in one pass of the float model
+    (a quantizer passes its input through while it observes, so each sees what it would alone)."""
+    convs = conv_layers(fused)
+    for name in layers:
+        attach_input_quantizer(convs[name], 8)
+        getattr(convs[name], "input_quantizer").to(device)
+    try:
+        calibrate(fused, (b["img"] for b in batches))
+        return {name: getattr(convs[name], "input_quantizer") for name in layers}
+    finally:
+        remove_input_quantizers(fused)
+
+
+@contextlib.contextmanager
+def _input_rounded(conv: nn.Module, quantizer: nn.Module):
+    handle = conv.register_forward_pre_hook(lambda module, args: (quantizer(args[0]), *args[1:]))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _zeroable(convs: dict[str, nn.Conv2d], group: dict[str, tuple[list[int], list[int]]]) -> bool:
+    """Whether zeroing computes what removing does for every conv of the group: plain or depthwise."""
+    return all(convs[name].groups == 1 or convs[name].groups == convs[name].in_channels == convs[name].out_channels
+               for name in group)
+
+
+@contextlib.contextmanager
+def _channels_zeroed(convs: dict[str, nn.Conv2d], group: dict[str, tuple[list[int], list[int]]]):
+    """The group's removed output channels (filters and biases) and input channels (weight slices)
+    set to zero: the fused model then computes what the pruned one does."""
+    saved = [(p, p.detach().clone()) for name in group for p in (convs[name].weight, convs[name].bias)
+             if p is not None]
+    with torch.no_grad():
+        for name, (outputs, inputs) in group.items():
+            conv = convs[name]
+            if outputs:
+                conv.weight[outputs] = 0
+                if conv.bias is not None:
+                    conv.bias[outputs] = 0
+            if inputs and conv.groups == 1:  # a depthwise conv's inputs are its outputs
+                conv.weight[:, inputs] = 0
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for parameter, values in saved:
+                parameter.copy_(values)
+
+
+def _pruned_costs(fused: nn.Module, convs: dict[str, nn.Conv2d], conv_costs: dict, group: dict, base_costs: dict) -> dict:
+    """_model_costs of the pruned fused model, counted: each conv of the group loses the FLOPs and
+    parameters of its removed output and input channels."""
+    flops, params = base_costs["flops"], base_costs["params"]
+    for name, (outputs, inputs) in group.items():
+        conv, cost = convs[name], conv_costs[name]
+        positions = cost.output_elements // conv.out_channels
+        kernel = conv.kernel_size[0] * conv.kernel_size[1]
+        depthwise = conv.groups > 1
+        before_in = conv.in_channels // conv.groups
+        after_in = before_in if depthwise else conv.in_channels - len(inputs)
+        after_out = conv.out_channels - len(outputs)
+        flops += 2 * positions * kernel * (after_out * after_in - conv.out_channels * before_in)
+        params += kernel * (after_out * after_in - conv.out_channels * before_in)
+        if conv.bias is not None:
+            params -= len(outputs)
+    return {"flops": flops, "params": params}
+
+
+def _replayed_change(replay: _Replay, fused: nn.Module, name: str, knob: str, value, imgsz: int,
+                     base_costs: dict) -> tuple[float, dict]:
+    """_changed_loss of a kernel crop, a low rank or fp16 compute, re-running from the layer's block."""
+    original = conv_layers(fused)[name]
+    device = original.weight.device
+    start = replay.block_of(name)
+    if knob == "activation_bits":
+        weights = original.weight.detach().half().float() if value == 16 else original.weight.detach()
+        attach_input_quantizer(original, value)
+        original.to(device)
+        try:
+            with _weight_replaced(original.weight, weights):
+                calibrate(fused, (b["img"] for b in replay.batches))
+                return replay.loss(start), base_costs
+        finally:
+            remove_input_quantizers(fused)
+    source = original if device.type == "cpu" else copy.deepcopy(original).cpu()
+    changed = (shrink_kernel(source, value) if knob == "kernel_size" else factorize(source, value)).to(device)
+    replace_module(fused, name, changed)
+    try:
+        return replay.loss(start), _model_costs(fused, imgsz)
+    finally:
+        replace_module(fused, name, original)
 
 
 def hessian_traces(model: nn.Module, batches: list[dict], layers: list[str], probes: int,
