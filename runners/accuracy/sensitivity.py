@@ -143,15 +143,7 @@ def _analyse(config: SensitivitySettings, device: torch.device, base: nn.Module,
             plus = detection_loss(fused, batches) - base_loss
         with _weight_replaced(weight, weight.detach() - error):
             minus = detection_loss(fused, batches) - base_loss
-        second_order = (plus + minus) / 2  # the gradient's first-order term cancels: 1/2 d^T H d
-        trace, spread = traces.get(name, (None, None))
-        layers[name] = {"trace": trace, "trace_stderr": spread, "weights": weight.numel(),
-                        "shape": list(weight.shape), "groups": convs[name].groups,
-                        "bias": convs[name].bias is not None,
-                        "reference_delta_w2": reference_w2, "reference_delta_loss": plus,
-                        "reference_second_order": second_order,
-                        "hawq_reference_delta": None if trace is None else 0.5 * trace / weight.numel() * reference_w2,
-                        "curvature": max(second_order, 0.0) / reference_w2 if reference_w2 > 0 else 0.0}
+        layers[name] = _curvature_record(convs[name], plus, minus, reference_w2, traces.get(name, (None, None)))
     seconds["curvature"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -264,15 +256,7 @@ def _measure_fast(config: SensitivitySettings, device: torch.device, base: nn.Mo
             plus = replay.loss(start) - base_loss
         with _weight_replaced(weight, weight.detach() - error):
             minus = replay.loss(start) - base_loss
-        second_order = (plus + minus) / 2
-        trace, spread = traces.get(name, (None, None))
-        layers[name] = {"trace": trace, "trace_stderr": spread, "weights": weight.numel(),
-                        "shape": list(weight.shape), "groups": convs[name].groups,
-                        "bias": convs[name].bias is not None,
-                        "reference_delta_w2": reference_w2, "reference_delta_loss": plus,
-                        "reference_second_order": second_order,
-                        "hawq_reference_delta": None if trace is None else 0.5 * trace / weight.numel() * reference_w2,
-                        "curvature": max(second_order, 0.0) / reference_w2 if reference_w2 > 0 else 0.0}
+        layers[name] = _curvature_record(convs[name], plus, minus, reference_w2, traces.get(name, (None, None)))
     seconds["curvature"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -508,6 +492,19 @@ def _replayed_change(replay: _Replay, fused: nn.Module, name: str, knob: str, va
         return replay.loss(start), _model_costs(fused, imgsz)
     finally:
         replace_module(fused, name, original)
+
+
+def _curvature_record(conv: nn.Conv2d, plus: float, minus: float, reference_w2: float, trace: tuple) -> dict:
+    """A layer's entry from its loss changes at +d and -d (d: its reference quantization error, of
+    squared norm `reference_w2`) and its Hutchinson (trace, stderr): the central difference's second
+    order term (the gradient's first-order term cancels: 1/2 d^T H d) gives the curvature."""
+    weight, (value, spread) = conv.weight, trace
+    second_order = (plus + minus) / 2
+    return {"trace": value, "trace_stderr": spread, "weights": weight.numel(), "shape": list(weight.shape),
+            "groups": conv.groups, "bias": conv.bias is not None,
+            "reference_delta_w2": reference_w2, "reference_delta_loss": plus, "reference_second_order": second_order,
+            "hawq_reference_delta": None if value is None else 0.5 * value / weight.numel() * reference_w2,
+            "curvature": max(second_order, 0.0) / reference_w2 if reference_w2 > 0 else 0.0}
 
 
 def hessian_traces(model: nn.Module, batches: list[dict], layers: list[str], probes: int,
