@@ -14,18 +14,11 @@ import json
 from pathlib import Path
 
 from edgesearch.common.cache import cache_dir
-from edgesearch.common.files import write_text_atomically
+from edgesearch.common.files import file_sha256, write_text_atomically
 
 SENSITIVITY_FILE = "sensitivity.json"
 BASIS_FILE = "cost_basis.json"
 
-
-def file_digest(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def dataset_fingerprint(data_yaml: str | Path) -> str:
@@ -62,7 +55,7 @@ def sensitivity(settings: dict, layer_options: dict[str, dict[str, list]], run_d
     from edgesearch.runners.accuracy.sensitivity import VERSION, SensitivitySettings
 
     config = {k: settings[k] for k in ("checkpoint", "data_yaml", "imgsz", "batch", "trust_checkpoint", "seed")}
-    material = {"version": VERSION, "checkpoint": file_digest(config["checkpoint"]),
+    material = {"version": VERSION, "checkpoint": file_sha256(config["checkpoint"]),
                 "data": dataset_fingerprint(config["data_yaml"]), "options": layer_options,
                 "settings": {k: v for k, v in config.items() if k not in ("checkpoint", "data_yaml")},
                 # fields without a default are left out: dataclasses.MISSING's text holds its memory
@@ -93,8 +86,8 @@ def cost_basis(settings: dict, run_dir: Path, cpus: int) -> dict:
 
     config = {k: settings[k] for k in ("checkpoint", "trust_checkpoint", "profile", "imgsz")}
     material = {"version": VERSION, "tvm": tvm.__version__, "build_code": build_code_hash(),
-                "checkpoint": file_digest(config["checkpoint"]),
-                "profile": file_digest(config["profile"]),
+                "checkpoint": file_sha256(config["checkpoint"]),
+                "profile": file_sha256(config["profile"]),
                 "imgsz": config["imgsz"], "threads": cpus}
     config["threads"] = cpus
 
