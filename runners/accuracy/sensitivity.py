@@ -135,15 +135,8 @@ def _analyse(config: SensitivitySettings, device: torch.device, base: nn.Module,
     started = time.perf_counter()
     layers: dict[str, dict] = {}
     for name in tqdm(layer_options, desc="sensitivity: layer curvature", unit="layer", disable=not progress):
-        weight = convs[name].weight
-        on_cpu = weight.detach().cpu()  # quantizers run on the CPU (spaces/); the loss on the device
-        error = (fake_quantize(on_cpu, REFERENCE) - on_cpu).to(device)
-        reference_w2 = float(error.pow(2).sum())
-        with _weight_replaced(weight, weight.detach() + error):
-            plus = detection_loss(fused, batches) - base_loss
-        with _weight_replaced(weight, weight.detach() - error):
-            minus = detection_loss(fused, batches) - base_loss
-        layers[name] = _curvature_record(convs[name], plus, minus, reference_w2, traces.get(name, (None, None)))
+        layers[name] = _measured_curvature(convs[name], device, lambda: detection_loss(fused, batches) - base_loss,
+                                           traces.get(name, (None, None)))
     seconds["curvature"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -247,16 +240,9 @@ def _measure_fast(config: SensitivitySettings, device: torch.device, base: nn.Mo
     started = time.perf_counter()
     layers: dict[str, dict] = {}
     for name in tqdm(layer_options, desc="sensitivity: layer curvature", unit="layer", disable=not progress):
-        weight = convs[name].weight
-        on_cpu = weight.detach().cpu()
-        error = (fake_quantize(on_cpu, REFERENCE) - on_cpu).to(device)
-        reference_w2 = float(error.pow(2).sum())
         start = replay.block_of(name)
-        with _weight_replaced(weight, weight.detach() + error):
-            plus = replay.loss(start) - base_loss
-        with _weight_replaced(weight, weight.detach() - error):
-            minus = replay.loss(start) - base_loss
-        layers[name] = _curvature_record(convs[name], plus, minus, reference_w2, traces.get(name, (None, None)))
+        layers[name] = _measured_curvature(convs[name], device, lambda start=start: replay.loss(start) - base_loss,
+                                           traces.get(name, (None, None)))
     seconds["curvature"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -494,11 +480,19 @@ def _replayed_change(replay: _Replay, fused: nn.Module, name: str, knob: str, va
         replace_module(fused, name, original)
 
 
-def _curvature_record(conv: nn.Conv2d, plus: float, minus: float, reference_w2: float, trace: tuple) -> dict:
-    """A layer's entry from its loss changes at +d and -d (d: its reference quantization error, of
-    squared norm `reference_w2`) and its Hutchinson (trace, stderr): the central difference's second
-    order term (the gradient's first-order term cancels: 1/2 d^T H d) gives the curvature."""
+def _measured_curvature(conv: nn.Conv2d, device: torch.device, loss_change, trace: tuple) -> dict:
+    """A layer's entry: its weights moved by +d and -d (d: its error at the REFERENCE option, of
+    squared norm `reference_w2`), `loss_change()` measured at each, and its Hutchinson (trace, stderr);
+    the central difference's second-order term (the gradient's first-order term cancels: 1/2 d^T H d)
+    gives the curvature."""
     weight, (value, spread) = conv.weight, trace
+    on_cpu = weight.detach().cpu()  # quantizers run on the CPU (spaces/); the loss on the device
+    error = (fake_quantize(on_cpu, REFERENCE) - on_cpu).to(device)
+    reference_w2 = float(error.pow(2).sum())
+    with _weight_replaced(weight, weight.detach() + error):
+        plus = loss_change()
+    with _weight_replaced(weight, weight.detach() - error):
+        minus = loss_change()
     second_order = (plus + minus) / 2
     return {"trace": value, "trace_stderr": spread, "weights": weight.numel(), "shape": list(weight.shape),
             "groups": conv.groups, "bias": conv.bias is not None,
