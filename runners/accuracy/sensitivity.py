@@ -42,6 +42,7 @@ import copy
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -458,26 +459,8 @@ def _pruned_costs(fused: nn.Module, convs: dict[str, nn.Conv2d], conv_costs: dic
 def _replayed_change(replay: _Replay, fused: nn.Module, name: str, knob: str, value, imgsz: int,
                      base_costs: dict) -> tuple[float, dict]:
     """_changed_loss of a kernel crop, a low rank or fp16 compute, re-running from the layer's block."""
-    original = conv_layers(fused)[name]
-    device = original.weight.device
     start = replay.block_of(name)
-    if knob == "activation_bits":
-        weights = original.weight.detach().half().float() if value == 16 else original.weight.detach()
-        attach_input_quantizer(original, value)
-        original.to(device)
-        try:
-            with _weight_replaced(original.weight, weights):
-                calibrate(fused, (b["img"] for b in replay.batches))
-                return replay.loss(start), base_costs
-        finally:
-            remove_input_quantizers(fused)
-    source = original if device.type == "cpu" else copy.deepcopy(original).cpu()
-    changed = (shrink_kernel(source, value) if knob == "kernel_size" else factorize(source, value)).to(device)
-    replace_module(fused, name, changed)
-    try:
-        return replay.loss(start), _model_costs(fused, imgsz)
-    finally:
-        replace_module(fused, name, original)
+    return _layer_change(fused, name, knob, value, imgsz, base_costs, lambda: replay.loss(start), replay.batches)
 
 
 def _measured_curvature(conv: nn.Conv2d, device: torch.device, loss_change, trace: tuple) -> dict:
@@ -578,7 +561,15 @@ def _changed_loss(base: nn.Module, fused: nn.Module, name: str, knob: str, value
         model = to_device(apply_candidate(base, Candidate({name: LayerKnobs(prune_ratio=value)})), device)
         costs = {**_model_costs(model, imgsz), "out_channels": conv_layers(model)[name].out_channels}
         return detection_loss(model, batches), costs
+    return _layer_change(fused, name, knob, value, imgsz, base_costs, lambda: detection_loss(fused, batches), batches)
+
+
+def _layer_change(fused: nn.Module, name: str, knob: str, value, imgsz: int, base_costs: dict,
+                  loss: Callable[[], float], batches: list[dict]) -> tuple[float, dict]:
+    """`loss()` and the costs of `fused` with a kernel crop, a low rank or rounded inputs at one layer
+    (put back afterwards; rounded inputs are calibrated on `batches`)."""
     original = conv_layers(fused)[name]
+    device = original.weight.device
     if knob == "activation_bits":  # the same arithmetic on rounded inputs: costs unchanged
         # fp16 compute rounds the float weights to fp16 as well (LayerKnobs.stored)
         weights = original.weight.detach().half().float() if value == 16 else original.weight.detach()
@@ -587,13 +578,13 @@ def _changed_loss(base: nn.Module, fused: nn.Module, name: str, knob: str, value
         try:
             with _weight_replaced(original.weight, weights):
                 calibrate(fused, (b["img"] for b in batches))
-                return detection_loss(fused, batches), base_costs
+                return loss(), base_costs
         finally:
             remove_input_quantizers(fused)
     source = original if device.type == "cpu" else copy.deepcopy(original).cpu()
     changed = (shrink_kernel(source, value) if knob == "kernel_size" else factorize(source, value)).to(device)
     replace_module(fused, name, changed)
     try:
-        return detection_loss(fused, batches), _model_costs(fused, imgsz)
+        return loss(), _model_costs(fused, imgsz)
     finally:
         replace_module(fused, name, original)
