@@ -20,6 +20,7 @@ study (RESULTS_ATTR) as it arrives, so a stopped run neither loses nor redoes on
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 
 import optuna
@@ -152,8 +153,8 @@ def recovery_text(study: optuna.Study) -> str:
     if stage["state"] != "done":
         return f"recovery stage: skipped ({stage['why']})"
     results = study.user_attrs.get(RESULTS_ATTR, {}).values()
-    seconds = sorted(r["scores"]["eval_s"] for r in results if "scores" in r)
-    median = f"; {seconds[len(seconds) // 2]:.0f} s per design (median task)" if seconds else ""
+    seconds = [r["scores"]["eval_s"] for r in results if "scores" in r]
+    median = f"; {statistics.median(seconds):.0f} s per design (median task)" if seconds else ""
     failed = f", {stage['failed']} failed" if stage.get("failed") else ""
     return (f"recovery stage: {stage['designs']} design(s) (the control, structural recipes and the front's structural "
             f"designs) trained {stage['steps']} more steps from the base, distilled, learning rate {RECOVERY_LR:g}"
