@@ -1,10 +1,13 @@
-"""Trials on one machine take turns to be timed and count who else ran meanwhile (real processes)."""
+"""Trials on one machine take turns to be timed, count who else ran meanwhile and pause their work
+steps while one is timed (real processes)."""
 
 import multiprocessing
 import threading
 import time
 
-from edgesearch.runners.hardware.turns import running_trial, timing_turn
+import pytest
+
+from edgesearch.runners.hardware.turns import in_work_steps, running_trial, timing_turn, work_step
 
 
 def _hold_a_trial(ready, release):
@@ -57,3 +60,52 @@ def test_timing_counts_the_other_running_trials_and_takes_turns(tmp_path, monkey
 def _enter_turn(acquired):
     with timing_turn():
         acquired["at"] = time.perf_counter()
+
+
+def _steps(cache, started, stop, spans):
+    import os
+
+    os.environ["EDGESEARCH_CACHE"] = cache
+    with running_trial():
+        for _ in in_work_steps(iter(lambda: stop.is_set(), True)):  # steps until told to stop
+            begun = time.time()
+            started.set()
+            time.sleep(0.05)
+            spans.append((begun, time.time()))
+
+
+def test_a_timing_waits_for_the_steps_under_way_and_no_step_starts_until_it_ends(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGESEARCH_CACHE", str(tmp_path))
+    context = multiprocessing.get_context("spawn")
+    started, stop = context.Event(), context.Event()
+    with context.Manager() as manager:
+        spans = manager.list()
+        worker = context.Process(target=_steps, args=(str(tmp_path), started, stop, spans))
+        worker.start()
+        try:
+            assert started.wait(30)
+            turns = []
+            for _ in range(5):
+                time.sleep(0.1)
+                with running_trial(), timing_turn() as turn:
+                    begun = time.time()
+                    time.sleep(0.3)
+                    turns.append((begun, time.time()))
+                assert turn["others"] == 1 and turn["paused_s"] < 5
+        finally:
+            stop.set()
+            worker.join(30)
+        steps = list(spans)
+    assert len(steps) > 10  # the worker stepped between the timings
+    for begun, ended in turns:  # ...but never during one
+        assert not [s for s in steps if s[0] < ended and s[1] > begun], (begun, ended)
+
+
+def test_steps_nest_and_a_timing_inside_one_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGESEARCH_CACHE", str(tmp_path))
+    with work_step(), work_step():  # the inner one does not lock again (it would wait for a timing forever)
+        with pytest.raises(RuntimeError, match="wait for itself"), timing_turn():
+            pass
+    with timing_turn() as turn:  # outside every step it goes
+        pass
+    assert turn["others"] == 0

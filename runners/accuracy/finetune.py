@@ -20,6 +20,7 @@ from ultralytics.utils import IterableSimpleNamespace
 from edgesearch.common.errors import InputError
 from edgesearch.runners.accuracy import ultralytics_io  # noqa: F401  (never write into the user's dataset)
 from edgesearch.runners.device import CPU, batch_to, running_on, to_device, trainer_device
+from edgesearch.runners.hardware.turns import in_work_steps, work_step
 
 
 def load_dataset_info(data_yaml: Path) -> dict:
@@ -104,7 +105,8 @@ def finetune(
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
     with running_on(model, device) as student, contextlib.ExitStack() as watching:
         taught = watching.enter_context(running_on(teacher, device)) if teacher is not None else None
-        for step, batch_data in enumerate(itertools.islice(_endless(loader), iterations), start=1):
+        # each step a work step: a trial of this machine being timed pauses it (turns.py)
+        for step, batch_data in enumerate(in_work_steps(itertools.islice(_endless(loader), iterations)), start=1):
             _step(model, batch_to(batch_data, device), batch, optimizer, losses, teacher, distill_weight)
             if rung is not None and step == rung[0] < iterations and not _checked(model, rung[1], trainable, cfg):
                 losses.stopped_at = step
@@ -234,7 +236,7 @@ def validate(model: nn.Module, data_yaml: Path, *, imgsz: int, batch: int = 32, 
     parameters and the batches were (runners/device.py; 'not watched' for a model given as a file)."""
     args = dict(data=str(data_yaml), imgsz=imgsz, batch=batch, workers=0, device=trainer_device(device),
                 plots=False, verbose=False, save_json=False, split=split)
-    with tempfile.TemporaryDirectory() as save_dir, contextlib.ExitStack() as watching:
+    with tempfile.TemporaryDirectory() as save_dir, contextlib.ExitStack() as watching, work_step():
         watch = watching.enter_context(running_on(model, device)) if isinstance(model, nn.Module) else None
         validator = DetectionValidator(save_dir=Path(save_dir), args=args)
         stats = validator(model=model)

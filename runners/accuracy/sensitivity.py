@@ -56,6 +56,7 @@ from edgesearch.runners.accuracy.finetune import detection_loss, loss_batches
 from edgesearch.runners.checkpoints import load_detection_model
 from edgesearch.runners.costs import layer_costs
 from edgesearch.runners.device import batch_to, describe, exact_float32, resolve_device, running_on, to_device
+from edgesearch.runners.hardware.turns import in_work_steps  # a timing pauses the pass between changes
 from edgesearch.spaces.activations import attach_input_quantizer, calibrate, remove_input_quantizers
 from edgesearch.spaces.apply import apply_candidate, conv_layers, replace_module
 from edgesearch.spaces.candidate import Candidate, LayerKnobs
@@ -135,7 +136,8 @@ def _analyse(config: SensitivitySettings, device: torch.device, base: nn.Module,
 
     started = time.perf_counter()
     layers: dict[str, dict] = {}
-    for name in tqdm(layer_options, desc="sensitivity: layer curvature", unit="layer", disable=not progress):
+    for name in in_work_steps(tqdm(layer_options, desc="sensitivity: layer curvature", unit="layer",
+                                   disable=not progress)):
         layers[name] = _measured_curvature(convs[name], device, lambda: detection_loss(fused, batches) - base_loss,
                                            traces.get(name, (None, None)))
     seconds["curvature"] = time.perf_counter() - started
@@ -155,8 +157,8 @@ def _analyse(config: SensitivitySettings, device: torch.device, base: nn.Module,
     changes = [(name, knob, value) for name, options in layer_options.items() for knob in CHANGE_KNOBS
                for value in options.get(knob, []) if value != getattr(DEFAULTS, knob)]
     base_costs = _model_costs(fused, config.imgsz)
-    for name, knob, value in tqdm(changes, desc="sensitivity: structural changes", unit="change",
-                                  disable=not progress):
+    for name, knob, value in in_work_steps(tqdm(changes, desc="sensitivity: structural changes", unit="change",
+                                                disable=not progress)):
         loss, costs = _changed_loss(base, fused, name, knob, value, batches, config.imgsz, base_costs)
         layers[name]["changes"].setdefault(knob, {})[str(value)] = {
             "delta_loss": loss - base_loss,
@@ -240,7 +242,8 @@ def _measure_fast(config: SensitivitySettings, device: torch.device, base: nn.Mo
 
     started = time.perf_counter()
     layers: dict[str, dict] = {}
-    for name in tqdm(layer_options, desc="sensitivity: layer curvature", unit="layer", disable=not progress):
+    for name in in_work_steps(tqdm(layer_options, desc="sensitivity: layer curvature", unit="layer",
+                                   disable=not progress)):
         start = replay.block_of(name)
         layers[name] = _measured_curvature(convs[name], device, lambda start=start: replay.loss(start) - base_loss,
                                            traces.get(name, (None, None)))
@@ -256,8 +259,8 @@ def _measure_fast(config: SensitivitySettings, device: torch.device, base: nn.Mo
     removed = removed_channels(base, [(name, value) for name, knob, value in changes if knob == "prune_ratio"])
     quantizers = _calibrated_input_quantizers(
         fused, [name for name, knob, value in changes if knob == "activation_bits" and value == 8], batches, device)
-    for name, knob, value in tqdm(changes, desc="sensitivity: structural changes", unit="change",
-                                  disable=not progress):
+    for name, knob, value in in_work_steps(tqdm(changes, desc="sensitivity: structural changes", unit="change",
+                                                disable=not progress)):
         if knob == "prune_ratio" and _zeroable(convs, removed[(name, value)]):
             group = removed[(name, value)]
             with _channels_zeroed(convs, group):

@@ -28,10 +28,11 @@ from torch import nn
 from edgesearch.common.errors import InputError
 from edgesearch.runners.hardware.build import build_local, measure_latency_local, tvm_threads
 from edgesearch.runners.hardware.profiles import HardwareProfile
-from edgesearch.runners.hardware.turns import timing_turn
+from edgesearch.runners.hardware.turns import timing_turn, work_step
 
 KINDS = ("local", "rpc", "estimate")
-SHARED_NOTE = "; {others} other trial(s) ran on this machine while it was timed (trials take turns to be timed)"
+SHARED_NOTE = ("; {others} other trial(s) ran on this machine while it was timed, their fine-tune steps, validations and "
+               "builds paused (trials take turns to be timed)")
 LOCAL_SOURCE = ("measured: TVM llvm build, fixed CPU schedule (no tuning), {precision}, {threads} threads, "
                 "time evaluator median")
 TUNED_SOURCE = ("measured: TVM llvm build tuned by MetaSchedule (budget {trials} trials), {precision}, {threads} threads, "
@@ -107,14 +108,16 @@ class LocalMeasurer(Measurer):
         if self.tune_trials > 0:
             from edgesearch.runners.hardware.tuning import tune_and_build
 
-            executable, build = tune_and_build(design.module, self.profile.target, Path(self.tuning_db),
-                                               self.tune_trials)
+            with work_step():
+                executable, build = tune_and_build(design.module, self.profile.target, Path(self.tuning_db),
+                                                   self.tune_trials)
             source = TUNED_SOURCE.format(trials=self.tune_trials, precision=design.precision_label,
                                          threads=tvm_threads())
             method = TUNED_METHOD.format(threads=tvm_threads())
             fields = dict(build)
         else:
-            executable, build = build_local(design.module, self.profile.target)
+            with work_step():  # a trial of this machine being timed pauses builds too
+                executable, build = build_local(design.module, self.profile.target)
             source = LOCAL_SOURCE.format(precision=design.precision_label, threads=tvm_threads())
             method = LOCAL_METHOD.format(threads=tvm_threads())
             fields = {"build_s": build["build_s"], "unscheduled_kernels": len(build["unscheduled_kernels"]),
