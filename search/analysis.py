@@ -3,7 +3,9 @@
 Both are cached by content hash in the user's cache (`<cache>/analysis/`), so a second search on
 the same base, data, space and input size (or profile) reuses them, and copied into the run folder
 (`sensitivity.json`, `cost_basis.json`), where the report reads them. They run once, in the
-driver's process (with progress bars), before any trial.
+driver's process: the cost basis (which times blocks on a measured profile) before anything else;
+the sensitivity pass in a thread of its own (start_sensitivity), beside the base score and the
+first trials, holding one of the run's trial slots while it runs (search/loop.py).
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import threading
+import time
+from concurrent.futures import Future
 from pathlib import Path
 
 from edgesearch.common.cache import cache_dir
@@ -50,7 +55,32 @@ def _cached(kind: str, key_material: dict, compute, run_dir: Path, file_name: st
     return result
 
 
-def sensitivity(settings: dict, layer_options: dict[str, dict[str, list]], run_dir: Path, cpus: int) -> dict:
+def start_sensitivity(settings: dict, layer_options: dict[str, dict[str, list]], run_dir: Path,
+                      cpus: int) -> Future:
+    """sensitivity(...) in a thread of its own, started now: a future of (the table, seconds it took),
+    or of the pass's error. While it computes, it counts as a running trial (runners/hardware/turns.py),
+    so trials timed meanwhile say so. A daemon thread: a stopped run does not wait for it."""
+    from edgesearch.runners.hardware.turns import running_trial
+
+    pending: Future = Future()
+
+    def work():
+        started = time.perf_counter()
+        try:
+            with running_trial():
+                table = sensitivity(settings, layer_options, run_dir, cpus, progress=False)
+        except BaseException as error:  # handed to whoever waits for the table
+            pending.set_exception(error)
+        else:
+            pending.set_result((table, time.perf_counter() - started))
+
+    pending.set_running_or_notify_cancel()
+    threading.Thread(target=work, name="sensitivity pass", daemon=True).start()
+    return pending
+
+
+def sensitivity(settings: dict, layer_options: dict[str, dict[str, list]], run_dir: Path, cpus: int,
+                progress: bool = True) -> dict:
     """The sensitivity pass (runners/accuracy/sensitivity.py) of the base to every option, cached."""
     from edgesearch.runners.accuracy.sensitivity import VERSION, SensitivitySettings
 
@@ -72,7 +102,7 @@ def sensitivity(settings: dict, layer_options: dict[str, dict[str, list]], run_d
               f"{len(layer_options)} layers (once per base, data, space and input size; cached)")
         from edgesearch.runners.accuracy.sensitivity import analyse
 
-        return analyse(config, layer_options, progress=True)
+        return analyse(config, layer_options, progress=progress)
 
     return _cached("sensitivity", material, compute, run_dir, SENSITIVITY_FILE)
 

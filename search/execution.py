@@ -20,6 +20,7 @@ import os
 import secrets
 import socket
 import stat
+import time
 from pathlib import Path
 
 import ray
@@ -297,9 +298,20 @@ def submit(settings: dict, candidate: dict | None, cpus: int, parcels: dict, gpu
 def wait_one(pending: list[Pending]) -> Pending:
     """The first of `pending` to finish for good: succeeded, failed in its own code, or out of
     retries (one that hit a system failure is started again meanwhile)."""
+    done = wait_one_within(pending, None)
+    assert done is not None  # no time limit
+    return done
+
+
+def wait_one_within(pending: list[Pending], timeout: float | None) -> Pending | None:
+    """wait_one, or None when none of `pending` has finished within `timeout` seconds (None: no limit)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         by_ref = {p.ref: p for p in pending}
-        ready, _ = ray.wait(list(by_ref), num_returns=1)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ready, _ = ray.wait(list(by_ref), num_returns=1, timeout=left)
+        if not ready:
+            return None
         done = by_ref[ready[0]]
         if not done.restarted():
             return done

@@ -7,9 +7,17 @@
 3. Moves (moves.py): 1-3 layers of a front design changed, several drawn per slot, the one the
    proxy predicts adds most hypervolume scored in full, the others stored as screened.
 
-With an accuracy floor, a seed or move the accuracy model (fitted on the scored designs) predicts
-below it is not spent: it is stored as screened, with its prediction (a slot whose every move falls
-below is drawn again from restoring moves, then left empty).
+The accuracy model (moves.fit_accuracy_model) is fitted on the scored designs as they come in,
+and also learns what share of a structural change's one-shot loss survives the fine-tune; the
+option tables are re-priced with that share, so structure is offered at what it cost the trials.
+
+With an accuracy floor, a seed or move the accuracy model predicts below it is not spent: it is
+stored as screened, with its prediction (a slot whose every move falls below is drawn again from
+restoring moves, then left empty).
+
+The sensitivity table the option tables come from may still be computing when the run starts
+(search/analysis.start_sensitivity): the recipes need no prices and are proposed at once; the
+seeds, the floor's seeds and the moves wait for the table.
 
 GuidedSampler is an Optuna sampler (optuna.samplers.BaseSampler): each new trial gets the next design
 of this order, as its parameters ("layer|knob" for the knobs the design changes, so Optuna's own
@@ -23,6 +31,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
+from concurrent.futures import Future
 
 import numpy as np
 import optuna
@@ -31,7 +41,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from edgesearch.search import study as studies
 from edgesearch.search.allocate import allocate, budget_sweep, design_price
-from edgesearch.search.moves import RESOURCES, Scored, fit_accuracy_model, layer_fronts, propose, screen
+from edgesearch.search.moves import RESOURCES, AccuracyModel, Scored, fit_accuracy_model, layer_fronts, propose, screen
 from edgesearch.search.options import OptionPricer, layer_options
 from edgesearch.search.study import Proposal
 from edgesearch.spaces.candidate import Candidate
@@ -46,7 +56,9 @@ CHEAPEN_PROBABILITY_WITH_FLOOR = 0.75  # an accuracy floor asks for the smallest
 MIB = 1024 * 1024
 PLAN_ATTR = "guided_plan"  # study attr: the designs to score first, in order (recipes, seeds, floor seeds)
 FLOOR_PLANNED_ATTR = "floor_seeded"  # study attr: the accuracy floor's seeds were planned
+SEEDS_DUE_ATTR = "seeds_due"  # study attr: budgeted seeds still to plan once the tables are in (their count)
 LEGACY_SEEDED_ATTR = "seeded"  # runs before the sampler queued their recipes and seeds as waiting trials
+RESCALE_TOLERANCE = 0.05  # the tables are re-priced when the fitted structural scale moves by more than this share
 
 
 def candidate_key(candidate: dict) -> str:
@@ -63,13 +75,18 @@ class Guide:
     def __init__(self, pricer: OptionPricer, resolved: dict[str, LayerChoices], base: dict, budgets: dict,
                  seed: int):
         self.pricer, self.base, self.budgets = pricer, base, budgets
-        self.tables = {layer: layer_options(pricer, layer, resolved[layer].choices) for layer in resolved}
+        self.choices = {layer: resolved[layer].choices for layer in resolved}
         self.offsets = {"latency_ms": pricer.basis["fixed_ms"]}
-        self.fronts = {resource: layer_fronts(self.tables, resource) for resource in RESOURCES
-                       if self._varies(resource)}
+        self._price_tables()
         self.rng = np.random.default_rng(seed)
         # the hypervolume reference: the base's SRAM and latency x 1.1, mAP 0 (as the benchmark)
         self.reference = (0.0, base["sram_bytes"] * 1.1, base["latency_ms"] * 1.1)
+
+    def _price_tables(self) -> None:
+        """Each layer's option table, and its trade-off per resource, at the pricer's structural scale."""
+        self.tables = {layer: layer_options(self.pricer, layer, choices) for layer, choices in self.choices.items()}
+        self.fronts = {resource: layer_fronts(self.tables, resource) for resource in RESOURCES
+                       if self._varies(resource)}
 
     def memory_word(self) -> str:
         """What the memory figure is called in seed names: SRAM where the budget is on-chip, else the
@@ -120,14 +137,28 @@ class Guide:
             if not scores or not candidate:
                 continue
             layers = Candidate.from_json(candidate).layers
+            prices = self.pricer.design(layers)
             result.append(Scored(trial.number, layers, scores["map50_95"], scores["sram_bytes"], scores["latency_ms"],
-                                 self.pricer.design(layers)["omega"]))
+                                 prices["omega"], prices["structural_loss"],
+                                 bool(scores.get("training", {}).get("stopped_early"))))
         return result
 
-    def floor_seeds(self, alpha: float, intercept: float) -> list[tuple[str, dict]]:
+    def accuracy_model(self, study: optuna.Study) -> tuple[list[Scored], AccuracyModel]:
+        """The scored designs and the accuracy model fitted on them; when the fitted structural scale
+        differs from the pricer's, the option tables are re-priced with it first (and the designs with them)."""
+        scored = self.scored(study)
+        model = fit_accuracy_model(scored, DEFAULT_ALPHA, self.base["map50_95"], self.pricer.structural_scale)
+        if abs(model.structural_scale - self.pricer.structural_scale) > RESCALE_TOLERANCE * self.pricer.structural_scale:
+            self.pricer.structural_scale = model.structural_scale
+            self._price_tables()
+            scored = self.scored(study)
+        return scored, model
+
+    def floor_seeds(self, model: AccuracyModel) -> list[tuple[str, dict]]:
         """With an accuracy floor: the smallest and the fastest designs whose predicted mAP
         (intercept - alpha x omega, fitted on the scored designs) stays above it."""
-        allowed = (intercept - self.budgets["map_floor"]) / alpha
+        alpha = model.alpha
+        allowed = (model.intercept - self.budgets["map_floor"]) / alpha
         if allowed <= 0:
             return []
         designs = []
@@ -138,25 +169,25 @@ class Guide:
             if design is not None:
                 candidate = Candidate({layer: option.knobs for layer, option in design.items()}).to_json()
                 designs.append((f"seed: {what} within the accuracy floor (omega <= {allowed:.4g}, "
-                                f"alpha {alpha:.3g})", candidate))
+                                f"alpha {alpha:.3g}{_scale_words(model)})", candidate))
         return designs
 
     def floor_proposals(self, study: optuna.Study) -> list[Proposal]:
         """With an accuracy floor: floor_seeds from the model fitted on the scored designs, those not tried."""
-        alpha, intercept = fit_accuracy_model(self.scored(study), DEFAULT_ALPHA, self.base["map50_95"])
+        _, model = self.accuracy_model(study)
         seen = _designs_tried(study)
         return [Proposal(candidate, origin, predicted={"omega": self.omega(candidate)})
-                for origin, candidate in self.floor_seeds(alpha, intercept) if candidate_key(candidate) not in seen]
+                for origin, candidate in self.floor_seeds(model) if candidate_key(candidate) not in seen]
 
     def move(self, study: optuna.Study) -> Proposal | None:
         """Draw moves from the current front, screen them, store all but the best as screened and
         return the best. None when nothing can be proposed yet (no scored design, or no new move)."""
-        scored = self.scored(study)
+        scored, model = self.accuracy_model(study)
         if not scored:
             return None
         numbers = {t.number for t in studies.pareto_trials(study)}
         front = [s for s in scored if s.number in numbers] or scored
-        alpha, _ = fit_accuracy_model(scored, DEFAULT_ALPHA, self.base["map50_95"])
+        alpha = model.alpha
         floor = self.budgets.get("map_floor")
         seen = _designs_tried(study)
         # with a floor, a slot whose draws all fall below it is drawn again from restoring moves only
@@ -170,7 +201,9 @@ class Guide:
             below = floor is not None and moves[screened_best].predicted["map50_95"] < floor
             best = None if below else screened_best
             proposals = [Proposal(Candidate(move.layers).to_json(), f"move: {move.describe()}",
-                                  predicted=dict(move.predicted, alpha=alpha)) for move in moves]
+                                  predicted=dict(move.predicted, alpha=alpha, structural_scale=model.structural_scale,
+                                                 structural_designs=model.structural_designs))
+                         for move in moves]
             for index, proposal in enumerate(proposals):
                 if index != best:
                     studies.record_screened(study, proposal)
@@ -197,28 +230,83 @@ class Guide:
         return moves
 
 
-class GuidedSampler(studies.DesignSampler):
-    """The guided search as an Optuna sampler (see the module's docstring). `space`: {layer: {knob:
-    values}}, the values a trial's parameter may take (the search space and what the recipes use)."""
+def pricing_text(study: optuna.Study) -> str:
+    """How the last move priced structure, for the run's summary ("" before any move fitted a scale)."""
+    for trial in reversed(study.get_trials(deepcopy=False)):
+        predicted = trial.user_attrs.get(studies.PREDICTED_ATTR) or {}
+        if predicted.get("structural_designs"):
+            return (f"structural changes priced at {predicted['structural_scale']:.2g} x their one-shot loss on the "
+                    f"base, fitted on the {predicted['structural_designs']} scored design(s) with structure "
+                    f"(mAP50-95 {predicted['alpha']:.3g} per unit of omega)")
+    return ""
 
-    def __init__(self, guide: Guide, space: dict[str, dict[str, list]], seed: int):
-        self.guide, self.space = guide, space
+
+def _scale_words(model: AccuracyModel) -> str:
+    if not model.structural_designs:
+        return ""
+    return f", structure at {model.structural_scale:.2g} of its one-shot loss"
+
+
+class GuidedSampler(studies.DesignSampler):
+    """The guided search as an Optuna sampler (see the module's docstring). `guide`: the Guide, or a
+    future of the sensitivity table and a function making the Guide from it (analysis.start_sensitivity).
+    `space`: {layer: {knob: values}}, the values a trial's parameter may take (the search space and
+    what the recipes use)."""
+
+    def __init__(self, guide: Guide | tuple[Future, Callable[[dict], Guide]], space: dict[str, dict[str, list]],
+                 seed: int):
+        self._guide: Guide | None = guide if isinstance(guide, Guide) else None
+        self._pending: tuple[Future, Callable[[dict], Guide]] | None = None if isinstance(guide, Guide) else guide
+        self.space = space
+        self.recipes: dict[str, Candidate] = {}
         self._independent = optuna.samplers.RandomSampler(seed=seed)  # parameters no design of ours set
         self._prepared: Proposal | None = None
         # trial number -> its design and that design's parameters (_parameters), until `design` records it
         self._chosen: dict[int, tuple[Proposal, dict[str, tuple[object, CategoricalDistribution]]]] = {}
+        self.table_seconds: float | None = None  # how long the sensitivity table took, once in
+
+    @property
+    def guide(self) -> Guide:
+        """The Guide, waiting for the sensitivity table if it is still computing (raises its error)."""
+        if self._guide is None:
+            self._make_guide()
+        assert self._guide is not None
+        return self._guide
+
+    def _make_guide(self) -> None:
+        assert self._pending is not None
+        table, self.table_seconds = self._pending[0].result()
+        self._guide = self._pending[1](table)
+
+    def ready(self) -> bool:
+        """Whether the option tables are in (or the table is, so that the Guide is made at once)."""
+        return self._guide is not None or (self._pending is not None and self._pending[0].done())
+
+    def busy_slots(self) -> int:
+        """Trial slots the sensitivity pass holds while it computes beside the trials (one)."""
+        return 0 if self.ready() else 1
+
+    def wait(self) -> bool:
+        """Block until the option tables are in; False when they already were (nothing to wait for)."""
+        if self._guide is not None:
+            return False
+        self._make_guide()
+        return True
 
     def plan(self, study: optuna.Study, recipes: dict[str, Candidate], seed_count: int) -> None:
-        """Write the designs a new study scores first: the recipes, then `seed_count` budgeted seeds."""
+        """Write the designs a new study scores first: the recipes, then `seed_count` budgeted seeds
+        (planned when the option tables are in: `_next`)."""
+        self.recipes = recipes
         if PLAN_ATTR in study.user_attrs or study.user_attrs.get(LEGACY_SEEDED_ATTR):
             return
-        plan = []
-        for name, recipe in recipes.items():
-            design = recipe.to_json()
-            plan.append(Proposal(design, f"recipe: {name}", predicted={"omega": self.guide.omega(design)}, recipe=name))
-        plan += [Proposal(candidate, origin, predicted={"omega": self.guide.omega(candidate)})
-                 for origin, candidate in self.guide.seeds(recipes, seed_count)]
+        plan = [Proposal(recipe.to_json(), f"recipe: {name}", predicted=self._omega(recipe.to_json()), recipe=name)
+                for name, recipe in recipes.items()]
+        study.set_user_attr(SEEDS_DUE_ATTR, seed_count)
         study.set_user_attr(PLAN_ATTR, [dataclasses.asdict(p) for p in plan])
+
+    def _omega(self, candidate: dict) -> dict:
+        """{"omega": the design's predicted accuracy cost}, or {} while the tables are not in."""
+        return {"omega": self.guide.omega(candidate)} if self.ready() else {}
 
     def prepare(self, study: optuna.Study) -> bool:
         if self._prepared is None:
@@ -226,34 +314,49 @@ class GuidedSampler(studies.DesignSampler):
         return self._prepared is not None
 
     def _next(self, study: optuna.Study) -> Proposal | None:
-        """The first design of the plan that no trial carries yet, else the floor's seeds (planned once,
-        when designs are scored to fit the accuracy model on), else a screened move."""
+        """The first design of the plan that no trial carries yet; then (once the option tables are
+        in) the budgeted seeds, the floor's seeds (planned once, when designs are scored to fit the
+        accuracy model on), else a screened move."""
         while (proposal := self._due(study)) is not None:
             predicted = self._below_floor(study, proposal)
             if predicted is None:
                 return proposal
             studies.record_screened(study, dataclasses.replace(proposal, predicted=predicted))  # not spent
+        if not self.ready():
+            return None  # the loop waits for the table, or for a trial
+        if study.user_attrs.get(SEEDS_DUE_ATTR):
+            seeds = [Proposal(candidate, origin, predicted={"omega": self.guide.omega(candidate)})
+                     for origin, candidate in self.guide.seeds(self.recipes, study.user_attrs[SEEDS_DUE_ATTR])]
+            self._extend_plan(study, seeds)
+            study.set_user_attr(SEEDS_DUE_ATTR, 0)
+            return self._next(study)
         if self.guide.budgets.get("map_floor") is not None and not study.user_attrs.get(FLOOR_PLANNED_ATTR):
             if not self.guide.scored(study):
                 return None
             extra = self.guide.floor_proposals(study)
-            study.set_user_attr(PLAN_ATTR, study.user_attrs.get(PLAN_ATTR, []) + [dataclasses.asdict(p) for p in extra])
+            self._extend_plan(study, extra)
             study.set_user_attr(FLOOR_PLANNED_ATTR, True)
             if extra:
                 return extra[0]
         return self.guide.move(study)
 
+    @staticmethod
+    def _extend_plan(study: optuna.Study, proposals: list[Proposal]) -> None:
+        study.set_user_attr(PLAN_ATTR, study.user_attrs.get(PLAN_ATTR, []) + [dataclasses.asdict(p) for p in proposals])
+
     def _below_floor(self, study: optuna.Study, proposal: Proposal) -> dict | None:
         """A planned seed's predicted scores when the accuracy model fitted on the scored designs puts it
         below the accuracy floor (it is then not spent); None for recipes (the reference points), without
         a floor, or before three scored designs fit the model."""
-        floor, scored = self.guide.budgets.get("map_floor"), self.guide.scored(study)
-        if floor is None or not proposal.origin.startswith("seed:") or len({s.omega for s in scored}) < 3:
+        if not proposal.origin.startswith("seed:") or self.guide.budgets.get("map_floor") is None:
             return None
-        alpha, intercept = fit_accuracy_model(scored, DEFAULT_ALPHA, self.guide.base["map50_95"])
+        _, model = self.guide.accuracy_model(study)
+        if not model.designs:
+            return None
         omega = self.guide.omega(proposal.candidate)
-        predicted = intercept - alpha * omega
-        return {"omega": omega, "map50_95": predicted, "alpha": alpha} if predicted < floor else None
+        predicted = model.predict(omega)
+        return ({"omega": omega, "map50_95": predicted, "alpha": model.alpha,
+                 "structural_scale": model.structural_scale} if predicted < self.guide.budgets["map_floor"] else None)
 
     @staticmethod
     def _due(study: optuna.Study) -> Proposal | None:

@@ -7,9 +7,11 @@ run learns what the rest of a fine-tune adds. A move (not a recipe, the control 
 those are the reference points, and always get the full schedule) gets a promotion bar:
 
     bar = the best mAP50-95 among scored designs at least SLACK faster and smaller than the move's
-          predicted latency and memory - the most the rest of a fine-tune has added to any design
+          predicted latency and memory - the most the rest of a fine-tune has added to a design
+          trained at the move's learning rate (structural designs, at the higher rate, gain far more)
 
-Below it after the rung, the move would stay dominated even with every remaining step, so its
+and with an accuracy floor, at least the floor less that gain. Below it after the rung, the move
+would stay dominated (or under the floor, off the front) even with every remaining step, so its
 fine-tune stops there; its figures are real (validated, built and timed) and its training record
 says it had fewer steps. No bar (the move goes on) until MIN_GAINS designs have shown their gain,
 or when no scored design is clearly faster and smaller than the move's prediction.
@@ -30,18 +32,23 @@ def default_rung_steps(finetune_iters: int) -> int:
     return finetune_iters // RUNG_SHARE
 
 
-def promotion_bar(study: optuna.Study, predicted: dict | None, finetune_iters: int) -> float | None:
-    """The mAP50-95 a move predicted at `predicted` (latency_ms, sram_bytes) must reach at the rung
-    to be fine-tuned on; None: it goes on whatever it scores there."""
+def promotion_bar(study: optuna.Study, predicted: dict | None, finetune_iters: int, *,
+                  map_floor: float | None = None, lr: float | None = None) -> float | None:
+    """The mAP50-95 a move predicted at `predicted` (latency_ms, sram_bytes), fine-tuned at `lr`,
+    must reach at the rung to be fine-tuned on; None: it goes on whatever it scores there."""
     if not predicted or predicted.get("latency_ms") is None or predicted.get("sram_bytes") is None:
         return None
     full = [s for s in _scored(study) if s["training"]["steps_from_base"] == finetune_iters]
-    gains = [s["map50_95"] - s["rung_map50_95"] for s in full if s.get("rung_map50_95") is not None]
-    if len(gains) < MIN_GAINS:
+    shown = [s for s in full if s.get("rung_map50_95") is not None]
+    alike = [s for s in shown if s["training"].get("lr") == lr]
+    shown = alike if len(alike) >= MIN_GAINS else shown  # too few at its rate: every design's gain
+    if len(shown) < MIN_GAINS:
         return None
+    gain = max(0.0, *(s["map50_95"] - s["rung_map50_95"] for s in shown))
     dominating = [s["map50_95"] for s in full if s["latency_ms"] <= SLACK * predicted["latency_ms"]
                   and s["sram_bytes"] <= SLACK * predicted["sram_bytes"]]
-    return max(dominating) - max(max(gains), 0.0) if dominating else None
+    bars = ([max(dominating) - gain] if dominating else []) + ([map_floor - gain] if map_floor is not None else [])
+    return max(bars) if bars else None
 
 
 def halving_text(study: optuna.Study) -> str:

@@ -4,6 +4,7 @@ strategy's tables and first designs; then the recovery stage, the front's re-mea
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from pathlib import Path
 
 from tqdm import tqdm
@@ -15,6 +16,8 @@ from edgesearch.search.remeasure import REMEASURE_ATTR, remeasure_front
 from edgesearch.search.resolve import Inputs, eval_settings, ship_inputs
 from edgesearch.search.run_config import RunConfig
 from edgesearch.search.run_report import write_run_report
+
+SLOT_POLL_S = 2.0  # how often the loop looks whether a slot the sampler held is free again
 
 
 def run_search(inputs: Inputs, run_dir: Path, run: RunConfig, *, resume: bool, ray_address: str | None,
@@ -46,6 +49,10 @@ def run_search(inputs: Inputs, run_dir: Path, run: RunConfig, *, resume: bool, r
         requeued = studies.requeue_interrupted(study)
         if requeued:
             print(f"resuming: {requeued} interrupted trial(s) queued again")
+        tables = None
+        if strategy == "guided":  # the cost basis now; the sensitivity pass beside the base score and the trials
+            with timing.stage(spent, "cost tables"):
+                tables = _start_tables(inputs, settings, run, run_dir, cpus_per_trial)
         if "base" not in study.user_attrs:
             print("scoring the base model (no changes, no fine-tune)")
             base_settings = dict(settings, finetune_iters=0)
@@ -53,13 +60,18 @@ def run_search(inputs: Inputs, run_dir: Path, run: RunConfig, *, resume: bool, r
                 study.set_user_attr("base", execution.result(execution.submit(base_settings, None, cpus_per_trial,
                                                                               parcels, gpus_per_trial)))
         budgets = run.budgets(study.user_attrs["base"], studies.control_scores(study))
-        if strategy == "guided":
-            with timing.stage(spent, "sensitivity and cost tables"):
-                study.sampler = _guided_sampler(inputs, settings, run, run_dir, study, budgets)
+        sampler = _guided_sampler(inputs, run, study, budgets, tables) if tables is not None else None
+        if sampler is not None:
+            study.sampler = sampler
         print(timing.estimate_text(study, run.trials - studies.finished_count(study), parallel, run.finetune_iters))
         with timing.stage(spent, "trials"):
             _search_loop(study, inputs, settings, run.trials, parallel, cpus_per_trial, budgets, parcels,
                          gpus_per_trial, floor=lambda control: run.budgets(study.user_attrs["base"], control))
+        if sampler is not None:  # its table belongs in the run folder, even if no trial needed it
+            with timing.stage(spent, "waiting for the sensitivity pass") if not sampler.ready() else nullcontext():
+                sampler.wait()
+            if sampler.table_seconds is not None:
+                spent["sensitivity pass (beside the first trials)"] = sampler.table_seconds
         with timing.stage(spent, "recovery"):  # before the re-measure: recovered designs may join the front
             recover_front(study, settings, run.recover_steps, parallel, cpus_per_trial, parcels, gpus_per_trial,
                           budgets_for=lambda control: run.budgets(study.user_attrs["base"], control))
@@ -76,23 +88,38 @@ def run_search(inputs: Inputs, run_dir: Path, run: RunConfig, *, resume: bool, r
             execution.stop_ray()
     with timing.stage(spent, "report"):
         report = write_run_report(run_dir, study=study)
+    from edgesearch.search.guided import pricing_text
+
+    if pricing := pricing_text(study):
+        print(pricing)
     print(timing.account_text(study, spent))
     return report
 
 
-def _guided_sampler(inputs: Inputs, settings: dict, run: RunConfig, run_dir: Path, study, budgets: dict):
-    """The guided strategy's sampler: sensitivity and cost tables (cached), and in a new study the
-    plan of recipes and seeds to score first."""
+def _start_tables(inputs: Inputs, settings: dict, run: RunConfig, run_dir: Path, threads: int):
+    """The guided strategy's tables: the cost basis now (cached; on a measured profile it times
+    blocks, so nothing else may run), and the sensitivity pass started in a thread beside what
+    follows, with a trial's `threads` (analysis.start_sensitivity). (basis, future of the table)."""
     from edgesearch.search import analysis
+
+    _, options = guided_space(inputs, run.preset)
+    basis = analysis.cost_basis(settings, run_dir, os.cpu_count() or 1)
+    return basis, analysis.start_sensitivity(settings, options, run_dir, threads)
+
+
+def _guided_sampler(inputs: Inputs, run: RunConfig, study, budgets: dict, tables):
+    """The guided strategy's sampler, and in a new study the plan of recipes (and of the seeds to
+    come, once the sensitivity table is in) to score first."""
     from edgesearch.search.guided import Guide, GuidedSampler
     from edgesearch.search.options import OptionPricer
 
     recipes, options = guided_space(inputs, run.preset)
-    cpus = os.cpu_count() or 1
-    pricer = OptionPricer(analysis.sensitivity(settings, options, run_dir, cpus),
-                          analysis.cost_basis(settings, run_dir, cpus))
-    sampler = GuidedSampler(Guide(pricer, inputs.resolved, study.user_attrs["base"], budgets, run.seed), options,
-                            run.seed)
+    basis, table = tables
+
+    def make_guide(sensitivity: dict) -> Guide:
+        return Guide(OptionPricer(sensitivity, basis), inputs.resolved, study.user_attrs["base"], budgets, run.seed)
+
+    sampler = GuidedSampler((table, make_guide), options, run.seed)
     sampler.plan(study, recipes, seed_count(run.trials, len(recipes)))
     return sampler
 
@@ -134,18 +161,26 @@ def _search_loop(study, inputs: Inputs, settings: dict, trials: int, parallel: i
     in_flight: dict = {}
     with tqdm(total=trials, initial=finished, desc="trials", unit="trial") as bar:
         while finished + len(in_flight) < trials or in_flight:
-            while len(in_flight) < parallel and finished + len(in_flight) < trials:
+            # while the sampler's own work (the sensitivity pass) runs beside, it holds trial slots
+            busy = designer.busy_slots() if designer is not None else 0
+            while len(in_flight) < max(1, parallel - busy) and finished + len(in_flight) < trials:
                 if designer is not None and not studies.has_waiting(study) and not designer.prepare(study):
                     break  # no scored design to move from yet (or no new move): wait for one
                 trial = study.ask()
                 candidate = studies.candidate_of(trial, inputs.resolved)
-                in_flight[execution.submit(_with_bar(study, trial, settings), candidate, cpus, parcels, gpus)] = trial
+                in_flight[execution.submit(_with_bar(study, trial, settings, candidate, budgets.get("map_floor")),
+                                           candidate, cpus, parcels, gpus)] = trial
             if not in_flight:
+                if designer is not None and designer.wait():
+                    continue  # its tables are in now: it can propose
                 why = ("every move from the front was tried already, or is predicted below the accuracy floor"
                        if studies.pareto_trials(study) else "no design was scored to move from")
                 bar.write(f"no new design to try: {why}")
                 break
-            ref = execution.wait_one(list(in_flight))
+            # with a slot held, look again now and then: the slot frees when the sampler's work ends
+            ref = execution.wait_one_within(list(in_flight), SLOT_POLL_S if busy else None)
+            if ref is None:
+                continue
             trial = in_flight.pop(ref)
             try:
                 scores = execution.result(ref)
@@ -165,11 +200,14 @@ def _search_loop(study, inputs: Inputs, settings: dict, trials: int, parallel: i
             bar.set_postfix_str(_front_summary(study), refresh=True)
 
 
-def _with_bar(study, trial, settings: dict) -> dict:
+def _with_bar(study, trial, settings: dict, candidate: dict, map_floor: float | None) -> dict:
     """A move's settings with its promotion bar (search/halving.py); anything else's unchanged."""
+    from edgesearch.runners.evaluate import EvalSettings, design_lr
+
     if not settings.get("rung_steps") or not str(trial.user_attrs.get(studies.ORIGIN_ATTR, "")).startswith("move:"):
         return settings
-    bar = halving.promotion_bar(study, trial.user_attrs.get(studies.PREDICTED_ATTR), settings["finetune_iters"])
+    bar = halving.promotion_bar(study, trial.user_attrs.get(studies.PREDICTED_ATTR), settings["finetune_iters"],
+                                map_floor=map_floor, lr=design_lr(EvalSettings(**settings), candidate))
     return settings if bar is None else dict(settings, promotion_bar=bar)
 
 

@@ -3,7 +3,9 @@
 An option is one value per knob for one layer. Its prices, from the sensitivity pass
 (runners/accuracy/sensitivity.py) and the hardware cost basis (runners/hardware/cost_basis.py):
 
-  omega           predicted increase of the detection loss (weight option + each structural change)
+  omega           predicted increase of the detection loss: the weight option's, plus each structural
+                  change's one-shot loss x the pricer's structural_scale (what of a cut's loss the
+                  design's own fine-tune leaves, fitted on the scored designs: search/moves.py)
   weight_bytes    exact packed bytes of the layer's own conv(s) at that option (spaces/packing.py)
   activation_bytes  the layer's share of the planned activation memory: the base's planned bytes
                   x this conv's input elements x (1 byte int8, 2 fp16, else 4) / (4 x all conv inputs), so a
@@ -47,6 +49,7 @@ class Option:
     weight_bytes: int
     activation_bytes: float
     latency_ms: float
+    structural_loss: float = 0.0  # the one-shot loss of its structural changes (in omega x structural_scale)
 
     def price(self, name: str) -> float:
         return getattr(self, name)
@@ -55,8 +58,11 @@ class Option:
 class OptionPricer:
     """Prices any knobs of any searchable layer (recipes included, whatever the space allows)."""
 
-    def __init__(self, sensitivity: dict, basis: dict):
+    def __init__(self, sensitivity: dict, basis: dict, structural_scale: float = 1.0):
         self.sensitivity, self.basis = sensitivity, basis
+        # the sensitivity pass prices a structural change as a one-shot cut; a fine-tune recovers
+        # much of it, so omega counts this share of that loss (1: as measured on the base)
+        self.structural_scale = structural_scale
         # A change measured as free (the loss can fall: the first-order term) is still a change: each
         # costs at least this much, so equal predictions favour designs that change fewer layers,
         # instead of piling up dozens of "free" changes whose losses do not add as measured.
@@ -79,12 +85,14 @@ class OptionPricer:
         latency = cost.get("latency_ms" if precision == "fp32" else f"latency_ms_{precision}", cost["latency_ms"])
         per_flop = latency / cost["flops"] if cost["flops"] else 0.0
         pruned_out = None
+        structural_loss = 0.0
         for knob in STRUCTURAL:
             value = getattr(knobs, knob)
             if value == getattr(DEFAULTS, knob):
                 continue
             change = info["changes"][knob][str(value)]
-            omega += max(0.0, change["delta_loss"]) + self.change_floor
+            structural_loss += max(0.0, change["delta_loss"])
+            omega += self.structural_scale * max(0.0, change["delta_loss"]) + self.change_floor
             latency += change["delta_flops"] * per_flop  # the layer's share of time, less what the change removes
             if knob == "prune_ratio":
                 pruned_out = change["out_channels"]
@@ -95,14 +103,14 @@ class OptionPricer:
                         and info.get("bias", True))
             for i, s in enumerate(shapes))
         act_bytes = ACTIVATION_BYTES[knobs.activation_bits] * cost["input_elements"] * self._bytes_per_input_element
-        return Option(knobs, omega, weight_bytes, act_bytes, max(0.0, latency))
+        return Option(knobs, omega, weight_bytes, act_bytes, max(0.0, latency), structural_loss)
 
     def design(self, layers: dict[str, LayerKnobs]) -> dict[str, float]:
         """Summed prices of a design; layers it does not name keep their defaults (float, unchanged)."""
-        totals = dict.fromkeys(PRICES, 0.0)
+        totals = dict.fromkeys((*PRICES, "structural_loss"), 0.0)
         for layer in self.layers():
             option = self.price(layer, layers.get(layer, DEFAULTS))
-            for name in PRICES:
+            for name in totals:
                 totals[name] += option.price(name)
         totals["latency_ms"] += self.basis["fixed_ms"]
         totals["sram_bytes"] = totals["weight_bytes"] + totals["activation_bytes"]

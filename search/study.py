@@ -156,6 +156,14 @@ class DesignSampler(optuna.samplers.BaseSampler, abc.ABC):
     def design(self, trial: Trial) -> dict | None:
         """The design this sampler chose for `trial` (recorded on it), or None if it chose none."""
 
+    def busy_slots(self) -> int:
+        """Trial slots the sampler's own work (e.g. a table it computes beside the trials) holds now."""
+        return 0
+
+    def wait(self) -> bool:
+        """Block until that work is done; False when there was none (waiting cannot help)."""
+        return False
+
 
 def record_screened(study: optuna.Study, proposal: Proposal) -> None:
     """Store a design the screen passed over: PRUNED, with its proxy scores, never on the front."""

@@ -95,18 +95,19 @@ def test_the_floor_constraint_rests_on_the_higher_of_the_base_and_the_fp32_contr
 
 def test_a_move_is_stopped_at_its_rung_only_below_what_reaching_the_front_needs():
     """search/halving.py: no bar until MIN_GAINS full fine-tunes showed what the rest adds; then the
-    best mAP of designs clearly faster and smaller than the move's prediction, less the largest gain."""
+    best mAP of designs clearly faster and smaller than the move's prediction, and the accuracy
+    floor where there is one, less the largest gain of designs fine-tuned at the move's rate."""
     import optuna
 
     from edgesearch.search import halving, study as studies
 
     study = optuna.create_study(directions=list(studies.DIRECTIONS))
 
-    def scored(map50_95, rung_map, latency_ms, sram_bytes, steps=60):
+    def scored(map50_95, rung_map, latency_ms, sram_bytes, steps=60, lr=1e-4):
         study.add_trial(optuna.trial.create_trial(
             values=[map50_95, latency_ms, sram_bytes], user_attrs={studies.SCORE_ATTR: {
                 "map50_95": map50_95, "rung_map50_95": rung_map, "latency_ms": latency_ms, "sram_bytes": sram_bytes,
-                "training": {"steps_from_base": steps, "stopped_early": steps < 60}}}))
+                "training": {"steps_from_base": steps, "stopped_early": steps < 60, "lr": lr}}}))
 
     move = {"latency_ms": 10.0, "sram_bytes": 1000}
     scored(0.70, 0.66, 5.0, 500)
@@ -118,6 +119,18 @@ def test_a_move_is_stopped_at_its_rung_only_below_what_reaching_the_front_needs(
     assert halving.promotion_bar(study, {"latency_ms": 5.2, "sram_bytes": 520}, 60) is None  # nothing 10 % better
     assert halving.promotion_bar(study, {"omega": 0.1}, 60) is None  # no predicted latency or memory: goes on
     assert "1 of 4 scored trial(s) stopped" in halving.halving_text(study)
+    # the floor's bar: a move that cannot reach the floor with the rest of its fine-tune stops
+    assert halving.promotion_bar(study, move, 60, map_floor=0.75, lr=1e-4) == pytest.approx(0.75 - 0.04)
+    assert halving.promotion_bar(study, {"latency_ms": 5.2, "sram_bytes": 520}, 60, map_floor=0.75, lr=1e-4) \
+        == pytest.approx(0.75 - 0.04)
+    assert halving.promotion_bar(study, move, 60, map_floor=0.5, lr=1e-4) == pytest.approx(0.70 - 0.04)
+    # a structural move (fine-tuned at 1e-3) is held to the gains of designs trained as it is, once there are enough
+    assert halving.promotion_bar(study, move, 60, map_floor=0.75, lr=1e-3) == pytest.approx(0.75 - 0.04)
+    for _ in range(3):
+        scored(0.45, 0.15, 30.0, 3000, lr=1e-3)
+    assert halving.promotion_bar(study, move, 60, map_floor=0.75, lr=1e-3) == pytest.approx(0.75 - 0.30)
+    assert halving.promotion_bar(study, move, 60, lr=1e-3) == pytest.approx(0.70 - 0.30)
+    assert halving.promotion_bar(study, move, 60, map_floor=0.75, lr=1e-4) == pytest.approx(0.75 - 0.04)
 
 
 def example_run(**changes):
@@ -180,3 +193,133 @@ def test_a_new_study_scores_uniform_anchor_designs_first(tmp_path, tiny_model):
             assert knobs.rank_ratio == 1.0 and knobs.activation_bits == 32
 
 
+
+
+def _scored_designs(scale, structural_losses, weight_omegas, intercept=0.72, alpha=0.05):
+    """Scored designs whose mAP follows intercept - alpha x (weight omega + scale x structural loss);
+    their omegas priced at structural scale 1 (one-shot), as a fresh pricer gives them."""
+    from edgesearch.search.moves import Scored
+
+    return [Scored(i, {}, intercept - alpha * (w + scale * s), 1.0, 1.0, w + s, s)
+            for i, (w, s) in enumerate(zip(weight_omegas, structural_losses, strict=True))]
+
+
+def test_the_accuracy_model_learns_what_share_of_a_one_shot_cut_survives_the_fine_tune():
+    """search/moves.fit_accuracy_model: a second slope on the designs' one-shot structural loss once
+    MIN_STRUCTURAL_DESIGNS carry structure; omega then counts structure at the ratio of the slopes."""
+    import dataclasses
+
+    from edgesearch.search.moves import fit_accuracy_model
+
+    weights = [0.0, 0.2, 1.0, 0.1, 0.3, 0.5, 2.0]
+    cuts = [0.0, 0.0, 0.0, 4.0, 9.0, 20.0, 1.0]
+    model = fit_accuracy_model(_scored_designs(0.2, cuts, weights), 0.01, 0.5)
+    assert model.structural_scale == pytest.approx(0.2) and model.alpha == pytest.approx(0.05)
+    assert model.intercept == pytest.approx(0.72) and (model.designs, model.structural_designs) == (7, 4)
+    assert model.predict(1.0 + 0.2 * 10.0) == pytest.approx(0.72 - 0.05 * 3.0)
+    # the same designs priced at another scale (omega = weight + 0.5 x cut) fit the same model
+    rescaled = [dataclasses.replace(s, omega=s.omega - 0.5 * s.structural_loss) for s in _scored_designs(0.2, cuts, weights)]
+    assert fit_accuracy_model(rescaled, 0.01, 0.5, scale=0.5).structural_scale == pytest.approx(0.2)
+    # a design stopped at its rung is not a full fine-tune's figure: it is left out
+    stopped = dataclasses.replace(_scored_designs(0.2, [3.0], [0.0])[0], map50_95=0.0, stopped_early=True)
+    assert fit_accuracy_model(_scored_designs(0.2, cuts, weights) + [stopped], 0.01, 0.5) == model
+    # two designs with structure: one slope on one-shot omega (scale 1), as before
+    two = fit_accuracy_model(_scored_designs(0.2, cuts[:5], weights[:5]), 0.01, 0.5)
+    assert (two.structural_scale, two.structural_designs, two.designs) == (1.0, 0, 5) and two.alpha < 0.05
+    # structure that costs more than its one-shot loss is capped there; no slope: the defaults
+    assert fit_accuracy_model(_scored_designs(3.0, cuts, weights), 0.01, 0.5).structural_scale == 1.0
+    assert fit_accuracy_model(_scored_designs(0.2, cuts[:2], weights[:2]), 0.01, 0.5).designs == 0
+
+
+def _five_layer_tables():
+    """A sensitivity table and cost basis of five 32-channel convs that can take 8-bit weights or a 50 %
+    cut (one-shot losses 1-5), and each layer's choices."""
+    from edgesearch.spaces.space import LayerChoices
+
+    layers = [f"model.{i}.conv" for i in range(5)]
+    sensitivity = {"base_loss": 1.0, "layers": {layer: {
+        "shape": [32, 16, 3, 3], "groups": 1, "bias": True,
+        "weight_options": {"32|affine|filter|16|0.0": {"omega": 0.0}, "8|symmetric|filter|16|0.0": {"omega": 0.3}},
+        "changes": {"prune_ratio": {"0.5": {"delta_loss": 1.0 + i, "delta_flops": -5e5, "out_channels": 16}}}}
+        for i, layer in enumerate(layers)}}
+    basis = {"layers": {layer: {"flops": 1e6, "input_elements": 1000, "latency_ms": 1.0} for layer in layers},
+             "fixed_ms": 0.0, "activation_bytes": 4000 * len(layers), "input_elements": 1000 * len(layers)}
+    choices = {"weight_bits": [32, 8], "scheme": ["symmetric"], "prune_ratio": [0.0, 0.5]}
+    return layers, sensitivity, basis, {layer: LayerChoices(choices) for layer in layers}
+
+
+BASE = {"map50_95": 0.72, "sram_bytes": 1e5, "latency_ms": 5.0}
+
+
+def test_the_guide_prices_structure_at_the_share_its_trials_kept():
+    """Guide.accuracy_model re-prices the option tables with the fitted structural scale: a pruned
+    option's omega is its weight option's + scale x the cut's one-shot loss (+ the change floor)."""
+    import optuna
+
+    from edgesearch.search import study as studies
+    from edgesearch.search.guided import Guide
+    from edgesearch.search.options import CHANGE_FLOOR, OptionPricer
+    from edgesearch.spaces.candidate import LayerKnobs
+
+    layers, sensitivity, basis, resolved = _five_layer_tables()
+    guide = Guide(OptionPricer(sensitivity, basis), resolved, BASE, {}, seed=0)
+    study = optuna.create_study(directions=list(studies.DIRECTIONS))
+    designs = [{}, {layers[0]: {"weight_bits": 8, "scheme": "symmetric"}}]
+    designs += [{layer: {"weight_bits": 8, "scheme": "symmetric"} for layer in layers[:2]}]
+    designs += [{layer: {"prune_ratio": 0.5}} for layer in layers[2:]]
+    for layers_changed in designs:
+        price = guide.pricer.design({k: LayerKnobs(**v) for k, v in layers_changed.items()})
+        map50_95 = 0.72 - 0.05 * (price["omega"] - 0.75 * price["structural_loss"])  # a quarter of a cut stays
+        study.add_trial(optuna.trial.create_trial(values=[map50_95, 1.0, 1.0], user_attrs={
+            studies.SCORE_ATTR: {"map50_95": map50_95, "latency_ms": 1.0, "sram_bytes": 1.0},
+            studies.CANDIDATE_ATTR: {"layers": layers_changed}}))
+    _, model = guide.accuracy_model(study)
+    assert model.structural_scale == pytest.approx(0.25, rel=0.02) and model.structural_designs == 3
+    assert guide.pricer.structural_scale == model.structural_scale
+    pruned = next(o for o in guide.tables[layers[4]] if o.knobs.prune_ratio == 0.5 and o.knobs.weight_bits == 32)
+    assert pruned.omega == pytest.approx(model.structural_scale * 5.0 + CHANGE_FLOOR)
+    assert pruned.structural_loss == 5.0
+
+
+def test_the_recipes_start_while_the_sensitivity_table_is_computed_and_the_seeds_wait_for_it():
+    """GuidedSampler with a future of the table (analysis.start_sensitivity): the recipes are proposed at
+    once and the sampler holds one trial slot; the seeds are planned once the table is in; the pass's
+    error reaches whoever waits for it."""
+    from concurrent.futures import Future
+
+    import optuna
+
+    from edgesearch.search import study as studies
+    from edgesearch.search.guided import Guide, GuidedSampler
+    from edgesearch.search.options import OptionPricer
+    from edgesearch.spaces.candidate import Candidate, LayerKnobs
+
+    layers, sensitivity, basis, resolved = _five_layer_tables()
+    recipes = {"control": Candidate({}), "int8": Candidate({layer: LayerKnobs(weight_bits=8, scheme="symmetric")
+                                                            for layer in layers})}
+    table: Future = Future()
+    table.set_running_or_notify_cancel()
+    space = {layer: dict(choices.choices) for layer, choices in resolved.items()}
+    sampler = GuidedSampler((table, lambda s: Guide(OptionPricer(s, basis), resolved, BASE, {}, seed=0)), space, seed=0)
+    study = optuna.create_study(directions=list(studies.DIRECTIONS), sampler=sampler)
+    sampler.plan(study, recipes, seed_count=2)
+    origins = []
+    while sampler.prepare(study):
+        trial = study.ask()
+        studies.candidate_of(trial, resolved)  # records the sampler's design and its origin on the trial
+        origins.append(trial.user_attrs[studies.ORIGIN_ATTR])
+        study.tell(trial, [0.7, 1.0, 1.0])
+    assert origins == ["recipe: control", "recipe: int8"] and sampler.busy_slots() == 1
+    table.set_result((sensitivity, 12.5))
+    assert sampler.busy_slots() == 0 and sampler.wait() and not sampler.wait()
+    assert sampler.table_seconds == 12.5
+    assert sampler.prepare(study)
+    trial = study.ask()
+    studies.candidate_of(trial, resolved)
+    assert trial.user_attrs[studies.ORIGIN_ATTR].startswith("seed:")
+
+    failed: Future = Future()
+    failed.set_exception(RuntimeError("the sensitivity pass ran out of memory"))
+    broken = GuidedSampler((failed, lambda s: Guide(OptionPricer(s, basis), resolved, BASE, {}, seed=0)), space, seed=0)
+    with pytest.raises(RuntimeError, match="ran out of memory"):
+        broken.wait()
