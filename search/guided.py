@@ -264,6 +264,7 @@ class GuidedSampler(studies.DesignSampler):
         # trial number -> its design and that design's parameters (_parameters), until `design` records it
         self._chosen: dict[int, tuple[Proposal, dict[str, tuple[object, CategoricalDistribution]]]] = {}
         self.table_seconds: float | None = None  # how long the sensitivity table took, once in
+        self._late_done = False  # _predict_late ran
 
     @property
     def guide(self) -> Guide:
@@ -324,6 +325,7 @@ class GuidedSampler(studies.DesignSampler):
             studies.record_screened(study, dataclasses.replace(proposal, predicted=predicted))  # not spent
         if not self.ready():
             return None  # the loop waits for the table, or for a trial
+        self._predict_late(study)
         if study.user_attrs.get(SEEDS_DUE_ATTR):
             seeds = [Proposal(candidate, origin, predicted={"omega": self.guide.omega(candidate)})
                      for origin, candidate in self.guide.seeds(self.recipes, study.user_attrs[SEEDS_DUE_ATTR])]
@@ -339,6 +341,19 @@ class GuidedSampler(studies.DesignSampler):
             if extra:
                 return extra[0]
         return self.guide.move(study)
+
+    def _predict_late(self, study: optuna.Study) -> None:
+        """The predicted omega of trials begun before the table was in (the first recipes), once."""
+        if self._late_done:
+            return
+        late = dict(study.user_attrs.get(studies.LATE_PREDICTED_ATTR, {}))
+        for trial in study.get_trials(deepcopy=False):
+            predicted = trial.user_attrs.get(studies.PREDICTED_ATTR)
+            if predicted == {} and str(trial.number) not in late and studies.CANDIDATE_ATTR in trial.user_attrs:
+                late[str(trial.number)] = {"omega": self.guide.omega(trial.user_attrs[studies.CANDIDATE_ATTR])}
+        if late:
+            study.set_user_attr(studies.LATE_PREDICTED_ATTR, late)
+        self._late_done = True
 
     @staticmethod
     def _extend_plan(study: optuna.Study, proposals: list[Proposal]) -> None:

@@ -43,6 +43,9 @@ SCORE_ATTR = "scores"  # user attr holding every score of a trial
 CANDIDATE_ATTR = "candidate"
 ORIGIN_ATTR = "origin"  # one line: where the design came from (recipe, seed, move, sampler)
 PREDICTED_ATTR = "predicted"  # proxy scores before the fine-tune (guided strategy)
+# study attr, {trial number: predicted scores}: those known only after the trial began (a recipe
+# started before the sensitivity table was in gets its predicted omega when the table comes)
+LATE_PREDICTED_ATTR = "predicted_late"
 RECIPE_ATTR = "recipe"
 RECOVERED_FROM_ATTR = "recovered_from"  # a design of the recovery stage (search/recovery.py): its source trial
 ERROR_ATTR = "error"
@@ -289,6 +292,7 @@ def trial_rows(study: optuna.Study) -> list[dict]:
     pareto = {t.number for t in pareto_trials(study)}
     rows = []
     interrupted = interrupted_numbers(study)
+    late = study.user_attrs.get(LATE_PREDICTED_ATTR, {})
     states = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
     for trial in study.get_trials(deepcopy=False, states=states):
         where = trial.user_attrs.get(SCORE_ATTR) or trial.user_attrs.get(FAILED_ON_ATTR) or {}
@@ -305,7 +309,7 @@ def trial_rows(study: optuna.Study) -> list[dict]:
             "recipe": trial.user_attrs.get(RECIPE_ATTR),
             "control": is_control(trial),
             "recovered_from": trial.user_attrs.get(RECOVERED_FROM_ATTR),
-            "predicted": trial.user_attrs.get(PREDICTED_ATTR),
+            "predicted": {**(trial.user_attrs.get(PREDICTED_ATTR) or {}), **late.get(str(trial.number), {})} or None,
             "node": node_label(where.get("node")),
             "attempts": where.get("attempts"),
         })

@@ -317,6 +317,8 @@ def test_the_recipes_start_while_the_sensitivity_table_is_computed_and_the_seeds
     trial = study.ask()
     studies.candidate_of(trial, resolved)
     assert trial.user_attrs[studies.ORIGIN_ATTR].startswith("seed:")
+    recipes_rows = [row for row in studies.trial_rows(study) if row["origin"].startswith("recipe:")]
+    assert [row["predicted"]["omega"] for row in recipes_rows] == [0.0, pytest.approx(5 * 0.3)]  # known late
 
     failed: Future = Future()
     failed.set_exception(RuntimeError("the sensitivity pass ran out of memory"))
