@@ -3,9 +3,10 @@
 An option is one value per knob for one layer. Its prices, from the sensitivity pass
 (runners/accuracy/sensitivity.py) and the hardware cost basis (runners/hardware/cost_basis.py):
 
-  omega           predicted increase of the detection loss: the weight option's, plus each structural
-                  change's one-shot loss x the pricer's structural_scale (what of a cut's loss the
-                  design's own fine-tune leaves, fitted on the scored designs: search/moves.py)
+  omega           predicted increase of the detection loss: the weight option's, plus the measured
+                  loss of int8 activations, plus each structural change's (prune ratio, kernel, rank)
+                  one-shot loss x the pricer's structural_scale (what of a cut's loss the design's
+                  own fine-tune leaves, fitted on the scored designs: search/moves.py)
   weight_bytes    exact packed bytes of the layer's own conv(s) at that option (spaces/packing.py)
   activation_bytes  the layer's share of the planned activation memory: the base's planned bytes
                   x this conv's input elements x (1 byte int8, 2 fp16, else 4) / (4 x all conv inputs), so a
@@ -31,12 +32,11 @@ import numpy as np
 
 from edgesearch.spaces.apply import option_weight_shapes
 from edgesearch.spaces.candidate import LayerKnobs
-from edgesearch.spaces.knobs import CHANGE_KNOBS, weight_option_key
+from edgesearch.spaces.knobs import CHANGE_KNOBS, STRUCTURAL_KNOBS, weight_option_key
 from edgesearch.spaces.packing import packed_size
 from edgesearch.spaces.quantize import kept_weights
 
 PRICES = ("omega", "weight_bytes", "activation_bytes", "latency_ms")
-STRUCTURAL = CHANGE_KNOBS  # priced by the measured loss of that one change
 DEFAULTS = LayerKnobs()
 ACTIVATION_BYTES = {8: 1, 16: 2, 32: 4}  # bytes per element of a conv's input at each activation_bits
 CHANGE_FLOOR = 1e-3  # least omega of a structural or activation change, as a share of the base's loss
@@ -86,13 +86,16 @@ class OptionPricer:
         per_flop = latency / cost["flops"] if cost["flops"] else 0.0
         pruned_out = None
         structural_loss = 0.0
-        for knob in STRUCTURAL:
+        for knob in CHANGE_KNOBS:  # each priced by the measured loss of that one change
             value = getattr(knobs, knob)
             if value == getattr(DEFAULTS, knob):
                 continue
             change = info["changes"][knob][str(value)]
-            structural_loss += max(0.0, change["delta_loss"])
-            omega += self.structural_scale * max(0.0, change["delta_loss"]) + self.change_floor
+            loss = max(0.0, change["delta_loss"])
+            if knob in STRUCTURAL_KNOBS:  # the shape changes: the fine-tune recovers part of it
+                structural_loss += loss
+                loss *= self.structural_scale
+            omega += loss + self.change_floor
             latency += change["delta_flops"] * per_flop  # the layer's share of time, less what the change removes
             if knob == "prune_ratio":
                 pruned_out = change["out_channels"]

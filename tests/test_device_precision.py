@@ -123,6 +123,15 @@ def test_options_are_priced_in_the_precision_the_device_computes_in():
     assert pi.price(layer, int8).latency_ms == 0.7 and pi.price(layer, half).latency_ms == 2.0
 
 
+def test_int8_activations_are_priced_at_their_measured_loss_whatever_the_structural_scale():
+    """Only structural changes (prune ratio, kernel, rank) are recovered by the fine-tune at the fitted
+    structural scale (search/moves.py); an activation change keeps its measured loss."""
+    pricer, layer = _pricer(("fp32", "int8"))
+    pricer.structural_scale = 0.25
+    option = pricer.price(layer, LayerKnobs(activation_bits=8))
+    assert option.omega == pytest.approx(0.02 + pricer.change_floor) and option.structural_loss == 0.0
+
+
 def test_candidates_take_fp16_compute_and_refuse_other_activation_bits():
     assert Candidate.from_json({"layers": {"model.0.conv": {"activation_bits": 16}}}).layers["model.0.conv"] \
         .compute_precision() == "fp16"
