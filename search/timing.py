@@ -69,10 +69,21 @@ def account_text(study: optuna.Study, spent: dict[str, float]) -> str:
         lines.append(f"  per scored trial (median of {len(times)}): {', '.join(parts)}; the whole task "
                      f"{statistics.median(t[TASK] for t in times):.1f} s; outside it (waiting for a worker, Ray, "
                      f"the worker's start) {outside:.1f} s")
-    for extra in (reuse_text(study), halving_text(study), recovery_text(study)):
+    for extra in (pause_text(study), reuse_text(study), halving_text(study), recovery_text(study)):
         if extra:
             lines.append("  " + extra)
     return "\n".join(lines)
+
+
+def pause_text(study: optuna.Study) -> str:
+    """How long the scored trials' timings waited for the other trials' work steps to pause
+    (runners/hardware/turns.py); trials that reused an earlier build were not timed."""
+    waits = [scores["timing_wait_s"] for scores in studies.completed_scores(study)
+             if "timing_wait_s" in scores and not scores.get("build_reused")]
+    if not waits:
+        return ""
+    return (f"timing waited for the other trials to pause: median {statistics.median(waits):.1f} s, at most "
+            f"{max(waits):.1f} s, {sum(waits) / 60:.1f} min in all over {len(waits)} timed trial(s)")
 
 
 def reuse_text(study: optuna.Study) -> str:

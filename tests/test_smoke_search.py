@@ -288,6 +288,7 @@ def test_a_run_estimates_its_time_when_trials_start_and_says_where_it_went_at_th
                   "re-measure", "report"):
         assert re.search(rf"where the time went: .*{re.escape(stage)} \d", first), stage
     assert "base score" not in resumed.split("where the time went:")[1].splitlines()[0]  # scored by the first run
+    assert re.search(r"timing waited for the other trials to pause: median [\d.]+ s, at most [\d.]+ s", first)
     assert re.search(r"per scored trial \(median of \d+\): fine-tune [\d.]+ s, validation [\d.]+ s, build \+ timing "
                      r"[\d.]+ s; the whole task [\d.]+ s; outside it .* [\d.]+ s", resumed)
     rows = [r for r in csv.DictReader((smoke_run.out / "trials.csv").open()) if r["state"] == "COMPLETE"]

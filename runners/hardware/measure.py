@@ -125,7 +125,8 @@ class LocalMeasurer(Measurer):
         with timing_turn() as turn:
             timed = measure_latency_local(executable, design.imgsz)
         result = {**timed, **fields, "latency_method": method,
-                  "latency_source": source + SHARED_NOTE.format(others=turn["others"]) + naive_note(build)}
+                  "latency_source": source + SHARED_NOTE.format(others=turn["others"]) + naive_note(build),
+                  "timing_wait_s": turn["paused_s"]}  # waiting for the other trials' steps to end (turns.py)
         if design.library_path:
             from edgesearch.runners.hardware.cross_build import export_atomically
 
