@@ -327,7 +327,7 @@ class GuidedSampler(studies.DesignSampler):
             return None  # the loop waits for the table, or for a trial
         self._predict_late(study)
         if study.user_attrs.get(SEEDS_DUE_ATTR):
-            seeds = [Proposal(candidate, origin, predicted={"omega": self.guide.omega(candidate)})
+            seeds = [Proposal(candidate, origin, predicted=self._omega(candidate))
                      for origin, candidate in self.guide.seeds(self.recipes, study.user_attrs[SEEDS_DUE_ATTR])]
             self._extend_plan(study, seeds)
             study.set_user_attr(SEEDS_DUE_ATTR, 0)

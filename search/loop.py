@@ -99,12 +99,13 @@ def run_search(inputs: Inputs, run_dir: Path, run: RunConfig, *, resume: bool, r
 def _start_tables(inputs: Inputs, settings: dict, run: RunConfig, run_dir: Path, threads: int):
     """The guided strategy's tables: the cost basis now (cached; on a measured profile it times
     blocks, so nothing else may run), and the sensitivity pass started in a thread beside what
-    follows, with a trial's `threads` (analysis.start_sensitivity). (basis, future of the table)."""
+    follows, with a trial's `threads` (analysis.start_sensitivity). (recipes, options, basis, future
+    of the table): guided_space's recipes and options, made once for both the pass and the sampler."""
     from edgesearch.search import analysis
 
-    _, options = guided_space(inputs, run.preset)
+    recipes, options = guided_space(inputs, run.preset)
     basis = analysis.cost_basis(settings, run_dir, os.cpu_count() or 1)
-    return basis, analysis.start_sensitivity(settings, options, run_dir, threads)
+    return recipes, options, basis, analysis.start_sensitivity(settings, options, run_dir, threads)
 
 
 def _guided_sampler(inputs: Inputs, run: RunConfig, study, budgets: dict, tables):
@@ -113,8 +114,7 @@ def _guided_sampler(inputs: Inputs, run: RunConfig, study, budgets: dict, tables
     from edgesearch.search.guided import Guide, GuidedSampler
     from edgesearch.search.options import OptionPricer
 
-    recipes, options = guided_space(inputs, run.preset)
-    basis, table = tables
+    recipes, options, basis, table = tables
 
     def make_guide(sensitivity: dict) -> Guide:
         return Guide(OptionPricer(sensitivity, basis), inputs.resolved, study.user_attrs["base"], budgets, run.seed)
