@@ -1,4 +1,4 @@
-"""A design as its device's runtime takes it: an ONNX graph, or an ultralytics `.pt` checkpoint.
+"""A design as its device's runtime takes it: an ONNX graph, an ultralytics `.pt` checkpoint or an NCNN model.
 
 `export_design` re-runs the design's fine-tune exactly as a trial does (runners.evaluate.build_design
 with `search eval`'s settings: the same seed and thread count give the same weights bit for bit) and
@@ -22,6 +22,12 @@ writes the baked model:
     hooks or edgesearch modules), so ultralytics' `YOLO(...)`, its exporter (NCNN, TFLite, TensorRT)
     and edgesearch's safe loader (runners/checkpoints.py) all open it. A plain `.pt` cannot carry
     activation precision: its int8 and fp16 convs compute in float on the quantized weight values.
+  - NCNN (the Raspberry Pi profile's runtime): a `<name>_ncnn_model` folder as ultralytics' own NCNN
+    export writes it (pnnx traces the model, the Detect head in export mode: model.ncnn.param,
+    model.ncnn.bin, metadata.yaml), so ultralytics' AutoBackend and plain `ncnn` run it. Every conv
+    computes in float there: NCNN's int8 comes from its own calibration tools (ncnn2table, ncnn2int8),
+    which this export does not run. Such an export is another design id (it computes other work than
+    the ONNX of the same design), recorded with fp32 precisions, so a refit prices what was timed.
 
 Weights stored narrower than their compute precision (sub-8-bit codes, PWLQ, k-means, sparse) are
 dequantized to it: no runtime here reads the packed format, so their memory saving is the packing's
@@ -42,6 +48,8 @@ import datetime
 import hashlib
 import io
 import json
+import os
+import tempfile
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -63,7 +71,8 @@ from edgesearch.spaces.activations import InputQuantizer, remove_input_quantizer
 from edgesearch.spaces.apply import conv_layers, replace_module
 from edgesearch.spaces.packing import read_layer
 
-EXPORT_FORMATS = ("onnx", "pt")
+EXPORT_FORMATS = ("onnx", "pt", "ncnn")
+NCNN_SUFFIX = "_ncnn_model"  # ultralytics' AutoBackend recognises an NCNN folder by this ending
 # the lowest opset with per-channel DequantizeLinear (int8 weights), so the oldest runtime in the
 # profiles (TensorRT 8.2 of a Jetson Nano's last JetPack, 4.6) parses it
 ONNX_OPSET = 13
@@ -73,6 +82,9 @@ WEIGHTS_NOTE = ("weights stored below their compute precision in the packing (su
                 "sparse, fp16 on an fp32 conv) are dequantized to it here: their memory saving is the packing's, "
                 "not the runtime's")
 COMPUTE_BITS = {"int8": 8, "fp16": 16, "fp32": 32}
+NCNN_FLOAT_NOTE = ("NCNN computes every conv in float here: its int8 needs NCNN's own calibration (ncnn2table, "
+                   "ncnn2int8), which this export does not run; for int8 on the device export --format onnx (QDQ) "
+                   "for ONNX Runtime")
 PT_ACTIVATIONS_NOTE = ("a .pt cannot carry activation precision: its int8 and fp16 convs compute in float on the "
                        "quantized weight values (export --format onnx for QDQ int8 and fp16)")
 
@@ -99,12 +111,16 @@ def finetune_settings(config: EvalSettings) -> dict:
             "batch": config.batch, "calibration_batches": config.calibration_batches}
 
 
-def design_id(candidate: dict | None, checkpoint_sha256: str, imgsz: int, finetune: dict, profile: str) -> str:
+def design_id(candidate: dict | None, checkpoint_sha256: str, imgsz: int, finetune: dict, profile: str,
+              float_only: bool = False) -> str:
     """12 hex chars of the sha256 of the canonical candidate JSON, the base checkpoint's sha256, the
-    input size, the fine-tune settings and the profile (its export differs: QDQ or float, fp16 or not)."""
-    canonical = json.dumps({"candidate": candidate or {"layers": {}}, "base_sha256": checkpoint_sha256,
-                            "imgsz": imgsz, "finetune": finetune, "profile": profile},
-                           sort_keys=True, separators=(",", ":"))
+    input size, the fine-tune settings and the profile (its export differs: QDQ or float, fp16 or not);
+    `float_only` for an export that computes every conv in float whatever the profile (NCNN)."""
+    identity = {"candidate": candidate or {"layers": {}}, "base_sha256": checkpoint_sha256, "imgsz": imgsz,
+                "finetune": finetune, "profile": profile}
+    if float_only:  # only then, so that the ids of ONNX and .pt exports stay what they were
+        identity["float_only"] = True
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:DESIGN_ID_CHARS]
 
 
@@ -114,8 +130,15 @@ def design_id(candidate: dict | None, checkpoint_sha256: str, imgsz: int, finetu
 def check_request(fmt: str, out: Path) -> None:
     """Refuse a format or output path the export cannot write, before any slow work."""
     if fmt not in EXPORT_FORMATS:
-        raise InputError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, not {fmt!r} (NCNN, TFLite, TensorRT: "
+        raise InputError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, not {fmt!r} (TFLite, TensorRT: "
                          "export --format pt, then ultralytics' `yolo export model=design.pt format=...`)")
+    if fmt == "ncnn":
+        if not out.name.endswith(NCNN_SUFFIX):
+            raise InputError(f"--out {out}: --format ncnn writes a folder whose name ends in {NCNN_SUFFIX} "
+                             "(ultralytics finds NCNN models by it)")
+        if out.exists() and not out.is_dir():
+            raise InputError(f"--out {out} is a file; --format ncnn writes a folder")
+        return
     if out.suffix != f".{fmt}":
         raise InputError(f"--out {out}: --format {fmt} writes a .{fmt} file (ultralytics reads the format from "
                          "the suffix)")
@@ -133,12 +156,18 @@ def export_design(settings: dict, candidate: dict | None, fmt: str, out: str | P
     base, model, _, _, _ = build_design(config, candidate)
     model.eval()
     precisions = conv_precisions(model, profile.compute_precisions)
+    float_only = fmt == "ncnn" and any(p != "fp32" for p in precisions.values())
+    if fmt == "ncnn":  # what the NCNN export computes in (module docstring)
+        precisions = dict.fromkeys(precisions, "fp32")
     dequantized = dequantized_layers(model, precisions)
     finetune = finetune_settings(config)
-    identity = design_id(candidate, file_sha256(config.checkpoint), config.imgsz, finetune, profile.name)
+    identity = design_id(candidate, file_sha256(config.checkpoint), config.imgsz, finetune, profile.name,
+                         float_only=float_only)
     notes = [WEIGHTS_NOTE] if dequantized else []
     if fmt == "pt" and any(p != "fp32" for p in precisions.values()):
         notes.append(PT_ACTIVATIONS_NOTE)
+    if float_only:
+        notes.append(NCNN_FLOAT_NOTE)
     work = _network_work(model, config.imgsz, precisions)  # before any file: a failure writes nothing
     summary = describe_design(model, candidate, precisions, dequantized, profile.name)
     metadata = ultralytics_metadata(model, config, fmt)
@@ -146,6 +175,8 @@ def export_design(settings: dict, candidate: dict | None, fmt: str, out: str | P
                      "edgesearch_profile": profile.name, "edgesearch_notes": " | ".join(notes) or "none"})
     if fmt == "onnx":
         write_onnx(model, precisions, config.imgsz, metadata, out)
+    elif fmt == "ncnn":
+        write_ncnn(model, config.imgsz, metadata, out)
     else:
         write_pt(model, base, config, metadata, precisions, out)
     record = record_export(identity, profile.name, config, candidate, finetune, work, precisions, out, fmt)
@@ -377,6 +408,57 @@ def write_pt(model: nn.Module, base: nn.Module, config: EvalSettings, metadata: 
     atomic_write(out, buffer.getvalue())
 
 
+# ------------------------------------------------------------------------------- NCNN
+
+
+NCNN_FILES = ("model.ncnn.param", "model.ncnn.bin")
+
+
+def write_ncnn(model: nn.Module, imgsz: int, metadata: dict, out: Path) -> None:
+    """The design as ultralytics' NCNN export writes it (ultralytics/utils/export/ncnn.py): pnnx traces
+    the plain model with the Detect head in export mode and writes NCNN's param and bin; metadata.yaml
+    beside them. Written into a scratch folder next to `out`, then moved into place whole."""
+    import pnnx
+    import yaml
+
+    graph_model = plain_model(model)
+    set_export_mode(graph_model)
+    image = torch.zeros(1, 3, imgsz, imgsz)
+    with torch.no_grad():
+        graph_model(image)  # a dry run, as ultralytics' exporter makes: the head caches its anchors, so the
+        # trace and pnnx's check trace see the same graph
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as scratch_name:
+        scratch = Path(scratch_name)
+        folder, work = scratch / out.name, scratch / "pnnx"
+        folder.mkdir()
+        work.mkdir()
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # torch.jit.trace's tracer warnings
+            pnnx.export(graph_model, str(work / "model.pt"), inputs=image,
+                        pnnxparam=str(work / "model.pnnx.param"), pnnxbin=str(work / "model.pnnx.bin"),
+                        pnnxpy=str(work / "model_pnnx.py"), pnnxonnx=str(work / "model.pnnx.onnx"),
+                        ncnnparam=str(folder / NCNN_FILES[0]), ncnnbin=str(folder / NCNN_FILES[1]),
+                        ncnnpy=str(work / "model_ncnn.py"), fp16=False, device="cpu")
+        missing = [name for name in NCNN_FILES if not (folder / name).is_file()]
+        if missing:
+            raise RuntimeError(f"pnnx wrote no {', '.join(missing)} (its own messages are above)")
+        (folder / "metadata.yaml").write_text(yaml.safe_dump(metadata, sort_keys=False))
+        if out.exists():  # an earlier export: swapped out whole, removed with the scratch folder
+            os.replace(out, scratch / "previous")
+        os.replace(folder, out)
+
+
+def export_sha256(out: Path) -> str:
+    """A file's sha256, or for an NCNN folder the sha256 of its param and bin."""
+    if not out.is_dir():
+        return file_sha256(out)
+    digest = hashlib.sha256()
+    for name in NCNN_FILES:
+        digest.update(bytes.fromhex(file_sha256(out / name)))
+    return digest.hexdigest()
+
+
 # ------------------------------------------------------------------------------- the record
 
 
@@ -392,7 +474,7 @@ def record_export(identity: str, profile: str, config: EvalSettings, candidate: 
     files = {}
     with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
         files = {f["path"]: f for f in json.loads(path.read_text()).get("files", [])}
-    files[str(out)] = {"path": str(out), "format": fmt, "sha256": file_sha256(out)}
+    files[str(out)] = {"path": str(out), "format": fmt, "sha256": export_sha256(out)}
     record = {
         "design_id": identity,
         "profile": profile,

@@ -9,7 +9,7 @@ The timings file is a CSV with the columns
 one row per timed design (several rows of one design: their median), >= 5 designs, every one
 exported by `search export` (its record, cache_root()/exports/<design id>.json, holds the work the
 latency model prices: NetworkWork), all for profile P and one runtime, latencies in ms > 0.
-bench/time_on_device.py writes such rows with ONNX Runtime (a Raspberry Pi); on a Jetson, trtexec's
+bench/time_on_device.py writes such rows with NCNN or ONNX Runtime (a Raspberry Pi); on a Jetson, trtexec's
 "GPU Compute Time ... median" is the figure (README, "Calibrating a device").
 
 What a refit may change (runners/hardware/latency_model.REFIT_FREE): one factor scaling every

@@ -125,9 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "QDQ where the profile computes int8, fp16 where chosen) or an ultralytics .pt")
     _common(export)
     export.add_argument("--candidate", required=True, help="candidate JSON file (e.g. from a report's designs/)")
-    export.add_argument("--format", required=True, help="onnx (TensorRT, ONNX Runtime) or pt (ultralytics' own "
-                                                        "exporter: NCNN, TFLite, TensorRT)")
-    export.add_argument("--out", help="file to write (default: ./<candidate name>-<profile>.<format>)")
+    export.add_argument("--format", required=True, help="onnx (TensorRT, ONNX Runtime), ncnn (a <name>_ncnn_model "
+                                                        "folder, every conv in float) or pt (ultralytics' own "
+                                                        "exporter: TFLite, TensorRT, ...)")
+    export.add_argument("--out", help="file to write, or the folder for ncnn (default: ./<candidate name>-<profile>."
+                                      "<format>, ./<candidate name>-<profile>_ncnn_model)")
 
     batch = commands.add_parser(
         "batch", help="run (or resume) several searches listed in a jobs file, one after another, on one Ray "
@@ -476,7 +478,7 @@ def cmd_shadow(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from edgesearch.runners.export import check_request, export_design
+    from edgesearch.runners.export import NCNN_SUFFIX, check_request, export_design
     from edgesearch.search.presets import PRESETS
     from edgesearch.search.resolve import eval_settings
     from edgesearch.spaces.apply import validate_candidate
@@ -484,7 +486,9 @@ def cmd_export(args) -> None:
 
     fmt = args.format.lower()
     candidate = Candidate.load(Path(args.candidate))  # bad input fails before slow work
-    out = Path(args.out or f"{Path(args.candidate).stem}-{Path(args.profile).stem}.{fmt}").resolve()
+    default_name = f"{Path(args.candidate).stem}-{Path(args.profile).stem}"
+    default_name += NCNN_SUFFIX if fmt == "ncnn" else f".{fmt}"
+    out = Path(args.out or default_name).resolve()
     check_request(fmt, out)
     inputs = _inputs(args)
     validate_candidate(inputs.base_model, candidate)  # a design of another model: refused before the fine-tune
@@ -501,6 +505,9 @@ def cmd_export(args) -> None:
         int8 = " --int8" if "int8" in result.precisions.values() else ""
         print(f"run it: trtexec --onnx={result.path.name} --fp16{int8} (TensorRT on a Jetson), or ONNX Runtime "
               "(e.g. on a Raspberry Pi)")
+    elif fmt == "ncnn":
+        print(f"run it: ncnn on the device (`pip install ncnn`; ultralytics' YOLO('{result.path.name}') reads it "
+              f"too); time it there with bench/time_on_device.py {result.path.name}")
     else:
         print(f"run it: yolo export model={result.path.name} format=ncnn|tflite|engine imgsz={settings['imgsz']} "
               "(ultralytics' own exporter)")

@@ -27,7 +27,8 @@ DESIGN = {"layers": {
 }}
 INT8_CONVS = {"model.1.conv", "model.3.conv", "model.5.conv", "model.19.conv.0", "model.19.conv.1"}
 FP16_CONVS = {"model.7.conv"}
-EXPORTS = {"onnx": ("onnx", "x86-host"), "pt": ("pt", "x86-host"), "nano": ("onnx", "jetson-nano")}
+EXPORTS = {"onnx": ("onnx", "x86-host"), "pt": ("pt", "x86-host"), "nano": ("onnx", "jetson-nano"),
+           "ncnn": ("ncnn", "x86-host")}
 MAP_TOLERANCE = 0.01
 
 
@@ -43,14 +44,14 @@ def _cli(*args: str) -> SimpleNamespace:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, smoke_inputs):
-    """The design exported as ONNX and .pt for x86-host and as ONNX for jetson-nano, each through the
-    CLI (each re-runs the design's fine-tune)."""
+    """The design exported as ONNX, .pt and NCNN for x86-host and as ONNX for jetson-nano, each through
+    the CLI (each re-runs the design's fine-tune)."""
     folder = tmp_path_factory.mktemp("export")
     candidate = folder / "design.json"
     candidate.write_text(json.dumps(DESIGN))
     runs = {}
     for key, (fmt, profile) in EXPORTS.items():
-        out = folder / key / f"design.{fmt}"
+        out = folder / key / ("design_ncnn_model" if fmt == "ncnn" else f"design.{fmt}")
         result = _cli("export", "--preset", "smoke", "--candidate", str(candidate), "--format", fmt,
                       "--profile", profile, "--out", str(out))
         assert result.returncode == 0, result.stderr[-3000:]
@@ -198,10 +199,55 @@ def test_pt_export_holds_only_torch_and_ultralytics_classes_and_validates_alike(
     assert Path(exported_file).stat().st_size > 0
 
 
+def test_ncnn_export_runs_in_ncnn_as_the_pt_validates_and_is_timed_by_the_device_script(exported, smoke_inputs,
+                                                                                        tmp_path):
+    """The NCNN folder (the Pi profile's runtime) computes every conv in float: another design id than
+    the ONNX's int8 QDQ, recorded with fp32 work, and ultralytics' NCNN backend scores it as the .pt
+    (float on the same weights). bench/time_on_device.py times it and writes the calibration rows."""
+    import csv
+    import subprocess
+    import sys
+
+    import yaml
+
+    from edgesearch.common.cache import cache_root
+
+    ncnn_run, onnx_run = exported["ncnn"], exported["onnx"]
+    folder = ncnn_run.path
+    assert sorted(p.name for p in folder.iterdir()) == ["metadata.yaml", "model.ncnn.bin", "model.ncnn.param"]
+    assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]  # no scratch folder left behind
+    metadata = yaml.safe_load((folder / "metadata.yaml").read_text())
+    assert metadata["edgesearch_design_id"] == ncnn_run.design_id != onnx_run.design_id
+    assert metadata["stride"] == 32 and metadata["imgsz"] == [64, 64] and metadata["names"]
+    assert "ncnn2int8" in metadata["edgesearch_notes"] and "ncnn2int8" in ncnn_run.stdout
+    record = json.loads((cache_root() / "exports" / f"{ncnn_run.design_id}.json").read_text())
+    assert set(record["precisions"].values()) == {"fp32"}  # what a refit from its timings prices
+    assert [f["path"] for f in record["files"]] == [str(folder)]
+
+    ncnn_map, pt_map = _search_map(folder, smoke_inputs), _search_map(exported["pt"].path, smoke_inputs)
+    print(f"mAP50-95 on the search images: ultralytics .pt {pt_map:.4f}, NCNN {ncnn_map:.4f}")
+    assert abs(ncnn_map - pt_map) <= MAP_TOLERANCE
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "time_on_device.py"
+    timings = tmp_path / "timings.csv"
+    quick = ["--threads", "1", "--rounds", "1", "--runs", "2", "--warmup", "1", "--out", str(timings)]
+    for export in (folder, onnx_run.path):
+        done = subprocess.run([sys.executable, str(script), str(export), *quick], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+    rows = list(csv.DictReader(timings.open()))
+    assert [(r["design_id"], r["profile"], r["runtime"].split()[0]) for r in rows] == [
+        (ncnn_run.design_id, "x86-host", "ncnn"), (onnx_run.design_id, "x86-host", "onnxruntime")]
+    assert all(float(r["latency_ms"]) > 0 for r in rows)
+    mixed = subprocess.run([sys.executable, str(script), str(folder), str(onnx_run.path), *quick],
+                           capture_output=True, text=True)
+    assert mixed.returncode == 2 and "several runtimes" in mixed.stderr
+
+
 @pytest.mark.parametrize("change, fragment", [
     ({"candidate": "missing.json"}, "does not exist"),
-    ({"format": "tflite"}, "--format must be one of onnx, pt"),
+    ({"format": "tflite"}, "--format must be one of onnx, pt, ncnn"),
     ({"out": "design.pt"}, "--format onnx writes a .onnx file"),
+    ({"format": "ncnn", "out": "design_ncnn"}, "ends in _ncnn_model"),
     ({"layers": {"model.10.m.0.attn.qkv.conv": {"weight_bits": 4}}}, "not a Conv2d of this model"),  # YOLO11's
 ])
 def test_bad_export_input_is_refused_in_one_line_and_nothing_is_written(tmp_path, capsys, smoke_inputs, change,
