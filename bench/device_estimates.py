@@ -23,6 +23,15 @@ x86-host Spearman >= 0.9 and median error <= 15 %.
     .venv/bin/python bench/device_estimates.py --measure   # time x86 fit points + designs (~30 min), then tables
     .venv/bin/python bench/device_estimates.py             # tables from the last session (bench/results/x86_session.json)
 
+Second half (item 7): `--front RUN` reads a finished search on a device profile (e.g. `search run
+--profile jetson-nano --max-map-drop 0.01 --imgsz 320`) and writes its front with each design's
+estimated latency and error band, its speed-up over the fp32 base and over the uniform fp16 recipe
+(what a Nano user deploys without edgesearch), the fastest design within 1 % (held to the higher of
+the base and the fp32 control with the same training record) and what each design computes in, so
+that a speed-up from int8 on a device without int8 would show:
+
+    .venv/bin/python bench/device_estimates.py --front reports/jetson-nano-yolov8 --out bench/results/nano_front
+
 --measure prints x86-host's fit points as YAML lines for hardware_profiles/x86-host.yaml: the
 validation is meaningful when the YAML's points come from the same session as the designs' figures.
 Measurements here use one TVM thread (the search's default: two trials in flight on 2 cores, one
@@ -383,6 +392,80 @@ def x86_markdown(v: dict) -> list[str]:
     return lines + [""]
 
 
+def front_table(folder: Path) -> dict:
+    """A device run's front, speed-ups and fastest design within 1 % (module docstring, item 7)."""
+    import optuna
+
+    from edgesearch.reports import design_data as dd
+    from edgesearch.reports.design_names import design_name
+    from edgesearch.search import study as studies
+
+    study = optuna.load_study(study_name=studies.STUDY_NAME, storage=f"sqlite:///{folder / 'study.db'}")
+    run, base = json.loads((folder / "run.json").read_text()), study.user_attrs["base"]
+    rows = [row for row in studies.trial_rows(study) if row["state"] == "COMPLETE" and row["scores"]]
+    references = {}
+    for row in rows:
+        steps = dd.recovery_steps(row)
+        control = [r["scores"]["map50_95"] for r in rows if r["control"] and dd.recovery_steps(r) == steps]
+        references[steps] = max([base["map50_95"], *control])
+    fp16 = [r for r in rows if (r.get("recipe") or "").startswith("fp16") and dd.recovery_steps(r) == 0]
+    fp16_ms = fp16[0]["scores"]["latency_ms"] if fp16 else None
+
+    def entry(row: dict) -> dict:
+        scores = row["scores"]
+        return {"design": f"#{row['number']}: {design_name(row['candidate'])}",
+                "recipe": row.get("recipe"), "training": (scores.get("training") or {}).get("label"),
+                "map50_95": scores["map50_95"],
+                "within_1pct": scores["map50_95"] >= 0.99 * references[dd.recovery_steps(row)],
+                "latency_ms": scores["latency_ms"], "error_pct": scores.get("latency_error_pct"),
+                "compute_precision": scores.get("compute_precision"),
+                "integer_layers": scores.get("integer_layers", 0),
+                "speedup_vs_fp32_base": base["latency_ms"] / scores["latency_ms"],
+                "speedup_vs_fp16_recipe": fp16_ms / scores["latency_ms"] if fp16_ms else None,
+                "weight_bytes": scores["weight_bytes"], "flops": scores["flops"]}
+
+    front = [entry(r) for r in rows if r.get("pareto")]
+    within = [entry(r) for r in rows if entry(r)["within_1pct"]]
+    fastest = min(within, key=lambda e: e["latency_ms"], default=None)
+    return {"run": str(folder), "settings": {k: run.get(k) for k in ("profile", "imgsz", "trials", "max_map_drop",
+                                                                    "finetune_iters", "recover_steps")},
+            "base": {"map50_95": base["map50_95"], "latency_ms": base["latency_ms"],
+                     "latency_source": base.get("latency_source")},
+            "references": references, "fp16_recipe_ms": fp16_ms, "front": front, "fastest_within_1pct": fastest,
+            "designs_scored": len(rows), "designs_computing_int8": sum(1 for r in rows
+                                                                       if r["scores"].get("integer_layers"))}
+
+
+def front_markdown(result: dict) -> list[str]:
+    settings = ", ".join(f"{k} {v}" for k, v in result["settings"].items())
+    base = result["base"]
+    lines = [f"## The front of {result['run']} ({settings})", "",
+             f"Base: mAP50-95 {base['map50_95']:.3f}, {base['latency_ms']:.2f} ms fp32. Latency: "
+             f"{base['latency_source']}.", "",
+             "References for 'within 1 %' (the higher of the base and the fp32 control with the same training): "
+             + ", ".join(f"{'search' if k == 0 else f'recovery {k} steps'} {v:.3f}"
+                         for k, v in sorted(result["references"].items())) + ".", "",
+             "| design | training | mAP50-95 | within 1 % | latency ms (estimated ± p90) | vs fp32 base | "
+             "vs fp16 recipe | computes in | int8 layers |", "|---|---|---|---|---|---|---|---|---|"]
+
+    def ratio(value):
+        return "-" if value is None else f"{value:.2f}x"
+
+    for e in sorted(result["front"], key=lambda e: e["latency_ms"]):
+        lines.append(f"| {e['design']} | {e['training'] or '-'} | {e['map50_95']:.3f} | "
+                     f"{'yes' if e['within_1pct'] else 'no'} | {e['latency_ms']:.2f} ± {e['error_pct'] or 0:.0f} % | "
+                     f"{ratio(e['speedup_vs_fp32_base'])} | {ratio(e['speedup_vs_fp16_recipe'])} | "
+                     f"{e['compute_precision']} | {e['integer_layers']} |")
+    fastest = result["fastest_within_1pct"]
+    lines += ["", "Fastest within 1 %: " + ("none" if fastest is None else (
+        f"{fastest['design']}, mAP50-95 {fastest['map50_95']:.3f}, {fastest['latency_ms']:.2f} ms: "
+        f"{ratio(fastest['speedup_vs_fp32_base'])} over the fp32 base (goal 1.5x), "
+        f"{ratio(fastest['speedup_vs_fp16_recipe'])} over the fp16 recipe (goal 1.3x)")),
+              f"Designs computing any layer in int8: {result['designs_computing_int8']} of "
+              f"{result['designs_scored']} scored.", ""]
+    return lines
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--measure", action="store_true",
@@ -392,8 +475,18 @@ def main(argv=None) -> int:
                         help="x86 measurement session to read (or, with --measure, write)")
     parser.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds (--measure)")
     parser.add_argument("--skip-x86", action="store_true", help="only the calibration tables (no x86 validation)")
+    parser.add_argument("--front", help="only the front table of this finished device-profile run (item 7)")
     parser.add_argument("--out", default="bench/results/device_estimates", help="writes OUT.md and OUT.json")
     args = parser.parse_args(argv)
+    if args.front:
+        result = front_table(Path(args.front))
+        lines = front_markdown(result)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(out.with_suffix(".json"), json.dumps(result, indent=1, default=str))
+        write_text_atomically(out.with_suffix(".md"), "\n".join(lines))
+        print("\n".join(lines))
+        return 0
     torch.set_num_threads(1)
     session_path = Path(args.session)
     if args.measure:

@@ -177,6 +177,18 @@ def test_shipped_profiles_meet_the_issue_target(name):
     assert calibration.means and profile.name in calibration.describe()
 
 
+def test_a_jetson_nano_estimate_says_when_queuing_its_kernels_bounds_it():
+    """On the Nano the A57 host queues the kernels while the GPU works: a YOLOv8n in fp16 at 320 px
+    waits for its launches (only fewer kernels would make it faster, and the label says so); at 640 px
+    in fp32 the GPU's work bounds it."""
+    profile = load_profile("jetson-nano")
+    small = lm.estimate(lm.model_work("yolov8n.yaml", 320, "fp16"), profile)
+    large = lm.estimate(lm.model_work("yolov8n.yaml", 640, "fp32"), profile)
+    assert "launch-bound: queuing its 110 kernels" in small["latency_source"]
+    assert small["latency_ms"] == pytest.approx(110 * 0.106, rel=0.01)
+    assert "launch-bound" not in large["latency_source"] and large["latency_ms"] > 30
+
+
 def test_tvm_cpu_utilization_follows_the_fixed_schedule():
     """The vector share each shape gets from runners/hardware/tvm_schedule.py (fp32: lanes along W, a
     1x1 stride-1 conv as a GEMM over H*W) and integer_kernels.py (int8: 16 output x 4 input channels)."""

@@ -765,13 +765,17 @@ def estimate(work: NetworkWork, profile, calibration: Calibration | None = None)
     params = {**DEFAULTS, **calibration.params}
     features = _Features(work, calibration.model_options)
     peaks, bandwidth = _peaks(profile), profile.memory_bandwidth_bytes_per_s
-    per_conv = _conv_ms(features, params, peaks, bandwidth)
+    per_conv, ops_ms, launches_ms = _parts_ms(features, params, peaks, bandwidth)
     total = _total_ms(features, params, peaks, bandwidth)
     error = calibration.loo_p90_pct if calibration.calibrated else None
     precisions = ", ".join(sorted({c.precision for c in work.convs})) or "no convs"
     band = f"± {error:.0f} %" if error is not None else "UNCALIBRATED, error unknown"
     source = (f"estimated ({band}): {calibration.describe()}; this design: {len(work.convs)} convs ({precisions}), "
               f"{work.kernels} kernels, {work.flops / 1e9:.2f} GFLOPs at {work.imgsz} px")
+    device_ms = float(per_conv.sum()) + ops_ms
+    if features.overlap and launches_ms > device_ms:  # only fewer kernels make such a design faster
+        source += (f"; launch-bound: queuing its {work.kernels} kernels takes {launches_ms:.2f} ms, the GPU's work "
+                   f"{device_ms:.2f} ms")
     return {"latency_ms": total, "latency_error_pct": error, "latency_source": source,
             "per_layer_ms": dict(zip(features.names, (float(v) for v in per_conv), strict=True)),
             "fixed_ms": total - float(per_conv.sum())}
