@@ -23,7 +23,7 @@ from edgesearch.runners.hardware.build_cache import BUILDS_DIR, BuildCache
 from edgesearch.runners.hardware.measure import MeasurementPlan, decide_measurement, measurer_for
 from edgesearch.runners.hardware.profiles import load_profile
 from edgesearch.runners.hardware.scores import KeptBuild, hardware_scores, remeasure_interleaved
-from edgesearch.runners.hardware.turns import running_trial
+from edgesearch.runners.hardware.turns import running_trial, work_step
 from edgesearch.spaces.activations import calibrate
 from edgesearch.spaces.apply import apply_candidate
 from edgesearch.spaces.candidate import Candidate
@@ -181,10 +181,11 @@ def build_design(config: EvalSettings, candidate: dict | None, rung_check=None):
     device = resolve_device(config.device)
     base = load_detection_model(config.checkpoint, trust=config.trust_checkpoint)
     design = Candidate.from_json(candidate) if candidate else Candidate({})
-    model = to_device(apply_candidate(base, design), device)
+    with work_step():  # DepGraph's cuts are seconds of CPU: a timing on this machine pauses them (turns.py)
+        model = to_device(apply_candidate(base, design), device)
     batches = calibration_batches(Path(config.data_yaml), imgsz=config.imgsz, batch=config.batch,
                                   count=config.calibration_batches, stride=int(getattr(model, "stride").max()))
-    with running_on(model, device) as calibrating:
+    with running_on(model, device) as calibrating, work_step():
         calibrated = calibrate(model, (images.to(device) for images in batches))
     teacher = (base if device == CPU else copy.deepcopy(base)) if config.distill else None  # base stays on the CPU
     losses, finetune_s = _timed(lambda: finetune(model, Path(config.data_yaml), iterations=config.finetune_iters,
@@ -194,7 +195,8 @@ def build_design(config: EvalSettings, candidate: dict | None, rung_check=None):
                                                  rung=(config.rung_steps, rung_check) if rung_check else None))
     losses.devices = {"calibration": calibrating.describe(), **losses.devices}
     to_device(model, CPU)  # packing reads the weights on the CPU
-    bake_fake_quant(model)  # from here on the model holds exactly the quantized weights
+    with work_step():
+        bake_fake_quant(model)  # from here on the model holds exactly the quantized weights
     return base, model, calibrated, losses, finetune_s
 
 

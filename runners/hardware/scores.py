@@ -33,7 +33,7 @@ from edgesearch.runners.hardware.integer_model import IntegerSummary, integer_co
 from edgesearch.runners.hardware.measure import SHARED_NOTE, BuiltDesign, Measurer, measurer_for, timed_here
 from edgesearch.runners.hardware.precision import conv_precisions, describe
 from edgesearch.runners.hardware.profiles import HardwareProfile
-from edgesearch.runners.hardware.turns import timing_turn
+from edgesearch.runners.hardware.turns import timing_turn, work_step
 from edgesearch.spaces.apply import weight_bytes
 
 REMEASURED_SOURCE = ("measured: TVM llvm build, fixed CPU schedule, {precision}, {threads} threads, re-timed interleaved "
@@ -131,8 +131,9 @@ def hardware_scores(model: nn.Module, profile: HardwareProfile, imgsz: int, *, m
     measurer = measurer or measurer_for(profile)
     costs = layer_costs(model, (1, 3, imgsz, imgsz))
     packed = weight_bytes(model)
-    build_model, summary = integer_copy(model, half=profile.computes("fp16"), integer=profile.computes("int8"))
-    module = export_for_tvm(build_model, imgsz, profile.target)
+    with work_step():  # torch.export and the integer copy are seconds of CPU: a timing pauses them (turns.py)
+        build_model, summary = integer_copy(model, half=profile.computes("fp16"), integer=profile.computes("int8"))
+        module = export_for_tvm(build_model, imgsz, profile.target)
     computes_in = precision(summary, profile.target)
     precisions = conv_precisions(model, profile.compute_precisions)
     latency = _measured(BuiltDesign(model, module, imgsz, computes_in, precisions, library_path), measurer, cache)
@@ -140,7 +141,8 @@ def hardware_scores(model: nn.Module, profile: HardwareProfile, imgsz: int, *, m
     activations = latency.pop("activation_bytes", None)
     planned = PLANNED_SOURCE if activations is not None else PLANNED_GENERIC_SOURCE
     if activations is None:
-        activations = plan_memory_only(module)  # planning does not depend on the kernels' schedules
+        with work_step():
+            activations = plan_memory_only(module)  # planning does not depend on the kernels' schedules
     return {
         "weight_bytes": packed,
         "activation_bytes": activations,
