@@ -241,7 +241,9 @@ def targets_markdown(result: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", help="only the structure issue's targets table, read from this finished run "
-                                          "folder (e.g. reports/demo): written to bench/results/structure_targets")
+                                          "folder (e.g. reports/demo): written to --targets-out")
+    parser.add_argument("--targets-out", default="bench/results/structure_targets",
+                        help="with --targets: writes OUT.md and OUT.json")
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
@@ -252,8 +254,9 @@ def main(argv=None) -> int:
     if args.targets:
         result = structure_targets(Path(args.targets))
         text = targets_markdown(result)
-        write_text_atomically(Path("bench/results/structure_targets.json"), json.dumps(result, indent=2))
-        write_text_atomically(Path("bench/results/structure_targets.md"), text + "\n")
+        out = Path(args.targets_out)
+        write_text_atomically(out.with_suffix(".json"), json.dumps(result, indent=2))
+        write_text_atomically(out.with_suffix(".md"), text + "\n")
         print(text)
         return 0
 
