@@ -403,11 +403,9 @@ def front_table(folder: Path) -> dict:
     study = optuna.load_study(study_name=studies.STUDY_NAME, storage=f"sqlite:///{folder / 'study.db'}")
     run, base = json.loads((folder / "run.json").read_text()), study.user_attrs["base"]
     rows = [row for row in studies.trial_rows(study) if row["state"] == "COMPLETE" and row["scores"]]
-    references = {}
-    for row in rows:
-        steps = dd.recovery_steps(row)
-        control = [r["scores"]["map50_95"] for r in rows if r["control"] and dd.recovery_steps(r) == steps]
-        references[steps] = max([base["map50_95"], *control])
+    # the higher of the base and the fp32 control with the same training: the report's floor at a drop of 0
+    references = {steps: dd.accuracy_floor({"max_map_drop": 0.0}, base, rows, steps)["map50_95"]
+                  for steps in {dd.recovery_steps(row) for row in rows}}
     fp16 = [r for r in rows if (r.get("recipe") or "").startswith("fp16") and dd.recovery_steps(r) == 0]
     fp16_ms = fp16[0]["scores"]["latency_ms"] if fp16 else None
 
@@ -424,8 +422,9 @@ def front_table(folder: Path) -> dict:
                 "speedup_vs_fp16_recipe": fp16_ms / scores["latency_ms"] if fp16_ms else None,
                 "weight_bytes": scores["weight_bytes"], "flops": scores["flops"]}
 
-    front = [entry(r) for r in rows if r.get("pareto")]
-    within = [entry(r) for r in rows if entry(r)["within_1pct"]]
+    entries = [(row, entry(row)) for row in rows]
+    front = [e for row, e in entries if row.get("pareto")]
+    within = [e for _, e in entries if e["within_1pct"]]
     fastest = min(within, key=lambda e: e["latency_ms"], default=None)
     return {"run": str(folder), "settings": {k: run.get(k) for k in ("profile", "imgsz", "trials", "max_map_drop",
                                                                     "finetune_iters", "recover_steps")},

@@ -168,12 +168,9 @@ def structure_targets(folder: Path) -> dict:
     base, remeasured = study.user_attrs["base"], study.user_attrs.get("remeasured") or {}
     rows = [row for row in studies.trial_rows(study) if row["state"] == "COMPLETE" and row["scores"]]
     run = json.loads((folder / "run.json").read_text())
-    references = {}
-    for row in rows:
-        steps = dd.recovery_steps(row)
-        if steps not in references:
-            control = [r["scores"]["map50_95"] for r in rows if r["control"] and dd.recovery_steps(r) == steps]
-            references[steps] = max([base["map50_95"], *control])
+    # the higher of the base and the fp32 control with the same training: the report's floor at a drop of 0
+    references = {steps: dd.accuracy_floor({"max_map_drop": 0.0}, base, rows, steps)["map50_95"]
+                  for steps in {dd.recovery_steps(row) for row in rows}}
 
     def within(row, drop):
         return row["scores"]["map50_95"] >= (1 - drop) * references[dd.recovery_steps(row)]

@@ -497,8 +497,17 @@ def _parts_ms(features: _Features, params: dict, peaks: np.ndarray, bandwidth: f
 
 
 def _total_ms(features: _Features, params: dict, peaks: np.ndarray, bandwidth: float) -> float:
-    convs, ops, launches = _parts_ms(features, params, peaks, bandwidth)
-    device = float(convs.sum()) + ops
+    return _sum_of_parts(features, params, *_parts_ms(features, params, peaks, bandwidth))
+
+
+def _device_ms(convs: np.ndarray, ops: float) -> float:
+    """The device's own work: its convs and its non-conv ops."""
+    return float(convs.sum()) + ops
+
+
+def _sum_of_parts(features: _Features, params: dict, convs: np.ndarray, ops: float, launches: float) -> float:
+    """The latency of the parts: launches overlap the device's work where the profile says so, else add to it."""
+    device = _device_ms(convs, ops)
     return (max(device, launches) if features.overlap else device + launches) + params["host_ms"]
 
 
@@ -766,13 +775,13 @@ def estimate(work: NetworkWork, profile, calibration: Calibration | None = None)
     features = _Features(work, calibration.model_options)
     peaks, bandwidth = _peaks(profile), profile.memory_bandwidth_bytes_per_s
     per_conv, ops_ms, launches_ms = _parts_ms(features, params, peaks, bandwidth)
-    total = _total_ms(features, params, peaks, bandwidth)
+    total = _sum_of_parts(features, params, per_conv, ops_ms, launches_ms)
     error = calibration.loo_p90_pct if calibration.calibrated else None
     precisions = ", ".join(sorted({c.precision for c in work.convs})) or "no convs"
     band = f"± {error:.0f} %" if error is not None else "UNCALIBRATED, error unknown"
     source = (f"estimated ({band}): {calibration.describe()}; this design: {len(work.convs)} convs ({precisions}), "
               f"{work.kernels} kernels, {work.flops / 1e9:.2f} GFLOPs at {work.imgsz} px")
-    device_ms = float(per_conv.sum()) + ops_ms
+    device_ms = _device_ms(per_conv, ops_ms)
     if features.overlap and launches_ms > device_ms:  # only fewer kernels make such a design faster
         source += (f"; launch-bound: queuing its {work.kernels} kernels takes {launches_ms:.2f} ms, the GPU's work "
                    f"{device_ms:.2f} ms")
