@@ -207,12 +207,18 @@ def structure_targets(folder: Path) -> dict:
         entry("within 5 %: fewer FLOPs", 5.0,
               best([r for r in rows if within(r, 0.05)], lambda r: (base["flops"] / r["scores"]["flops"], "counted"))),
     ]
-    pruning = [r for r in rows if r.get("recipe") == "50% structured pruning"]
-    recipe = {dd.recovery_steps(r): r["scores"]["map50_95"] for r in pruning}
+    # the uniform pruning recipes (recipes.py), after the search's fine-tune and after the recovery stage
+    pruning: dict[str, dict[int, dict]] = {}
+    for row in rows:
+        if (row.get("recipe") or "").endswith("structured pruning"):
+            figure, basis = speedup(row)
+            pruning.setdefault(row["recipe"], {})[dd.recovery_steps(row)] = {
+                "map50_95": row["scores"]["map50_95"], "speedup": figure, "basis": basis,
+                "within_1_percent": within(row, 0.01)}
     return {"run": str(folder), "settings": {k: run.get(k) for k in ("profile", "model", "imgsz", "trials",
                                                                    "finetune_iters", "recover_steps", "rung_steps")},
             "base_map50_95": base["map50_95"], "references": references, "targets": table,
-            "pruning_recipe_map50_95": recipe}
+            "pruning_recipes": {name: pruning[name] for name in sorted(pruning)}}
 
 
 def targets_markdown(result: dict) -> str:
@@ -228,10 +234,14 @@ def targets_markdown(result: dict) -> str:
         lines.append(f"| {t['target']} | ≥ {t['threshold']:g}{t['unit']} | {reached} | "
                      f"{t['basis'] or '-'} | {'yes' if t['met'] else 'no'} | {t['design'] or '-'} | "
                      f"{t['training'] or '-'} | {_fmt(t['map50_95'])} |")
-    recipe = result["pruning_recipe_map50_95"]
-    lines += ["", "50 % structured-pruning recipe, mAP50-95: " + (", ".join(
-        f"{'after the search fine-tune' if k == 0 else f'after {k} recovery steps'} {v:.3f}"
-        for k, v in sorted(recipe.items())) or "not scored in this run")]
+    lines += ["", "Uniform structured-pruning recipes (mAP50-95, speed-up over the base):"]
+    for name, by_steps in result["pruning_recipes"].items():
+        lines.append(f"- {name}: " + "; ".join(
+            f"{'after the search fine-tune' if int(k) == 0 else f'after {k} recovery steps'} {v['map50_95']:.3f}"
+            f"{' (within 1 %)' if v['within_1_percent'] else ''}, {_fmt(v['speedup'], 2)}x ({v['basis']})"
+            for k, v in sorted(by_steps.items(), key=lambda item: int(item[0]))))
+    if not result["pruning_recipes"]:
+        lines.append("- not scored in this run")
     return "\n".join(lines)
 
 

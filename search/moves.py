@@ -44,7 +44,8 @@ LAYERS_CHANGED = (1, 2, 3)
 MAXIMISE = (True, False, False)  # mAP up, SRAM down, latency down
 LAYERS_CHANGED_ODDS = (0.4, 0.35, 0.25)  # 1.85 layers per move on average
 EPSILON = 1e-9
-MIN_STRUCTURAL_DESIGNS = 3  # scored designs with distinct structural losses before their own slope is fitted
+# scored designs with distinct structural losses before their own slope is fitted: the two pruning recipes
+MIN_STRUCTURAL_DESIGNS = 2
 MIN_DESIGNS_FOR_TWO_SLOPES = 5  # two slopes and an intercept: a few designs more than parameters
 STRUCTURAL_SCALE_RANGE = (0.01, 1.0)  # a fine-tune does not make a cut cost more than the cut itself
 

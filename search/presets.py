@@ -39,7 +39,7 @@ PRESETS = {
         imgsz=128,
         batch=16,
         finetune_iters=60,
-        trials=24,  # 6 recipes, 6 budgeted seeds, 12 screened moves (guided)
+        trials=24,  # 6 recipes and the control (x86-host), 6 budgeted seeds, 11 screened moves (guided)
         population=4,
         # 3x the fine-tune in all: uniform 25 % pruning recovered to 0.73 mAP50-95 there, the base is 0.709
         # (search/recovery.py); each recovery costs about 3 trials' fine-tunes

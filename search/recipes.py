@@ -24,6 +24,11 @@ RECIPES = {
     "4-bit PWLQ per group of 16": LayerKnobs(weight_bits=4, scheme="pwlq", granularity="group", group_size=16),
     # the reduced-memory pedestrian detector's pipeline (Tome et al. 2016): weight sharing + pruning
     "k-means 4-bit + 50% sparsity": LayerKnobs(weight_bits=4, scheme="kmeans", granularity="tensor", sparsity=0.5),
+    # uniform channel pruning as Torch-Pruning's examples apply it, at two ratios: two designs whose one-shot
+    # structural losses differ, so the guided search fits what share of a cut survives the fine-tune
+    # (moves.MIN_STRUCTURAL_DESIGNS) from its first trials, also where an accuracy floor keeps its moves
+    # away from costly cuts
+    "25% structured pruning": LayerKnobs(prune_ratio=0.25),
     "50% structured pruning": LayerKnobs(prune_ratio=0.5),
     # what a Jetson user deploys without edgesearch: TensorRT's FP16 engine (weights, activations and
     # arithmetic in half precision); offered where the profile computes in fp16

@@ -223,9 +223,13 @@ def test_the_accuracy_model_learns_what_share_of_a_one_shot_cut_survives_the_fin
     # a design stopped at its rung is not a full fine-tune's figure: it is left out
     stopped = dataclasses.replace(_scored_designs(0.2, [3.0], [0.0])[0], map50_95=0.0, stopped_early=True)
     assert fit_accuracy_model(_scored_designs(0.2, cuts, weights) + [stopped], 0.01, 0.5) == model
-    # two designs with structure: one slope on one-shot omega (scale 1), as before
+    # two designs with distinct structural losses (the two pruning recipes) are enough to fit the scale
     two = fit_accuracy_model(_scored_designs(0.2, cuts[:5], weights[:5]), 0.01, 0.5)
-    assert (two.structural_scale, two.structural_designs, two.designs) == (1.0, 0, 5) and two.alpha < 0.05
+    assert (two.structural_scale, two.structural_designs, two.designs) == (pytest.approx(0.2), 2, 5)
+    # one: one slope on one-shot omega (scale 1), which then prices the cut as if nothing recovered
+    one = fit_accuracy_model(_scored_designs(0.2, cuts[:4], weights[:4]) + _scored_designs(0.2, [0.0], [0.7]),
+                             0.01, 0.5)
+    assert (one.structural_scale, one.structural_designs, one.designs) == (1.0, 0, 5) and one.alpha < 0.05
     # structure that costs more than its one-shot loss is capped there; no slope: the defaults
     assert fit_accuracy_model(_scored_designs(3.0, cuts, weights), 0.01, 0.5).structural_scale == 1.0
     assert fit_accuracy_model(_scored_designs(0.2, cuts[:2], weights[:2]), 0.01, 0.5).designs == 0
