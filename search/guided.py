@@ -3,7 +3,9 @@
 1. Recipes (recipes.py): what a user would otherwise apply, as reference points.
 2. Seeds: least-omega designs at budgets spread between the smallest and the largest recipe's
    SRAM, and at latency budgets from the fastest allocated design to 0.9x the base's predicted latency,
-   from the multiple-choice knapsack of allocate.py over the per-layer option tables.
+   from the multiple-choice knapsack of allocate.py over the per-layer option tables. They are planned
+   once the structural recipes (scored right after the control) are in, so that the tables price a
+   cut at what the recipes' fine-tunes kept of it.
 3. Moves (moves.py): 1-3 layers of a front design changed, several drawn per slot, the one the
    proxy predicts adds most hypervolume scored in full, the others stored as screened.
 
@@ -230,6 +232,13 @@ class Guide:
         return moves
 
 
+def _structural_recipes_in_flight(study: optuna.Study) -> bool:
+    """Whether a recipe that changes structure is started and not yet scored (nor failed)."""
+    return any(t.user_attrs.get(studies.RECIPE_ATTR) and studies.CANDIDATE_ATTR in t.user_attrs
+               and Candidate.from_json(t.user_attrs[studies.CANDIDATE_ATTR]).changes_structure()
+               for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)))
+
+
 def pricing_text(study: optuna.Study) -> str:
     """How the last move priced structure, for the run's summary ("" before any move fitted a scale)."""
     for trial in reversed(study.get_trials(deepcopy=False)):
@@ -327,6 +336,9 @@ class GuidedSampler(studies.DesignSampler):
             return None  # the loop waits for the table, or for a trial
         self._predict_late(study)
         if study.user_attrs.get(SEEDS_DUE_ATTR):
+            if _structural_recipes_in_flight(study):
+                return None  # the loop waits for a trial: their scores fit the structural scale first
+            self.guide.accuracy_model(study)  # re-prices the tables where the scored designs fit a structural scale
             seeds = [Proposal(candidate, origin, predicted=self._omega(candidate))
                      for origin, candidate in self.guide.seeds(self.recipes, study.user_attrs[SEEDS_DUE_ATTR])]
             self._extend_plan(study, seeds)

@@ -46,7 +46,9 @@ def device_recipes(names: tuple[str, ...] | None, compute_precisions: tuple[str,
     names = tuple(names or RECIPES)
     if "fp16" in compute_precisions and FP16 not in names:
         names = (FP16, *names)
-    names = tuple(sorted(names, key=lambda name: name != CONTROL))  # first: the accuracy floor rests on it
+    # first the control (the accuracy floor rests on it), then the structural recipes: the budgeted seeds
+    # wait for their scores (guided.GuidedSampler), which fit what a cut costs after the fine-tune
+    names = tuple(sorted(names, key=lambda name: (name != CONTROL, not RECIPES[name].changes_structure())))
     return tuple(name for name in names if RECIPES[name].compute_precision() in compute_precisions)
 
 

@@ -329,3 +329,52 @@ def test_the_recipes_start_while_the_sensitivity_table_is_computed_and_the_seeds
     broken = GuidedSampler((failed, lambda s: Guide(OptionPricer(s, basis), resolved, BASE, {}, seed=0)), space, seed=0)
     with pytest.raises(RuntimeError, match="ran out of memory"):
         broken.wait()
+
+
+def test_the_seeds_wait_for_the_structural_recipes_and_price_a_cut_at_the_share_they_kept():
+    """The structural recipes come right after the control; the budgeted seeds are planned once they
+    are scored, with the option tables re-priced at the structural scale their scores fit (with an
+    accuracy floor the moves never score a costly cut, so only the recipes can teach the scale)."""
+    import optuna
+
+    from edgesearch.search import study as studies
+    from edgesearch.search.guided import Guide, GuidedSampler
+    from edgesearch.search.options import OptionPricer
+    from edgesearch.search.recipes import CONTROL, device_recipes
+    from edgesearch.spaces.candidate import Candidate, LayerKnobs
+
+    assert device_recipes(None, ("fp32", "int8"))[:3] == (CONTROL, "25% structured pruning", "50% structured pruning")
+    layers, sensitivity, basis, resolved = _five_layer_tables()
+    int8 = LayerKnobs(weight_bits=8, scheme="symmetric")
+    recipes = {"control": Candidate({}), "cut one": Candidate({layers[4]: LayerKnobs(prune_ratio=0.5)}),
+               "cut two": Candidate({layer: LayerKnobs(prune_ratio=0.5) for layer in layers[3:]}),
+               "int8": Candidate({layer: int8 for layer in layers}), "int8 on two": Candidate({layer: int8 for layer in layers[:2]})}
+    guide = Guide(OptionPricer(sensitivity, basis), resolved, BASE, {}, seed=0)
+    sampler = GuidedSampler(guide, {layer: dict(c.choices) for layer, c in resolved.items()}, seed=0)
+    study = optuna.create_study(directions=list(studies.DIRECTIONS), sampler=sampler)
+    sampler.plan(study, recipes, seed_count=2)
+
+    def tell(trial):  # mAP as if the fine-tune kept a quarter of each cut's one-shot loss
+        price = guide.pricer.design(Candidate.from_json(trial.user_attrs[studies.CANDIDATE_ATTR]).layers)
+        map50_95 = 0.72 - 0.05 * (price["omega"] - (1 - 0.25) * price["structural_loss"])
+        trial.set_user_attr(studies.SCORE_ATTR, {"map50_95": map50_95, "latency_ms": 1.0, "sram_bytes": 1.0})
+        study.tell(trial, [map50_95, 1.0, 1.0])
+
+    cuts = []
+    while sampler.prepare(study):
+        trial = study.ask()
+        studies.candidate_of(trial, resolved)
+        if Candidate.from_json(trial.user_attrs[studies.CANDIDATE_ATTR]).changes_structure():
+            cuts.append(trial)  # still fine-tuning
+        else:
+            tell(trial)
+    assert len(study.trials) == len(recipes) and len(cuts) == 2  # every recipe started, no seed yet
+    assert guide.pricer.structural_scale == 1.0
+    tell(cuts[0])
+    assert not sampler.prepare(study)  # one structural recipe still in flight
+    tell(cuts[1])
+    assert sampler.prepare(study)
+    trial = study.ask()
+    studies.candidate_of(trial, resolved)
+    assert trial.user_attrs[studies.ORIGIN_ATTR].startswith("seed:")
+    assert guide.pricer.structural_scale == pytest.approx(0.25, rel=0.02)  # the seeds were priced at it
