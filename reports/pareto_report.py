@@ -299,10 +299,12 @@ class Report:
         args += ["--library", f"{self._design_file_stem(t)}.so"]
         return shlex.join(args)
 
-    def export_command(self, t: dict, fmt: str = "onnx") -> str:
-        """`search export`: the design as the device's runtime takes it (runners/export.py)."""
-        return shlex.join(self._design_args(t, "export")
-                          + ["--format", fmt, "--out", f"{self._design_file_stem(t)}.{fmt}"])
+    def export_command(self, t: dict) -> str:
+        """`search export`: the design as the device's runtime takes it (runners/export.py), in the
+        profile's format (run.json's export_format; ONNX for runs that predate it)."""
+        fmt = self.run.get("export_format") or "onnx"
+        out = f"{self._design_file_stem(t)}" + ("_ncnn_model" if fmt == "ncnn" else f".{fmt}")  # export.NCNN_SUFFIX
+        return shlex.join(self._design_args(t, "export") + ["--format", fmt, "--out", out])
 
 
 # ------------------------------------------------------------------------------ HTML
@@ -433,9 +435,11 @@ def _takeaway(report: Report) -> str:
             f"to the device's runtime: <code class='export-command'>{esc(report.export_command(t))}</code></li>")
     return ("<p>Each command re-scores the design (fine-tune, mAP, latency and footprint on this profile) and writes the "
             "deployable library for the profile (<code>--library</code>). <code>search export</code> re-runs the same "
-            "fine-tune and writes the design for the device's runtime: ONNX (TensorRT, ONNX Runtime; int8 as QDQ where "
-            "the profile computes int8) or, with <code>--format pt</code>, an ultralytics checkpoint for ultralytics' own "
-            "exporter (NCNN, TFLite, TensorRT). Paths are this run's.</p>"
+            f"fine-tune and writes the design in the format of the profile's runtime (<code>--format "
+            f"{esc(report.run.get('export_format') or 'onnx')}</code>). The formats: <code>onnx</code> (TensorRT, ONNX "
+            "Runtime; int8 as QDQ where the profile computes int8), <code>ncnn</code> (an NCNN folder, as ultralytics "
+            "writes it; every conv in float) and <code>pt</code> (an ultralytics checkpoint for ultralytics' own exporter: "
+            "TFLite, TensorRT). Paths are this run's.</p>"
             f"<ul>{''.join(items) or '<li>no scored design</li>'}</ul>")
 
 

@@ -66,12 +66,11 @@ from edgesearch.runners.evaluate import EvalSettings, build_design
 from edgesearch.runners.hardware.build import set_export_mode
 from edgesearch.runners.hardware.integer_model import integer_weights
 from edgesearch.runners.hardware.precision import conv_precisions, describe
-from edgesearch.runners.hardware.profiles import load_profile
+from edgesearch.runners.hardware.profiles import EXPORT_FORMATS, load_profile
 from edgesearch.spaces.activations import InputQuantizer, remove_input_quantizers
 from edgesearch.spaces.apply import conv_layers, replace_module
 from edgesearch.spaces.packing import read_layer
 
-EXPORT_FORMATS = ("onnx", "pt", "ncnn")
 NCNN_SUFFIX = "_ncnn_model"  # ultralytics' AutoBackend recognises an NCNN folder by this ending
 # the lowest opset with per-channel DequantizeLinear (int8 weights), so the oldest runtime in the
 # profiles (TensorRT 8.2 of a Jetson Nano's last JetPack, 4.6) parses it

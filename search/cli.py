@@ -375,6 +375,7 @@ def prepare_run(args) -> PreparedRun:
         tune_trials=args.tune_trials,
         distill=args.distill,
         build_reuse=not args.no_build_reuse,
+        export_format=inputs.profile.export_format,
         recover_steps=preset.recover_steps if args.recover_steps is None else args.recover_steps,
         rung_steps=(default_rung_steps(_trial_sizes(args, preset)["finetune_iters"]) if args.rung_steps is None
                     else args.rung_steps),

@@ -51,6 +51,7 @@ class RunConfig:
     rung_steps: int = 0  # successive halving: moves are validated after this many fine-tune steps (0: never)
     build_reuse: bool = True  # a design whose built graph was timed before in the run reuses that figure
     recover_steps: int = 0  # the recovery stage's extra fine-tune steps for the front's structural designs (0: none)
+    export_format: str = "onnx"  # the profile's: what the report's take-away exports to (`search export --format`)
     # optional constraints
     max_map_drop: float | None = None  # accuracy floor, relative to max(base, fp32 control) (budgets)
     latency_budget_ms: float | None = None

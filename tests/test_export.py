@@ -286,3 +286,9 @@ def test_the_reports_take_away_offers_an_export_command_the_cli_accepts(tmp_path
     assert (args.command, args.format, args.profile) == ("export", "onnx", RUN["profile_file"])
     assert (args.imgsz, args.finetune_iters, args.seed, args.distill) == (96, 7, 3, True)
     assert json.loads(Path(args.candidate).read_text())["layers"]  # the design file beside the page
+    # a profile whose runtime takes NCNN (raspberry-pi-4) is offered an NCNN folder the command accepts
+    page = write_report(tmp_path / "pi", run=dict(run, export_format="ncnn"), base=BASE,
+                        trials=hand_trials())["index.html"].read_text()
+    command = html.unescape(re.findall(r"<code class='export-command'>(.*?)</code>", page)[0])
+    args = build_parser().parse_args(shlex.split(command)[1:])
+    assert args.format == "ncnn" and args.out.endswith("_ncnn_model") and "--format ncnn</code>" in page

@@ -56,6 +56,16 @@ def test_a_channel_multiple_that_is_no_whole_number_of_channels_is_refused(tmp_p
         load_profile(bad)
 
 
+def test_each_profile_names_the_export_its_runtime_takes_and_an_unknown_one_is_refused(tmp_path):
+    """export_format: what the report's take-away exports to (NCNN on the Pi, whose estimates mean NCNN)."""
+    assert {name: load_profile(name).export_format for name in ("raspberry-pi-4", "jetson-nano", "x86-host")} == {
+        "raspberry-pi-4": "ncnn", "jetson-nano": "onnx", "x86-host": "onnx"}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(open(load_profile("x86-host").source).read().replace("export_format: onnx", "export_format: tflite"))
+    with pytest.raises(InputError, match="export_format must be one of onnx, pt, ncnn, not 'tflite'"):
+        load_profile(bad)
+
+
 def test_the_host_profile_builds_for_this_machines_cpu():
     """Code built for another CPU may use instructions this one lacks (AVX-512 on a Zen 3: SIGILL)."""
     from tvm.target import codegen

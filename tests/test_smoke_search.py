@@ -219,6 +219,8 @@ def test_a_search_writes_a_correct_report_and_resumes(smoke_run):
         assert design["remeasured"]["latency_ms"] > 0 and "interleaved" in design["remeasured"]["latency_source"]
     assert report["base"]["remeasured"]["latency_ms"] > 0
     assert "re-timed interleaved" in smoke_run.first_html
+    # the take-away's export is in the format of the profile's runtime, which run.json records
+    assert json.loads((out / "run.json").read_text())["export_format"] == "onnx" and "--format onnx" in smoke_run.first_html
 
     first_trials = {int(r["trial"]): r["map50_95"] for r in rows}
     rows = list(csv.DictReader((out / "trials.csv").open()))  # after the resume

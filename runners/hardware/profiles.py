@@ -16,6 +16,9 @@ PROFILES_DIR = PACKAGE_ROOT / "hardware_profiles"
 REQUIRED = ("name", "description", "measurement", "threads", "tvm", "sram_bytes", "dram_bytes",
             "peak_ops_per_s", "memory_bandwidth_bytes_per_s", "compute_precisions")
 PRECISIONS = ("fp32", "fp16", "int8")  # what a conv can compute in (spaces.candidate.LayerKnobs.compute_precision)
+# what `search export --format` writes (runners/export.py): onnx (TensorRT, ONNX Runtime), pt (an ultralytics
+# checkpoint for its own exporter), ncnn (an ultralytics-style NCNN folder)
+EXPORT_FORMATS = ("onnx", "pt", "ncnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +45,9 @@ class HardwareProfile:
     # the channel block the device's kernels compute in (a width between multiples is padded up to the
     # next one): a pruned layer keeps a multiple of it (spaces/space.py), so no cut is lost to padding
     channel_multiple: int = 1
+    # the `search export --format` that writes what the device's runtime takes (the runtime its estimates mean):
+    # the report's take-away offers it
+    export_format: str = "onnx"
 
     @property
     def memory_budget_bytes(self) -> int | None:
@@ -96,6 +102,9 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
     multiple = raw.get("channel_multiple", 1)
     if isinstance(multiple, bool) or not isinstance(multiple, int) or not 1 <= multiple <= 256:
         raise InputError(f"{where}: channel_multiple must be a whole number of channels in 1..256, not {multiple!r}")
+    export_format = raw.get("export_format", "onnx")
+    if export_format not in EXPORT_FORMATS:
+        raise InputError(f"{where}: export_format must be one of {', '.join(EXPORT_FORMATS)}, not {export_format!r}")
     try:
         return HardwareProfile(
             name=str(raw["name"]),
@@ -114,6 +123,7 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
             compute_precisions=tuple(p for p in PRECISIONS if p in precisions),
             latency_model=raw.get("latency_model"),
             channel_multiple=multiple,
+            export_format=export_format,
         )
     except (TypeError, ValueError) as error:
         raise InputError(f"{where}: {error}") from None
