@@ -142,3 +142,35 @@ def test_integer_blocks_have_their_own_signatures_and_table_section(int8_tiny, f
         assert (a.signature != b.signature) == has_convs, a.type
     profile = load_profile("x86-host")
     assert build_pipeline(profile, "fixed schedule", integer=True) != build_pipeline(profile, "fixed schedule")
+
+
+def test_new_blocks_are_timed_in_interleaved_rounds_so_a_disturbed_moment_skews_none(monkeypatch):
+    """A machine slowed 100x for three timer calls in a row: timed one block after the other, one
+    block gets every run in that window (its median 100x); in interleaved rounds each block gets one
+    slow round of three, and the spread check times it again."""
+    import types
+
+    from edgesearch.runners.hardware import layer_table
+
+    calls: list[str] = []
+
+    class OneMomentSlowVM:  # three executables, each a name; after the 3 warm-ups, calls 4-6 are slow
+        def __init__(self, executable, device):
+            self.name = executable
+
+        def time_evaluator(self, name, device, *, number, repeat, min_repeat_ms):
+            def run(*arguments):
+                calls.append(self.name)
+                ms = 100.0 if 4 <= len(calls) <= 6 else 1.0
+                return types.SimpleNamespace(results=[ms / 1e3] * repeat)
+            return run
+
+    monkeypatch.setattr(layer_table.relax, "VirtualMachine", OneMomentSlowVM)
+    inputs = [torch.zeros(1, 3, 8, 8)]
+    blocks = {name: (name, inputs) for name in "abc"}
+    one_after_another = layer_table.time_executables(blocks, repeat=6, min_repeat_ms=1, rounds=1)
+    assert one_after_another["a"]["latency_ms"] == 100.0 and one_after_another["a"]["attempts"] == 1
+    calls.clear()
+    interleaved = layer_table.time_executables(blocks, repeat=6, min_repeat_ms=1)
+    assert {name: timing["latency_ms"] for name, timing in interleaved.items()} == {"a": 1.0, "b": 1.0, "c": 1.0}
+    assert calls[3:9] == ["a", "b", "c", "a", "b", "c"]  # after the warm-ups, round after round

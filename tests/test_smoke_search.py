@@ -221,6 +221,9 @@ def test_a_search_writes_a_correct_report_and_resumes(smoke_run):
     assert "re-timed interleaved" in smoke_run.first_html
     # the take-away's export is in the format of the profile's runtime, which run.json records
     assert json.loads((out / "run.json").read_text())["export_format"] == "onnx" and "--format onnx" in smoke_run.first_html
+    # the cost basis is timed at the trials' thread count: moves add its changes to measured latencies
+    base_method = studies.read_study(out).user_attrs["base"]["latency_method"]
+    assert f"{json.loads((out / 'cost_basis.json').read_text())['threads']} threads" in base_method
 
     first_trials = {int(r["trial"]): r["map50_95"] for r in rows}
     rows = list(csv.DictReader((out / "trials.csv").open()))  # after the resume

@@ -36,7 +36,7 @@ from edgesearch.spaces.apply import apply_candidate, conv_layers
 from edgesearch.spaces.candidate import Candidate, LayerKnobs
 from edgesearch.spaces.packing import bake_fake_quant
 
-VERSION = 3  # bump when the basis changes: cached bases from older code are recomputed (3: calibrated, per precision)
+VERSION = 4  # bump when the basis changes: cached bases from older code are recomputed (4: at the trials' threads)
 
 
 def cost_basis(settings: dict) -> dict:
@@ -72,6 +72,7 @@ def cost_basis(settings: dict) -> dict:
     return {
         "profile": profile.name,
         "imgsz": imgsz,
+        "threads": settings["threads"],  # on a measured profile the blocks' timings are at this many threads
         "compute_precisions": list(profile.compute_precisions),
         "layers": layers,
         "fixed_ms": fixed_ms,

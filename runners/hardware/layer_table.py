@@ -54,6 +54,11 @@ NON_STRUCTURAL_ATTRIBUTES = frozenset({"i", "f", "np", "type", "shape", "act_sca
 FIXED_SCHEDULE = "fixed schedule"
 NOISY_SPREAD = 0.5  # a block timing whose max - min exceeds half its median is taken again
 MEASURE_ATTEMPTS = 3
+# New blocks are timed in this many interleaved rounds (every new block once per round): a machine
+# disturbed at one moment slows one round of each block, not every run of one block. Timed one block
+# after the other, YOLOv5nu's int8 C3 block (0.13 ms) was once stored at 42 ms (10 runs of >= 20 ms,
+# all slow, so the spread check passed), and every design of that run was priced with it.
+ROUNDS = 3
 
 
 # ------------------------------------------------------------------------- blocks and inputs
@@ -249,28 +254,38 @@ def _same_code(stored: dict | None, current: dict) -> bool:
 # ---------------------------------------------------------------------------------- measuring
 
 
-def time_executable(executable, inputs: list[torch.Tensor], *, repeat: int, min_repeat_ms: int,
-                    attempts: int = MEASURE_ATTEMPTS) -> dict:
-    """Median and spread (max - min) of `repeat` time-evaluator runs, each at least min_repeat_ms long.
+def time_executables(executables: dict[str, tuple[object, list[torch.Tensor]]], *, repeat: int, min_repeat_ms: int,
+                     rounds: int = ROUNDS, attempts: int = MEASURE_ATTEMPTS) -> dict[str, dict]:
+    """{key: median and spread (max - min) of about `repeat` time-evaluator runs, each at least
+    min_repeat_ms long} of several (executable, inputs), timed in `rounds` interleaved rounds.
 
     A table entry is reused by every later candidate, so one disturbed measurement would skew them
-    all: one untimed warm-up pass first (the first runs of a fresh build are slower: page faults,
-    cold caches), and a measurement whose spread exceeds NOISY_SPREAD x its median (another
-    process took the cores) is repeated, up to `attempts` times, keeping the quietest one."""
+    all: one untimed warm-up pass each first (the first runs of a fresh build are slower: page faults,
+    cold caches); the rounds interleave the executables (ROUNDS), and an executable whose spread
+    exceeds NOISY_SPREAD x its median (another process took the cores) is timed again, up to
+    `attempts` times, keeping the quietest measurement."""
     device = tvm.cpu()
-    vm = relax.VirtualMachine(executable, device)
-    arguments = [tvm.runtime.tensor(np.zeros(tuple(t.shape), dtype="float32"), device) for t in inputs]
-    vm.time_evaluator("main", device, number=1, repeat=1, min_repeat_ms=min_repeat_ms)(*arguments)  # warm-up
-    timer = vm.time_evaluator("main", device, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)
-    measurements: list[dict[str, float]] = []
-    while len(measurements) < attempts:
-        times_ms = [t * 1e3 for t in timer(*arguments).results]
-        measurements.append({"latency_ms": statistics.median(times_ms),
-                             "latency_spread_ms": max(times_ms) - min(times_ms)})
-        if measurements[-1]["latency_spread_ms"] <= NOISY_SPREAD * measurements[-1]["latency_ms"]:
-            break
-    quietest = min(measurements, key=lambda m: m["latency_spread_ms"])
-    return {**quietest, "attempts": len(measurements)}
+    timers, arguments = {}, {}
+    per_round = max(1, -(-repeat // rounds))
+    for key, (executable, inputs) in executables.items():
+        vm = relax.VirtualMachine(executable, device)
+        arguments[key] = [tvm.runtime.tensor(np.zeros(tuple(t.shape), dtype="float32"), device) for t in inputs]
+        vm.time_evaluator("main", device, number=1, repeat=1, min_repeat_ms=min_repeat_ms)(*arguments[key])  # warm-up
+        timers[key] = vm.time_evaluator("main", device, number=1, repeat=per_round, min_repeat_ms=min_repeat_ms)
+    measurements: dict[str, list[dict]] = {key: [] for key in timers}
+    pending = list(timers)
+    while pending:
+        times: dict[str, list[float]] = {key: [] for key in pending}
+        for _ in range(rounds):
+            for key in pending:
+                times[key] += [t * 1e3 for t in timers[key](*arguments[key]).results]
+        for key, times_ms in times.items():
+            measurements[key].append({"latency_ms": statistics.median(times_ms),
+                                      "latency_spread_ms": max(times_ms) - min(times_ms)})
+        pending = [key for key in pending if len(measurements[key]) < attempts
+                   and measurements[key][-1]["latency_spread_ms"] > NOISY_SPREAD * measurements[key][-1]["latency_ms"]]
+    return {key: {**min(taken, key=lambda m: m["latency_spread_ms"]), "attempts": len(taken), "rounds": rounds}
+            for key, taken in measurements.items()}
 
 
 def build_block(block: Block, profile: HardwareProfile, *, tune_trials: int = 0,
@@ -289,11 +304,16 @@ def build_block(block: Block, profile: HardwareProfile, *, tune_trials: int = 0,
                         "unscheduled_kernels": len(built["unscheduled_kernels"])}
 
 
-def measure_block(block: Block, profile: HardwareProfile, *, repeat: int, min_repeat_ms: int, tune_trials: int,
-                  tuning_db: Path | None) -> dict:
-    """Build one block alone (fixed schedule, or MetaSchedule-tuned) and time it."""
-    executable, build = build_block(block, profile, tune_trials=tune_trials, tuning_db=tuning_db)
-    return {**time_executable(executable, block.inputs, repeat=repeat, min_repeat_ms=min_repeat_ms), **build}
+def measure_blocks(blocks: list[Block], profile: HardwareProfile, *, repeat: int, min_repeat_ms: int,
+                   tune_trials: int, tuning_db: Path | None) -> dict[str, dict]:
+    """{signature: entry} of blocks of distinct signatures: each built alone (fixed schedule, or
+    MetaSchedule-tuned), then all timed together in interleaved rounds (time_executables)."""
+    built = {block.signature: (block, *build_block(block, profile, tune_trials=tune_trials, tuning_db=tuning_db))
+             for block in blocks}
+    timings = time_executables({signature: (executable, block.inputs) for signature, (block, executable, _)
+                                in built.items()}, repeat=repeat, min_repeat_ms=min_repeat_ms)
+    return {signature: {"type": block.type, "input_shapes": block.input_shapes, **timings[signature], **build}
+            for signature, (block, _, build) in built.items()}
 
 
 def per_layer_latency(model: nn.Module, profile: HardwareProfile, imgsz: int, *, repeat: int = 10,
@@ -318,21 +338,24 @@ def per_layer_latency(model: nn.Module, profile: HardwareProfile, imgsz: int, *,
     pipeline = build_pipeline(profile, schedule, integer)
     path = table_path(profile)
     table = load_table(path, pipeline)
-    rows, measured = [], 0
-    for block in describe_blocks(model, imgsz, integer=integer):
-        cached = block.signature in table
-        if not cached:  # new structure: build, time, store (at once, so an interrupted run keeps it)
-            entry = {"type": block.type, "input_shapes": block.input_shapes,
-                     **measure_block(block, profile, repeat=repeat, min_repeat_ms=min_repeat_ms,
-                                     tune_trials=tune_trials, tuning_db=Path(tuning_db) if tuning_db else None)}
-            save_entries(path, pipeline, {block.signature: entry})
-            table[block.signature] = entry
-            measured += 1
+    blocks = describe_blocks(model, imgsz, integer=integer)
+    new: list[Block] = []  # the first block of each signature the table lacks
+    for block in blocks:
+        if block.signature not in table and all(block.signature != n.signature for n in new):
+            new.append(block)
+    if new:  # new structures: built, timed together, stored
+        entries = measure_blocks(new, profile, repeat=repeat, min_repeat_ms=min_repeat_ms, tune_trials=tune_trials,
+                                 tuning_db=Path(tuning_db) if tuning_db else None)
+        save_entries(path, pipeline, entries)
+        table.update(entries)
+    measured = len(new)
+    rows = []
+    for block in blocks:
         entry = table[block.signature]
         rows.append({"index": block.index, "name": f"model.{block.index}", "type": block.type,
                      "signature": block.signature, "input_shapes": block.input_shapes,
                      "latency_ms": entry["latency_ms"], "latency_spread_ms": entry["latency_spread_ms"],
-                     "cached": cached})
+                     "cached": all(block is not n for n in new)})
     return {
         "latency_ms": sum(row["latency_ms"] for row in rows),
         "latency_spread_ms": sum(row["latency_spread_ms"] for row in rows),
