@@ -119,6 +119,9 @@ def test_entries_are_kept_per_pipeline_and_stale_code_is_dropped(tmp_path):
     save_entries(path, newer, {"sig3": {"latency_ms": 3.0}})
     assert load_table(path, fixed) == {} and load_table(path, tuned) == {}
     assert list(json.loads(path.read_text())["pipelines"].values())[0]["blocks"] == {"sig3": {"latency_ms": 3.0}}
+    timed_otherwise = dict(newer, timing="new blocks in 3 interleaved rounds")  # older timings may hold a disturbance
+    save_entries(path, timed_otherwise, {"sig4": {"latency_ms": 4.0}})
+    assert load_table(path, newer) == {} and len(json.loads(path.read_text())["pipelines"]) == 1
     path.write_text("{not json")
     assert load_table(path, newer) == {}
 

@@ -206,6 +206,8 @@ def build_pipeline(profile: HardwareProfile, schedule: str, integer: bool = Fals
         "schedule": schedule,
         "precision": "integer where the model allows" if integer else "fp32",
         "pipeline_code": build_code_hash(),
+        # how entries were timed: those timed one block after the other may hold a disturbed moment (ROUNDS)
+        "timing": f"new blocks in {ROUNDS} interleaved rounds",
     }
 
 
@@ -231,7 +233,8 @@ def load_table(path: Path, pipeline: dict) -> dict:
 
 def save_entries(path: Path, pipeline: dict, entries: dict) -> None:
     """Merge `entries` into this pipeline's section of the table file. Sections for other schedules
-    or thread counts stay; sections built by other code or TVM versions (stale) are dropped.
+    or thread counts stay; sections built by other code or TVM versions, or timed another way (stale),
+    are dropped.
     Atomic (temp file + os.replace), and under a lock so that concurrent trials on the same
     profile do not drop each other's entries."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -248,7 +251,7 @@ def save_entries(path: Path, pipeline: dict, entries: dict) -> None:
 
 
 def _same_code(stored: dict | None, current: dict) -> bool:
-    return isinstance(stored, dict) and all(stored.get(k) == current[k] for k in ("tvm", "pipeline_code"))
+    return isinstance(stored, dict) and all(stored.get(k) == current.get(k) for k in ("tvm", "pipeline_code", "timing"))
 
 
 # ---------------------------------------------------------------------------------- measuring
