@@ -71,7 +71,9 @@ def score(smoke_inputs):
     settings = eval_settings(smoke_inputs, imgsz=preset.imgsz, finetune_iters=preset.finetune_iters,
                              batch=preset.batch, threads=os.cpu_count() or 1, seed=0)
     scores = score_candidate(settings, DESIGN)
-    assert scores["map50_95"] > 0.05  # a trained design, so that agreement within MAP_TOLERANCE means something
+    # a trained design (an untrained one scores ~0), so that agreement within MAP_TOLERANCE means something: the
+    # same code scored 0.057 on the CI machine and 0.038 on another 2-core host (the smoke base trains differently)
+    assert scores["map50_95"] > 0.03
     return scores
 
 
