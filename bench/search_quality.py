@@ -162,6 +162,7 @@ def structure_targets(folder: Path) -> dict:
     (the basis is given)."""
     from edgesearch.reports import design_data as dd
     from edgesearch.reports.design_names import design_name
+    from edgesearch.search.recipes import RECIPES
     from edgesearch.spaces.candidate import Candidate
 
     study = _study(folder)
@@ -210,7 +211,7 @@ def structure_targets(folder: Path) -> dict:
     # the uniform pruning recipes (recipes.py), after the search's fine-tune and after the recovery stage
     pruning: dict[str, dict[int, dict]] = {}
     for row in rows:
-        if (row.get("recipe") or "").endswith("structured pruning"):
+        if row.get("recipe") in RECIPES and RECIPES[row["recipe"]].changes_structure():
             figure, basis = speedup(row)
             pruning.setdefault(row["recipe"], {})[dd.recovery_steps(row)] = {
                 "map50_95": row["scores"]["map50_95"], "speedup": figure, "basis": basis,

@@ -234,8 +234,7 @@ class Guide:
 
 def _structural_recipes_in_flight(study: optuna.Study) -> bool:
     """Whether a recipe that changes structure is started and not yet scored (nor failed)."""
-    return any(t.user_attrs.get(studies.RECIPE_ATTR) and studies.CANDIDATE_ATTR in t.user_attrs
-               and Candidate.from_json(t.user_attrs[studies.CANDIDATE_ATTR]).changes_structure()
+    return any(t.user_attrs.get(studies.RECIPE_ATTR) and studies.changes_structure(t)
                for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)))
 
 

@@ -29,7 +29,6 @@ from tqdm import tqdm
 
 from edgesearch.runners.accuracy.finetune import STRUCTURAL_LR
 from edgesearch.search import execution, study as studies
-from edgesearch.spaces.candidate import Candidate
 
 # The schedule's learning rate: a structural design's (runners/accuracy/finetune.py), for every design
 # recovered, the control included. Measured on the default model, uniform 25 % channel pruning,
@@ -43,24 +42,19 @@ SOURCES_ATTR = "recovery_sources"  # study attr: the source trial numbers chosen
 STAGE_ATTR = "recovery"  # study attr: {state: done | skipped, why, steps, designs, failed}
 
 
-def structural(trial: FrozenTrial) -> bool:
-    candidate = trial.user_attrs.get(studies.CANDIDATE_ATTR)
-    return candidate is not None and Candidate.from_json(candidate).changes_structure()
-
-
 def choose_sources(study: optuna.Study) -> list[FrozenTrial]:
     """The trials to recover: the fp32 control, the structural recipes, and the front's structural
     designs (the MAX_FRONT_DESIGNS most accurate), with those chosen before (a resumed stage). Empty
     when no design on the front changes structure."""
     trials = {t.number: t for t in studies.searched_trials(study, states=(TrialState.COMPLETE,))}
     front = [t for t in studies.pareto_trials(study)
-             if not studies.is_recovered(t) and structural(t) and not t.user_attrs.get(studies.RECIPE_ATTR)]
+             if not studies.is_recovered(t) and studies.changes_structure(t) and not t.user_attrs.get(studies.RECIPE_ATTR)]
     chosen = set(study.user_attrs.get(SOURCES_ATTR, [])) & set(trials)
     chosen |= {t.number for t in sorted(front, key=lambda t: -t.values[0])[:MAX_FRONT_DESIGNS]}
     if not chosen:
         return []
     chosen |= {n for n, t in trials.items() if studies.is_control(t)
-               or (t.user_attrs.get(studies.RECIPE_ATTR) and structural(t))}
+               or (t.user_attrs.get(studies.RECIPE_ATTR) and studies.changes_structure(t))}
     study.set_user_attr(SOURCES_ATTR, sorted(chosen))
     # the control first: the recovered designs' accuracy floor waits for it
     return sorted((trials[n] for n in chosen), key=lambda t: (not studies.is_control(t), t.number))

@@ -316,6 +316,12 @@ def trial_rows(study: optuna.Study) -> list[dict]:
     return rows
 
 
+def changes_structure(trial: FrozenTrial) -> bool:
+    """Whether the trial's design changes a layer's shape (pruned channels, a cropped kernel, a low rank)."""
+    candidate = trial.user_attrs.get(CANDIDATE_ATTR)
+    return candidate is not None and Candidate.from_json(candidate).changes_structure()
+
+
 def is_control(trial: FrozenTrial | Trial) -> bool:
     """Whether `trial` is the fp32 control: the base given the designs' fine-tune (recipes.CONTROL)."""
     return trial.user_attrs.get(RECIPE_ATTR) == CONTROL
