@@ -1,8 +1,12 @@
 """The TVM build: same outputs as PyTorch, planned memory within sane bounds, honest labels."""
 
 import copy
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import assert_detections_match
@@ -119,3 +123,29 @@ def test_a_build_left_partly_unscheduled_says_so_in_its_label():
     assert naive_note({"unscheduled_kernels": [], "serial_blocks": []}) == ""
     note = naive_note({"unscheduled_kernels": ["fused_conv2d_add"], "serial_blocks": ["k:b1", "k:b2"]})
     assert "NOT FULLY SCHEDULED" in note and "1 kernel(s) left as naive loops, 2 block(s) left serial" in note
+
+
+PIN_CHECK = """
+import os
+from edgesearch.search.cli_env import apply_process_env
+apply_process_env()  # as every edgesearch process does before TVM loads
+os.environ["TVM_NUM_THREADS"] = "1"  # as a trial sets it (evaluate.score_candidate)
+import torch
+from edgesearch.runners.hardware.build import build_local, measure_latency_local, relax_module, tvm_threads
+from edgesearch.runners.hardware.profiles import load_profile
+target = load_profile("x86-host").target
+model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.SiLU())
+executable, _ = build_local(relax_module(model, (torch.rand(1, 3, 32, 32),), target), target)
+measure_latency_local(executable, 32)
+tvm_threads()  # the scores' labels ask the thread pool its size: that starts it, where a timing had not
+print(sorted(os.sched_getaffinity(0)))
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning to one core shows only with two or more")
+def test_timing_a_build_leaves_the_process_free_to_run_on_every_core():
+    """TVM's thread pool pins the thread that starts it to one core unless told not to; a trial's
+    later fine-tunes would then share that core with the other trials in flight."""
+    env = {name: value for name, value in os.environ.items() if name != "TVM_BIND_THREADS"}
+    child = subprocess.run([sys.executable, "-c", PIN_CHECK], env=env, capture_output=True, text=True, check=True)
+    assert child.stdout.strip().splitlines()[-1] == str(sorted(os.sched_getaffinity(0)))
