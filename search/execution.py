@@ -29,8 +29,6 @@ import ray.exceptions
 from edgesearch.common.errors import InputError
 from edgesearch.search.cli_env import PROCESS_ENV
 
-# quiet ultralytics in workers (the driver shows one progress bar for the whole search)
-WORKER_ENV = {**PROCESS_ENV, "YOLO_VERBOSE": "False"}
 SYSTEM_RETRIES = 3
 # what ends a task without its code failing: its worker process died (killed, crashed), its node died,
 # Ray's memory monitor killed it, or its result was lost with the node that held it
@@ -69,7 +67,7 @@ def start_ray(address: str | None, object_bytes: int = 0) -> bool:
     if address:
         check_reachable(address)
         try:
-            ray.init(address=address, runtime_env={"env_vars": WORKER_ENV}, log_to_driver=False,
+            ray.init(address=address, runtime_env={"env_vars": worker_env()}, log_to_driver=False,
                      logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as error:  # version mismatch, not a Ray GCS, ...
             # Ray's exception does not say why (its log lines above do): a refused token reads the same
@@ -83,8 +81,14 @@ def start_ray(address: str | None, object_bytes: int = 0) -> bool:
         ray.init(num_cpus=os.cpu_count(), num_gpus=local_gpus(), include_dashboard=False, dashboard_host="127.0.0.1",
                  log_to_driver=False, logging_level=logging.WARNING,
                  object_store_memory=max(LOCAL_OBJECT_STORE, 2 * object_bytes),
-                 runtime_env={"env_vars": WORKER_ENV})
+                 runtime_env={"env_vars": worker_env()})
     return True
+
+
+def worker_env() -> dict[str, str]:
+    """The trials' environment: PROCESS_ENV as the driver has it (a value the user set wins, as in the
+    driver), and ultralytics quiet (the driver shows one progress bar for the whole search)."""
+    return {**{name: os.environ.get(name, value) for name, value in PROCESS_ENV.items()}, "YOLO_VERBOSE": "False"}
 
 
 AUTH_MODE_ENV = "RAY_AUTH_MODE"

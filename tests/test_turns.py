@@ -139,3 +139,35 @@ def test_a_trials_heavy_phases_outside_the_fine_tune_are_work_steps_too(smoke_in
     scores.hardware_scores(model, load_profile("jetson-nano"), 64)  # estimated: no build, no timing
     assert depths == {"apply_candidate": 1, "calibrate": 1, "bake_fake_quant": 1, "integer_copy": 1,
                       "export_for_tvm": 1}
+
+
+def test_trials_get_the_drivers_process_environment_with_the_users_values_kept(monkeypatch):
+    """Ray workers start from `worker_env()`, not from the driver's environment: a value the user set
+    (e.g. TVM_BIND_THREADS=1 to time with TVM's pinned threads) reaches them as it reaches the driver."""
+    from edgesearch.search.cli_env import PROCESS_ENV
+    from edgesearch.search.execution import worker_env
+
+    monkeypatch.delenv("TVM_BIND_THREADS", raising=False)
+    assert worker_env()["TVM_BIND_THREADS"] == PROCESS_ENV["TVM_BIND_THREADS"] == "0"
+    monkeypatch.setenv("TVM_BIND_THREADS", "1")
+    assert worker_env()["TVM_BIND_THREADS"] == "1"
+
+
+def test_the_sensitivity_passs_weight_error_thread_pauses_while_a_trial_is_timed(tmp_path, monkeypatch):
+    """The pass computes weight errors in a thread beside its losses, while the base's score may be
+    timed: each layer's errors are a work step, so they wait for the timing to end."""
+    import concurrent.futures
+
+    import torch
+
+    from edgesearch.runners.accuracy.sensitivity import _weight_errors
+
+    monkeypatch.setenv("EDGESEARCH_CACHE", str(tmp_path))
+    weights = {"conv": torch.randn(8, 8, 3, 3)}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        with timing_turn():
+            errors = pool.submit(_weight_errors, weights, {"conv": {"weight_bits": [8, 4]}})
+            time.sleep(1.0)
+            assert not errors.done()  # waiting at its first layer
+        deltas, _ = errors.result(timeout=30)
+    assert set(deltas["conv"]) and all(value >= 0 for value in deltas["conv"].values())

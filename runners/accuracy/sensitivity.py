@@ -294,10 +294,11 @@ def _measure_fast(config: SensitivitySettings, device: torch.device, base: nn.Mo
 
 def _weight_errors(weights: dict[str, torch.Tensor], layer_options: dict[str, dict[str, list]]
                    ) -> tuple[dict[str, dict[str, float]], float]:
-    """({layer: {weight option key: ||W - Q(W)||^2}}, seconds taken)."""
+    """({layer: {weight option key: ||W - Q(W)||^2}}, seconds taken). Each layer is a work step: a
+    timing on this machine (the base's score runs beside the pass) pauses this thread too."""
     started = time.perf_counter()
     deltas = {}
-    for name, options in layer_options.items():
+    for name, options in in_work_steps(layer_options.items()):
         found = squared_errors(weights[name], list(_weight_options(options)), max_elements=FAST_SAMPLED_ELEMENTS)
         deltas[name] = {weight_option_key(knobs): delta for knobs, delta in found.items()}
     return deltas, time.perf_counter() - started
