@@ -209,7 +209,8 @@ def plan_memory_only(mod) -> int:
 
 
 def measure_latency_local(executable, imgsz: int, *, repeat: int = 20, min_repeat_ms: int = 50) -> dict:
-    """Median and spread of the compiled module's latency on this machine (TVM time evaluator)."""
+    """Median and spread of the compiled module's latency on this machine (TVM time evaluator).
+    `executable`: as built (linked here, seconds of CPU) or already linked (a loaded library)."""
     device = tvm.cpu()
     vm = relax.VirtualMachine(executable, device)
     data = tvm.runtime.tensor(np.zeros((1, 3, imgsz, imgsz), dtype="float32"), device)
