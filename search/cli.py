@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trials", type=int, help="fully scored trials, recipes included (preset's default)")
     run.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL,
                      help=f"trials in flight at once, the cores shared among them (default: 2, or 1 on one core; "
-                          f"here {DEFAULT_PARALLEL}. On 2 cores two one-thread trials scored 1.47x the trials per "
+                          f"here {DEFAULT_PARALLEL}. On 2 cores two one-thread trials scored 1.70x the trials per "
                           "hour of one two-thread trial: bench/throughput.py)")
     run.add_argument("--strategy", choices=STRATEGIES,
                      help="guided: recipes, budgeted seeds, screened few-layer moves (default); nsga2: uniform "
