@@ -342,13 +342,13 @@ def per_layer_latency(model: nn.Module, profile: HardwareProfile, imgsz: int, *,
     path = table_path(profile)
     table = load_table(path, pipeline)
     blocks = describe_blocks(model, imgsz, integer=integer)
-    new: list[Block] = []  # the first block of each signature the table lacks
+    new: dict[str, Block] = {}  # the first block of each signature the table lacks
     for block in blocks:
-        if block.signature not in table and all(block.signature != n.signature for n in new):
-            new.append(block)
+        if block.signature not in table:
+            new.setdefault(block.signature, block)
     if new:  # new structures: built, timed together, stored
-        entries = measure_blocks(new, profile, repeat=repeat, min_repeat_ms=min_repeat_ms, tune_trials=tune_trials,
-                                 tuning_db=Path(tuning_db) if tuning_db else None)
+        entries = measure_blocks(list(new.values()), profile, repeat=repeat, min_repeat_ms=min_repeat_ms,
+                                 tune_trials=tune_trials, tuning_db=Path(tuning_db) if tuning_db else None)
         save_entries(path, pipeline, entries)
         table.update(entries)
     measured = len(new)
@@ -358,7 +358,7 @@ def per_layer_latency(model: nn.Module, profile: HardwareProfile, imgsz: int, *,
         rows.append({"index": block.index, "name": f"model.{block.index}", "type": block.type,
                      "signature": block.signature, "input_shapes": block.input_shapes,
                      "latency_ms": entry["latency_ms"], "latency_spread_ms": entry["latency_spread_ms"],
-                     "cached": all(block is not n for n in new)})
+                     "cached": new.get(block.signature) is not block})
     return {
         "latency_ms": sum(row["latency_ms"] for row in rows),
         "latency_spread_ms": sum(row["latency_spread_ms"] for row in rows),
