@@ -1,6 +1,7 @@
 """Search quality on the default model: the same budget of fully scored trials for random search,
-the search as it was before the guided search (uniform 8/6/4-bit anchors, then NSGA-II), and the
-guided search, at two or more seeds.
+the search as it was before the guided search (uniform 8/6/4-bit anchors, then NSGA-II), the
+guided search, and the guided search on issue 18's path ("guided-before": the sensitivity pass as
+it was up to its VERSION 3, no build reuse, no successive halving), at two or more seeds.
 
 Each search is a real `search run` (a subprocess, its own run folder; an existing folder is
 resumed, so a stopped benchmark continues). Per run, from its study:
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -44,14 +46,21 @@ from optuna.trial import TrialState  # noqa: E402
 from edgesearch.common.files import write_text_atomically  # noqa: E402
 from edgesearch.search import study as studies  # noqa: E402
 
-STRATEGIES = ("random", "nsga2", "guided")
+STRATEGIES = ("random", "nsga2", "guided", "guided-before")
+# a strategy that is a path of another: (its `--strategy`, extra `search run` arguments, environment)
+PATHS = {"guided-before": ("guided", ["--no-build-reuse", "--rung-steps", "0"],
+                           {"EDGESEARCH_SENSITIVITY_METHOD": "reference"})}  # search/analysis.py
 MAX_DROP = 0.01
 
 
-def run_search(folder: Path, strategy: str, seed: int, trials: int, parallel: int) -> float:
+def run_search(folder: Path, strategy: str, seed: int, trials: int, parallel: int,
+               recover_steps: int | None = None) -> float:
     """Run (or resume) one search; returns its wall time in seconds (0 when it was complete)."""
+    strategy, extra, env = PATHS.get(strategy, (strategy, [], {}))
+    if recover_steps is not None:
+        extra = [*extra, "--recover-steps", str(recover_steps)]
     command = [sys.executable, "-m", "edgesearch.search.cli", "run", "--profile", "x86-host", "--strategy", strategy,
-               "--seed", str(seed), "--trials", str(trials), "--parallel", str(parallel), "--out", str(folder)]
+               "--seed", str(seed), "--trials", str(trials), "--parallel", str(parallel), "--out", str(folder), *extra]
     if (folder / "run.json").exists():
         study = _study(folder)
         if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))) >= trials:
@@ -59,7 +68,7 @@ def run_search(folder: Path, strategy: str, seed: int, trials: int, parallel: in
         command.append("--resume")
     started = time.perf_counter()
     with open(folder.parent / f"{folder.name}.log", "a") as log:
-        subprocess.run(command, check=True, stdout=log, stderr=log)
+        subprocess.run(command, check=True, stdout=log, stderr=log, env={**os.environ, **env})
     return time.perf_counter() - started
 
 
@@ -123,14 +132,14 @@ def _fmt(value, digits=3):
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def markdown(results: dict, recipes: list[str], sensitivity_s: float) -> str:
+def markdown(results: dict, recipes: list[str], sensitivity_s: dict[str, float]) -> str:
     lines = ["| strategy | seed | scored | screened | failed | HV mAP×SRAM (MiB) | HV mAP×latency (ms) | "
              "HV mAP×latency/base | best mAP | designs within 1 % | best weight saving within 1 % | "
              "best latency ratio within 1 % | recipes dominated | "
              "wall min | wall min incl. sensitivity |", "|" + "---|" * 15]
     for key, r in results.items():
         strategy, seed = key.split("/")
-        incl = r["wall_s"] + (sensitivity_s if strategy == "guided" else 0)
+        incl = r["wall_s"] + sensitivity_s.get(strategy, 0)
         lines.append(f"| {strategy} | {seed} | {r['scored']} | {r['screened']} | {r['failed']} | "
                      f"{r['hv_map_sram'] / 2**20:.3f} | {r['hv_map_latency']:.3f} | {r['hv_map_latency_ratio']:.3f} | "
                      f"{_fmt(r['best_map'])} | "
@@ -149,7 +158,27 @@ def markdown(results: dict, recipes: list[str], sensitivity_s: float) -> str:
         random_sram, random_latency = medians.get("random", (None, None))
         lines.append(f"| {strategy} | {sram / 2**20:.3f} | {_fmt(sram / random_sram if random_sram else None, 2)} | "
                      f"{latency:.3f} | {_fmt(latency / random_latency if random_latency else None, 2)} |")
-    return "\n".join(lines)
+    return "\n".join(lines + new_against_before(results, recipes))
+
+
+def new_against_before(results: dict, recipes: list[str]) -> list[str]:
+    """Issue 18's quality target, per seed: the guided search's hypervolumes over those of the same
+    search on issue 18's path (each ≥ 0.95 to pass), and whether every recipe is still dominated."""
+    seeds = [key.split("/")[1] for key in results if key.startswith("guided/")
+             and f"guided-before/{key.split('/')[1]}" in results]
+    if not seeds:
+        return []
+    figures = (("hv_map_sram", "mAP×SRAM"), ("hv_map_latency", "mAP×latency"), ("hv_map_latency_ratio", "mAP×latency/base"))
+    lines = ["", "New path against issue 18's path (guided / guided-before, same seed; target: each ratio ≥ 0.95, "
+                 "recipes still dominated):", "",
+             "| seed | " + " | ".join(f"HV {name} ratio" for _, name in figures) + " | recipes dominated (new / before) |",
+             "|---|" + "---|" * (len(figures) + 1)]
+    for seed in seeds:
+        new, before = results[f"guided/{seed}"], results[f"guided-before/{seed}"]
+        ratios = [new[key] / before[key] if before[key] else None for key, _ in figures]
+        lines.append(f"| {seed} | " + " | ".join(_fmt(r, 3) for r in ratios) + f" | {len(new['recipes_dominated'])}/"
+                     f"{len(recipes)} / {len(before['recipes_dominated'])}/{len(recipes)} |")
+    return lines
 
 
 # ------------------------------------------------------------------ structure targets (issue 19, item 4)
@@ -256,6 +285,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     parser.add_argument("--parallel", type=int, default=1)
+    parser.add_argument("--recover-steps", type=int, help="passed to every search (default: the preset's); 0: none")
     parser.add_argument("--runs", default="bench/search_quality_runs", help="run folders (kept; resumed)")
     parser.add_argument("--out", default="bench/search_quality")
     args = parser.parse_args(argv)
@@ -279,14 +309,18 @@ def main(argv=None) -> int:
             key = f"{strategy}/{seed}"
             folder = runs / f"{strategy}-{seed}"
             print(f"{key}: running", flush=True)
-            walls[key] = walls.get(key, 0.0) + run_search(folder, strategy, seed, args.trials, args.parallel)
+            walls[key] = walls.get(key, 0.0) + run_search(folder, strategy, seed, args.trials, args.parallel,
+                                                          args.recover_steps)
             write_text_atomically(walls_file, json.dumps(walls))
 
     bases = [_study(runs / f"{s}-{seed}").user_attrs["base"] for seed in args.seeds for s in args.strategies]
     reference = {"sram_bytes": 1.1 * statistics.median(b["sram_bytes"] for b in bases),
                  "latency_ms": 1.1 * statistics.median(b["latency_ms"] for b in bases)}
-    sensitivity_file = runs / f"guided-{args.seeds[0]}" / "sensitivity.json"
-    sensitivity_s = sum(json.loads(sensitivity_file.read_text())["seconds"].values()) if sensitivity_file.exists() else 0
+    sensitivity_s = {}  # each guided path's own pass (cached: counted once, on every run of that path)
+    for strategy in args.strategies:
+        sensitivity_file = runs / f"{strategy}-{args.seeds[0]}" / "sensitivity.json"
+        if sensitivity_file.exists():
+            sensitivity_s[strategy] = sum(json.loads(sensitivity_file.read_text())["seconds"].values())
     results, recipe_names = {}, set()
     for seed in args.seeds:
         recipes = recipe_scores(runs / f"guided-{seed}") if "guided" in args.strategies else {}
@@ -298,7 +332,8 @@ def main(argv=None) -> int:
     header = (f"Search quality: x86-host, default YOLOv8n (base mAP50-95 {bases[0]['map50_95']:.3f}), "
               f"{args.trials} fully scored trials per run; hypervolume reference: mAP 0, SRAM "
               f"{reference['sram_bytes'] / 2**20:.2f} MiB, latency {reference['latency_ms']:.2f} ms (base x 1.1); "
-              f"sensitivity pass {sensitivity_s / 60:.1f} min (cached, once).")
+              "sensitivity pass " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in sensitivity_s.items())
+              + " (cached, once).")
     payload = {"trials": args.trials, "seeds": args.seeds, "reference": reference, "sensitivity_s": sensitivity_s,
                "results": results, "recipes": {seed: recipe_scores(runs / f"guided-{seed}") for seed in args.seeds
                                                if "guided" in args.strategies}}

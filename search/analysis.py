@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import threading
 import time
 from concurrent.futures import Future
@@ -23,6 +24,9 @@ from edgesearch.common.files import file_sha256, write_text_atomically
 
 SENSITIVITY_FILE = "sensitivity.json"
 BASIS_FILE = "cost_basis.json"
+# "reference": the search prices options with the sensitivity pass as it was up to its VERSION 3
+# (issue 18's path, for bench/search_quality.py's comparison of old and new); unset: the fast pass
+SENSITIVITY_METHOD_ENV = "EDGESEARCH_SENSITIVITY_METHOD"
 
 
 
@@ -82,9 +86,11 @@ def start_sensitivity(settings: dict, layer_options: dict[str, dict[str, list]],
 def sensitivity(settings: dict, layer_options: dict[str, dict[str, list]], run_dir: Path, cpus: int,
                 progress: bool = True) -> dict:
     """The sensitivity pass (runners/accuracy/sensitivity.py) of the base to every option, cached."""
-    from edgesearch.runners.accuracy.sensitivity import VERSION, SensitivitySettings
+    from edgesearch.runners.accuracy.sensitivity import REFERENCE_SETTINGS, VERSION, SensitivitySettings
 
     config = {k: settings[k] for k in ("checkpoint", "data_yaml", "imgsz", "batch", "trust_checkpoint", "seed")}
+    if os.environ.get(SENSITIVITY_METHOD_ENV) == "reference":  # part of the cache key: its own table
+        config.update(REFERENCE_SETTINGS)
     material = {"version": VERSION, "checkpoint": file_sha256(config["checkpoint"]),
                 "data": dataset_fingerprint(config["data_yaml"]), "options": layer_options,
                 "settings": {k: v for k, v in config.items() if k not in ("checkpoint", "data_yaml")},

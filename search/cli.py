@@ -18,6 +18,7 @@ from edgesearch.search.cli_env import apply_process_env, quiet_console
 if TYPE_CHECKING:  # resolve (torch, TVM) loads only when a command needs it
     from edgesearch.search.resolve import Inputs
     from edgesearch.search.run_config import RunConfig
+    from edgesearch.spaces.candidate import Candidate
 
 apply_process_env()  # before torch or TVM load (OpenMP reads it once, at load)
 
@@ -87,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-build-reuse", action="store_true",
                      help="build and time every design, even one whose built graph an earlier trial timed (and "
                           "rebuild the front for its re-measure): the path before builds were reused")
+    run.add_argument("--designs", nargs="+", metavar="CANDIDATE_JSON",
+                     help="designs to score first, in this order, before the strategy's own (e.g. an earlier "
+                          "report's designs/*.json); they count against --trials. Only when a run starts")
     run.add_argument("--sram-budget", help="hard memory budget instead of the profile's, e.g. 2MiB, 512KiB, 3000000")
     run.add_argument("--latency-budget", type=float, help="latency budget in ms (a constraint of the search)")
     run.add_argument("--population", type=int, help="NSGA-II population size (preset's default)")
@@ -291,6 +295,8 @@ def check_run_arguments(args) -> None:
         raise InputError(f"--latency-budget must be a positive number of ms, not {args.latency_budget}")
     if args.sram_budget is not None:
         parse_bytes(args.sram_budget)
+    if args.designs and args.resume:
+        raise InputError("--designs queues designs when a run starts; a resumed run keeps the queue it had")
     from edgesearch.runners.device import resolve_device
 
     resolve_device(args.device)  # --device cuda on a machine without one: refused at once
@@ -329,6 +335,7 @@ class PreparedRun:
     run: RunConfig
     archives: dict  # shipping.Archive per trial setting that names a file
     gpus_per_trial: float = 0.0  # this invocation's (execution.trial_gpus), never read from run.json
+    given_designs: list = dataclasses.field(default_factory=list)  # --designs: (name, Candidate), scored first
 
 
 def prepare_run(args) -> PreparedRun:
@@ -351,7 +358,9 @@ def prepare_run(args) -> PreparedRun:
         args.profile, args.space, args.preset = stored.profile_file, stored.space_file, stored.preset
         args.model, args.data, args.distill = stored.model, stored.data, stored.distill
     preset = PRESETS[args.preset]
+    given = _read_designs(args.designs or [], args.trials or preset.trials)  # before the slow work too
     inputs = _inputs(args)
+    _check_designs(given, inputs)
     run_dir = run_folder(args.out, inputs.profile.name, inputs.space.name, args.preset)
     run = RunConfig(
         run_name=run_dir.name,
@@ -387,7 +396,31 @@ def prepare_run(args) -> PreparedRun:
         check_smallest_design_fits(inputs, run)  # says at once when no design can meet the budget
         run = decide_measurement(inputs, run, args.estimate_latency)
     archives = ship_inputs(inputs)  # inputs that cannot travel to the workers are refused here
-    return PreparedRun(args, inputs, run_dir, run, archives, gpus)
+    return PreparedRun(args, inputs, run_dir, run, archives, gpus, given)
+
+
+def _read_designs(paths: list[str], trials: int) -> list[tuple[str, Candidate]]:
+    """`--designs`: each file read as a candidate, named by its file name."""
+    from edgesearch.spaces.candidate import Candidate
+
+    if len(paths) > trials:
+        raise InputError(f"--designs gives {len(paths)} designs but the run scores {trials} trials (--trials)")
+    return [(Path(path).name, Candidate.load(Path(path))) for path in paths]
+
+
+def _check_designs(given: list[tuple[str, Candidate]], inputs: Inputs) -> None:
+    """Refuse a given design that names a layer the space does not search, or that the model cannot take."""
+    from edgesearch.spaces.apply import validate_candidate
+
+    for name, candidate in given:
+        outside = sorted(set(candidate.layers) - set(inputs.resolved))
+        if outside:
+            raise InputError(f"design {name} names {outside[0]!r}, which is not a searchable layer of the space "
+                             f"{inputs.space.name} on this model")
+        try:
+            validate_candidate(inputs.base_model, candidate)
+        except InputError as error:
+            raise InputError(f"design {name}: {error}") from None
 
 
 def execute_run(prepared: PreparedRun, address: str | None) -> None:
@@ -406,7 +439,8 @@ def execute_run(prepared: PreparedRun, address: str | None) -> None:
         if not args.resume:  # the folder exists only now
             held.enter_context(RunLock(prepared.run_dir))
         run_search(prepared.inputs, prepared.run_dir, run, resume=args.resume, ray_address=address,
-                   archives=prepared.archives, device=args.device, gpus_per_trial=prepared.gpus_per_trial)
+                   archives=prepared.archives, device=args.device, gpus_per_trial=prepared.gpus_per_trial,
+                   given_designs=prepared.given_designs)
 
 
 def batch_help() -> str:

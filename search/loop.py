@@ -20,11 +20,13 @@ SLOT_POLL_S = 2.0  # how often the loop looks whether a slot the sampler held is
 
 
 def run_search(inputs: Inputs, run_dir: Path, run: RunConfig, *, resume: bool, ray_address: str | None,
-               archives: dict | None = None, device: str = "auto", gpus_per_trial: float = 0.0) -> dict:
+               archives: dict | None = None, device: str = "auto", gpus_per_trial: float = 0.0,
+               given_designs: list | None = None) -> dict:
     """The search loop: ask candidates, score them as Ray tasks (locally, or on the cluster at
     `ray_address`), tell Optuna, write the report. Only this process opens the study. `device`
     and `gpus_per_trial` are this invocation's (execution.trial_gpus), never the run folder's: a
-    resumed run chooses again on the machine it runs on."""
+    resumed run chooses again on the machine it runs on. `given_designs` ((name, Candidate), from
+    `--designs`) are queued when the run starts, before anything else."""
     parallel = max(1, run.parallel)
     spent: dict[str, float] = {}  # this invocation's stages (timing.account_text)
     archives = archives or ship_inputs(inputs)
@@ -43,6 +45,8 @@ def run_search(inputs: Inputs, run_dir: Path, run: RunConfig, *, resume: bool, r
         if run.build_reuse:  # designs whose built graph was timed before in the run reuse its figure
             settings["build_cache"] = studies.run_id(study)
         settings["rung_steps"] = run.rung_steps  # successive halving (search/halving.py)
+        if not resume and given_designs:
+            studies.enqueue_given(study, given_designs, inputs.resolved)
         if not resume and strategy == "nsga2":
             studies.enqueue_anchors(study, inputs.resolved)
         requeued = studies.requeue_interrupted(study)

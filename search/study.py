@@ -181,6 +181,9 @@ def candidate_of(trial: Trial, resolved: dict[str, LayerChoices]) -> dict:
     """The design a trial scores: the one queued with it (an interrupted trial's retry), else the one
     a DesignSampler chose, else sampled from its parameters."""
     candidate = trial.user_attrs.get(CANDIDATE_ATTR)
+    if candidate is not None and not isinstance(trial.study.sampler, DesignSampler):
+        for key, (_, choices) in _space_params(Candidate.from_json(candidate), resolved).items():
+            trial.suggest_categorical(key, choices)  # the queued value: recorded so that NSGA-II can recombine it
     if candidate is None and isinstance(trial.study.sampler, DesignSampler):
         candidate = trial.study.sampler.design(trial)
     if candidate is None:
@@ -209,6 +212,31 @@ def enqueue_anchors(study: optuna.Study, resolved: dict[str, LayerChoices]) -> i
                     params[f"{name}|{knob}"] = choices[0]
         study.enqueue_trial(params, skip_if_exists=True)
     return len(ANCHOR_BITS)
+
+
+def enqueue_given(study: optuna.Study, designs: list[tuple[str, Candidate]], resolved: dict[str, LayerChoices]) -> int:
+    """Queue designs the user gave (`search run --designs`), in order, to be scored before the
+    strategy's own: each keeps its candidate and its origin ("given: <name>"). Its parameters
+    (layers it does not name at their defaults) are set where the space offers the value, so that
+    NSGA-II can recombine it; a value the space does not offer stays in the candidate only."""
+    for name, candidate in designs:
+        params = {key: value for key, (value, _) in _space_params(candidate, resolved).items()}
+        study.enqueue_trial(params, user_attrs={CANDIDATE_ATTR: candidate.to_json(), ORIGIN_ATTR: f"given: {name}"},
+                            skip_if_exists=False)
+    return len(designs)
+
+
+def _space_params(candidate: Candidate, resolved: dict[str, LayerChoices]) -> dict[str, tuple]:
+    """{"layer|knob": (the candidate's value, the space's choices)} for every knob the space samples
+    (more than one choice) where the candidate's value is one of them; a layer it does not name is
+    at its defaults."""
+    defaults, params = LayerKnobs(), {}
+    for layer, choices in resolved.items():
+        knobs = candidate.layers.get(layer, defaults)
+        for knob, values in choices.choices.items():
+            if len(values) > 1 and getattr(knobs, knob) in values:
+                params[f"{layer}|{knob}"] = (getattr(knobs, knob), values)
+    return params
 
 
 def finished_count(study: optuna.Study) -> int:

@@ -175,6 +175,15 @@ CANDIDATES = {
     "candidate: layer knobs not a mapping": json.dumps({"layers": {"model.0.conv": [4]}}),
 }
 
+# `search run --designs`: each refused before any slow work, naming the design or the flag
+DESIGNS = {
+    "designs: not JSON": (["{layers: "], []),
+    "designs: a layer the space does not search": ([json.dumps({"layers": {"model.22.dfl.conv": {"weight_bits": 4}}})],
+                                                   []),
+    "designs: more than the trials": ([json.dumps({"layers": {}})] * 3, ["--trials", "2"]),
+    "designs: with --resume": ([json.dumps({"layers": {}})], ["--resume"]),
+}
+
 BATCHES = {
     "batch: not YAML": "searches: [unclosed\n",
     "batch: not UTF-8": b"searches:\n  - out: \xff\n",
@@ -212,6 +221,10 @@ def _command(name: str, tmp: Path, good: dict) -> list[str]:
     if name in CANDIDATES:
         return ["eval", "--preset", "smoke", "--data", str(good["data"]), "--model", str(good["checkpoint"]),
                 "--candidate", str(_file(tmp, "candidate.json", CANDIDATES[name]))]
+    if name in DESIGNS:
+        texts, extra = DESIGNS[name]
+        designs = [str(_file(tmp, f"design-{number}.json", text)) for number, text in enumerate(texts)]
+        return [*_run(tmp, good), "--designs", *designs, *extra]
     if name in BATCHES:
         return ["batch", str(_file(tmp, "jobs.yaml", BATCHES[name]))]
     return ["calibrate", "--profile", "raspberry-pi-4", "--timings", str(_file(tmp, "timings.csv", TIMINGS[name]))]
@@ -222,10 +235,10 @@ def _snapshot(folder: Path) -> dict:
             for p in sorted(folder.rglob("*"))}
 
 
-PROBES = [*CHECKPOINTS, *DATA, *SPACES, *PROFILES, *CANDIDATES, *BATCHES, *TIMINGS]
+PROBES = [*CHECKPOINTS, *DATA, *SPACES, *PROFILES, *CANDIDATES, *DESIGNS, *BATCHES, *TIMINGS]
 # what the one line names: the probed input (not another one refused by accident)
 NAMED = {"checkpoint": r"\.pt\b", "data.yaml": r"data\.yaml", "space": r"space", "profile": r"profile\.yaml|profile probe",
-         "candidate": r"candidate|layer", "batch": r"jobs\.yaml", "timings": r"timings"}
+         "candidate": r"candidate|layer", "designs": r"design", "batch": r"jobs\.yaml", "timings": r"timings"}
 
 
 @pytest.mark.parametrize("name", PROBES)

@@ -42,6 +42,30 @@ def test_an_interrupted_guided_trial_is_queued_again_with_its_design(tmp_path):
     assert studies.candidate_of(retry, {}) == design
 
 
+@pytest.mark.parametrize("strategy", ["random", "nsga2"])
+def test_given_designs_are_scored_first_in_order_with_their_own_candidates(tmp_path, strategy):
+    from edgesearch.spaces.candidate import Candidate
+    from edgesearch.spaces.space import LayerChoices
+
+    resolved = {"a": LayerChoices({"weight_bits": [32, 8, 4], "scheme": ["symmetric", "affine"]}),
+                "b": LayerChoices({"weight_bits": [32, 8], "scheme": ["symmetric"]})}
+    int8_a = Candidate.from_json({"layers": {"a": {"weight_bits": 8, "scheme": "symmetric"}}})
+    off_space = Candidate.from_json({"layers": {"a": {"weight_bits": 6}, "b": {"weight_bits": 4}}})
+    study = studies.open_study(tmp_path, seed=0, population_size=2, create=True, strategy=strategy)
+    assert studies.enqueue_given(study, [("int8.json", int8_a), ("odd.json", off_space)], resolved) == 2
+
+    first, second = study.ask(), study.ask()
+    assert studies.candidate_of(first, resolved) == int8_a.to_json()
+    assert studies.candidate_of(second, resolved) == off_space.to_json()  # values the space lacks are kept
+    assert [first.user_attrs[studies.ORIGIN_ATTR], second.user_attrs[studies.ORIGIN_ATTR]] == [
+        "given: int8.json", "given: odd.json"]
+    # parameters where the space offers the value (a layer it does not name at its defaults), for NSGA-II
+    assert first.params == {"a|weight_bits": 8, "a|scheme": "symmetric", "b|weight_bits": 32}
+    assert second.params == {"a|scheme": "affine"}
+    third = study.ask()  # then the strategy's own designs
+    assert studies.ORIGIN_ATTR not in third.user_attrs
+
+
 def test_a_failing_trial_is_recorded_with_its_error_and_the_search_goes_on(tmp_path, smoke_inputs):
     from edgesearch.search import execution, shipping
     from edgesearch.search.loop import _search_loop
