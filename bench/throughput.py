@@ -141,8 +141,8 @@ def markdown(results: list[dict]) -> str:
     for r in results:
         lines.append(f"| {r['variant']} | {r['parallel']} | {r['trials']} x {len(r['rounds'])} | "
                      f"{r['trials_per_hour']:.1f} ({min(r['rounds']):.1f}-{max(r['rounds']):.1f}) | "
-                     f"{'/'.join(map(str, r['builds_reused']))} of {r['trials']} | "
-                     f"{r['trials_per_hour'] / reference:.2f}x | {r['finetune_s_median']:.1f} | "
+                     f"{r['trials_per_hour'] / reference:.2f}x | {'/'.join(map(str, r['builds_reused']))} of "
+                     f"{r['trials']} | {r['finetune_s_median']:.1f} | "
                      f"{r['validate_s_median']:.1f} | {r['hardware_s_median']:.1f} | {r['eval_s_median']:.1f} |")
     return "\n".join(lines)
 
