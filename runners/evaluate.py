@@ -25,7 +25,7 @@ from edgesearch.runners.hardware.profiles import load_profile
 from edgesearch.runners.hardware.scores import KeptBuild, hardware_scores, remeasure_interleaved
 from edgesearch.runners.hardware.turns import running_trial, work_step
 from edgesearch.spaces.activations import calibrate
-from edgesearch.spaces.apply import apply_candidate
+from edgesearch.spaces.apply import apply_candidate, packed_layer_bytes
 from edgesearch.spaces.candidate import Candidate
 from edgesearch.spaces.packing import bake_fake_quant
 
@@ -106,6 +106,8 @@ def _score(config: EvalSettings, candidate: dict | None) -> dict:
         "holdout_map50": holdout["map50"],
         "holdout_source": f"held out: {holdout_how}",
         **hardware,
+        # each searchable layer's packed bytes, for the report (search/report_inputs.packed_layers)
+        "packed_layers": packed_layer_bytes(model, list(candidate["layers"])) if candidate else None,
         "finetune_iters": config.finetune_iters,
         "distilled": config.distill,
         "training": training_record(config, losses.stopped_at, rung),

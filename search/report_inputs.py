@@ -11,8 +11,9 @@ from edgesearch.common.errors import InputError
 from edgesearch.reports import design_data
 from edgesearch.spaces.knobs import report_knobs
 
-PACKED_SOURCE = ("computed: each layer's packed length at the design's layout (spaces/packing.packed_size after applying "
-                 "the candidate to the base: pruned shape, kernel crop, low-rank halves, sparsity mask), "
+PACKED_SOURCE = ("computed: each layer's packed length as the design's trial packed it (spaces/apply.packed_layer_bytes); "
+                 "for the base, and for designs of runs that did not record it, at the layout of the candidate applied "
+                 "to the base (spaces/packing.packed_size: pruned shape, kernel crop, low-rank halves, sparsity mask), "
                  "the same length the trial's packing has")
 
 
@@ -69,8 +70,9 @@ def packed_layers(run: dict, base: dict, trials: list[dict]) -> dict:
     except (InputError, KeyError, OSError) as error:
         return {"packed_layers": {}, "packed_layers_source": f"not computed: {error}"}
     out = {"base": layer_bytes(model, None, design_data.layer_names(trials, {}))}
-    for t in shown:
-        out[str(t["number"])] = layer_bytes(model, t["candidate"], list(t["candidate"]["layers"]))
+    for t in shown:  # the trial's own figures where it recorded them: applying each candidate again took seconds
+        recorded = (t.get("scores") or {}).get("packed_layers")
+        out[str(t["number"])] = recorded or layer_bytes(model, t["candidate"], list(t["candidate"]["layers"]))
     return {"packed_layers": out, "packed_layers_source": PACKED_SOURCE}
 
 

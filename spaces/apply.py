@@ -144,6 +144,14 @@ def apply_candidate(model: nn.Module, candidate: Candidate) -> nn.Module:
     return model
 
 
+def packed_layer_bytes(model: nn.Module, names: list[str]) -> dict[str, int]:
+    """{layer: bytes of its packing} for the named layers of a transformed model, fake-quantized or
+    baked (a factorized layer: both halves)."""
+    convs = conv_layers(model)
+    return {name: sum(len(module_packing(convs[part])) for part in (name, f"{name}.0", f"{name}.1") if part in convs)
+            for name in names}
+
+
 def weight_bytes(model: nn.Module) -> int:
     """Bytes of every parameter of a transformed model: each conv's packing (packing.py) at its
     knobs, fake-quantized or baked; convs without knobs are packed in fp32."""

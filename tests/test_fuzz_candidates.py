@@ -9,7 +9,8 @@ import torch
 from ultralytics import YOLO
 
 from edgesearch.search.presets import TINY_MODEL_YAML
-from edgesearch.spaces.apply import apply_candidate, conv_layers, weight_bytes
+from edgesearch.search.report_inputs import layer_bytes
+from edgesearch.spaces.apply import apply_candidate, conv_layers, packed_layer_bytes, weight_bytes
 from edgesearch.spaces.candidate import Candidate, LayerKnobs
 from edgesearch.spaces.packing import bake_fake_quant, packed_size
 from edgesearch.spaces.quantize import kept_weights
@@ -32,7 +33,7 @@ def test_random_candidates_run_with_the_base_output_shapes(family):
     with torch.no_grad():
         expected = [t.shape for t in _head_outputs(base, x)]
     rng = random.Random(f"{family}-0")
-    for _ in range(count):
+    for index in range(count):
         candidate = _random_candidate(resolved, rng)
         model = apply_candidate(base, candidate).eval()
         packed_before_bake = weight_bytes(model)
@@ -48,6 +49,9 @@ def test_random_candidates_run_with_the_base_output_shapes(family):
         assert all(torch.equal(conv.weight, weights_before[name]) for name, conv in conv_layers(model).items())
         assert all(torch.equal(a, b) for a, b in zip(outputs, before, strict=True))
         assert weight_bytes(model) == packed_before_bake == _counted_bytes(model, candidate)
+        if index < 3:  # the report's bytes per layer: what the trial packed, as the layout applied to the base gives
+            names = list(candidate.layers)
+            assert packed_layer_bytes(model, names) == layer_bytes(base, candidate.to_json(), names)
 
 
 def _counted_bytes(model, candidate: Candidate) -> int:

@@ -171,3 +171,44 @@ def test_the_sensitivity_passs_weight_error_thread_pauses_while_a_trial_is_timed
             assert not errors.done()  # waiting at its first layer
         deltas, _ = errors.result(timeout=30)
     assert set(deltas["conv"]) and all(value >= 0 for value in deltas["conv"].values())
+
+
+def test_the_cost_basis_times_its_blocks_with_the_work_beside_it_paused(tmp_path, monkeypatch):
+    """The sensitivity pass starts beside the cost basis (search/loop.py): while the basis times its
+    blocks, the pass's steps wait; while it builds them, they run."""
+    from types import SimpleNamespace
+
+    from edgesearch.runners.hardware import layer_table
+
+    monkeypatch.setenv("EDGESEARCH_CACHE", str(tmp_path))
+    events: list[str] = []
+
+    def timed(executables, **kwargs):  # the TVM timing's place in the sequence, held for a while
+        events.append("timing starts")
+        time.sleep(0.5)
+        events.append("timing ends")
+        return {key: {"latency_ms": 1.0, "latency_spread_ms": 0.0} for key in executables}
+
+    monkeypatch.setattr(layer_table, "time_executables", timed)
+    monkeypatch.setattr(layer_table, "build_block", lambda block, profile, **kwargs: (block.signature, {"build_s": 0}))
+    blocks = [SimpleNamespace(signature=name, inputs=[], type="Conv", input_shapes=[]) for name in "ab"]
+    stop = threading.Event()
+
+    def steps():
+        while not stop.is_set():
+            with work_step():
+                events.append("step")
+            time.sleep(0.005)
+
+    worker = threading.Thread(target=steps)
+    worker.start()
+    try:
+        time.sleep(0.1)
+        layer_table.measure_blocks(blocks, None, repeat=1, min_repeat_ms=1, tune_trials=0, tuning_db=None)
+        time.sleep(0.1)
+    finally:
+        stop.set()
+        worker.join()
+    start, end = events.index("timing starts"), events.index("timing ends")
+    assert "step" in events[:start] and "step" in events[end:]
+    assert "step" not in events[start:end]

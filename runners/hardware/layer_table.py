@@ -43,6 +43,7 @@ from edgesearch.common.errors import InputError
 from edgesearch.runners.hardware import build, integer_kernels, integer_model, tensor_intrinsics, tuning, tvm_schedule
 from edgesearch.runners.hardware.integer_model import integer_copy
 from edgesearch.runners.hardware.profiles import HardwareProfile
+from edgesearch.runners.hardware.turns import timing_turn
 from edgesearch.spaces.quantize import strip_fake_quant
 
 # Attributes that do not describe a block's computation: its position in the model graph ("i",
@@ -313,8 +314,9 @@ def measure_blocks(blocks: list[Block], profile: HardwareProfile, *, repeat: int
     MetaSchedule-tuned), then all timed together in interleaved rounds (time_executables)."""
     built = {block.signature: (block, *build_block(block, profile, tune_trials=tune_trials, tuning_db=tuning_db))
              for block in blocks}
-    timings = time_executables({signature: (executable, block.inputs) for signature, (block, executable, _)
-                                in built.items()}, repeat=repeat, min_repeat_ms=min_repeat_ms)
+    with timing_turn():  # the work beside it (a search's sensitivity pass, trials) pauses while blocks are timed
+        timings = time_executables({signature: (executable, block.inputs) for signature, (block, executable, _)
+                                    in built.items()}, repeat=repeat, min_repeat_ms=min_repeat_ms)
     return {signature: {"type": block.type, "input_shapes": block.input_shapes, **timings[signature], **build}
             for signature, (block, _, build) in built.items()}
 
