@@ -71,9 +71,17 @@ def packed_layers(run: dict, base: dict, trials: list[dict]) -> dict:
         return {"packed_layers": {}, "packed_layers_source": f"not computed: {error}"}
     out = {"base": layer_bytes(model, None, design_data.layer_names(trials, {}))}
     for t in shown:  # the trial's own figures where it recorded them: applying each candidate again took seconds
-        recorded = (t.get("scores") or {}).get("packed_layers")
+        recorded = _recorded_bytes(t.get("scores"))
         out[str(t["number"])] = recorded or layer_bytes(model, t["candidate"], list(t["candidate"]["layers"]))
     return {"packed_layers": out, "packed_layers_source": PACKED_SOURCE}
+
+
+def _recorded_bytes(scores: dict | None) -> dict[str, int] | None:
+    """A trial's recorded {layer: packed bytes}, if it is one (a handed-over study may hold anything)."""
+    recorded = (scores or {}).get("packed_layers")
+    if isinstance(recorded, dict) and all(isinstance(v, int) and not isinstance(v, bool) for v in recorded.values()):
+        return recorded
+    return None
 
 
 def layer_bytes(model, candidate: dict | None, names: list[str]) -> dict[str, int]:
