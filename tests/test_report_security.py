@@ -52,7 +52,8 @@ def _scores(map50_95: float, latency_ms: float, kib: float, source: str) -> dict
     return {"map50_95": map50_95, "map50": map50_95 + 0.1, "latency_ms": latency_ms, "latency_spread_ms": 0.1,
             "latency_source": source, "weight_bytes": int(kib * 1024) - 500, "activation_bytes": 500,
             "activation_bytes_source": STRING_PAYLOADS[1], "sram_bytes": int(kib * 1024), "fits_sram": True,
-            "params": 1000, "flops": 1e6, "node": {"hostname": STRING_PAYLOADS[4], "ip": "10.0.0.1", "id": "0" * 16}}
+            "params": 1000, "flops": 1e6, "node": {"hostname": STRING_PAYLOADS[4], "ip": "10.0.0.1", "id": "0" * 16},
+            "packed_layers": {STRING_PAYLOADS[3]: STRING_PAYLOADS[0]}}  # not bytes: the report computes its own
 
 
 def _hostile_run(run_dir: Path, checkpoint: Path) -> list[str]:
