@@ -3,10 +3,9 @@
 Both are cached by content hash in the user's cache (`<cache>/analysis/`), so a second search on
 the same base, data, space and input size (or profile) reuses them, and copied into the run folder
 (`sensitivity.json`, `cost_basis.json`), where the report reads them. They run once, in the
-driver's process: the sensitivity pass in a thread of its own (start_sensitivity), started first,
-beside the cost basis (which builds and times blocks on a measured profile, the pass pausing while
-it times), the base score and the first trials, holding one of the run's trial slots while it runs
-(search/loop.py).
+driver's process: the cost basis (which times blocks on a measured profile) before anything else;
+the sensitivity pass in a thread of its own (start_sensitivity), beside the base score and the
+first trials, holding one of the run's trial slots while it runs (search/loop.py).
 """
 
 from __future__ import annotations

@@ -100,19 +100,20 @@ def run_search(inputs: Inputs, run_dir: Path, run: RunConfig, *, resume: bool, r
 
 
 def _start_tables(inputs: Inputs, settings: dict, run: RunConfig, run_dir: Path, threads: int):
-    """The guided strategy's tables: the sensitivity pass started in a thread, beside the cost basis
-    and what follows it, and the cost basis now (cached; on a measured profile it builds and times
-    blocks: while it times them the pass's steps pause, runners/hardware/turns.py, and while it
-    builds them the pass uses the core a one-thread basis leaves idle). Both at a trial's `threads`:
-    a move's predicted latency is its parent's measured one plus the basis' change, so the basis is
-    timed as the trials are (at 2 threads instead of 1 it priced YOLOv5nu's base at 3.41 ms against
-    5.56 measured). (recipes, options, basis, future of the table): guided_space's recipes and
-    options, made once for both the pass and the sampler."""
+    """The guided strategy's tables: the cost basis now (cached; on a measured profile it times
+    blocks, so nothing else may run), and the sensitivity pass started in a thread beside what
+    follows, both with a trial's `threads`: a move's predicted latency is its parent's measured one
+    plus the basis' change, so the basis is timed as the trials are (at 2 threads instead of 1 it
+    priced YOLOv5nu's base at 3.41 ms against 5.56 measured). Not the pass beside the basis: the
+    basis exports blocks with torch.export, whose tracer patches every module's call for the whole
+    process, so the pass's forwards in another thread were traced into the block (tried: the
+    export failed, "Unexpected key _export_root.block.m.0.cv2"). (recipes, options, basis, future
+    of the table): guided_space's recipes and options, made once for both the pass and the sampler."""
     from edgesearch.search import analysis
 
     recipes, options = guided_space(inputs, run.preset)
-    table = analysis.start_sensitivity(settings, options, run_dir, threads)
-    return recipes, options, analysis.cost_basis(settings, run_dir, threads), table
+    basis = analysis.cost_basis(settings, run_dir, threads)
+    return recipes, options, basis, analysis.start_sensitivity(settings, options, run_dir, threads)
 
 
 def _guided_sampler(inputs: Inputs, run: RunConfig, study, budgets: dict, tables):

@@ -174,8 +174,8 @@ def test_the_sensitivity_passs_weight_error_thread_pauses_while_a_trial_is_timed
 
 
 def test_the_cost_basis_times_its_blocks_with_the_work_beside_it_paused(tmp_path, monkeypatch):
-    """The sensitivity pass starts beside the cost basis (search/loop.py): while the basis times its
-    blocks, the pass's steps wait; while it builds them, they run."""
+    """Trials working on the same machine (another search's) pause while the cost basis times its
+    blocks, and run while it builds them."""
     from types import SimpleNamespace
 
     from edgesearch.runners.hardware import layer_table

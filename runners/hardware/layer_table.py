@@ -314,7 +314,7 @@ def measure_blocks(blocks: list[Block], profile: HardwareProfile, *, repeat: int
     MetaSchedule-tuned), then all timed together in interleaved rounds (time_executables)."""
     built = {block.signature: (block, *build_block(block, profile, tune_trials=tune_trials, tuning_db=tuning_db))
              for block in blocks}
-    with timing_turn():  # the work beside it (a search's sensitivity pass, trials) pauses while blocks are timed
+    with timing_turn():  # other trials' work on this machine (another search's, say) pauses while blocks are timed
         timings = time_executables({signature: (executable, block.inputs) for signature, (block, executable, _)
                                     in built.items()}, repeat=repeat, min_repeat_ms=min_repeat_ms)
     return {signature: {"type": block.type, "input_shapes": block.input_shapes, **timings[signature], **build}
