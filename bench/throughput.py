@@ -68,7 +68,7 @@ NAMED = [
     ("int8", {"": INT8}),
     ("prune25", {"": PRUNE25}),
     ("w4", {"": AFFINE4}),
-    ("int8-backbone", {**{prefix: INT8 for prefix in BACKBONE}}),
+    ("int8-backbone", {prefix: INT8 for prefix in BACKBONE}),
     ("int8+w4-head", {HEAD: {**INT8, "weight_bits": 4}, "": INT8}),  # int8 kernels still: same graph as int8
     ("prune25+w4", {"": {**PRUNE25, **AFFINE4}}),
     ("w4+w6-backbone", {**{prefix: {**AFFINE4, "weight_bits": 6} for prefix in BACKBONE}, "": AFFINE4}),
@@ -88,13 +88,17 @@ def write_named_set(folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, by_prefix in NAMED:
-        layers = {}
+        groups: dict[str, list[str]] = {}  # prefix -> its layers: one uniform_candidate (one DepGraph) per group
         for layer in inputs.resolved:
-            knobs = next((k for prefix, k in by_prefix.items() if layer.startswith(prefix)), None)
-            if knobs is not None:
-                layers.update(uniform_candidate(inputs.base_model, LayerKnobs(**knobs), [layer]).layers)
+            prefix = next((p for p in by_prefix if layer.startswith(p)), None)
+            if prefix is not None:
+                groups.setdefault(prefix, []).append(layer)
+        layers = {}
+        for prefix, names in groups.items():
+            layers.update(uniform_candidate(inputs.base_model, LayerKnobs(**by_prefix[prefix]), names).layers)
+        ordered = {layer: layers[layer] for layer in inputs.resolved if layer in layers}  # model order
         path = folder / f"{name}.json"
-        write_text_atomically(path, json.dumps(Candidate(layers).to_json(), indent=1))
+        write_text_atomically(path, json.dumps(Candidate(ordered).to_json(), indent=1))
         paths.append(path)
     return paths
 
