@@ -48,7 +48,7 @@ from edgesearch.search import study as studies  # noqa: E402
 
 STRATEGIES = ("random", "nsga2", "guided", "guided-before")
 # a strategy that is a path of another: (its `--strategy`, extra `search run` arguments, environment)
-PATHS = {"guided-before": ("guided", ["--no-build-reuse", "--rung-steps", "0"],
+PATHS = {"guided-before": ("guided", ["--no-build-reuse", "--rung-steps", "0", "--child-steps", "0"],
                            {"EDGESEARCH_SENSITIVITY_METHOD": "reference"})}  # search/analysis.py
 MAX_DROP = 0.01
 
@@ -209,11 +209,11 @@ def structure_targets(folder: Path) -> dict:
     rows = [row for row in studies.trial_rows(study) if row["state"] == "COMPLETE" and row["scores"]]
     run = json.loads((folder / "run.json").read_text())
     # the higher of the base and the fp32 control with the same training: the report's floor at a drop of 0
-    references = {steps: dd.accuracy_floor({"max_map_drop": 0.0}, base, rows, steps)["map50_95"]
-                  for steps in {dd.recovery_steps(row) for row in rows}}
+    references = {key: dd.accuracy_floor({"max_map_drop": 0.0}, base, rows, *key)["map50_95"]
+                  for key in {dd.record_key(row) for row in rows}}
 
     def within(row, drop):
-        return row["scores"]["map50_95"] >= (1 - drop) * references[dd.recovery_steps(row)]
+        return row["scores"]["map50_95"] >= (1 - drop) * references[dd.record_key(row)]
 
     def speedup(row):
         pair = dd.latency_pair(base, row["scores"], remeasured.get("base"), remeasured.get(str(row["number"])))
@@ -257,16 +257,21 @@ def structure_targets(folder: Path) -> dict:
                 "within_1_percent": within(row, 0.01)}
     return {"run": str(folder), "settings": {k: run.get(k) for k in ("profile", "model", "imgsz", "trials",
                                                                    "finetune_iters", "recover_steps", "rung_steps")},
-            "base_map50_95": base["map50_95"], "references": references, "targets": table,
+            "base_map50_95": base["map50_95"], "targets": table,
+            "references": {_record_name(*key): value for key, value in sorted(references.items())},
             "pruning_recipes": {name: pruning[name] for name in sorted(pruning)}}
+
+
+def _record_name(recovery: int, inherited: int) -> str:
+    """A training record (design_data.record_key) in a few words."""
+    return f"recovery {recovery} steps" if recovery else f"{inherited} steps inherited" if inherited else "search"
 
 
 def targets_markdown(result: dict) -> str:
     settings = ", ".join(f"{k} {v}" for k, v in result["settings"].items())
     lines = [f"Structure targets (issue 19), run {result['run']}: {settings}. Base mAP50-95 "
              f"{result['base_map50_95']:.3f}; references (the higher of the base and the fp32 control with the same "
-             "training record): " + ", ".join(f"{'search' if k == 0 else f'recovery {k} steps'} {v:.3f}"
-                                              for k, v in sorted(result["references"].items())) + ".", "",
+             "training record): " + ", ".join(f"{k} {v:.3f}" for k, v in result["references"].items()) + ".", "",
              "| target | needed | reached | basis | met | design | its training | its mAP50-95 |",
              "|---|---|---|---|---|---|---|---|"]
     for t in result["targets"]:

@@ -13,7 +13,10 @@ the same order (no screening, no sensitivity pass, no recovery stage: only the t
                 weight-only child of each (NAMED below). A child computes as its parent does, so
                 its built graph is its parent's and a run that reuses builds times it from the
                 parent's figure; one parent (4-bit weights, fp32 compute) shares the base's graph.
-                Successive halving acts on the guided strategy's moves only, so not on these.
+                Successive halving acts on the guided strategy's moves only, so not on these. A
+                child that changes at most half the layers of a scored parent starts from its
+                fine-tuned weights with a third of the fine-tune (search/inherit.py); a second table
+                sets each design's mAP50-95 by setting beside each other.
   --set random  the random strategy's first designs of `--seed`: they share no built graph.
 
 The settings run interleaved, `--rounds` times each (round 1: every setting once, then round 2,
@@ -51,9 +54,9 @@ PARTS = ("finetune_s", "validate_s", "hardware_s", "eval_s")  # per-trial times 
 VARIANTS = {
     "p1": (1, [], {}, "one trial at a time, every core's threads"),
     "p2": (2, [], {}, "two trials at once, the cores shared (the default)"),
-    "before": (2, ["--no-build-reuse", "--rung-steps", "0"], {"TVM_BIND_THREADS": "1"},
-               "two at once as issue 18 found them: no build reuse, no successive halving, each worker pinned "
-               "to core 0 by TVM's thread pool"),
+    "before": (2, ["--no-build-reuse", "--rung-steps", "0", "--child-steps", "0"], {"TVM_BIND_THREADS": "1"},
+               "two at once as issue 18 found them: no build reuse, no successive halving, every design from the "
+               "base, each worker pinned to core 0 by TVM's thread pool"),
 }
 
 
@@ -134,20 +137,35 @@ def figures(folder: Path, trials: int) -> dict:
             "trials": len(chosen), "span_s": span_s, "trials_per_hour": 3600 * len(chosen) / span_s,
             "designs": [t.user_attrs.get(studies.ORIGIN_ATTR, "sampled") for t in chosen],
             "builds_reused": sum(bool(s.get("build_reused")) for s in scores),
+            "inherited": sum(bool(s["training"].get("inherited_steps")) for s in scores),
+            "map_by_design": {t.user_attrs.get(studies.ORIGIN_ATTR, f"#{t.number}"): s["map50_95"]
+                              for t, s in zip(chosen, scores, strict=True)},
             **{f"{part}_median": statistics.median(s[part] for s in scores) for part in PARTS}}
 
 
 def markdown(results: list[dict]) -> str:
     reference = results[0]["trials_per_hour"]
     lines = ["| setting | trials at once | trials x rounds | trials/hour (median; range) | vs first row | builds reused | "
-             "fine-tune s | validate s | build+time s | trial work s (medians) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "from a parent's weights | fine-tune s | validate s | build+time s | trial work s (medians) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['variant']} | {r['parallel']} | {r['trials']} x {len(r['rounds'])} | "
                      f"{r['trials_per_hour']:.1f} ({min(r['rounds']):.1f}-{max(r['rounds']):.1f}) | "
                      f"{r['trials_per_hour'] / reference:.2f}x | {'/'.join(map(str, r['builds_reused']))} of "
-                     f"{r['trials']} | {r['finetune_s_median']:.1f} | "
+                     f"{r['trials']} | {'/'.join(map(str, r['inherited']))} of {r['trials']} | "
+                     f"{r['finetune_s_median']:.1f} | "
                      f"{r['validate_s_median']:.1f} | {r['hardware_s_median']:.1f} | {r['eval_s_median']:.1f} |")
+    return "\n".join(lines)
+
+
+def accuracy_markdown(results: list[dict]) -> str:
+    """Each design's mAP50-95 by setting (median over rounds): what faster trials cost in accuracy."""
+    designs = list(results[0]["map_by_design"])
+    lines = ["| design | " + " | ".join(f"{r['variant']} mAP50-95" for r in results) + " |",
+             "|---|" + "---|" * len(results)]
+    for design in designs:
+        lines.append(f"| {design} | " + " | ".join(f"{r['map_by_design'].get(design, float('nan')):.3f}"
+                                                  for r in results) + " |")
     return "\n".join(lines)
 
 
@@ -155,6 +173,10 @@ def combined(variant: str, runs: list[dict]) -> dict:
     """One setting's rounds: the median trials/hour, and the medians of the per-trial parts over all its rounds."""
     return {"variant": variant, "parallel": runs[0]["parallel"], "trials": runs[0]["trials"],
             "rounds": [r["trials_per_hour"] for r in runs], "builds_reused": [r["builds_reused"] for r in runs],
+            "inherited": [r.get("inherited", 0) for r in runs],
+            "map_by_design": {design: statistics.median(r["map_by_design"][design] for r in runs
+                                                        if design in r.get("map_by_design", {}))
+                              for design in runs[0].get("map_by_design", {})},
             "trials_per_hour": statistics.median(r["trials_per_hour"] for r in runs),
             **{f"{part}_median": statistics.median(r[f"{part}_median"] for r in runs) for part in PARTS}}
 
@@ -186,7 +208,7 @@ def main(argv=None) -> int:
                                  f"{VARIANTS[variant][0]}")
             by_variant[variant].append(result)
     results = [combined(variant, found) for variant, found in by_variant.items()]
-    table = markdown(results)
+    table = markdown(results) + "\n\n" + accuracy_markdown(results)
     scored = (f"the named set of {trials} designs ({', '.join(name for name, _ in NAMED)}: four parents, then a "
               "weight-only child of each)" if designs else f"{trials} random designs of seed {args.seed}")
     header = (f"Default search on x86-host ({scored}, the same in every row; the settings interleaved, {args.rounds} "

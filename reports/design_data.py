@@ -107,15 +107,24 @@ def recovery_steps(trial: dict) -> int:
     return (scores(trial).get("training") or {}).get("recovery_steps") or 0
 
 
-def accuracy_floor(run: dict, base: dict, trials: list[dict] | None = None, recovery: int = 0) -> dict:
+def record_key(trial: dict) -> tuple[int, int]:
+    """What a design's accuracy is compared by: its recovery steps and the steps it inherited with a
+    parent's weights (0: it started from the base)."""
+    return recovery_steps(trial), (scores(trial).get("training") or {}).get("inherited_steps") or 0
+
+
+def accuracy_floor(run: dict, base: dict, trials: list[dict] | None = None, recovery: int = 0,
+                   inherited: int = 0) -> dict:
     """`max_map_drop` below the higher of the unmodified base and the fp32 control (the base given the
-    designs' own fine-tune: a trial row marked `control`) with the same training record (`recovery`:
-    its recovery steps, 0 for the search's designs), as the issues define "within X %"."""
+    designs' own fine-tune: a trial row marked `control`) with the same training record (record_key:
+    `recovery` steps, 0 for the search's designs; `inherited` steps, 0 for a design trained from the
+    base), as the issues define "within X %"."""
     drop = run.get("max_map_drop")
     stated = drop is not None
     drop = DEFAULT_MAX_MAP_DROP if drop is None else float(drop)
     base_map = base.get("map50_95") or 0.0
-    control = next((t for t in scored(trials or []) if t.get("control") and recovery_steps(t) == recovery), None)
+    control = next((t for t in scored(trials or []) if t.get("control") and record_key(t) == (recovery, inherited)),
+                   None)
     control_map = scores(control)["map50_95"] if control else 0.0
     if control is not None and control_map > base_map:
         training = (scores(control).get("training") or {}).get("label") or "the designs' fine-tune"
@@ -141,6 +150,13 @@ def _within_budgets(trial: dict, run: dict) -> bool:
     return not (latency_budget and s.get("latency_ms") is not None and s["latency_ms"] > latency_budget)
 
 
+def _record_words(recovery: int, inherited: int) -> str:
+    """A training record (record_key) in words, for the floor that holds designs trained so."""
+    if recovery:
+        return f"of the recovery stage ({recovery} more steps)"
+    return f"started from a parent's weights ({inherited} steps from the base before)"
+
+
 def recommendations(run: dict, base: dict, trials: list[dict]) -> list[dict]:
     """The designs to pick from, each {key, title, rule, trial (number or None), why}.
 
@@ -150,16 +166,16 @@ def recommendations(run: dict, base: dict, trials: list[dict]) -> list[dict]:
     - the knee: the front design nearest the ideal point once each objective is scaled to [0, 1]
       over the front."""
     eligible = [t for t in scored(trials) if _within_budgets(t, run)]
-    floors = {steps: accuracy_floor(run, base, trials, steps) for steps in {0, *map(recovery_steps, eligible)}}
-    floor = floors[0]
+    floors = {key: accuracy_floor(run, base, trials, *key) for key in {(0, 0), *map(record_key, eligible)}}
+    floor = floors[(0, 0)]
     budget = memory_budget(run)
     budget_text = budget["label"] + (f", latency ≤ {run['latency_budget_ms']} ms" if run.get("latency_budget_ms") else "")
     floor_text = f"mAP50-95 ≥ {floor['map50_95']:.3f} ({floor['label']})" + "".join(
-        f"; for designs of the recovery stage ({steps} more steps), ≥ {f['map50_95']:.3f} ({f['label']})"
-        for steps, f in sorted(floors.items()) if steps)  # held to the control recovered as they were
+        f"; for designs {_record_words(*key)}, ≥ {f['map50_95']:.3f} ({f['label']})"
+        for key, f in sorted(floors.items()) if key != (0, 0))  # held to the control trained as they were
     out = []
 
-    above = [t for t in eligible if scores(t)["map50_95"] >= floors[recovery_steps(t)]["map50_95"]]
+    above = [t for t in eligible if scores(t)["map50_95"] >= floors[record_key(t)]["map50_95"]]
     pick = min(above, key=lambda t: (scores(t)[MEMORY_KEY], scores(t)["latency_ms"]), default=None)
     out.append({"key": "floor", "title": "Best within the accuracy floor",
                 "rule": f"smallest footprint with {floor_text}, within {budget_text}",

@@ -15,11 +15,12 @@ from pathlib import Path
 import torch
 
 from edgesearch.common.cache import cache_root
+from edgesearch.runners.accuracy import inherited as inherited_weights
 from edgesearch.runners.accuracy.finetune import FINETUNE_LR, STRUCTURAL_LR, calibration_batches, finetune, validate
 from edgesearch.runners.accuracy.splits import search_and_holdout
 from edgesearch.runners.checkpoints import load_detection_model
 from edgesearch.runners.device import CPU, describe, resolve_device, running_on, to_device
-from edgesearch.runners.hardware.build_cache import BUILDS_DIR, BuildCache
+from edgesearch.runners.hardware.build_cache import BUILDS_DIR, RUN_ID, BuildCache
 from edgesearch.runners.hardware.measure import MeasurementPlan, decide_measurement, measurer_for
 from edgesearch.runners.hardware.profiles import load_profile
 from edgesearch.runners.hardware.scores import KeptBuild, hardware_scores, remeasure_interleaved
@@ -63,6 +64,16 @@ class EvalSettings:
     recovery_steps: int = 0
     # the fine-tune's learning rate (AdamW); None: by the design (design_lr)
     lr: float | None = None
+    # the run's id under which trials keep their fine-tuned weights on their node, for children to
+    # start from (runners/accuracy/inherited.py); empty: nothing kept
+    kept_weights: str = ""
+    keep_as: str = ""  # this trial's number: its weights are kept under it
+    # a child of a scored design with the same structure: start from that trial's (`parent`) kept
+    # weights, which had `parent_steps` from the base, and fine-tune `child_iters` steps instead of
+    # finetune_iters. Where they are not on this node, the design trains from the base as any other.
+    parent: str = ""
+    parent_steps: int = 0
+    child_iters: int = 0
 
 
 def run_measurer(config: EvalSettings, profile):
@@ -108,9 +119,9 @@ def _score(config: EvalSettings, candidate: dict | None) -> dict:
         **hardware,
         # each searchable layer's packed bytes, for the report (search/report_inputs.packed_layers)
         "packed_layers": packed_layer_bytes(model, list(candidate["layers"])) if candidate else None,
-        "finetune_iters": config.finetune_iters,
+        "finetune_iters": config.child_iters if losses.inherited else config.finetune_iters,
         "distilled": config.distill,
-        "training": training_record(config, losses.stopped_at, rung),
+        "training": training_record(config, losses.stopped_at, rung, inherited=losses.inherited),
         "rung_map50_95": rung.map50_95,  # after the rung's steps (successive halving), where checked
         "device": describe(device),  # where the model ran (builds and timing: the CPU, or the profile's device)
         "stage_devices": stage_devices,  # what each stage's model parameters and inputs were on, as seen
@@ -147,14 +158,18 @@ class Rung:
         return self.bar is None or self.map50_95 >= self.bar
 
 
-def training_record(config: EvalSettings, stopped_at: int | None = None, rung: Rung | None = None) -> dict:
+def training_record(config: EvalSettings, stopped_at: int | None = None, rung: Rung | None = None,
+                    inherited: bool = False) -> dict:
     """How the scored weights were trained: the one record designs are compared by (a design is set
     against a recipe or the fp32 control only when their records match). Fields: `start` (whose
     weights training began from), `steps_from_base` (all fine-tune steps since the base, inherited
     ones included), `inherited_steps` (of those, taken over with the start weights), `distilled`,
     `recovery_steps` (a structural design's extra schedule), `lr` (the fine-tune's learning rate),
     `stopped_early` (successive halving stopped it at a rung: fewer steps than the run's schedule),
-    and `label`, the record in words."""
+    and `label`, the record in words. `inherited`: it started from trial #config.parent's kept
+    weights (config.parent_steps from the base) and had config.child_iters more."""
+    if inherited:
+        return _inherited_record(config)
     steps = stopped_at or config.finetune_iters
     recovery, lr = min(config.recovery_steps, steps), config.lr or FINETUNE_LR
     record = {"start": "base", "steps_from_base": steps, "inherited_steps": 0,
@@ -173,6 +188,17 @@ def training_record(config: EvalSettings, stopped_at: int | None = None, rung: R
     return {**record, "label": label}
 
 
+def _inherited_record(config: EvalSettings) -> dict:
+    steps, lr = config.child_iters, config.lr or FINETUNE_LR
+    label = (f"{steps} fine-tune steps from #{config.parent}'s weights ({config.parent_steps} from the base before, "
+             f"{config.parent_steps + steps} in all)")
+    label += ", distilled from the base" if config.distill else ""
+    label += f", learning rate {lr:g}" if lr != FINETUNE_LR else ""
+    return {"start": f"#{config.parent}", "steps_from_base": config.parent_steps + steps,
+            "inherited_steps": config.parent_steps, "distilled": config.distill, "recovery_steps": 0, "lr": lr,
+            "stopped_early": False, "label": label}
+
+
 def build_design(config: EvalSettings, candidate: dict | None, rung_check=None):
     """(base, design, calibrated quantizers, fine-tune losses, fine-tune seconds): the candidate
     applied to the base, calibrated, fine-tuned and baked - the model a trial scores and deploys.
@@ -184,19 +210,30 @@ def build_design(config: EvalSettings, candidate: dict | None, rung_check=None):
     base = load_detection_model(config.checkpoint, trust=config.trust_checkpoint)
     design = Candidate.from_json(candidate) if candidate else Candidate({})
     with work_step():  # DepGraph's cuts are seconds of CPU: a timing on this machine pauses them (turns.py)
-        model = to_device(apply_candidate(base, design), device)
+        model = apply_candidate(base, design)
+    inherited = bool(config.parent and config.kept_weights and config.child_iters > 0) and inherited_weights.start_from(
+        model, inherited_weights.weights_path(kept_weights_folder(config), config.parent))
+    to_device(model, device)
     batches = calibration_batches(Path(config.data_yaml), imgsz=config.imgsz, batch=config.batch,
                                   count=config.calibration_batches, stride=int(getattr(model, "stride").max()))
     with running_on(model, device) as calibrating, work_step():
         calibrated = calibrate(model, (images.to(device) for images in batches))
     teacher = (base if device == CPU else copy.deepcopy(base)) if config.distill else None  # base stays on the CPU
-    losses, finetune_s = _timed(lambda: finetune(model, Path(config.data_yaml), iterations=config.finetune_iters,
+    # a child sees other batches than its parent's first steps
+    losses, finetune_s = _timed(lambda: finetune(model, Path(config.data_yaml),
+                                                 iterations=config.child_iters if inherited else config.finetune_iters,
                                                  imgsz=config.imgsz, batch=config.batch,
                                                  lr=design_lr(config, candidate),
-                                                 seed=config.seed, teacher=teacher, device=device,
-                                                 rung=(config.rung_steps, rung_check) if rung_check else None))
+                                                 seed=config.seed + (config.parent_steps if inherited else 0),
+                                                 teacher=teacher, device=device,
+                                                 rung=(config.rung_steps, rung_check) if rung_check and not inherited
+                                                 else None))
     losses.devices = {"calibration": calibrating.describe(), **losses.devices}
+    losses.inherited = inherited
     to_device(model, CPU)  # packing reads the weights on the CPU
+    if config.kept_weights and config.keep_as and not inherited and losses.stopped_at is None \
+            and not config.recovery_steps:  # a design trained from the base with the whole schedule: for its children
+        inherited_weights.keep(model, inherited_weights.weights_path(kept_weights_folder(config), config.keep_as))
     with work_step():
         bake_fake_quant(model)  # from here on the model holds exactly the quantized weights
     return base, model, calibrated, losses, finetune_s
@@ -225,6 +262,14 @@ def remeasure_designs(settings: dict, candidates: dict[str, dict | None],
         bake_fake_quant(model)
         designs[name] = model
     return remeasure_interleaved(designs, load_profile(config.profile), config.imgsz)
+
+
+def kept_weights_folder(config: EvalSettings) -> Path:
+    """Where this node keeps the run's fine-tuned weights: beside its kept builds (build_cache.py),
+    trimmed with them."""
+    if not RUN_ID.fullmatch(config.kept_weights):
+        raise ValueError(f"kept weights run id {config.kept_weights[:20]!r} is not a hex id")
+    return cache_root() / BUILDS_DIR / config.kept_weights
 
 
 def run_build_cache(config: EvalSettings) -> BuildCache | None:

@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="recovery stage after the search: the front's structural designs (pruned, smaller kernels, "
                           "low rank), the structural recipes and the fp32 control are trained this many more "
                           "fine-tune steps from the base, distilled, and scored again (preset's default; 0: none)")
+    run.add_argument("--child-steps", type=int,
+                     help="a design that changes only weight knobs of a scored design (same structure) starts from "
+                          "that design's fine-tuned weights and is fine-tuned this many steps instead of "
+                          "--finetune-iters (default: a third of --finetune-iters; 0: every design from the base)")
     run.add_argument("--no-build-reuse", action="store_true",
                      help="build and time every design, even one whose built graph an earlier trial timed (and "
                           "rebuild the front for its re-measure): the path before builds were reused")
@@ -289,6 +293,8 @@ def check_run_arguments(args) -> None:
         raise InputError(f"--max-map-drop is a relative drop in (0, 1), e.g. 0.01 for 1 %, not {args.max_map_drop}")
     if args.rung_steps is not None and args.rung_steps < 0:
         raise InputError(f"--rung-steps must be 0 (no rung) or more, not {args.rung_steps}")
+    if args.child_steps is not None and args.child_steps < 0:
+        raise InputError(f"--child-steps must be 0 (every design from the base) or more, not {args.child_steps}")
     if args.recover_steps is not None and args.recover_steps < 0:
         raise InputError(f"--recover-steps must be 0 (no recovery stage) or more, not {args.recover_steps}")
     if args.latency_budget is not None and not args.latency_budget > 0:
@@ -342,6 +348,7 @@ def prepare_run(args) -> PreparedRun:
     """Everything `search run` checks before it writes anything (check_run_arguments aside)."""
     from edgesearch.search import execution
     from edgesearch.search.halving import default_rung_steps
+    from edgesearch.search.inherit import default_child_steps
     from edgesearch.search.presets import PRESETS
     from edgesearch.search.resolve import check_smallest_design_fits, decide_measurement, ship_inputs
     from edgesearch.search.run_config import RunConfig  # noqa: F811  (the TYPE_CHECKING import is for annotations)
@@ -388,6 +395,8 @@ def prepare_run(args) -> PreparedRun:
         recover_steps=preset.recover_steps if args.recover_steps is None else args.recover_steps,
         rung_steps=(default_rung_steps(_trial_sizes(args, preset)["finetune_iters"]) if args.rung_steps is None
                     else args.rung_steps),
+        child_steps=(default_child_steps(_trial_sizes(args, preset)["finetune_iters"]) if args.child_steps is None
+                     else args.child_steps),
         batch=preset.batch,
         seed=args.seed,
         **({"strategy": args.strategy} if args.strategy else {}),  # else RunConfig's default
@@ -435,7 +444,8 @@ def execute_run(prepared: PreparedRun, address: str | None) -> None:
         run = prepare_run_dir(prepared.run_dir, prepared.run, args.resume, explicit={
             "max_map_drop": args.max_map_drop, "latency_budget_ms": args.latency_budget, "strategy": args.strategy,
             "memory_budget": prepared.run.memory_budget if args.sram_budget else None, "rung_steps": args.rung_steps,
-            "build_reuse": False if args.no_build_reuse else None, "recover_steps": args.recover_steps})
+            "build_reuse": False if args.no_build_reuse else None, "recover_steps": args.recover_steps,
+            "child_steps": args.child_steps})
         if not args.resume:  # the folder exists only now
             held.enter_context(RunLock(prepared.run_dir))
         run_search(prepared.inputs, prepared.run_dir, run, resume=args.resume, ray_address=address,

@@ -38,7 +38,8 @@ def promotion_bar(study: optuna.Study, predicted: dict | None, finetune_iters: i
     must reach at the rung to be fine-tuned on; None: it goes on whatever it scores there."""
     if not predicted or predicted.get("latency_ms") is None or predicted.get("sram_bytes") is None:
         return None
-    full = [s for s in _scored(study) if s["training"]["steps_from_base"] == finetune_iters]
+    # the whole schedule from the base, or more (children started from a parent's weights)
+    full = [s for s in _scored(study) if s["training"]["steps_from_base"] >= finetune_iters]
     shown = [s for s in full if s.get("rung_map50_95") is not None]
     alike = [s for s in shown if s["training"].get("lr") == lr]
     shown = alike if len(alike) >= MIN_GAINS else shown  # too few at its rate: every design's gain

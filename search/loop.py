@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from edgesearch.search import execution, halving, shipping, study as studies, timing
+from edgesearch.search import execution, halving, inherit, shipping, study as studies, timing
 from edgesearch.search.presets import PRESETS
 from edgesearch.search.recovery import recover_front
 from edgesearch.search.remeasure import REMEASURE_ATTR, remeasure_front
@@ -45,6 +45,8 @@ def run_search(inputs: Inputs, run_dir: Path, run: RunConfig, *, resume: bool, r
         if run.build_reuse:  # designs whose built graph was timed before in the run reuse its figure
             settings["build_cache"] = studies.run_id(study)
         settings["rung_steps"] = run.rung_steps  # successive halving (search/halving.py)
+        if run.child_steps:  # children start from their parent's fine-tuned weights (search/inherit.py)
+            settings.update(kept_weights=studies.run_id(study), child_iters=run.child_steps)
         if not resume and given_designs:
             studies.enqueue_given(study, given_designs, inputs.resolved)
         if not resume and strategy == "nsga2":
@@ -176,8 +178,10 @@ def _search_loop(study, inputs: Inputs, settings: dict, trials: int, parallel: i
                     break  # no scored design to move from yet (or no new move): wait for one
                 trial = study.ask()
                 candidate = studies.candidate_of(trial, inputs.resolved)
-                in_flight[execution.submit(_with_bar(study, trial, settings, candidate, budgets.get("map_floor")),
-                                           candidate, cpus, parcels, gpus)] = trial
+                trial_settings = inherit.parent_settings(
+                    study, trial, candidate, _with_bar(study, trial, settings, candidate, budgets.get("map_floor")),
+                    len(inputs.resolved))
+                in_flight[execution.submit(trial_settings, candidate, cpus, parcels, gpus)] = trial
             if not in_flight:
                 if designer is not None and designer.wait():
                     continue  # its tables are in now: it can propose
@@ -200,6 +204,8 @@ def _search_loop(study, inputs: Inputs, settings: dict, trials: int, parallel: i
                 studies.tell_scores(study, trial, scores, budgets)
                 if floor is not None and studies.is_control(trial):
                     budgets.update(floor(scores))
+                if settings.get("child_iters") and studies.is_control(trial):
+                    inherit.continue_control(study, study.get_trials(deepcopy=False)[trial.number])
                 if not estimated_from_trials and finished + 1 < trials:
                     bar.write(timing.estimate_text(study, trials - finished - 1, parallel, settings["finetune_iters"]))
                     estimated_from_trials = True

@@ -50,6 +50,7 @@ class RunConfig:
     distill: bool = False
     rung_steps: int = 0  # successive halving: moves are validated after this many fine-tune steps (0: never)
     build_reuse: bool = True  # a design whose built graph was timed before in the run reuses that figure
+    child_steps: int = 0  # a child of a scored design starts from its weights with these steps (0: from the base)
     recover_steps: int = 0  # the recovery stage's extra fine-tune steps for the front's structural designs (0: none)
     export_format: str = "onnx"  # the profile's: what the report's take-away exports to (`search export --format`)
     # optional constraints

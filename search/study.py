@@ -48,6 +48,7 @@ PREDICTED_ATTR = "predicted"  # proxy scores before the fine-tune (guided strate
 LATE_PREDICTED_ATTR = "predicted_late"
 RECIPE_ATTR = "recipe"
 RECOVERED_FROM_ATTR = "recovered_from"  # a design of the recovery stage (search/recovery.py): its source trial
+CONTINUED_ATTR = "continues_control"  # the fp32 control continued as children are (search/inherit.py): its number
 ERROR_ATTR = "error"
 FAILED_ON_ATTR = "failed_on"  # a failed trial's {node, attempts} (a scored one keeps them in its scores)
 INTERRUPTED = "interrupted: the run stopped while this trial was in flight; its candidate was queued again"
@@ -117,7 +118,7 @@ def requeue_interrupted(study: optuna.Study) -> int:
         if is_recovered(trial):  # its scores are kept by the recovery stage, which tells them again
             continue
         kept = {k: v for k, v in trial.user_attrs.items() if k in (CANDIDATE_ATTR, ORIGIN_ATTR, PREDICTED_ATTR,
-                                                                       RECIPE_ATTR)}
+                                                                       RECIPE_ATTR, CONTINUED_ATTR)}
         study.enqueue_trial(trial.params, user_attrs=kept, skip_if_exists=False)
     return len(stale)
 
@@ -335,7 +336,7 @@ def trial_rows(study: optuna.Study) -> list[dict]:
             "duration_s": trial.duration.total_seconds() if trial.duration else None,
             "origin": trial.user_attrs.get(ORIGIN_ATTR, "sampled by Optuna"),
             "recipe": trial.user_attrs.get(RECIPE_ATTR),
-            "control": is_control(trial),
+            "control": trial.user_attrs.get(RECIPE_ATTR) == CONTROL,  # any of its training records
             "recovered_from": trial.user_attrs.get(RECOVERED_FROM_ATTR),
             "predicted": {**(trial.user_attrs.get(PREDICTED_ATTR) or {}), **late.get(str(trial.number), {})} or None,
             "node": node_label(where.get("node")),
@@ -351,8 +352,9 @@ def changes_structure(trial: FrozenTrial) -> bool:
 
 
 def is_control(trial: FrozenTrial | Trial) -> bool:
-    """Whether `trial` is the fp32 control: the base given the designs' fine-tune (recipes.CONTROL)."""
-    return trial.user_attrs.get(RECIPE_ATTR) == CONTROL
+    """Whether `trial` is the fp32 control: the base given the designs' fine-tune (recipes.CONTROL),
+    from the base (its continuation for children, search/inherit.py, is not)."""
+    return trial.user_attrs.get(RECIPE_ATTR) == CONTROL and CONTINUED_ATTR not in trial.user_attrs
 
 
 def control_scores(study: optuna.Study) -> dict | None:

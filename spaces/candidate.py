@@ -94,6 +94,18 @@ class Candidate:
         """Whether any layer's shape changes (pruned channels, a smaller kernel, a low rank)."""
         return any(knobs.changes_structure() for knobs in self.layers.values())
 
+    def structure(self) -> dict[str, tuple]:
+        """{layer: its structural knobs} for each layer whose shape changes: two candidates with
+        the same structure build the same modules with the same shapes from the same base."""
+        return {name: tuple(getattr(knobs, knob) for knob in STRUCTURAL_KNOBS)
+                for name, knobs in self.layers.items() if knobs.changes_structure()}
+
+    def changed_layers(self, other: Candidate) -> set[str]:
+        """The layers whose knobs differ between the two (a layer left out has no change)."""
+        unchanged = LayerKnobs()
+        return {name for name in {*self.layers, *other.layers}
+                if self.layers.get(name, unchanged) != other.layers.get(name, unchanged)}
+
     @classmethod
     def from_json(cls, raw: dict) -> Candidate:
         if not isinstance(raw, dict) or not isinstance(raw.get("layers"), dict):

@@ -134,6 +134,7 @@ def test_a_users_dataset_and_checkpoint_are_never_modified(tmp_path, smoke_input
     (["--latency-budget", "-3"], "--latency-budget must be a positive"),
     (["--rung-steps", "-1"], "--rung-steps must be 0"),
     (["--recover-steps", "-1"], "--recover-steps must be 0"),
+    (["--child-steps", "-1"], "--child-steps must be 0"),
     (["--sram-budget", "lots"], "--sram-budget 'lots'"),
 ])
 def test_bad_search_numbers_are_refused_before_anything_runs(tmp_path, capsys, args, fragment):
