@@ -172,7 +172,8 @@ def recommendations(run: dict, base: dict, trials: list[dict]) -> list[dict]:
     budget_text = budget["label"] + (f", latency ≤ {run['latency_budget_ms']} ms" if run.get("latency_budget_ms") else "")
     floor_text = f"mAP50-95 ≥ {floor['map50_95']:.3f} ({floor['label']})" + "".join(
         f"; for designs {_record_words(*key)}, ≥ {f['map50_95']:.3f} ({f['label']})"
-        for key, f in sorted(floors.items()) if key != (0, 0))  # held to the control trained as they were
+        for key, f in sorted(floors.items())
+        if key != (0, 0) and f["label"] != floor["label"])  # held to the control trained as they were
     out = []
 
     above = [t for t in eligible if scores(t)["map50_95"] >= floors[record_key(t)]["map50_95"]]
