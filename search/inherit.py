@@ -86,7 +86,8 @@ def _queued_parent(study: optuna.Study, trial: Trial) -> FrozenTrial | None:
 
 
 def _can_be_parent(trial: FrozenTrial) -> bool:
-    """Trained from the base, with the whole schedule and no recovery, and kept its weights."""
+    """Trained from the base, with the whole schedule and no recovery (its task kept its weights where
+    it ran: a child that does not find them there trains from the base)."""
     training = (trial.user_attrs.get(studies.SCORE_ATTR) or {}).get("training") or {}
     return (bool(training) and trial.user_attrs.get(studies.CANDIDATE_ATTR) is not None
             and training.get("start") == "base" and not training.get("stopped_early")
