@@ -104,13 +104,20 @@ def memory_budget(run: dict) -> dict:
 
 def recovery_steps(trial: dict) -> int:
     """The recovery schedule a scored trial had (its training record; 0: the search's own fine-tune)."""
-    return (scores(trial).get("training") or {}).get("recovery_steps") or 0
+    return _steps(trial, "recovery_steps")
 
 
 def record_key(trial: dict) -> tuple[int, int]:
     """What a design's accuracy is compared by: its recovery steps and the steps it inherited with a
     parent's weights (0: it started from the base)."""
-    return recovery_steps(trial), (scores(trial).get("training") or {}).get("inherited_steps") or 0
+    return recovery_steps(trial), _steps(trial, "inherited_steps")
+
+
+def _steps(trial: dict, field: str) -> int:
+    """A step count of the trial's training record; 0 where it has none (or a study holds no whole number)."""
+    training = scores(trial).get("training")
+    value = training.get(field) if isinstance(training, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def accuracy_floor(run: dict, base: dict, trials: list[dict] | None = None, recovery: int = 0,

@@ -53,7 +53,9 @@ def _scores(map50_95: float, latency_ms: float, kib: float, source: str) -> dict
             "latency_source": source, "weight_bytes": int(kib * 1024) - 500, "activation_bytes": 500,
             "activation_bytes_source": STRING_PAYLOADS[1], "sram_bytes": int(kib * 1024), "fits_sram": True,
             "params": 1000, "flops": 1e6, "node": {"hostname": STRING_PAYLOADS[4], "ip": "10.0.0.1", "id": "0" * 16},
-            "packed_layers": {STRING_PAYLOADS[3]: STRING_PAYLOADS[0]}}  # not bytes: the report computes its own
+            "packed_layers": {STRING_PAYLOADS[3]: STRING_PAYLOADS[0]},  # not bytes: the report computes its own
+            # step counts that are not numbers: the design is held to the floor of a design from the base
+            "training": {"label": STRING_PAYLOADS[2], "inherited_steps": STRING_PAYLOADS[0], "recovery_steps": [1]}}
 
 
 def _hostile_run(run_dir: Path, checkpoint: Path) -> list[str]:
