@@ -20,7 +20,7 @@ from edgesearch.runners.accuracy.finetune import FINETUNE_LR, STRUCTURAL_LR, cal
 from edgesearch.runners.accuracy.splits import search_and_holdout
 from edgesearch.runners.checkpoints import load_detection_model
 from edgesearch.runners.device import CPU, describe, resolve_device, running_on, to_device
-from edgesearch.runners.hardware.build_cache import BUILDS_DIR, RUN_ID, BuildCache
+from edgesearch.runners.hardware.build_cache import BUILDS_DIR, BuildCache
 from edgesearch.runners.hardware.measure import MeasurementPlan, decide_measurement, measurer_for
 from edgesearch.runners.hardware.profiles import load_profile
 from edgesearch.runners.hardware.scores import KeptBuild, hardware_scores, remeasure_interleaved
@@ -267,9 +267,7 @@ def remeasure_designs(settings: dict, candidates: dict[str, dict | None],
 def kept_weights_folder(config: EvalSettings) -> Path:
     """Where this node keeps the run's fine-tuned weights: beside its kept builds (build_cache.py),
     trimmed with them."""
-    if not RUN_ID.fullmatch(config.kept_weights):
-        raise ValueError(f"kept weights run id {config.kept_weights[:20]!r} is not a hex id")
-    return cache_root() / BUILDS_DIR / config.kept_weights
+    return BuildCache(cache_root() / BUILDS_DIR, config.kept_weights).folder  # which checks the run id
 
 
 def run_build_cache(config: EvalSettings) -> BuildCache | None:

@@ -18,13 +18,14 @@ another node does not find it and trains from the base (its record says so). Loa
 
 from __future__ import annotations
 
-import os
+import io
 import re
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from edgesearch.common.files import atomic_write
 from edgesearch.spaces.quantize import layer_quantizer, magnitude_mask, weight_parametrizations
 
 WEIGHTS_DIR = "weights"
@@ -39,18 +40,23 @@ def weights_path(run_folder: Path, key: str) -> Path:
     return run_folder / WEIGHTS_DIR / f"{key}.pt"
 
 
+def _float_state_names(model: nn.Module) -> dict[str, tuple[str, torch.Tensor]]:
+    """{name without fake-quant: (the model's own state name, its tensor)}, masks left out."""
+    return {name.replace(_ORIGINAL, ".weight"): (name, tensor)
+            for name, tensor in model.state_dict().items() if not _MASK.search(name)}
+
+
 def float_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's weights and buffers by their names without fake-quant, masks left out, on the CPU."""
-    return {name.replace(_ORIGINAL, ".weight"): tensor.detach().cpu().clone()
-            for name, tensor in model.state_dict().items() if not _MASK.search(name)}
+    return {name: tensor.detach().cpu().clone() for name, (_, tensor) in _float_state_names(model).items()}
 
 
 def keep(model: nn.Module, path: Path) -> None:
     """Write the model's float state to `path`, atomically (a child never reads half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    torch.save(float_state(model), partial)
-    os.replace(partial, path)
+    buffer = io.BytesIO()
+    torch.save(float_state(model), buffer)
+    atomic_write(path, buffer.getvalue())
 
 
 def start_from(model: nn.Module, path: Path) -> bool:
@@ -61,17 +67,16 @@ def start_from(model: nn.Module, path: Path) -> bool:
         kept = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, ValueError):
         return False
-    own = {name.replace(_ORIGINAL, ".weight"): name for name in model.state_dict() if not _MASK.search(name)}
-    shapes = {name: tensor.shape for name, tensor in float_state(model).items()}
+    own = _float_state_names(model)
     trained = {name.replace(_ORIGINAL, ".weight") for name, _ in model.named_parameters()}
     fits = isinstance(kept, dict) and all(
-        isinstance(kept.get(name), torch.Tensor) and kept[name].shape == shapes[name] for name in trained)
+        isinstance(kept.get(name), torch.Tensor) and kept[name].shape == own[name][1].shape for name in trained)
     if not fits:
         return False
     # every trained weight, and the buffers both have (batch-norm statistics; an activation range
     # only one of them quantizes is left as it is, and calibrated again)
-    model.load_state_dict({own[name]: tensor for name, tensor in kept.items()
-                           if name in own and isinstance(tensor, torch.Tensor) and tensor.shape == shapes[name]},
+    model.load_state_dict({own[name][0]: tensor for name, tensor in kept.items()
+                           if name in own and isinstance(tensor, torch.Tensor) and tensor.shape == own[name][1].shape},
                           strict=False)
     for module in model.modules():
         quantizer = layer_quantizer(module)
