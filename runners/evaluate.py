@@ -16,6 +16,7 @@ import torch
 
 from edgesearch.common.cache import cache_root
 from edgesearch.runners.accuracy import inherited as inherited_weights
+from edgesearch.runners.accuracy.channel_ranking import gradients_if_pruned
 from edgesearch.runners.accuracy.finetune import FINETUNE_LR, STRUCTURAL_LR, calibration_batches, finetune, validate
 from edgesearch.runners.accuracy.splits import search_and_holdout
 from edgesearch.runners.checkpoints import load_detection_model
@@ -210,7 +211,10 @@ def build_design(config: EvalSettings, candidate: dict | None, rung_check=None):
     base = load_detection_model(config.checkpoint, trust=config.trust_checkpoint)
     design = Candidate.from_json(candidate) if candidate else Candidate({})
     with work_step():  # DepGraph's cuts are seconds of CPU: a timing on this machine pauses them (turns.py)
-        model = apply_candidate(base, design)
+        # a pruned design loses the channels the base's loss gradients rank lowest (channel_ranking.py)
+        gradients = gradients_if_pruned(design, base, config.checkpoint, config.data_yaml, imgsz=config.imgsz,
+                                        batch=config.batch)
+        model = apply_candidate(base, design, gradients)
     inherited = bool(config.parent and config.kept_weights and config.child_iters > 0) and inherited_weights.start_from(
         model, inherited_weights.weights_path(kept_weights_folder(config), config.parent))
     to_device(model, device)

@@ -15,6 +15,7 @@ import itertools
 import math
 from typing import cast
 
+import torch
 from torch import nn
 
 from edgesearch.common.errors import InputError
@@ -23,7 +24,13 @@ from edgesearch.spaces.candidate import Candidate, LayerKnobs
 from edgesearch.spaces.kernel_size import shrink_kernel, why_not_shrinkable
 from edgesearch.spaces.low_rank import factorize, factorized_shapes, is_worth_it
 from edgesearch.spaces.packing import module_packing, packed_size
-from edgesearch.spaces.prune import prunable_groups, prunable_pairs, prune_output_channels, removed_count
+from edgesearch.spaces.prune import (
+    attach_gradients,
+    prunable_groups,
+    prunable_pairs,
+    prune_output_channels,
+    removed_count,
+)
 from edgesearch.spaces.quantize import attach_fake_quant, kept_weights
 
 
@@ -118,11 +125,21 @@ def smallest_candidate(model: nn.Module, choices: dict[str, dict[str, list]]) ->
     return Candidate(layers)
 
 
-def apply_candidate(model: nn.Module, candidate: Candidate) -> nn.Module:
-    """A transformed copy of `model` (the input model is left untouched)."""
+def apply_candidate(model: nn.Module, candidate: Candidate,
+                    gradients: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """A transformed copy of `model` (the input model is left untouched).
+
+    Which channels pruning removes: with `gradients` (a loss's gradient of each of `model`'s
+    parameters, by name: runners/accuracy/channel_ranking.py) the first-order Taylor importance,
+    which recovers best (bench/results/pruning_importance.md); without, the group's L1 magnitude,
+    for uses where only the pruned shapes matter (memory, cost, timing)."""
     validate_candidate(model, candidate)
     model = copy.deepcopy(model)
-    prune_output_channels(model, {n: k.prune_ratio for n, k in candidate.layers.items() if k.prune_ratio > 0})
+    ratios = {n: k.prune_ratio for n, k in candidate.layers.items() if k.prune_ratio > 0}
+    if ratios and gradients is not None:
+        attach_gradients(model, gradients)
+    prune_output_channels(model, ratios, importance="taylor" if ratios and gradients is not None else "l1")
+    model.zero_grad(set_to_none=True)
     if hasattr(model, "fuse"):  # ultralytics models fold Conv+BN in place
         getattr(model, "fuse")(verbose=False)
     convs = conv_layers(model)

@@ -44,7 +44,10 @@ from ultralytics.nn.modules.head import Detect
 
 from edgesearch.common.errors import InputError
 
-IMPORTANCES = ("l1", "bn")
+# how a group's channels are ranked (Torch-Pruning's importances): "l1" / "l2" the group's weight
+# magnitude, "bn" its BatchNorm scales, "taylor" |weight x gradient| summed over the group (first-order
+# Taylor: the loss change of removing a channel; needs the gradients of a loss in every weight's .grad)
+IMPORTANCES = ("l1", "l2", "bn", "taylor")
 TRACE_IMGSZ = 64  # input size of the tracing forward pass (a multiple of the largest stride, 32)
 # top-level blocks whose channel flow DepGraph follows exactly (C2f and C2PSA once split, see above)
 _KNOWN_FORWARDS = {Conv.forward, Concat.forward, nn.Upsample.forward, SPPF.forward, C2f.forward, C3.forward,
@@ -116,6 +119,8 @@ def prune_output_channels(model: nn.Module, ratios: dict[str, float], importance
         return
     if importance == "bn" and not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
         raise InputError('"bn" pruning importance needs the unfused model: this one has no BatchNorm')
+    if importance == "taylor" and not any(isinstance(m, nn.Conv2d) and m.weight.grad is not None for m in model.modules()):
+        raise InputError('"taylor" pruning importance needs the gradients of a loss in the conv weights\' .grad')
     scorer = _importance(importance)
     frozen = {name for name, parameter in model.named_parameters() if not parameter.requires_grad}
     with _analysable(model) as halves:
@@ -135,16 +140,19 @@ def prune_output_channels(model: nn.Module, ratios: dict[str, float], importance
 
 
 def removed_channels(model: nn.Module, changes: list[tuple[str, float]],
-                     importance: str = "l1") -> dict[tuple[str, float], dict[str, tuple[list[int], list[int]]]]:
+                     gradients: dict[str, torch.Tensor] | None = None,
+                     ) -> dict[tuple[str, float], dict[str, tuple[list[int], list[int]]]]:
     """What `prune_output_channels(model, {knob: ratio})` would remove, for each (knob, ratio) of
     `changes` on its own, from one trace for all of them: {(knob, ratio): {conv name: (its output
     channels removed, its input channels removed)}}, indices into the unpruned convs (a split cv1's
     second half counted after its first). `model` is left untouched; zeroing these channels of its
-    fused copy computes what the pruned model computes (runners/accuracy/sensitivity.py)."""
-    if importance not in IMPORTANCES:
-        raise InputError(f"pruning importance must be one of {', '.join(IMPORTANCES)}, not {importance!r}")
-    scorer = _importance(importance)
+    fused copy computes what the pruned model computes (runners/accuracy/sensitivity.py). Channels
+    are ranked as spaces.apply.apply_candidate ranks them: by "taylor" on `gradients` where given,
+    else by "l1"."""
+    scorer = _importance("l1" if gradients is None else "taylor")
     analysed = copy.deepcopy(model)
+    if gradients is not None:
+        attach_gradients(analysed, gradients)
     result: dict[tuple[str, float], dict[str, tuple[list[int], list[int]]]] = {}
     with _analysable(analysed) as halves:
         found = _find_groups(analysed, halves)
@@ -174,6 +182,19 @@ def removed_channels(model: nn.Module, changes: list[tuple[str, float]],
     return result
 
 
+def attach_gradients(model: nn.Module, gradients: dict[str, torch.Tensor]) -> None:
+    """Put `gradients` ({parameter name: gradient}, of the same model's unpruned parameters) into
+    the parameters' .grad, for the "taylor" importance."""
+    for name, parameter in model.named_parameters():
+        parameter.grad = gradients[name].clone() if name in gradients else None
+
+
+def copy_gradients(source: nn.Module, target: nn.Module) -> None:
+    """Give `target`, a deepcopy of `source`, its gradients (deepcopy leaves .grad behind)."""
+    for copied, original in zip(target.parameters(), source.parameters(), strict=True):
+        copied.grad = None if original.grad is None else original.grad.clone()
+
+
 def removed_count(channels: int, ratio: float) -> int:
     """Channels a ratio removes from a group: int(channels * ratio), keeping at least one."""
     return min(int(channels * ratio), channels - 1)
@@ -187,7 +208,10 @@ def _weakest(scores: torch.Tensor, ratio: float) -> list[int]:
 def _importance(name: str) -> tp.importance.Importance:
     if name == "bn":
         return tp.importance.BNScaleImportance(group_reduction="sum", normalizer=None)
-    return tp.importance.GroupMagnitudeImportance(p=1, group_reduction="sum", normalizer=None,
+    if name == "taylor":
+        return tp.importance.GroupTaylorImportance(group_reduction="sum", normalizer=None,
+                                                  target_types=[nn.modules.conv._ConvNd])
+    return tp.importance.GroupMagnitudeImportance(p=2 if name == "l2" else 1, group_reduction="sum", normalizer=None,
                                                   target_types=[nn.modules.conv._ConvNd])
 
 
@@ -327,6 +351,8 @@ class _Halves(nn.Module):
     def __init__(self, conv: Conv, half: int):
         super().__init__()
         self.first, self.second = copy.deepcopy(conv), copy.deepcopy(conv)
+        copy_gradients(conv, self.first)  # "taylor" ranks each half on its gradients
+        copy_gradients(conv, self.second)
         _drop_output_channels(self.first, range(half, 2 * half))
         _drop_output_channels(self.second, range(half))
 

@@ -17,7 +17,10 @@ from ultralytics.nn.modules.head import Detect
 
 from conftest import unit_variance_weights
 from edgesearch.common.errors import InputError
-from edgesearch.spaces.prune import prunable_groups, prunable_pairs, prune_output_channels, removed_count
+from edgesearch.spaces.apply import apply_candidate
+from edgesearch.spaces.candidate import Candidate, LayerKnobs
+from edgesearch.spaces.prune import (attach_gradients, prunable_groups, prunable_pairs, prune_output_channels,
+                                     removed_channels, removed_count)
 
 IMGSZ = 64
 FAMILIES = ["yolov8n.yaml", "yolov5n.yaml", "yolo11n.yaml"]
@@ -220,6 +223,55 @@ def test_bn_importance_removes_the_channels_with_the_smallest_gamma():
     assert model.get_submodule("model.2").c == 8
 
 
+def _random_gradients(model: nn.Module) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    return {name: torch.randn(p.shape, generator=generator) for name, p in model.named_parameters()}
+
+
+def test_taylor_importance_removes_the_channels_whose_weight_times_gradient_is_smallest():
+    model = _fresh("yolov8n.yaml")
+    gradients = _random_gradients(model)
+    first, second = model.get_submodule("model.0.conv"), model.get_submodule("model.1.conv")
+    # group Taylor over the convs: |w x dL/dw| of the channel's filter in model.0 and its input slice in model.1
+    scores = ((first.weight * gradients["model.0.conv.weight"]).abs().sum((1, 2, 3))
+              + (second.weight * gradients["model.1.conv.weight"]).abs().sum((0, 2, 3)))
+    kept = torch.sort(torch.topk(scores, first.out_channels - removed_count(first.out_channels, 0.25)).indices).values
+    magnitude = first.weight.abs().sum((1, 2, 3)) + second.weight.abs().sum((0, 2, 3))
+    by_magnitude = torch.sort(torch.topk(magnitude, len(kept)).indices).values
+    assert not torch.equal(kept, by_magnitude)  # the test tells the two apart
+    expected_first = first.weight[kept].clone()
+    attach_gradients(model, gradients)
+    prune_output_channels(model, {"model.0.conv": 0.25}, importance="taylor")
+    assert torch.equal(model.get_submodule("model.0.conv").weight, expected_first)
+
+
+def test_a_design_cut_with_gradients_loses_the_channels_taylor_ranks_lowest_in_every_path(tiny_model):
+    """apply_candidate with gradients prunes by Taylor (without: by L1), also through a split cv1's
+    halves, and removed_channels (the sensitivity pass's zeroing) names the same channels."""
+    gradients = _random_gradients(tiny_model)
+    changes = {"model.0.conv": 0.5, "model.2.cv1.conv": 0.5}
+    candidate = Candidate({name: LayerKnobs(prune_ratio=ratio) for name, ratio in changes.items()})
+    by_taylor, by_magnitude = copy.deepcopy(tiny_model), copy.deepcopy(tiny_model)
+    attach_gradients(by_taylor, gradients)
+    prune_output_channels(by_taylor, changes, importance="taylor")
+    prune_output_channels(by_magnitude, changes, importance="l1")
+    cut = apply_candidate(tiny_model, candidate, gradients)
+    for name in changes:  # apply_candidate fuses: compare with the fused prunings
+        weights = [m.fuse(verbose=False).get_submodule(name).weight for m in (by_taylor, by_magnitude)]
+        assert torch.equal(cut.get_submodule(name).weight, weights[0]), name
+        assert not torch.equal(cut.get_submodule(name).weight, weights[1]), name
+        assert torch.equal(apply_candidate(tiny_model, candidate).get_submodule(name).weight, weights[1]), name
+    assert all(p.grad is None for p in cut.parameters()) and all(p.grad is None for p in tiny_model.parameters())
+    removed = removed_channels(tiny_model, list(changes.items()), gradients)
+    for knob, ratio in changes.items():
+        ranked = copy.deepcopy(tiny_model)
+        attach_gradients(ranked, gradients)
+        prune_output_channels(ranked, {knob: ratio}, importance="taylor")
+        conv, kept_conv = tiny_model.get_submodule(knob), ranked.get_submodule(knob)
+        kept = [i for i in range(conv.out_channels) if i not in removed[(knob, ratio)][knob][0]]
+        assert torch.equal(conv.weight[kept], kept_conv.weight), knob
+
+
 def test_zero_ratio_changes_nothing(tiny_model):
     model = copy.deepcopy(tiny_model)
     prune_output_channels(model, {name: 0.0 for name in prunable_pairs(model)})
@@ -241,7 +293,8 @@ def test_pruning_keeps_the_training_mode_and_frozen_parameters(tiny_model):
     ({"model.2.m.0.cv2.conv": 0.5}, "l1", "cannot be pruned"),  # coupled: follows model.2.cv1.conv
     ({"model.22.cv2.0.2": 0.5}, "l1", "cannot be pruned"),  # a Detect output
     ({"model.0.conv": 1.0}, "l1", "must be in"),
-    ({"model.0.conv": 0.5}, "taylor", "importance"),
+    ({"model.0.conv": 0.5}, "hessian", "importance"),
+    ({"model.0.conv": 0.5}, "taylor", "gradients"),  # nothing in .grad to rank on
 ])
 def test_bad_requests_are_refused_in_one_line(tiny_model, ratios, importance, message):
     model = copy.deepcopy(tiny_model)

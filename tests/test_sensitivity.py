@@ -105,3 +105,24 @@ def test_pruning_by_zeroing_names_what_pruning_removes(smoke_inputs):
             kept_out = [i for i in range(conv.out_channels) if i not in outputs]
             kept_in = [i for i in range(conv.in_channels) if i not in inputs]
             assert torch.equal(conv.weight[kept_out][:, kept_in], after[name].weight), (knob, name)
+
+
+def test_a_pruned_design_is_ranked_on_the_bases_loss_gradients_computed_once(smoke_inputs):
+    """channel_ranking: the detection loss's gradient of every conv weight, the same tensors for
+    every call in a process; nothing computed for a design that prunes nothing."""
+    from edgesearch.runners.accuracy.channel_ranking import gradients_if_pruned, pruning_gradients
+    from edgesearch.spaces.apply import conv_layers
+    from edgesearch.spaces.candidate import Candidate, LayerKnobs
+
+    base, checkpoint, data = smoke_inputs.base_model, str(smoke_inputs.checkpoint), smoke_inputs.data_yaml
+    before = {name: p.clone() for name, p in base.state_dict().items()}
+    gradients = pruning_gradients(base, checkpoint, data, imgsz=64, batch=8)
+    assert all(p.grad is None for p in base.parameters())
+    assert all(torch.equal(before[name], p) for name, p in base.state_dict().items())  # left as it was
+    for name, conv in conv_layers(base).items():
+        if ".dfl." not in name:
+            assert gradients[f"{name}.weight"].shape == conv.weight.shape and gradients[f"{name}.weight"].abs().sum() > 0
+    pruned = Candidate({"model.2.cv1.conv": LayerKnobs(prune_ratio=0.5)})
+    assert gradients_if_pruned(pruned, base, checkpoint, data, imgsz=64, batch=8) is gradients  # computed once
+    assert gradients_if_pruned(Candidate({"model.2.cv1.conv": LayerKnobs(weight_bits=4)}), base, checkpoint, data,
+                               imgsz=64, batch=8) is None

@@ -52,6 +52,7 @@ from tqdm import tqdm
 from ultralytics.cfg import get_cfg
 from ultralytics.utils import IterableSimpleNamespace
 
+from edgesearch.runners.accuracy.channel_ranking import pruning_gradients
 from edgesearch.runners.accuracy.finetune import detection_loss, loss_batches
 from edgesearch.runners.checkpoints import load_detection_model
 from edgesearch.runners.costs import layer_costs
@@ -66,7 +67,7 @@ from edgesearch.spaces.low_rank import factorize
 from edgesearch.spaces.prune import removed_channels
 from edgesearch.spaces.quantize import fake_quantize, squared_errors
 
-VERSION = 4  # bump when the method changes: cached tables from older code are recomputed
+VERSION = 5  # bump when the method changes: cached tables from older code are recomputed
 DEFAULTS = LayerKnobs()
 # PWLQ and k-means errors of larger layouts are estimated on a sample of this many entries (quantize.squared_errors):
 # exact, the pass took over 2 minutes for model.7.conv alone (295k weights, 240 options) on 2 busy cores
@@ -118,12 +119,23 @@ def analyse(settings: dict, layer_options: dict[str, dict[str, list]], progress:
     fused = to_device(apply_candidate(base, Candidate({})), device)  # BN folded: the weights every option quantizes
     with exact_float32(device), running_on(fused, device) as watch:
         passes = {"fast": _analyse_fast, "reference": _analyse}
-        result = passes[config.method](config, device, base, fused, layer_options, progress)
+        result = passes[config.method](config, device, base, fused, layer_options, progress,
+                                       _ranking_gradients(config, base, layer_options))
     return {**result, "pass": config.method, "device": describe(device), "stage_devices": {"sensitivity": watch.describe()}}
 
 
+def _ranking_gradients(config: SensitivitySettings, base: nn.Module,
+                       layer_options: dict[str, dict[str, list]]) -> dict[str, torch.Tensor] | None:
+    """The gradients that rank a pruned layer's channels, as in every trial (channel_ranking.py);
+    None where no option prunes."""
+    if not any(value > 0 for options in layer_options.values() for value in options.get("prune_ratio", [])):
+        return None
+    return pruning_gradients(base, config.checkpoint, config.data_yaml, imgsz=config.imgsz, batch=config.batch)
+
+
 def _analyse(config: SensitivitySettings, device: torch.device, base: nn.Module, fused: nn.Module,
-             layer_options: dict[str, dict[str, list]], progress: bool) -> dict:
+             layer_options: dict[str, dict[str, list]], progress: bool,
+             gradients: dict[str, torch.Tensor] | None) -> dict:
     batches = _batches(config, fused, device)
     images = sum(len(b["img"]) for b in batches)
     seconds = {}
@@ -159,7 +171,7 @@ def _analyse(config: SensitivitySettings, device: torch.device, base: nn.Module,
     base_costs = _model_costs(fused, config.imgsz)
     for name, knob, value in in_work_steps(tqdm(changes, desc="sensitivity: structural changes", unit="change",
                                                 disable=not progress)):
-        loss, costs = _changed_loss(base, fused, name, knob, value, batches, config.imgsz, base_costs)
+        loss, costs = _changed_loss(base, fused, name, knob, value, batches, config.imgsz, base_costs, gradients)
         layers[name]["changes"].setdefault(knob, {})[str(value)] = {
             "delta_loss": loss - base_loss,
             "delta_flops": costs["flops"] - base_costs["flops"],
@@ -203,7 +215,8 @@ def _batches(config: SensitivitySettings, fused: nn.Module, device: torch.device
 # ---- the fast pass -------------------------------------------------------------------------------
 
 def _analyse_fast(config: SensitivitySettings, device: torch.device, base: nn.Module, fused: nn.Module,
-                  layer_options: dict[str, dict[str, list]], progress: bool) -> dict:
+                  layer_options: dict[str, dict[str, list]], progress: bool,
+                  gradients: dict[str, torch.Tensor] | None) -> dict:
     """The reference pass's figures with less redundant work, each computed as there (the same
     central difference, calibration and measured changes), except where said:
 
@@ -224,12 +237,14 @@ def _analyse_fast(config: SensitivitySettings, device: torch.device, base: nn.Mo
     weights = {name: convs[name].weight.detach().cpu().clone() for name in layer_options}
     with _Background(config.threads) as background:
         errors = background.submit(_weight_errors, weights, layer_options)
-        return _measure_fast(config, device, base, fused, layer_options, progress, batches, background, errors)
+        return _measure_fast(config, device, base, fused, layer_options, progress, batches, background, errors,
+                             gradients)
 
 
 def _measure_fast(config: SensitivitySettings, device: torch.device, base: nn.Module, fused: nn.Module,
                   layer_options: dict[str, dict[str, list]], progress: bool, batches: list[dict],
-                  background: _Background, errors: concurrent.futures.Future) -> dict:
+                  background: _Background, errors: concurrent.futures.Future,
+                  gradients: dict[str, torch.Tensor] | None) -> dict:
     images = sum(len(b["img"]) for b in batches)
     seconds = {}
     convs = conv_layers(fused)
@@ -256,7 +271,8 @@ def _measure_fast(config: SensitivitySettings, device: torch.device, base: nn.Mo
                for value in options.get(knob, []) if value != getattr(DEFAULTS, knob)]
     base_costs = _model_costs(fused, config.imgsz)
     conv_costs = {c.name: c for c in layer_costs(fused, (1, 3, config.imgsz, config.imgsz))}
-    removed = removed_channels(base, [(name, value) for name, knob, value in changes if knob == "prune_ratio"])
+    removed = removed_channels(base, [(name, value) for name, knob, value in changes if knob == "prune_ratio"],
+                               gradients)
     quantizers = _calibrated_input_quantizers(
         fused, [name for name, knob, value in changes if knob == "activation_bits" and value == 8], batches, device)
     for name, knob, value in in_work_steps(tqdm(changes, desc="sensitivity: structural changes", unit="change",
@@ -268,7 +284,8 @@ def _measure_fast(config: SensitivitySettings, device: torch.device, base: nn.Mo
             costs = _pruned_costs(fused, convs, conv_costs, group, base_costs)
             costs["out_channels"] = convs[name].out_channels - len(group[name][0])
         elif knob == "prune_ratio":  # grouped convs: priced on a pruned copy, as the reference pass does
-            loss, costs = _changed_loss(base, fused, name, knob, value, batches, config.imgsz, base_costs)
+            loss, costs = _changed_loss(base, fused, name, knob, value, batches, config.imgsz, base_costs,
+                                        gradients)
         elif knob == "activation_bits" and value == 8:
             with _input_rounded(convs[name], quantizers[name]):
                 loss, costs = replay.loss(replay.block_of(name)), base_costs
@@ -557,12 +574,12 @@ def _model_costs(model: nn.Module, imgsz: int) -> dict:
 
 
 def _changed_loss(base: nn.Module, fused: nn.Module, name: str, knob: str, value, batches: list[dict],
-                  imgsz: int, base_costs: dict) -> tuple[float, dict]:
+                  imgsz: int, base_costs: dict, gradients: dict[str, torch.Tensor] | None) -> tuple[float, dict]:
     """The loss and costs of the fused base with one change at one layer (`base` on the CPU, where
     changes are made; `fused` and `batches` on the device the loss is measured on)."""
     device = next(fused.parameters()).device
     if knob == "prune_ratio":  # a pruning group reaches several layers: prune the base, then fold
-        model = to_device(apply_candidate(base, Candidate({name: LayerKnobs(prune_ratio=value)})), device)
+        model = to_device(apply_candidate(base, Candidate({name: LayerKnobs(prune_ratio=value)}), gradients), device)
         costs = {**_model_costs(model, imgsz), "out_channels": conv_layers(model)[name].out_channels}
         return detection_loss(model, batches), costs
     return _layer_change(fused, name, knob, value, imgsz, base_costs, lambda: detection_loss(fused, batches), batches)

@@ -1,0 +1,103 @@
+"""Which channel importance lets uniform structured pruning recover best (issue 19, item 1).
+
+For each prune ratio and importance (spaces/prune.py IMPORTANCES: group L1 / L2 magnitude, BatchNorm
+scale, first-order Taylor), the default base is pruned uniformly (every prunable group at the same
+ratio, as the pruning recipes do), fused, and fine-tuned like the recovery stage: distilled from the
+base, learning rate RECOVERY_LR. mAP50-95 on the val split is read right after the cut, at the
+search's fine-tune length and at the end. Taylor ranks on the gradients of the detection loss over
+TAYLOR_BATCHES fixed train batches of the base. Every variant sees the same batches for a given seed.
+
+    .venv/bin/python bench/pruning_importance.py [--ratios 0.25 0.5] [--seeds 0 1] [--steps 60 180]
+        [--out bench/results/pruning_importance]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from edgesearch.common.files import write_text_atomically
+from edgesearch.runners.accuracy.channel_ranking import RANKING_BATCHES, pruning_gradients
+from edgesearch.runners.accuracy.finetune import finetune, validate
+from edgesearch.search.presets import PRESETS
+from edgesearch.search.recovery import RECOVERY_LR
+from edgesearch.search.resolve import resolve_inputs
+from edgesearch.spaces.apply import uniform_candidate
+from edgesearch.spaces.candidate import parse_uniform
+from edgesearch.spaces.prune import IMPORTANCES, attach_gradients, prune_output_channels
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ratios", nargs="+", type=float, default=[0.25, 0.5])
+    parser.add_argument("--importances", nargs="+", choices=IMPORTANCES, default=list(IMPORTANCES))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--steps", nargs="+", type=int, default=[60, 180],
+                        help="fine-tune steps at which mAP is read (the last: the schedule's length)")
+    parser.add_argument("--out", default="bench/results/pruning_importance")
+    args = parser.parse_args(argv)
+
+    preset = PRESETS["default"]
+    inputs = resolve_inputs(profile="x86-host", space="yolov8", model=None, data=None, preset="default")
+    data, imgsz, base = inputs.data_yaml, preset.imgsz, inputs.base_model
+    teacher = copy.deepcopy(base)
+    teacher.fuse(verbose=False)
+    gradients = pruning_gradients(base, str(inputs.checkpoint), data, imgsz=imgsz, batch=16)
+    rows = []
+    for seed in args.seeds:
+        for ratio in args.ratios:
+            candidate = uniform_candidate(base, parse_uniform(f"bits=32,prune={ratio}"), list(inputs.resolved))
+            ratios = {name: knobs.prune_ratio for name, knobs in candidate.layers.items() if knobs.prune_ratio > 0}
+            for importance in args.importances:
+                started = time.perf_counter()
+                model = copy.deepcopy(base)
+                attach_gradients(model, gradients)
+                prune_output_channels(model, ratios, importance=importance)
+                model.zero_grad(set_to_none=True)
+                model.fuse(verbose=False)
+                params = sum(p.numel() for p in model.parameters())
+                at = {0: validate(model, data, imgsz=imgsz)["map50_95"]}
+                for start, stop in itertools.pairwise([0, *args.steps]):
+                    finetune(model, data, iterations=stop - start, imgsz=imgsz, lr=RECOVERY_LR,
+                             seed=seed * 1000 + start, teacher=teacher)
+                    at[stop] = validate(model, data, imgsz=imgsz)["map50_95"]
+                row = {"seed": seed, "prune_ratio": ratio, "importance": importance, "params": params,
+                       "map50_95_at_steps": at, "seconds": time.perf_counter() - started}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    _write(args, rows, {"model": str(inputs.checkpoint), "imgsz": imgsz, "lr": RECOVERY_LR, "distilled": True,
+                        "taylor_batches": RANKING_BATCHES, "batch": 16})
+    return 0
+
+
+def _write(args, rows: list[dict], settings: dict) -> None:
+    """The table (median over seeds, and the seeds' range) as markdown, and every row as JSON."""
+    steps = [0, *args.steps]
+    lines = [f"Uniform structured pruning, recovered like the recovery stage (distilled from the base, lr "
+             f"{settings['lr']:g}, batch {settings['batch']}, {settings['imgsz']} px, no augmentation), "
+             f"mAP50-95 on the val split by ultralytics' validator; seeds {args.seeds}; model {settings['model']}. "
+             "Fine-tune steps in the columns (0: right after the cut).", "",
+             "| prune ratio | importance | params | " + " | ".join(f"{s} steps" for s in steps) + " |",
+             "|---|---|---|" + "---|" * len(steps)]
+    for ratio in args.ratios:
+        for importance in args.importances:
+            mine = [r for r in rows if r["prune_ratio"] == ratio and r["importance"] == importance]
+            cells = []
+            for step in steps:
+                values = [r["map50_95_at_steps"][step] for r in mine]
+                spread = f" ({min(values):.3f}-{max(values):.3f})" if len(values) > 1 else ""
+                cells.append(f"{statistics.median(values):.3f}{spread}")
+            lines.append(f"| {ratio:g} | {importance} | {mine[0]['params']:,} | " + " | ".join(cells) + " |")
+    write_text_atomically(Path(args.out + ".md"), "\n".join(lines) + "\n")
+    write_text_atomically(Path(args.out + ".json"), json.dumps({"settings": settings, "rows": rows}, indent=2))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
