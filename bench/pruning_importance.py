@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from edgesearch.common.files import write_text_atomically
-from edgesearch.runners.accuracy.channel_ranking import RANKING_BATCHES, pruning_gradients
+from edgesearch.runners.accuracy.channel_ranking import RANKING_BATCH, RANKING_BATCHES, pruning_gradients
 from edgesearch.runners.accuracy.finetune import finetune, validate
 from edgesearch.search.presets import PRESETS
 from edgesearch.search.recovery import RECOVERY_LR
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     data, imgsz, base = inputs.data_yaml, preset.imgsz, inputs.base_model
     teacher = copy.deepcopy(base)
     teacher.fuse(verbose=False)
-    gradients = pruning_gradients(base, str(inputs.checkpoint), data, imgsz=imgsz, batch=16)
+    gradients = pruning_gradients(base, str(inputs.checkpoint), data, imgsz=imgsz)
     rows = []
     for seed in args.seeds:
         for ratio in args.ratios:
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     _write(args, rows, {"model": str(inputs.checkpoint), "imgsz": imgsz, "lr": RECOVERY_LR, "distilled": True,
-                        "taylor_batches": RANKING_BATCHES, "batch": 16})
+                        "taylor_images": RANKING_BATCHES * RANKING_BATCH, "batch": 16})
     return 0
 
 

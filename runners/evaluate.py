@@ -212,8 +212,7 @@ def build_design(config: EvalSettings, candidate: dict | None, rung_check=None):
     design = Candidate.from_json(candidate) if candidate else Candidate({})
     with work_step():  # DepGraph's cuts are seconds of CPU: a timing on this machine pauses them (turns.py)
         # a pruned design loses the channels the base's loss gradients rank lowest (channel_ranking.py)
-        gradients = gradients_if_pruned(design, base, config.checkpoint, config.data_yaml, imgsz=config.imgsz,
-                                        batch=config.batch)
+        gradients = gradients_if_pruned(design, base, config.checkpoint, config.data_yaml, imgsz=config.imgsz)
         model = apply_candidate(base, design, gradients)
     inherited = bool(config.parent and config.kept_weights and config.child_iters > 0) and inherited_weights.start_from(
         model, inherited_weights.weights_path(kept_weights_folder(config), config.parent))

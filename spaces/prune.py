@@ -119,7 +119,7 @@ def prune_output_channels(model: nn.Module, ratios: dict[str, float], importance
         return
     if importance == "bn" and not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
         raise InputError('"bn" pruning importance needs the unfused model: this one has no BatchNorm')
-    if importance == "taylor" and not any(isinstance(m, nn.Conv2d) and m.weight.grad is not None for m in model.modules()):
+    if importance == "taylor" and all(m.weight.grad is None for m in model.modules() if isinstance(m, nn.Conv2d)):
         raise InputError('"taylor" pruning importance needs the gradients of a loss in the conv weights\' .grad')
     scorer = _importance(importance)
     frozen = {name for name, parameter in model.named_parameters() if not parameter.requires_grad}

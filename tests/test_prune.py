@@ -19,8 +19,14 @@ from conftest import unit_variance_weights
 from edgesearch.common.errors import InputError
 from edgesearch.spaces.apply import apply_candidate
 from edgesearch.spaces.candidate import Candidate, LayerKnobs
-from edgesearch.spaces.prune import (attach_gradients, prunable_groups, prunable_pairs, prune_output_channels,
-                                     removed_channels, removed_count)
+from edgesearch.spaces.prune import (
+    attach_gradients,
+    prunable_groups,
+    prunable_pairs,
+    prune_output_channels,
+    removed_channels,
+    removed_count,
+)
 
 IMGSZ = 64
 FAMILIES = ["yolov8n.yaml", "yolov5n.yaml", "yolo11n.yaml"]

@@ -116,13 +116,14 @@ def test_a_pruned_design_is_ranked_on_the_bases_loss_gradients_computed_once(smo
 
     base, checkpoint, data = smoke_inputs.base_model, str(smoke_inputs.checkpoint), smoke_inputs.data_yaml
     before = {name: p.clone() for name, p in base.state_dict().items()}
-    gradients = pruning_gradients(base, checkpoint, data, imgsz=64, batch=8)
+    gradients = pruning_gradients(base, checkpoint, data, imgsz=64)
     assert all(p.grad is None for p in base.parameters())
     assert all(torch.equal(before[name], p) for name, p in base.state_dict().items())  # left as it was
     for name, conv in conv_layers(base).items():
         if ".dfl." not in name:
-            assert gradients[f"{name}.weight"].shape == conv.weight.shape and gradients[f"{name}.weight"].abs().sum() > 0
+            gradient = gradients[f"{name}.weight"]
+            assert gradient.shape == conv.weight.shape and gradient.abs().sum() > 0, name
     pruned = Candidate({"model.2.cv1.conv": LayerKnobs(prune_ratio=0.5)})
-    assert gradients_if_pruned(pruned, base, checkpoint, data, imgsz=64, batch=8) is gradients  # computed once
+    assert gradients_if_pruned(pruned, base, checkpoint, data, imgsz=64) is gradients  # computed once
     assert gradients_if_pruned(Candidate({"model.2.cv1.conv": LayerKnobs(weight_bits=4)}), base, checkpoint, data,
-                               imgsz=64, batch=8) is None
+                               imgsz=64) is None

@@ -130,7 +130,7 @@ def _ranking_gradients(config: SensitivitySettings, base: nn.Module,
     None where no option prunes."""
     if not any(value > 0 for options in layer_options.values() for value in options.get("prune_ratio", [])):
         return None
-    return pruning_gradients(base, config.checkpoint, config.data_yaml, imgsz=config.imgsz, batch=config.batch)
+    return pruning_gradients(base, config.checkpoint, config.data_yaml, imgsz=config.imgsz)
 
 
 def _analyse(config: SensitivitySettings, device: torch.device, base: nn.Module, fused: nn.Module,
