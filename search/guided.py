@@ -7,7 +7,8 @@
    once the structural recipes (scored right after the control) are in, so that the tables price a
    cut at what the recipes' fine-tunes kept of it.
 3. Moves (moves.py): 1-3 layers of a front design changed, several drawn per slot, the one the
-   proxy predicts adds most hypervolume scored in full, the others stored as screened.
+   proxy predicts adds most hypervolume scored in full, the others stored as screened. A move starts
+   from a design within the space (a recipe outside it, int8 in a float-only space, is not a parent).
 
 The accuracy model (moves.fit_accuracy_model) is fitted on the scored designs as they come in,
 and also learns what share of a structural change's one-shot loss survives the fine-tune; the
@@ -44,9 +45,9 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from edgesearch.search import study as studies
 from edgesearch.search.allocate import allocate, budget_sweep, design_price
 from edgesearch.search.moves import RESOURCES, AccuracyModel, Scored, fit_accuracy_model, layer_fronts, propose, screen
-from edgesearch.search.options import OptionPricer, layer_options
+from edgesearch.search.options import OptionPricer, in_space, layer_options
 from edgesearch.search.study import Proposal
-from edgesearch.spaces.candidate import Candidate
+from edgesearch.spaces.candidate import Candidate, LayerKnobs
 from edgesearch.spaces.knobs import DEFAULTS
 from edgesearch.spaces.space import LayerChoices
 
@@ -99,6 +100,10 @@ class Guide:
         values = {round(sum(o.price(p) for p in RESOURCES[resource]), 9) for options in self.tables.values()
                   for o in options}
         return len(values) > len(self.tables)
+
+    def in_space(self, layers: dict[str, LayerKnobs]) -> bool:
+        """Whether every changed layer is searchable and its knobs among the space's choices for it."""
+        return all(layer in self.choices and in_space(knobs, self.choices[layer]) for layer, knobs in layers.items())
 
     def omega(self, candidate: dict) -> float:
         return self.pricer.design(Candidate.from_json(candidate).layers)["omega"]
@@ -189,6 +194,12 @@ class Guide:
             return None
         numbers = {t.number for t in studies.pareto_trials(study)}
         front = [s for s in scored if s.number in numbers] or scored
+        # moves start from designs in the space, so that what the search proposes stays in it: a move from
+        # a recipe outside it (int8 in a float-only space) would carry the recipe's knobs into its children
+        in_space = [s for s in scored if self.in_space(s.layers)]
+        parents = [s for s in in_space if s.number in numbers] or in_space
+        if not parents:
+            return None
         alpha = model.alpha
         floor = self.budgets.get("map_floor")
         seen = _designs_tried(study)
@@ -196,7 +207,7 @@ class Guide:
         # (they raise the predicted mAP), and is left empty if those fall below it too: such moves are not spent
         cheapens = (CHEAPEN_PROBABILITY_WITH_FLOOR, 0.0) if floor is not None else (CHEAPEN_PROBABILITY,)
         for cheapen in cheapens:
-            moves = self._draw(front, alpha, cheapen, seen)
+            moves = self._draw(parents, alpha, cheapen, seen)
             if not moves:
                 continue
             screened_best = screen(moves, front, self.reference, floor)
@@ -213,12 +224,12 @@ class Guide:
                 return proposals[best]
         return None
 
-    def _draw(self, front: list[Scored], alpha: float, cheapen: float, seen: set[str]) -> list:
-        """Up to PROPOSALS_PER_SLOT new moves from random front designs (draws repeating a design in
+    def _draw(self, parents: list[Scored], alpha: float, cheapen: float, seen: set[str]) -> list:
+        """Up to PROPOSALS_PER_SLOT new moves from random `parents` (draws repeating a design in
         `seen`, which grows, are skipped)."""
         moves = []
         for _ in range(PROPOSALS_PER_SLOT * 4):
-            parent = front[self.rng.integers(len(front))]
+            parent = parents[self.rng.integers(len(parents))]
             move = propose(parent, self.fronts, self.pricer, alpha, self.rng, cheapen_probability=cheapen)
             if move is None:
                 continue

@@ -120,6 +120,9 @@ class OptionPricer:
         return totals
 
 
+FLOAT_MOOT = ("scheme", "granularity", "group_size")  # knobs that mean nothing for float weights
+
+
 def layer_options(pricer: OptionPricer, layer: str, choices: dict[str, list]) -> list[Option]:
     """The options of `choices` that no other option of the layer beats on every price, sorted by
     weight bytes (fewest first)."""
@@ -127,12 +130,17 @@ def layer_options(pricer: OptionPricer, layer: str, choices: dict[str, list]) ->
     options = {}
     for values in itertools.product(*(choices[k] for k in knobs)):
         candidate = LayerKnobs(**dict(zip(knobs, values, strict=True)))
-        if not candidate.quantized:  # scheme and granularity mean nothing for float weights
-            candidate = dataclasses.replace(candidate, scheme=DEFAULTS.scheme, granularity=DEFAULTS.granularity,
-                                            group_size=DEFAULTS.group_size)
+        if not candidate.quantized:
+            candidate = dataclasses.replace(candidate, **{knob: getattr(DEFAULTS, knob) for knob in FLOAT_MOOT})
         if candidate not in options:
             options[candidate] = pricer.price(layer, candidate)
     return non_dominated(list(options.values()))
+
+
+def in_space(knobs: LayerKnobs, choices: dict[str, list]) -> bool:
+    """Whether a layer's knobs are among its `choices` (a recipe's need not be: a recipe is what it is)."""
+    return all(getattr(knobs, knob) in values for knob, values in choices.items()
+               if knobs.quantized or knob not in FLOAT_MOOT)
 
 
 def non_dominated(options: list[Option]) -> list[Option]:

@@ -402,3 +402,34 @@ def test_the_seeds_wait_for_the_structural_recipes_and_price_a_cut_at_the_share_
     studies.candidate_of(trial, resolved)
     assert trial.user_attrs[studies.ORIGIN_ATTR].startswith("seed:")
     assert guide.pricer.structural_scale == pytest.approx(0.25, rel=0.02)  # the seeds were priced at it
+
+
+def test_moves_start_only_from_designs_within_the_space():
+    """A recipe outside the space (int8 where the space keeps weights in float) is on the front but
+    never a move's parent: every move the guide proposes stays within the space."""
+    import optuna
+
+    from edgesearch.search import study as studies
+    from edgesearch.search.guided import Guide
+    from edgesearch.search.options import OptionPricer
+    from edgesearch.spaces.candidate import Candidate
+    from edgesearch.spaces.space import LayerChoices
+
+    layers, sensitivity, basis, _ = _five_layer_tables()
+    for i, layer in enumerate(layers):  # layers that differ in latency: a latency front to move along
+        basis["layers"][layer]["latency_ms"] = 1.0 + i
+    float_only = {layer: LayerChoices({"weight_bits": [32], "prune_ratio": [0.0, 0.5]}) for layer in layers}
+    guide = Guide(OptionPricer(sensitivity, basis), float_only, BASE, {}, seed=0)
+    study = optuna.create_study(directions=list(studies.DIRECTIONS))
+    int8 = {layer: {"weight_bits": 8, "scheme": "symmetric"} for layer in layers}  # fast and accurate: the front
+    for layers_changed, scores in ((int8, (0.72, 1.0, 1.0)), ({layers[4]: {"prune_ratio": 0.5}}, (0.70, 2.0, 4.0))):
+        study.add_trial(optuna.trial.create_trial(values=list(scores), user_attrs={
+            studies.SCORE_ATTR: dict(zip(("map50_95", "sram_bytes", "latency_ms"), scores, strict=True)),
+            studies.CANDIDATE_ATTR: {"layers": layers_changed}}))
+    assert [t.number for t in studies.pareto_trials(study)] == [0]
+    assert not guide.in_space(Candidate.from_json({"layers": int8}).layers)
+    proposals = [guide.move(study) for _ in range(10)]
+    assert any(proposals)
+    for proposal in filter(None, proposals):
+        assert guide.in_space(Candidate.from_json(proposal.candidate).layers), proposal.origin
+        assert "from #1" in proposal.origin
