@@ -7,8 +7,9 @@
    once the structural recipes (scored right after the control) are in, so that the tables price a
    cut at what the recipes' fine-tunes kept of it.
 3. Moves (moves.py): 1-3 layers of a front design changed, several drawn per slot, the one the
-   proxy predicts adds most hypervolume scored in full, the others stored as screened. A move starts
-   from a design within the space (a recipe outside it, int8 in a float-only space, is not a parent).
+   proxy predicts adds most hypervolume scored in full, the others stored as screened. The front is
+   that of the designs within the space: a recipe outside it (int8 in a float-only space) is a
+   reference point, neither a parent nor what a move is screened against.
 
 The accuracy model (moves.fit_accuracy_model) is fitted on the scored designs as they come in,
 and also learns what share of a structural change's one-shot loss survives the fine-tune; the
@@ -192,13 +193,12 @@ class Guide:
         scored, model = self.accuracy_model(study)
         if not scored:
             return None
-        numbers = {t.number for t in studies.pareto_trials(study)}
-        front = [s for s in scored if s.number in numbers] or scored
-        # moves start from designs in the space, so that what the search proposes stays in it: a move from
-        # a recipe outside it (int8 in a float-only space) would carry the recipe's knobs into its children
-        in_space = [s for s in scored if self.in_space(s.layers)]
-        parents = [s for s in in_space if s.number in numbers] or in_space
-        if not parents:
+        # moves start from the front of the designs in the space and are screened against it, so that
+        # what the search proposes stays in the space and improves its own front: a recipe outside it (int8
+        # in a float-only space) is a reference point, not a parent whose knobs its children would carry
+        in_space = {s.number: s for s in scored if self.in_space(s.layers)}
+        front = [in_space[t.number] for t in studies.pareto_trials(study, among=set(in_space))]
+        if not front:
             return None
         alpha = model.alpha
         floor = self.budgets.get("map_floor")
@@ -207,7 +207,7 @@ class Guide:
         # (they raise the predicted mAP), and is left empty if those fall below it too: such moves are not spent
         cheapens = (CHEAPEN_PROBABILITY_WITH_FLOOR, 0.0) if floor is not None else (CHEAPEN_PROBABILITY,)
         for cheapen in cheapens:
-            moves = self._draw(parents, alpha, cheapen, seen)
+            moves = self._draw(front, alpha, cheapen, seen)
             if not moves:
                 continue
             screened_best = screen(moves, front, self.reference, floor)

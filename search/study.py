@@ -299,20 +299,27 @@ def tell_failure(study: optuna.Study, trial: Trial, error: str, *, node: dict | 
     study.tell(trial, state=TrialState.FAIL)
 
 
-def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """The Pareto front: Optuna's own front of feasible trials.
+def pareto_trials(study: optuna.Study, among: set[int] | None = None) -> list[FrozenTrial]:
+    """The Pareto front: Optuna's own front of feasible trials (of the trials numbered in `among`,
+    where given: the guided search's moves start from the front of the designs within the space).
 
     When no trial fits the SRAM budget, the front of all completed trials instead (their rows say
     feasible=False), so the report still shows the designs that come closest.
     """
-    front = study.best_trials  # honours the constraint: feasible trials only
-    if front:
-        return sorted(front, key=lambda t: -t.values[0])
-    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    scratch = optuna.create_study(directions=list(DIRECTIONS))  # in memory, without the constraint
-    for trial in completed:
-        scratch.add_trial(optuna.trial.create_trial(values=trial.values, user_attrs={"number": trial.number}))
-    numbers = {t.user_attrs["number"] for t in scratch.best_trials}
+    if among is None:
+        front = study.best_trials  # honours the constraint: feasible trials only
+        if front:
+            return sorted(front, key=lambda t: -t.values[0])
+    completed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                 if among is None or t.number in among]
+    for constrained in (among is not None, False):
+        scratch = optuna.create_study(directions=list(DIRECTIONS))  # in memory
+        for trial in completed:  # Optuna keeps a trial's constraints in its system attributes
+            scratch.add_trial(optuna.trial.create_trial(values=trial.values, user_attrs={"number": trial.number},
+                                                        system_attrs=trial.system_attrs if constrained else {}))
+        numbers = {t.user_attrs["number"] for t in scratch.best_trials}
+        if numbers:
+            break
     return sorted((t for t in completed if t.number in numbers), key=lambda t: -t.values[0])
 
 

@@ -406,7 +406,8 @@ def test_the_seeds_wait_for_the_structural_recipes_and_price_a_cut_at_the_share_
 
 def test_moves_start_only_from_designs_within_the_space():
     """A recipe outside the space (int8 where the space keeps weights in float) is on the front but
-    never a move's parent: every move the guide proposes stays within the space."""
+    never a move's parent: every move the guide proposes stays within the space, and starts from the
+    front of the designs within it (#1, which the recipe dominates; #2 is dominated by #1)."""
     import optuna
 
     from edgesearch.search import study as studies
@@ -422,11 +423,18 @@ def test_moves_start_only_from_designs_within_the_space():
     guide = Guide(OptionPricer(sensitivity, basis), float_only, BASE, {}, seed=0)
     study = optuna.create_study(directions=list(studies.DIRECTIONS))
     int8 = {layer: {"weight_bits": 8, "scheme": "symmetric"} for layer in layers}  # fast and accurate: the front
-    for layers_changed, scores in ((int8, (0.72, 1.0, 1.0)), ({layers[4]: {"prune_ratio": 0.5}}, (0.70, 2.0, 4.0))):
-        study.add_trial(optuna.trial.create_trial(values=list(scores), user_attrs={
+    designs = ((int8, (0.72, 1.0, 1.0), 0.0), ({layers[4]: {"prune_ratio": 0.5}}, (0.70, 2.0, 4.0), 0.0),
+               ({layers[3]: {"prune_ratio": 0.5}}, (0.69, 2.0, 4.0), 0.0),
+               ({layers[2]: {"prune_ratio": 0.5}}, (0.71, 2.0, 4.0), 1.0))  # over its memory budget
+    for layers_changed, scores, over_budget in designs:
+        trial = optuna.trial.create_trial(values=list(scores), user_attrs={
             studies.SCORE_ATTR: dict(zip(("map50_95", "sram_bytes", "latency_ms"), scores, strict=True)),
-            studies.CANDIDATE_ATTR: {"layers": layers_changed}}))
+            studies.CANDIDATE_ATTR: {"layers": layers_changed}})
+        trial.set_constraint("memory_over_budget_bytes", over_budget)
+        study.add_trial(trial)
     assert [t.number for t in studies.pareto_trials(study)] == [0]
+    assert [t.number for t in studies.pareto_trials(study, among={1, 2, 3})] == [1]  # #3 is not feasible
+    assert [t.number for t in studies.pareto_trials(study, among={3})] == [3]  # none feasible: the closest
     assert not guide.in_space(Candidate.from_json({"layers": int8}).layers)
     proposals = [guide.move(study) for _ in range(10)]
     assert any(proposals)
