@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     inputs = resolve_inputs(profile="x86-host", space="yolov8", model=None, data=None, preset="default")
     data, imgsz, base = inputs.data_yaml, preset.imgsz, inputs.base_model
     teacher = copy.deepcopy(base)
-    teacher.fuse(verbose=False)
+    getattr(teacher, "fuse")(verbose=False)
     gradients = pruning_gradients(base, str(inputs.checkpoint), data, imgsz=imgsz)
     rows = []
     for seed in args.seeds:
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
                 attach_gradients(model, gradients)
                 prune_output_channels(model, ratios, importance=importance)
                 model.zero_grad(set_to_none=True)
-                model.fuse(verbose=False)
+                getattr(model, "fuse")(verbose=False)
                 params = sum(p.numel() for p in model.parameters())
                 at = {0: validate(model, data, imgsz=imgsz)["map50_95"]}
                 for start, stop in itertools.pairwise([0, *args.steps]):

@@ -54,6 +54,16 @@ def test_default_space_resolves_per_layer(tiny_model):
     assert bottleneck["kernel_size"] == ["keep", 1] and bottleneck["rank_ratio"] == [1.0, 0.5, 0.25]
 
 
+def test_the_structure_space_keeps_every_layer_in_float(tiny_model):
+    """yolov8-structure: widths, kernels and ranks vary; weights and activations stay fp32 everywhere."""
+    resolved = load_space("yolov8-structure").resolve(tiny_model, ("fp32", "fp16", "int8"))
+    assert all(layer.choices["weight_bits"] == [32] and layer.choices["activation_bits"] == [32]
+               and layer.choices["sparsity"] == [0.0] for layer in resolved.values())
+    bottleneck = resolved["model.2.m.0.cv1.conv"].choices
+    assert 0.75 in bottleneck["prune_ratio"] and bottleneck["kernel_size"] == ["keep", 1]
+    assert resolved["model.0.conv"].choices["prune_ratio"] == [0.0]
+
+
 def test_pruned_widths_keep_whole_blocks_of_the_profiles_channel_multiple(tiny_model):
     """A cut is never lost to padding: each prune ratio is snapped to keep the nearest multiple of the
     kernel block (ties keep more), dropped where the block would keep every channel."""
