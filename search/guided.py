@@ -9,7 +9,9 @@
 3. Moves (moves.py): 1-3 layers of a front design changed, several drawn per slot, the one the
    proxy predicts adds most hypervolume scored in full, the others stored as screened. The front is
    that of the designs within the space: a recipe outside it (int8 in a float-only space) is a
-   reference point, neither a parent nor what a move is screened against.
+   reference point, neither a parent nor what a move is screened against. With an accuracy floor,
+   the front of the designs held to every budget but the floor also gives parents (for moves that
+   restore a design the fine-tune left just short of it).
 
 The accuracy model (moves.fit_accuracy_model) is fitted on the scored designs as they come in,
 and also learns what share of a structural change's one-shot loss survives the fine-tune; the
@@ -198,16 +200,24 @@ class Guide:
         # in a float-only space) is a reference point, not a parent whose knobs its children would carry
         in_space = {s.number: s for s in scored if self.in_space(s.layers)}
         front = [in_space[t.number] for t in studies.pareto_trials(study, among=set(in_space))]
-        if not front:
+        floor = self.budgets.get("map_floor")
+        parents = front
+        if floor is not None:
+            # a design just under the floor (its own seed, say, which the fine-tune left short) is where
+            # restoring moves start: a move is predicted from its parent's mAP, so its cheapening moves
+            # fall below the floor and are not spent
+            near = studies.pareto_trials(study, among=set(in_space), ignoring=(studies.FLOOR_CONSTRAINT,))
+            on_front = {design.number for design in front}
+            parents = front + [in_space[t.number] for t in near if t.number not in on_front]
+        if not parents:
             return None
         alpha = model.alpha
-        floor = self.budgets.get("map_floor")
         seen = _designs_tried(study)
         # with a floor, a slot whose draws all fall below it is drawn again from restoring moves only
         # (they raise the predicted mAP), and is left empty if those fall below it too: such moves are not spent
         cheapens = (CHEAPEN_PROBABILITY_WITH_FLOOR, 0.0) if floor is not None else (CHEAPEN_PROBABILITY,)
         for cheapen in cheapens:
-            moves = self._draw(front, alpha, cheapen, seen)
+            moves = self._draw(parents, alpha, cheapen, seen)
             if not moves:
                 continue
             screened_best = screen(moves, front, self.reference, floor)

@@ -271,6 +271,9 @@ def suggest_candidate(trial: Trial, resolved: dict[str, LayerChoices]) -> Candid
     return Candidate(layers)
 
 
+FLOOR_CONSTRAINT = "map_below_floor"
+
+
 def constraint_values(scores: dict, budgets: dict) -> dict[str, float]:
     """{constraint: value - budget} for the run's budgets (see run_config.RunConfig.budgets); <= 0 is feasible."""
     values = {}
@@ -279,7 +282,7 @@ def constraint_values(scores: dict, budgets: dict) -> dict[str, float]:
     if budgets.get("latency_ms") is not None:
         values["latency_over_budget_ms"] = scores["latency_ms"] - budgets["latency_ms"]
     if budgets.get("map_floor") is not None:
-        values["map_below_floor"] = budgets["map_floor"] - scores["map50_95"]
+        values[FLOOR_CONSTRAINT] = budgets["map_floor"] - scores["map50_95"]
     return values
 
 
@@ -299,24 +302,30 @@ def tell_failure(study: optuna.Study, trial: Trial, error: str, *, node: dict | 
     study.tell(trial, state=TrialState.FAIL)
 
 
-def pareto_trials(study: optuna.Study, among: set[int] | None = None) -> list[FrozenTrial]:
-    """The Pareto front: Optuna's own front of feasible trials (of the trials numbered in `among`,
-    where given: the guided search's moves start from the front of the designs within the space).
+def pareto_trials(study: optuna.Study, among: set[int] | None = None,
+                  ignoring: tuple[str, ...] = ()) -> list[FrozenTrial]:
+    """The Pareto front: Optuna's own front of feasible trials. `among`: of the trials with these
+    numbers only (the guided search's moves start from the front of the designs within the space);
+    `ignoring`: feasible by every constraint but these (constraint_values' names).
 
-    When no trial fits the SRAM budget, the front of all completed trials instead (their rows say
+    When no trial is feasible, the front of all completed trials instead (their rows say
     feasible=False), so the report still shows the designs that come closest.
     """
-    if among is None:
-        front = study.best_trials  # honours the constraint: feasible trials only
+    if among is None and not ignoring:
+        front = study.best_trials  # honours the constraints: feasible trials only
         if front:
             return sorted(front, key=lambda t: -t.values[0])
     completed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                  if among is None or t.number in among]
-    for constrained in (among is not None, False):
+    numbers: set[int] = set()
+    for constrained in (True, False):
         scratch = optuna.create_study(directions=list(DIRECTIONS))  # in memory
-        for trial in completed:  # Optuna keeps a trial's constraints in its system attributes
-            scratch.add_trial(optuna.trial.create_trial(values=trial.values, user_attrs={"number": trial.number},
-                                                        system_attrs=trial.system_attrs if constrained else {}))
+        for trial in completed:
+            copied = optuna.trial.create_trial(values=trial.values, user_attrs={"number": trial.number})
+            for name, value in trial.constraints.items() if constrained else ():
+                if name not in ignoring:
+                    copied.set_constraint(name, value)
+            scratch.add_trial(copied)
         numbers = {t.user_attrs["number"] for t in scratch.best_trials}
         if numbers:
             break

@@ -441,3 +441,38 @@ def test_moves_start_only_from_designs_within_the_space():
     for proposal in filter(None, proposals):
         assert guide.in_space(Candidate.from_json(proposal.candidate).layers), proposal.origin
         assert "from #1" in proposal.origin
+
+
+def test_with_a_floor_a_design_just_under_it_is_a_parent_of_restoring_moves():
+    """A fast design the fine-tune left under the accuracy floor (#1) is not on the feasible front,
+    but moves that restore it start from it; its cheapening moves, predicted from its own mAP, fall
+    below the floor and are not spent. The feasible front is still what moves are screened against."""
+    import optuna
+
+    from edgesearch.search import study as studies
+    from edgesearch.search.guided import Guide
+    from edgesearch.search.options import OptionPricer
+    from edgesearch.spaces.space import LayerChoices
+
+    layers, sensitivity, basis, _ = _five_layer_tables()
+    for i, layer in enumerate(layers):
+        basis["layers"][layer]["latency_ms"] = 1.0 + i
+    float_only = {layer: LayerChoices({"weight_bits": [32], "prune_ratio": [0.0, 0.5]}) for layer in layers}
+    floor = 0.70
+    guide = Guide(OptionPricer(sensitivity, basis), float_only, BASE, {"map_floor": floor}, seed=0)
+    study = optuna.create_study(directions=list(studies.DIRECTIONS))
+    designs = (({layers[0]: {"prune_ratio": 0.5}}, (0.72, 2.0, 14.0)),  # meets the floor
+               ({layer: {"prune_ratio": 0.5} for layer in layers[2:]}, (0.69, 1.0, 8.0)))  # fast, just under
+    for layers_changed, scores in designs:
+        trial = optuna.trial.create_trial(values=list(scores), user_attrs={
+            studies.SCORE_ATTR: dict(zip(("map50_95", "sram_bytes", "latency_ms"), scores, strict=True)),
+            studies.CANDIDATE_ATTR: {"layers": layers_changed}})
+        for name, value in studies.constraint_values(trial.user_attrs[studies.SCORE_ATTR], {"map_floor": floor}).items():
+            trial.set_constraint(name, value)
+        study.add_trial(trial)
+    assert [t.number for t in studies.pareto_trials(study, among={0, 1})] == [0]
+    assert [t.number for t in studies.pareto_trials(study, among={0, 1}, ignoring=(studies.FLOOR_CONSTRAINT,))] == [0, 1]
+    proposals = [p for p in (guide.move(study) for _ in range(10)) if p]
+    from_under = [p for p in proposals if "from #1" in p.origin]
+    assert from_under and all(p.origin.startswith("move: restore") for p in from_under)
+    assert all(p.predicted["map50_95"] >= floor for p in proposals)
