@@ -198,17 +198,17 @@ class Guide:
         # moves start from the front of the designs in the space and are screened against it, so that
         # what the search proposes stays in the space and improves its own front: a recipe outside it (int8
         # in a float-only space) is a reference point, not a parent whose knobs its children would carry
-        in_space = {s.number: s for s in scored if self.in_space(s.layers)}
-        front = [in_space[t.number] for t in studies.pareto_trials(study, among=set(in_space))]
+        within = {s.number: s for s in scored if self.in_space(s.layers)}
+        front = [within[t.number] for t in studies.pareto_trials(study, among=set(within))]
         floor = self.budgets.get("map_floor")
         parents = front
         if floor is not None:
             # a design just under the floor (its own seed, say, which the fine-tune left short) is where
             # restoring moves start: a move is predicted from its parent's mAP, so its cheapening moves
             # fall below the floor and are not spent
-            near = studies.pareto_trials(study, among=set(in_space), ignoring=(studies.FLOOR_CONSTRAINT,))
+            near = studies.pareto_trials(study, among=set(within), ignoring=(studies.FLOOR_CONSTRAINT,))
             on_front = {design.number for design in front}
-            parents = front + [in_space[t.number] for t in near if t.number not in on_front]
+            parents = front + [within[t.number] for t in near if t.number not in on_front]
         if not parents:
             return None
         alpha = model.alpha
