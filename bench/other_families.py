@@ -19,7 +19,8 @@ For each family, one after the other:
 Writes bench/results/other_families.{md,json} (after each family, so a stopped benchmark keeps what
 it finished) with the settings used.
 
-    .venv/bin/python bench/other_families.py [--trials 24] [--recover-steps 120] [--runs bench/other_families_runs]
+    .venv/bin/python bench/other_families.py [--trials 24] [--recover-steps 120] [--max-map-drop 0.01]
+                                             [--runs bench/other_families_runs]
     .venv/bin/python bench/other_families.py --dry-run     # the plan and the exact commands; builds nothing
 """
 
@@ -83,6 +84,8 @@ def search_command(folder: Path, model: str | Path, data_yaml: str | Path, args)
         command += ["--trials", str(args.trials)]
     if args.recover_steps is not None:
         command += ["--recover-steps", str(args.recover_steps)]
+    if args.max_map_drop is not None:
+        command += ["--max-map-drop", str(args.max_map_drop)]
     if (folder / "run.json").exists():
         command.append("--resume")
     build_parser().parse_args(command[3:])  # a flag `search run` does not take fails here, not hours later
@@ -143,6 +146,7 @@ def settings_text(settings: dict) -> str:
         f"- search: `search run --profile {PROFILE} --preset {settings['preset']} --model BASE --data DATA "
         f"--seed {search['seed']}" + (f" --trials {search['trials']}" if search["trials"] is not None else "")
         + (f" --recover-steps {search['recover_steps']}" if search["recover_steps"] is not None else "")
+        + (f" --max-map-drop {search['max_map_drop']}" if search.get("max_map_drop") is not None else "")
         + "` (other settings the preset's; each table's first line gives the run's own)",
     ])
 
@@ -169,6 +173,8 @@ def main(argv=None) -> int:
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     parser.add_argument("--trials", type=int, help="`search run --trials` (default: the preset's, 24)")
     parser.add_argument("--recover-steps", type=int, help="`search run --recover-steps` (default: the preset's, 120)")
+    parser.add_argument("--max-map-drop", type=float,
+                        help="`search run --max-map-drop` (an accuracy floor; default: none, as the preset)")
     parser.add_argument("--preset", default="default", choices=list(PRESETS),
                         help="sizes of data, base training and search (smoke: a quick check of the whole path)")
     parser.add_argument("--seed", type=int, default=0, help="base training and search seed (the dataset's is 0)")
@@ -191,7 +197,7 @@ def main(argv=None) -> int:
                 "base_training": {"epochs": first.base_epochs, "imgsz": first.imgsz, "batch": first.batch,
                                   "seed": args.seed, "ultralytics": importlib.metadata.version("ultralytics")},
                 "search": {"seed": args.seed, "trials": args.trials, "recover_steps": args.recover_steps,
-                           "runs": str(runs)}}
+                           "max_map_drop": args.max_map_drop, "runs": str(runs)}}
     if args.dry_run:
         print(settings_text(settings) + "\n")
         print(f"dataset: {dataset_root(recipe) / 'data.yaml'}"
