@@ -29,6 +29,7 @@ from edgesearch.spaces.prune import (
     prunable_groups,
     prunable_pairs,
     prune_output_channels,
+    ranking_for,
     removed_count,
 )
 from edgesearch.spaces.quantize import attach_fake_quant, kept_weights
@@ -138,7 +139,7 @@ def apply_candidate(model: nn.Module, candidate: Candidate,
     ratios = {n: k.prune_ratio for n, k in candidate.layers.items() if k.prune_ratio > 0}
     if ratios and gradients is not None:
         attach_gradients(model, gradients)
-    prune_output_channels(model, ratios, importance="taylor" if ratios and gradients is not None else "l1")
+    prune_output_channels(model, ratios, importance=ranking_for(gradients if ratios else None))
     model.zero_grad(set_to_none=True)
     if hasattr(model, "fuse"):  # ultralytics models fold Conv+BN in place
         getattr(model, "fuse")(verbose=False)

@@ -139,6 +139,12 @@ def prune_output_channels(model: nn.Module, ratios: dict[str, float], importance
         parameter.requires_grad_(name not in frozen)
 
 
+def ranking_for(gradients: dict[str, torch.Tensor] | None) -> str:
+    """The importance a cut ranks channels by: "taylor" where a loss's gradients are given (it recovers
+    best: bench/results/pruning_importance.md), else "l1" (for uses where only the pruned shapes matter)."""
+    return "l1" if gradients is None else "taylor"
+
+
 def removed_channels(model: nn.Module, changes: list[tuple[str, float]],
                      gradients: dict[str, torch.Tensor] | None = None,
                      ) -> dict[tuple[str, float], dict[str, tuple[list[int], list[int]]]]:
@@ -147,9 +153,8 @@ def removed_channels(model: nn.Module, changes: list[tuple[str, float]],
     channels removed, its input channels removed)}}, indices into the unpruned convs (a split cv1's
     second half counted after its first). `model` is left untouched; zeroing these channels of its
     fused copy computes what the pruned model computes (runners/accuracy/sensitivity.py). Channels
-    are ranked as spaces.apply.apply_candidate ranks them: by "taylor" on `gradients` where given,
-    else by "l1"."""
-    scorer = _importance("l1" if gradients is None else "taylor")
+    are ranked as spaces.apply.apply_candidate ranks them (ranking_for)."""
+    scorer = _importance(ranking_for(gradients))
     analysed = copy.deepcopy(model)
     if gradients is not None:
         attach_gradients(analysed, gradients)
