@@ -478,16 +478,18 @@ def test_with_a_floor_a_design_just_under_it_is_a_parent_of_restoring_moves():
     assert all(p.predicted["map50_95"] >= floor for p in proposals)
 
 
-def test_a_floor_seed_its_fine_tune_left_under_the_floor_is_aimed_again_once_from_its_own_result():
+def test_a_floor_seed_is_spent_and_if_its_fine_tune_left_it_under_the_floor_aimed_again_once():
     """Guide.floor_seeds_again: a floor seed that scored under the floor is planned again at the omega
     where the line through the fitted mAP at omega 0 and its own (omega, mAP) meets the floor: a
-    design that cuts less. Nothing while a floor seed is in flight; nothing for a seed above the floor."""
+    design that cuts less. Nothing while a floor seed is in flight; nothing for a seed above the floor.
+    The floor's seeds are spent even where a later fit predicts them under the floor."""
     import optuna
     from optuna.trial import TrialState
 
     from edgesearch.search import study as studies
-    from edgesearch.search.guided import FLOOR_SEED_WORDS, Guide
+    from edgesearch.search.guided import FLOOR_SEED_WORDS, Guide, GuidedSampler
     from edgesearch.search.options import OptionPricer
+    from edgesearch.search.study import Proposal
 
     layers, sensitivity, basis, resolved = _five_layer_tables()
     for i, layer in enumerate(layers):  # layers that differ in latency: a floor seed of least latency
@@ -523,3 +525,9 @@ def test_a_floor_seed_its_fine_tune_left_under_the_floor_is_aimed_again_once_fro
         studies.SCORE_ATTR: {"map50_95": 0.705, "sram_bytes": 1.0, "latency_ms": 1.0}, studies.CANDIDATE_ATTR: {"layers": {layers[1]: {"prune_ratio": 0.5}}},
         studies.ORIGIN_ATTR: f"seed: least latency {FLOOR_SEED_WORDS} (omega <= 1)"}))
     assert ["aimed again from #3 " in p.origin for p in guide.floor_seeds_again(study)] == [True]
+    # the floor's seeds are aimed at the floor: a later fit that puts one under it does not drop it, as it
+    # drops any other seed (the least-latency floor seed of runs F4-F6 was predicted 0.0002 under at its turn)
+    sampler = GuidedSampler(guide, {}, seed=0)
+    for origin, spent in ((f"seed: least latency {FLOOR_SEED_WORDS} (omega <= 1)", True), (again[0].origin, True),
+                          ("seed: least omega under 1 ms latency (predicted)", False)):
+        assert (sampler._below_floor(study, Proposal({"layers": seed}, origin)) is None) is spent, origin
