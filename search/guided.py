@@ -20,9 +20,8 @@ option tables are re-priced with that share, so structure is offered at what it 
 With an accuracy floor, the floor's seeds are the smallest and the fastest designs the accuracy model
 puts at the floor; one that its fine-tune leaves under the floor is aimed again, once, from its own result
 (Guide.floor_seeds_again). Any other seed, or a move, that the accuracy model predicts below the floor is
-not spent: it is
-stored as screened, with its prediction (a slot whose every move falls below is drawn again from
-restoring moves, then left empty).
+not spent: it is stored as screened, with its prediction (a slot whose every move falls below is drawn
+again from restoring moves, then left empty).
 
 The sensitivity table the option tables come from may still be computing when the run starts
 (search/analysis.start_sensitivity): the recipes need no prices and are proposed at once; the
