@@ -4,8 +4,8 @@ A one-shot structural cut (channels pruned, a kernel cropped, a rank lowered) lo
 search's short fine-tune wins back: after 60 steps, uniform 25 % channel pruning fell from 0.709 to
 0.28 mAP50-95 on the default model (0.60 at the structural learning rate, finetune.STRUCTURAL_LR).
 Published practice retrains after every cut. So, after the
-search, the front's structural designs (at most MAX_FRONT_DESIGNS, the most accurate first), and with an
-accuracy floor those the fine-tune left just under it (MAX_NEAR_FLOOR_DESIGNS), are trained again from the base for `--recover-steps` more steps, distilled from the base, and scored like
+search, the front's structural designs (at most MAX_FRONT_DESIGNS, the most accurate first) are
+trained again from the base for `--recover-steps` more steps, distilled from the base, and scored like
 any trial. The fp32 control and the recipes that change structure get the same schedule, so that a
 recovered design is compared with references that had the same training record. The schedule's
 learning rate is higher than the fine-tune's (RECOVERY_LR: a cut has more to win back than a
@@ -37,28 +37,20 @@ from edgesearch.search import execution, study as studies
 # 50 % pruning at 1e-3: 0.161 after 60 steps, 0.586 after 360.
 RECOVERY_LR = STRUCTURAL_LR
 MAX_FRONT_DESIGNS = 4  # the front's structural designs recovered, at most (each costs a long fine-tune)
-# With an accuracy floor, structural designs the search's fine-tune left just under it are recovered too (at
-# most MAX_NEAR_FLOOR_DESIGNS, the most accurate first): those on the front of the designs held to every
-# budget but the floor that score at least NEAR_FLOOR_SHARE of it. Why: a cut has more to win back than the
-# control, and such a design is often the fastest near the floor (run F5's floor seed: 0.706 against a floor of
-# 0.714, at 3.04x; the structural recipes gained 0.07-0.20 mAP50-95 over 120 steps, the control 0.068).
-MAX_NEAR_FLOOR_DESIGNS = 2
-NEAR_FLOOR_SHARE = 0.97
 RESULTS_ATTR = "recovery_results"  # study attr: {source trial number: {"scores": ...} or {"error", "node", "attempts"}}
 SOURCES_ATTR = "recovery_sources"  # study attr: the source trial numbers chosen, kept for a resume
 STAGE_ATTR = "recovery"  # study attr: {state: done | skipped, why, steps, designs, failed}
 
 
 def choose_sources(study: optuna.Study) -> list[FrozenTrial]:
-    """The trials to recover: the fp32 control, the structural recipes, the front's structural designs
-    (the MAX_FRONT_DESIGNS most accurate) and, with an accuracy floor, those just under it
-    (_just_under_floor), with those chosen before (a resumed stage). Empty when no such design changes
-    structure."""
+    """The trials to recover: the fp32 control, the structural recipes, and the front's structural
+    designs (the MAX_FRONT_DESIGNS most accurate), with those chosen before (a resumed stage). Empty
+    when no design on the front changes structure."""
     trials = {t.number: t for t in studies.searched_trials(study, states=(TrialState.COMPLETE,))}
-    front = [t for t in studies.pareto_trials(study) if t.number in trials and _searched_structure(t)]
+    front = [t for t in studies.pareto_trials(study)
+             if not studies.is_recovered(t) and studies.changes_structure(t) and not t.user_attrs.get(studies.RECIPE_ATTR)]
     chosen = set(study.user_attrs.get(SOURCES_ATTR, [])) & set(trials)
     chosen |= {t.number for t in sorted(front, key=lambda t: -t.values[0])[:MAX_FRONT_DESIGNS]}
-    chosen |= {t.number for t in _just_under_floor(study, set(trials))}
     if not chosen:
         return []
     chosen |= {n for n, t in trials.items() if studies.is_control(t)
@@ -66,24 +58,6 @@ def choose_sources(study: optuna.Study) -> list[FrozenTrial]:
     study.set_user_attr(SOURCES_ATTR, sorted(chosen))
     # the control first: the recovered designs' accuracy floor waits for it
     return sorted((trials[n] for n in chosen), key=lambda t: (not studies.is_control(t), t.number))
-
-
-def _searched_structure(trial: FrozenTrial) -> bool:
-    """A design the search proposed (not a recipe) that changes structure."""
-    return studies.changes_structure(trial) and not trial.user_attrs.get(studies.RECIPE_ATTR)
-
-
-def _just_under_floor(study: optuna.Study, searched: set[int]) -> list[FrozenTrial]:
-    """With an accuracy floor: the searched structural designs below it that score at least
-    NEAR_FLOOR_SHARE of it, on the front of the `searched` designs held to every budget but the floor
-    (the MAX_NEAR_FLOOR_DESIGNS most accurate)."""
-    near = []
-    for trial in studies.pareto_trials(study, among=searched, ignoring=(studies.FLOOR_CONSTRAINT,)):
-        below = trial.constraints.get(studies.FLOOR_CONSTRAINT, 0.0)  # floor - mAP
-        floor = trial.values[0] + below
-        if below > 0 and trial.values[0] >= NEAR_FLOOR_SHARE * floor and _searched_structure(trial):
-            near.append(trial)
-    return sorted(near, key=lambda t: -t.values[0])[:MAX_NEAR_FLOOR_DESIGNS]
 
 
 def recovery_settings(settings: dict, steps: int) -> dict:

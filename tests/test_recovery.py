@@ -76,25 +76,3 @@ def test_the_front_s_structural_designs_and_the_control_are_recovered_as_trials_
     told = {t.user_attrs[studies.RECOVERED_FROM_ATTR]: t.values for t in again.get_trials(states=(TrialState.COMPLETE,))
             if studies.is_recovered(t)}
     assert told == {t.user_attrs[studies.RECOVERED_FROM_ATTR]: t.values for t in recovered}
-
-
-def test_with_an_accuracy_floor_structural_designs_just_under_it_are_recovered_too(tmp_path):
-    """A cut the short fine-tune left just under the floor may clear it after recovery: the most accurate
-    such designs on the front held to every budget but the floor are recovered; one far under is not."""
-    study = studies.open_study(tmp_path, seed=0, population_size=2, create=True)
-    floor = 0.70
-    designs = {  # name: (candidate, values (mAP, latency, memory), recipe)
-        "control": ({"layers": {}}, (0.71, 5.0, 1000), CONTROL),
-        "int8": ({"layers": {"a": {"weight_bits": 8}}}, (0.705, 4.0, 400), None),
-        "just under": ({"layers": {"a": {"prune_ratio": 0.25}}}, (0.69, 3.0, 600), None),
-        "far under": ({"layers": {"a": {"prune_ratio": 0.5}}}, (0.60, 2.0, 500), None),
-    }
-    numbers = {}
-    for name, (candidate, values, recipe) in designs.items():
-        attrs = {studies.CANDIDATE_ATTR: candidate, studies.ORIGIN_ATTR: f"test: {name}",
-                 **({studies.RECIPE_ATTR: recipe} if recipe else {})}
-        study.add_trial(optuna.trial.create_trial(values=list(values), user_attrs=attrs,
-                                                  constraints={studies.FLOOR_CONSTRAINT: floor - values[0]}))
-        numbers[name] = study.trials[-1].number
-    # no structural design is feasible: only the one just under the floor (0.69 >= 0.97 x 0.70) is recovered
-    assert [t.number for t in recovery.choose_sources(study)] == [numbers["control"], numbers["just under"]]
