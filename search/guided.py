@@ -18,10 +18,9 @@ and also learns what share of a structural change's one-shot loss survives the f
 option tables are re-priced with that share, so structure is offered at what it cost the trials.
 
 With an accuracy floor, the floor's seeds are the smallest and the fastest designs the accuracy model
-puts at the floor; one that its fine-tune leaves under the floor is aimed again, once, from its own result
-(Guide.floor_seeds_again). Any other seed, or a move, that the accuracy model predicts below the floor is
-not spent: it is stored as screened, with its prediction (a slot whose every move falls below is drawn
-again from restoring moves, then left empty).
+puts at the floor, and are always scored. Any other seed, or a move, that the accuracy model predicts
+below the floor is not spent: it is stored as screened, with its prediction (a slot whose every move
+falls below is drawn again from restoring moves, then left empty).
 
 The sensitivity table the option tables come from may still be computing when the run starts
 (search/analysis.start_sensitivity): the recipes need no prices and are proposed at once; the
@@ -64,7 +63,6 @@ CHEAPEN_PROBABILITY_WITH_FLOOR = 0.75  # an accuracy floor asks for the smallest
 MIB = 1024 * 1024
 PLAN_ATTR = "guided_plan"  # study attr: the designs to score first, in order (recipes, seeds, floor seeds)
 FLOOR_PLANNED_ATTR = "floor_seeded"  # study attr: the accuracy floor's seeds were planned
-FLOOR_AIMED_AGAIN_ATTR = "floor_seeds_aimed_again"  # study attr: those that landed under the floor were aimed again
 FLOOR_SEED_WORDS = "within the accuracy floor"  # in the origin of the floor's seeds, after what they minimise
 SEEDS_DUE_ATTR = "seeds_due"  # study attr: budgeted seeds still to plan once the tables are in (their count)
 LEGACY_SEEDED_ATTR = "seeded"  # runs before the sampler queued their recipes and seeds as waiting trials
@@ -168,11 +166,6 @@ class Guide:
             scored = self.scored(study)
         return scored, model
 
-    def _floor_kinds(self) -> list[tuple[str, str]]:
-        """(what the floor's seeds minimise, how their origin names it)."""
-        kinds = [("sram_bytes", f"least {self.memory_word()}")]
-        return kinds + ([("latency_ms", "least latency")] if "latency_ms" in self.fronts else [])
-
     def floor_seeds(self, model: AccuracyModel) -> list[tuple[str, dict]]:
         """With an accuracy floor: the smallest and the fastest designs whose predicted mAP
         (intercept - alpha x omega, fitted on the scored designs) stays above it."""
@@ -181,50 +174,15 @@ class Guide:
         if allowed <= 0:
             return []
         designs = []
-        for price, what in self._floor_kinds():
+        for price, what in (("sram_bytes", f"least {self.memory_word()}"), ("latency_ms", "least latency")):
+            if price == "latency_ms" and "latency_ms" not in self.fronts:
+                continue
             design = allocate(self.tables, {"omega": allowed}, minimise=price, offsets=self.offsets)
             if design is not None:
                 candidate = Candidate({layer: option.knobs for layer, option in design.items()}).to_json()
                 designs.append((f"seed: {what} {FLOOR_SEED_WORDS} (omega <= {allowed:.4g}, "
                                 f"alpha {alpha:.3g}{_scale_words(model)})", candidate))
         return designs
-
-    def floor_seeds_again(self, study: optuna.Study) -> list[Proposal] | None:
-        """With an accuracy floor, once the floor's seeds are scored: each that its fine-tune left under
-        the floor is aimed again, once, at the omega where the line through the fitted mAP at omega 0
-        and the seed's own (omega, mAP) meets the floor (a secant step: the seed's own result is the
-        best evidence of what such a cut costs, and a seed aimed by the fit over every design can land
-        under). None while a floor seed is still to be scored; [] when none landed under."""
-        floor = self.budgets["map_floor"]
-        kinds = {f"seed: {what} {FLOOR_SEED_WORDS} (": price for price, what in self._floor_kinds()}  # not aimed again
-        seeds = [(t, price) for t in study.get_trials(deepcopy=False) for start, price in kinds.items()
-                 if t.user_attrs.get(studies.ORIGIN_ATTR, "").startswith(start)]
-        if any(not t.state.is_finished() for t, _ in seeds):
-            return None
-        _, model = self.accuracy_model(study)
-        seen = _designs_tried(study)
-        again = []
-        for trial, price in seeds:
-            scores = trial.user_attrs.get(studies.SCORE_ATTR) or {}
-            achieved = scores.get("map50_95")
-            if (trial.state != TrialState.COMPLETE or achieved is None or scores.get("training", {}).get("stopped_early")
-                    or not achieved < floor < model.intercept):
-                continue
-            omega = self.omega(trial.user_attrs[studies.CANDIDATE_ATTR])
-            allowed = omega * (model.intercept - floor) / (model.intercept - achieved)
-            design = allocate(self.tables, {"omega": allowed}, minimise=price, offsets=self.offsets)
-            if design is None:
-                continue
-            candidate = Candidate({layer: option.knobs for layer, option in design.items()}).to_json()
-            if candidate_key(candidate) in seen:
-                continue
-            seen.add(candidate_key(candidate))
-            what = next(what for p, what in self._floor_kinds() if p == price)
-            origin = (f"seed: {what} {FLOOR_SEED_WORDS}, aimed again from #{trial.number} ({achieved:.3f} against "
-                      f"{floor:.3f}): omega <= {allowed:.4g}, where the line through it (omega {omega:.4g}) and the "
-                      f"fitted {model.intercept:.3f} at omega 0 meets the floor")
-            again.append(Proposal(candidate, origin, predicted={"omega": self.omega(candidate)}))
-        return again
 
     def floor_proposals(self, study: optuna.Study) -> list[Proposal]:
         """With an accuracy floor: floor_seeds from the model fitted on the scored designs, those not tried."""
@@ -390,8 +348,7 @@ class GuidedSampler(studies.DesignSampler):
     def _next(self, study: optuna.Study) -> Proposal | None:
         """The first design of the plan that no trial carries yet; then (once the option tables are
         in) the budgeted seeds, the floor's seeds (planned once, when designs are scored to fit the
-        accuracy model on; once they are scored, those under the floor aimed again, once), else a
-        screened move."""
+        accuracy model on), else a screened move."""
         while (proposal := self._due(study)) is not None:
             predicted = self._below_floor(study, proposal)
             if predicted is None:
@@ -417,13 +374,6 @@ class GuidedSampler(studies.DesignSampler):
             study.set_user_attr(FLOOR_PLANNED_ATTR, True)
             if extra:
                 return extra[0]
-        if self.guide.budgets.get("map_floor") is not None and not study.user_attrs.get(FLOOR_AIMED_AGAIN_ATTR):
-            again = self.guide.floor_seeds_again(study)
-            if again is not None:  # the floor's seeds are scored: those under it aimed again, once
-                self._extend_plan(study, again)
-                study.set_user_attr(FLOOR_AIMED_AGAIN_ATTR, True)
-                if again:
-                    return self._next(study)
         return self.guide.move(study)
 
     def _predict_late(self, study: optuna.Study) -> None:
