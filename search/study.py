@@ -318,7 +318,8 @@ def pareto_trials(study: optuna.Study, among: set[int] | None = None,
     completed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                  if among is None or t.number in among]
     numbers: set[int] = set()
-    for constrained in (True, False):
+    # the constrained pass is done above already when neither `among` nor `ignoring` narrows it
+    for constrained in (True, False) if among is not None or ignoring else (False,):
         scratch = optuna.create_study(directions=list(DIRECTIONS))  # in memory
         for trial in completed:
             copied = optuna.trial.create_trial(values=trial.values, user_attrs={"number": trial.number})
