@@ -7,6 +7,10 @@ base, learning rate RECOVERY_LR. mAP50-95 on the val split is read right after t
 search's fine-tune length and at the end. Taylor ranks on the gradients of the detection loss over
 TAYLOR_BATCHES fixed train batches of the base. Every variant sees the same batches for a given seed.
 
+Ratio 0 is the fp32 control: the base itself, fine-tuned on the same schedule. With it among the ratios,
+the table also says, at each length, each ratio's mAP as a share of the control's (the issue's "within
+5 %" with the same training record) beside its FLOPs reduction (counted as the search counts them).
+
     .venv/bin/python bench/pruning_importance.py [--ratios 0.25 0.5] [--seeds 0 1] [--steps 60 180]
         [--out bench/results/pruning_importance]
 """
@@ -25,6 +29,7 @@ from pathlib import Path
 from edgesearch.common.files import write_text_atomically
 from edgesearch.runners.accuracy.channel_ranking import RANKING_BATCH, RANKING_BATCHES, pruning_gradients
 from edgesearch.runners.accuracy.finetune import finetune, validate
+from edgesearch.runners.costs import layer_costs
 from edgesearch.search.presets import PRESETS
 from edgesearch.search.recovery import RECOVERY_LR
 from edgesearch.search.resolve import resolve_inputs
@@ -62,13 +67,14 @@ def main(argv=None) -> int:
                 model.zero_grad(set_to_none=True)
                 getattr(model, "fuse")(verbose=False)
                 params = sum(p.numel() for p in model.parameters())
+                flops = sum(c.flops for c in layer_costs(model, (1, 3, imgsz, imgsz)))
                 at = {0: validate(model, data, imgsz=imgsz)["map50_95"]}
                 for start, stop in itertools.pairwise([0, *args.steps]):
                     finetune(model, data, iterations=stop - start, imgsz=imgsz, lr=RECOVERY_LR,
                              seed=seed * 1000 + start, teacher=teacher)
                     at[stop] = validate(model, data, imgsz=imgsz)["map50_95"]
                 row = {"seed": seed, "prune_ratio": ratio, "importance": importance, "params": params,
-                       "map50_95_at_steps": at, "seconds": time.perf_counter() - started}
+                       "flops": flops, "map50_95_at_steps": at, "seconds": time.perf_counter() - started}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     _write(args, rows, {"model": str(inputs.checkpoint), "imgsz": imgsz, "lr": RECOVERY_LR, "distilled": True,
@@ -83,8 +89,9 @@ def _write(args, rows: list[dict], settings: dict) -> None:
              f"{settings['lr']:g}, batch {settings['batch']}, {settings['imgsz']} px, no augmentation), "
              f"mAP50-95 on the val split by ultralytics' validator; seeds {args.seeds}; model {settings['model']}. "
              "Fine-tune steps in the columns (0: right after the cut).", "",
-             "| prune ratio | importance | params | " + " | ".join(f"{s} steps" for s in steps) + " |",
-             "|---|---|---|" + "---|" * len(steps)]
+             "| prune ratio | importance | params | FLOPs | " + " | ".join(f"{s} steps" for s in steps) + " |",
+             "|---|---|---|---|" + "---|" * len(steps)]
+    base_flops = max(r["flops"] for r in rows)
     for ratio in args.ratios:
         for importance in args.importances:
             mine = [r for r in rows if r["prune_ratio"] == ratio and r["importance"] == importance]
@@ -93,10 +100,31 @@ def _write(args, rows: list[dict], settings: dict) -> None:
                 values = [r["map50_95_at_steps"][step] for r in mine]
                 spread = f" ({min(values):.3f}-{max(values):.3f})" if len(values) > 1 else ""
                 cells.append(f"{statistics.median(values):.3f}{spread}")
-            lines.append(f"| {ratio:g} | {importance} | {mine[0]['params']:,} | " + " | ".join(cells) + " |")
+            flops = f"{mine[0]['flops'] / 1e6:.0f} M ({base_flops / mine[0]['flops']:.2f}x fewer)"
+            lines.append(f"| {ratio:g} | {importance} | {mine[0]['params']:,} | {flops} | " + " | ".join(cells) + " |")
+    lines += _against_control(rows, args, steps[1:], base_flops)
     write_text_atomically(Path(args.out + ".md"), "\n".join(lines) + "\n")
     write_text_atomically(Path(args.out + ".json"), json.dumps({"settings": settings, "rows": rows}, indent=2))
     print("\n".join(lines))
+
+
+def _against_control(rows: list[dict], args, steps: list[int], base_flops: int) -> list[str]:
+    """Each pruned ratio's median mAP as a share of the control's (ratio 0) after the same steps."""
+    control = [r for r in rows if r["prune_ratio"] == 0]
+    if not control:
+        return []
+    lines = ["", "mAP50-95 as a share of the fp32 control's after the same steps (1.00 = the control; "
+             "within 5 % is >= 0.95):", "",
+             "| prune ratio | importance | FLOPs fewer | " + " | ".join(f"{s} steps" for s in steps) + " |",
+             "|---|---|---|" + "---|" * len(steps)]
+    at_control = {s: statistics.median(r["map50_95_at_steps"][s] for r in control) for s in steps}
+    for ratio in (r for r in args.ratios if r > 0):
+        for importance in args.importances:
+            mine = [r for r in rows if r["prune_ratio"] == ratio and r["importance"] == importance]
+            shares = [statistics.median(r["map50_95_at_steps"][s] for r in mine) / at_control[s] for s in steps]
+            lines.append(f"| {ratio:g} | {importance} | {base_flops / mine[0]['flops']:.2f}x | "
+                         + " | ".join(f"{share:.2f}" for share in shares) + " |")
+    return lines
 
 
 if __name__ == "__main__":

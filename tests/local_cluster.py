@@ -25,10 +25,20 @@ TRIAL_TITLE = "ray::_score_remote"  # a Ray worker's process title while it runs
 REMEASURE_TITLE = "ray::_remeasure_remote"  # ... while it re-measures the front
 
 
+_GIVEN_PORTS: set[int] = set()  # ports this process has handed out: Ray binds them later, not at once
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A port nothing listens on and not handed out before in this process: the kernel may give a
+    port just released to the next probe, and two Ray components given the same one refuse to start
+    ("port number ... is used by other components", seen in CI)."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
 
 
 class LocalCluster:
