@@ -16,18 +16,15 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import itertools
 import json
 import sys
 
 from edgesearch.runners.accuracy.channel_ranking import pruning_gradients
-from edgesearch.runners.accuracy.finetune import finetune, validate
-from edgesearch.runners.costs import layer_costs
 from edgesearch.search.presets import PRESETS
-from edgesearch.search.recovery import RECOVERY_LR
 from edgesearch.search.resolve import resolve_inputs
 from edgesearch.spaces.apply import apply_candidate, uniform_candidate
 from edgesearch.spaces.candidate import Candidate, parse_uniform
+from pruning_importance import counted_flops, recovered_readings  # bench/, the script's own folder
 
 
 def head_3x3_convs(layers) -> list[str]:
@@ -56,17 +53,14 @@ def main(argv=None) -> int:
     for fused in (model, teacher):
         getattr(fused, "fuse")(verbose=False)
 
-    def flops(network) -> int:
-        return sum(c.flops for c in layer_costs(network, (1, 3, imgsz, imgsz)))
-
-    row = {"prune": args.prune, "head": args.head, "flops_fewer": flops(teacher) / flops(model)}
+    row = {"prune": args.prune, "head": args.head,
+           "flops_fewer": counted_flops(teacher, imgsz) / counted_flops(model, imgsz)}
     print(json.dumps(row), flush=True)
     if args.flops_only:
         return 0
-    at = {0: validate(model, data, imgsz=imgsz)["map50_95"]}
-    for start, stop in itertools.pairwise([0, *args.steps]):
-        finetune(model, data, iterations=stop - start, imgsz=imgsz, lr=RECOVERY_LR, seed=start, teacher=teacher)
-        at[stop] = validate(model, data, imgsz=imgsz)["map50_95"]
+    at = {}
+    for stop, value in recovered_readings(model, data, imgsz, [0, *args.steps], teacher, seed=0):
+        at[stop] = value
         print(json.dumps({**row, "map50_95_at_steps": at}), flush=True)
     return 0
 

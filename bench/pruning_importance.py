@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import itertools
 import json
 import statistics
 import sys
@@ -67,19 +66,36 @@ def main(argv=None) -> int:
                 model.zero_grad(set_to_none=True)
                 getattr(model, "fuse")(verbose=False)
                 params = sum(p.numel() for p in model.parameters())
-                flops = sum(c.flops for c in layer_costs(model, (1, 3, imgsz, imgsz)))
-                at = {0: validate(model, data, imgsz=imgsz)["map50_95"]}
-                for start, stop in itertools.pairwise([0, *args.steps]):
-                    finetune(model, data, iterations=stop - start, imgsz=imgsz, lr=RECOVERY_LR,
-                             seed=seed * 1000 + start, teacher=teacher)
-                    at[stop] = validate(model, data, imgsz=imgsz)["map50_95"]
+                flops = counted_flops(model, imgsz)
+                at = {}
+                for stop, value in recovered_readings(model, data, imgsz, [0, *args.steps], teacher, seed * 1000):
+                    at[stop] = value
                 row = {"seed": seed, "prune_ratio": ratio, "importance": importance, "params": params,
                        "flops": flops, "map50_95_at_steps": at, "seconds": time.perf_counter() - started}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     _write(args, rows, {"model": str(inputs.checkpoint), "imgsz": imgsz, "lr": RECOVERY_LR, "distilled": True,
+                        "base_flops": counted_flops(teacher, imgsz),
                         "taylor_images": RANKING_BATCHES * RANKING_BATCH, "batch": 16})
     return 0
+
+
+def counted_flops(model, imgsz: int) -> int:
+    """The model's FLOPs at one image of imgsz, counted as the search counts them."""
+    return sum(c.flops for c in layer_costs(model, (1, 3, imgsz, imgsz)))
+
+
+def recovered_readings(model, data, imgsz: int, steps: list[int], teacher, seed: int):
+    """(steps, mAP50-95) at each of `steps` (ascending; 0: before any training) while `model` is
+    fine-tuned like the recovery stage: distilled from `teacher`, RECOVERY_LR. Each stretch starts a
+    fresh optimizer; its seed is `seed` + the steps done before it."""
+    done = 0
+    for stop in steps:
+        if stop > done:
+            finetune(model, data, iterations=stop - done, imgsz=imgsz, lr=RECOVERY_LR, seed=seed + done,
+                     teacher=teacher)
+        done = stop
+        yield stop, validate(model, data, imgsz=imgsz)["map50_95"]
 
 
 def _write(args, rows: list[dict], settings: dict) -> None:
@@ -91,7 +107,7 @@ def _write(args, rows: list[dict], settings: dict) -> None:
              "Fine-tune steps in the columns (0: right after the cut).", "",
              "| prune ratio | importance | params | FLOPs | " + " | ".join(f"{s} steps" for s in steps) + " |",
              "|---|---|---|---|" + "---|" * len(steps)]
-    base_flops = max(r["flops"] for r in rows)
+    base_flops = settings["base_flops"]
     for ratio in args.ratios:
         for importance in args.importances:
             mine = [r for r in rows if r["prune_ratio"] == ratio and r["importance"] == importance]

@@ -3,7 +3,6 @@ uploaded, timed and run on the server, its output compared with this process's o
 
 import copy
 import os
-import socket
 import time
 
 import numpy as np
@@ -25,16 +24,10 @@ from edgesearch.runners.hardware.rpc_runner import (
 )
 from edgesearch.spaces.apply import apply_candidate
 from edgesearch.spaces.candidate import Candidate
+from local_cluster import free_port
 
 KEY = "loopback"
 IMGSZ = 64
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (the OS picks it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def rpc_profile(tmp_path, port: int, key: str = KEY):
