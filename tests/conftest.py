@@ -4,8 +4,10 @@ built once per test session, from scratch, as on a fresh machine).
 The suite runs on two pytest-xdist workers (pyproject's addopts), each test file on one worker, so
 that module-scoped fixtures are built once (the shared smoke search's tests are all in
 test_smoke_search.py for that reason). The workers share the session's cache, as two runs on one
-machine share the user's: the base model is trained once, behind the product's lock, and trials
-take turns to be timed. The longest files start first."""
+machine share the user's: the base model is trained once, behind the product's lock. They do not
+take turns to be timed (each its own EDGESEARCH_TURNS_DIR; a worker's own trials still do): no test
+checks a figure a neighbour's work could move, and waiting for the other worker's timings made a
+25-second `search eval` take up to 8 minutes in the suite. The longest files start first."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from edgesearch.runners.hardware.turns import TURNS_DIR_ENV
 from edgesearch.search.cli_env import apply_process_env
 
 apply_process_env()  # before any test module loads torch or TVM
@@ -45,6 +48,7 @@ def isolated_cache(tmp_path_factory):
     SESSION_CACHE = root / "edgesearch-cache"
     SESSION_CACHE.mkdir(exist_ok=True)
     os.environ["EDGESEARCH_CACHE"] = str(SESSION_CACHE)
+    os.environ[TURNS_DIR_ENV] = str(SESSION_CACHE / f"turns-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}")
     os.environ.setdefault("YOLO_VERBOSE", "False")
     yield SESSION_CACHE
 

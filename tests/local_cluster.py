@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from edgesearch.runners.hardware.turns import TURNS_DIR_ENV
+
 NODE_MARKER = "EDGESEARCH_TEST_RAY_NODE"
 RAY = str(Path(sys.executable).with_name("ray"))
 TRIAL_TITLE = "ray::_score_remote"  # a Ray worker's process title while it runs a trial
@@ -52,6 +54,7 @@ class LocalCluster:
         # ray.init() writes one) but not the nodes and drivers joining it by address: one mode for all
         self.env = dict(os.environ, **(env or {}), RAY_AUTH_MODE="disabled")
         self.env.pop("RAY_ADDRESS", None)
+        self.env.pop(TURNS_DIR_ENV, None)  # each node takes turns in its own cache, as on a machine of its own
         self.port = free_port()
         self.dashboard_port = free_port() if dashboard else None
         self.nodes: list[str] = []  # worker node names, in start order

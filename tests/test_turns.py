@@ -7,7 +7,13 @@ import time
 
 import pytest
 
-from edgesearch.runners.hardware.turns import in_work_steps, running_trial, timing_turn, work_step
+from edgesearch.runners.hardware.turns import TURNS_DIR_ENV, in_work_steps, running_trial, timing_turn, work_step
+
+
+@pytest.fixture(autouse=True)
+def turns_in_the_cache(monkeypatch):
+    """These tests take turns in <cache>/machine, the default, not in the suite's folder per worker."""
+    monkeypatch.delenv(TURNS_DIR_ENV, raising=False)
 
 
 def _hold_a_trial(ready, release):
@@ -55,6 +61,37 @@ def test_timing_counts_the_other_running_trials_and_takes_turns(tmp_path, monkey
         assert acquired["at"] >= released  # ...and only then did this one's begin
     finally:
         timer.join(30)
+
+
+def _time_with_cache(cache, started, done):
+    import os
+
+    os.environ["EDGESEARCH_CACHE"] = cache
+    _time_once(started, done)
+
+
+def test_runs_with_caches_of_their_own_take_turns_where_they_name_one_turns_folder(tmp_path, monkeypatch):
+    context = multiprocessing.get_context("spawn")
+    for shared in (False, True):
+        if shared:
+            monkeypatch.setenv(TURNS_DIR_ENV, str(tmp_path / "turns"))
+        monkeypatch.setenv("EDGESEARCH_CACHE", str(tmp_path / f"mine-{shared}"))
+        started, done = context.Event(), context.Event()
+        timer = context.Process(target=_time_with_cache, args=(str(tmp_path / f"theirs-{shared}"), started, done))
+        timer.start()
+        try:
+            assert started.wait(30)  # the other run is being timed now
+            acquired: dict = {}
+            waiting = threading.Thread(target=_enter_turn, args=(acquired,))
+            waiting.start()
+            waiting.join(1.0)
+            assert ("at" in acquired) is not shared  # apart, this one's turn came at once; together, it waits
+            done.set()
+            waiting.join(30)
+            assert "at" in acquired
+        finally:
+            done.set()
+            timer.join(30)
 
 
 def _enter_turn(acquired):

@@ -29,10 +29,13 @@ from pathlib import Path
 
 from edgesearch.common.cache import cache_root
 
+TURNS_DIR_ENV = "EDGESEARCH_TURNS_DIR"
+
 
 def machine_dir() -> Path:
-    """<cache>/machine: state shared by the trials of one machine."""
-    path = cache_root() / "machine"
+    """State shared by the trials of one machine: $EDGESEARCH_TURNS_DIR, else <cache>/machine (runs
+    with caches of their own on one machine take turns where they name one folder here)."""
+    path = Path(os.environ[TURNS_DIR_ENV]) if os.environ.get(TURNS_DIR_ENV) else cache_root() / "machine"
     (path / "running").mkdir(parents=True, exist_ok=True)
     return path
 
