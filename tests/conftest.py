@@ -7,7 +7,8 @@ test_smoke_search.py for that reason). The workers share the session's cache, as
 machine share the user's: the base model is trained once, behind the product's lock. They do not
 take turns to be timed (each its own EDGESEARCH_TURNS_DIR; a worker's own trials still do): no test
 checks a figure a neighbour's work could move, and waiting for the other worker's timings made a
-25-second `search eval` take up to 8 minutes in the suite. The longest files start first."""
+25-second `search eval` take 5-8 minutes in a suite that shared the cores with a benchmark. The
+longest files start first."""
 
 from __future__ import annotations
 
