@@ -8,10 +8,9 @@ fixed train batches the search ranks on), and each cut removes about the same sh
 so that the last one leaves each prunable group the channels one cut at `--ratio` leaves (same
 widths, same FLOPs as pruning_long's row for that ratio). Training in between is the recovery
 stage's (distilled from the base, RECOVERY_LR); the model stays unfused (BatchNorm trains) until it
-is read. It prints one JSON
-line per reading (mAP50-95 after each of `--steps`, counted from the first cut, so the total
-training matches pruning_long's columns) and keeps the finished row in `--out`. `--ratio 0` is the
-fp32 control trained the same way (unfused, no cut).
+is read. It prints one JSON line per reading (mAP50-95 after each of `--steps`, counted from the
+first cut, so the total training matches pruning_long's columns) and keeps the finished row in
+`--out`. `--ratio 0` is the fp32 control trained the same way (unfused, no cut).
 
     .venv/bin/python bench/progressive_pruning.py --ratio 0.6 --stages 3 --every 240 --steps 480 1440
 """
@@ -26,14 +25,14 @@ import time
 from pathlib import Path
 
 from edgesearch.common.files import write_text_atomically
-from edgesearch.runners.accuracy.channel_ranking import RANKING_BATCH, RANKING_BATCHES
-from edgesearch.runners.accuracy.finetune import detection_loss, finetune, loss_batches, validate
+from edgesearch.runners.accuracy.channel_ranking import loss_gradients
+from edgesearch.runners.accuracy.finetune import finetune, validate
 from edgesearch.search.presets import PRESETS
 from edgesearch.search.recovery import RECOVERY_LR
 from edgesearch.search.resolve import resolve_inputs
 from edgesearch.spaces.apply import uniform_candidate
 from edgesearch.spaces.candidate import parse_uniform
-from edgesearch.spaces.prune import prunable_groups, prune_output_channels, removed_count
+from edgesearch.spaces.prune import attach_gradients, prunable_groups, prune_output_channels, removed_count
 from pruning_importance import counted_flops  # bench/, the script's own folder
 
 
@@ -60,8 +59,6 @@ def main(argv=None) -> int:
     knobs = uniform_candidate(base, parse_uniform(f"bits=32,prune={args.ratio}"), list(inputs.resolved)).layers
     widths = {name: group.channels for name, group in prunable_groups(base).items() if knobs[name].prune_ratio > 0}
     kept_at = {name: _kept_after_each_cut(channels, args.ratio, args.stages) for name, channels in widths.items()}
-    batches = loss_batches(Path(data), imgsz=imgsz, batch=RANKING_BATCH, count=RANKING_BATCHES,
-                           stride=int(getattr(base, "stride").max()))
     model = copy.deepcopy(base)
     row = {"ratio": args.ratio, "stages": args.stages, "every": args.every, "seed": args.seed,
            "base_flops": counted_flops(teacher, imgsz), "map50_95_at_steps": {}}
@@ -74,7 +71,7 @@ def main(argv=None) -> int:
         if stop in cuts:
             stage = cuts.index(stop)
             now = {name: group.channels for name, group in prunable_groups(model).items() if name in widths}
-            _rank_and_cut(model, batches, {name: _ratio_leaving(now[name], kept_at[name][stage]) for name in now})
+            _rank_and_cut(model, data, imgsz, {name: _ratio_leaving(now[name], kept_at[name][stage]) for name in now})
         if stop in args.steps:
             read = copy.deepcopy(model)
             getattr(read, "fuse")(verbose=False)
@@ -108,12 +105,9 @@ def _ratio_leaving(channels: int, kept: int) -> float:
     return ratio
 
 
-def _rank_and_cut(model, batches: list[dict], ratios: dict[str, float]) -> None:
+def _rank_and_cut(model, data, imgsz: int, ratios: dict[str, float]) -> None:
     """Rank on the model's own detection-loss gradients now, then cut (prune_output_channels' Taylor)."""
-    for parameter in model.parameters():
-        parameter.requires_grad_(True)
-        parameter.grad = None
-    detection_loss(model, batches, grad=True).backward()
+    attach_gradients(model, loss_gradients(model, data, imgsz=imgsz))
     prune_output_channels(model, ratios, importance="taylor")
     model.zero_grad(set_to_none=True)
 

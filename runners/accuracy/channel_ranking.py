@@ -36,20 +36,26 @@ def pruning_gradients(base: nn.Module, checkpoint: str, data_yaml: str | Path, *
     it was."""
     key = (str(checkpoint), str(data_yaml), imgsz)
     if key not in _GRADIENTS:
-        model = copy.deepcopy(base).cpu()
-        for parameter in model.parameters():
-            parameter.requires_grad_(True)
-        batches = loss_batches(Path(data_yaml), imgsz=imgsz, batch=RANKING_BATCH, count=RANKING_BATCHES,
-                               stride=int(getattr(model, "stride").max()))
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            detection_loss(model, batches, grad=True).backward()
-        finally:
-            torch.set_num_threads(threads)
-        _GRADIENTS[key] = {name: parameter.grad.detach().clone() for name, parameter in model.named_parameters()
-                           if parameter.grad is not None}
+        _GRADIENTS[key] = loss_gradients(base, data_yaml, imgsz=imgsz)
     return _GRADIENTS[key]
+
+
+def loss_gradients(model: nn.Module, data_yaml: str | Path, *, imgsz: int) -> dict[str, torch.Tensor]:
+    """{parameter name: gradient of the detection loss over the ranking batches} of `model` as it is
+    now, uncached (pruning_gradients caches the base's); `model` is left as it was."""
+    model = copy.deepcopy(model).cpu()
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    batches = loss_batches(Path(data_yaml), imgsz=imgsz, batch=RANKING_BATCH, count=RANKING_BATCHES,
+                           stride=int(getattr(model, "stride").max()))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        detection_loss(model, batches, grad=True).backward()
+    finally:
+        torch.set_num_threads(threads)
+    return {name: parameter.grad.detach().clone() for name, parameter in model.named_parameters()
+            if parameter.grad is not None}
 
 
 def gradients_if_pruned(candidate: Candidate, base: nn.Module, checkpoint: str, data_yaml: str | Path, *,
