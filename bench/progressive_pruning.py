@@ -8,7 +8,7 @@ fixed train batches the search ranks on), and each cut removes about the same sh
 so that the last one leaves each prunable group the channels one cut at `--ratio` leaves (same
 widths, same FLOPs as pruning_long's row for that ratio). Training in between is the recovery
 stage's (distilled from the base, RECOVERY_LR); the model stays unfused (BatchNorm trains) until it
-is read. It prints one JSON line per reading (mAP50-95 after each of `--steps`, counted from the
+is read (`--stages 1`: one cut, trained unfused). It prints one JSON line per reading (mAP50-95 after each of `--steps`, counted from the
 first cut, so the total training matches pruning_long's columns) and keeps the finished row in
 `--out`. `--ratio 0` is the fp32 control trained the same way (unfused, no cut).
 
@@ -32,7 +32,7 @@ from edgesearch.search.recovery import RECOVERY_LR
 from edgesearch.search.resolve import resolve_inputs
 from edgesearch.spaces.apply import uniform_candidate
 from edgesearch.spaces.candidate import parse_uniform
-from edgesearch.spaces.prune import attach_gradients, prunable_groups, prune_output_channels, removed_count
+from edgesearch.spaces.prune import attach_gradients, prune_output_channels, ratios_in_steps
 from pruning_importance import counted_flops  # bench/, the script's own folder
 
 
@@ -57,8 +57,8 @@ def main(argv=None) -> int:
     teacher = copy.deepcopy(base)
     getattr(teacher, "fuse")(verbose=False)
     knobs = uniform_candidate(base, parse_uniform(f"bits=32,prune={args.ratio}"), list(inputs.resolved)).layers
-    widths = {name: group.channels for name, group in prunable_groups(base).items() if knobs[name].prune_ratio > 0}
-    kept_at = {name: _kept_after_each_cut(channels, args.ratio, args.stages) for name, channels in widths.items()}
+    each_cut = ratios_in_steps(base, {name: k.prune_ratio for name, k in knobs.items() if k.prune_ratio > 0},
+                               args.stages)
     model = copy.deepcopy(base)
     row = {"ratio": args.ratio, "stages": args.stages, "every": args.every, "seed": args.seed,
            "base_flops": counted_flops(teacher, imgsz), "map50_95_at_steps": {}}
@@ -69,9 +69,7 @@ def main(argv=None) -> int:
                      seed=args.seed * 1000 + done, teacher=teacher)
         done = stop
         if stop in cuts:
-            stage = cuts.index(stop)
-            now = {name: group.channels for name, group in prunable_groups(model).items() if name in widths}
-            _rank_and_cut(model, data, imgsz, {name: _ratio_leaving(now[name], kept_at[name][stage]) for name in now})
+            _rank_and_cut(model, data, imgsz, each_cut[cuts.index(stop)])
         if stop in args.steps:
             read = copy.deepcopy(model)
             getattr(read, "fuse")(verbose=False)
@@ -90,19 +88,6 @@ def keep_row(path: Path, row: dict) -> None:
     rows = json.loads(path.read_text())["rows"] if path.exists() else []
     rows = [r for r in rows if any(r[k] != row[k] for k in same)] + [row]
     write_text_atomically(path, json.dumps({"rows": sorted(rows, key=lambda r: [r[k] for k in same])}, indent=2))
-
-
-def _kept_after_each_cut(channels: int, ratio: float, stages: int) -> list[int]:
-    """A group's channels after each cut: a geometric path to what one cut at `ratio` keeps."""
-    final = channels - removed_count(channels, ratio)
-    return [max(final, round(channels * (final / channels) ** ((stage + 1) / stages))) for stage in range(stages)]
-
-
-def _ratio_leaving(channels: int, kept: int) -> float:
-    """The prune ratio that leaves `kept` of `channels` (removed_count floors; the nudge beats rounding)."""
-    ratio = (channels - kept + 1e-6) / channels
-    assert removed_count(channels, ratio) == channels - kept
-    return ratio
 
 
 def _rank_and_cut(model, data, imgsz: int, ratios: dict[str, float]) -> None:

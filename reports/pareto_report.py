@@ -286,6 +286,8 @@ class Report:
                 args += [flag, str(run[key])]
         if run.get("distill"):
             args.append("--distill")
+        if dd.recovery_steps(t):  # a design of the recovery stage: its longer schedule (search/recovery.py)
+            args += ["--recover-steps", str(dd.recovery_steps(t))]
         return args
 
     def _design_file_stem(self, t: dict) -> str:

@@ -17,8 +17,16 @@ import torch
 from edgesearch.common.cache import cache_root
 from edgesearch.runners.accuracy import inherited as inherited_weights
 from edgesearch.runners.accuracy.channel_ranking import gradients_if_pruned
-from edgesearch.runners.accuracy.finetune import FINETUNE_LR, STRUCTURAL_LR, calibration_batches, finetune, validate
+from edgesearch.runners.accuracy.finetune import (
+    FINETUNE_LR,
+    STRUCTURAL_LR,
+    FinetuneLosses,
+    calibration_batches,
+    finetune,
+    validate,
+)
 from edgesearch.runners.accuracy.splits import search_and_holdout
+from edgesearch.runners.accuracy.structure_recovery import recover_structure
 from edgesearch.runners.checkpoints import load_detection_model
 from edgesearch.runners.device import CPU, describe, resolve_device, running_on, to_device
 from edgesearch.runners.hardware.build_cache import BUILDS_DIR, BuildCache
@@ -27,7 +35,7 @@ from edgesearch.runners.hardware.profiles import load_profile
 from edgesearch.runners.hardware.scores import KeptBuild, hardware_scores, remeasure_interleaved
 from edgesearch.runners.hardware.turns import running_trial, work_step
 from edgesearch.spaces.activations import calibrate
-from edgesearch.spaces.apply import apply_candidate, packed_layer_bytes
+from edgesearch.spaces.apply import apply_candidate, finish_candidate, packed_layer_bytes
 from edgesearch.spaces.candidate import Candidate
 from edgesearch.spaces.packing import bake_fake_quant
 
@@ -63,6 +71,9 @@ class EvalSettings:
     # the recovery stage's share of finetune_iters (search/recovery.py): a structural design's longer
     # schedule, recorded in its training record
     recovery_steps: int = 0
+    # the recovery's pruned channels are cut in this many steps, ranked again before each
+    # (runners/accuracy/structure_recovery.py); 1: at once
+    cuts: int = 1
     # the fine-tune's learning rate (AdamW); None: by the design (design_lr)
     lr: float | None = None
     # the run's id under which trials keep their fine-tuned weights on their node, for children to
@@ -122,7 +133,8 @@ def _score(config: EvalSettings, candidate: dict | None) -> dict:
         "packed_layers": packed_layer_bytes(model, list(candidate["layers"])) if candidate else None,
         "finetune_iters": config.child_iters if losses.inherited else config.finetune_iters,
         "distilled": config.distill,
-        "training": training_record(config, losses.stopped_at, rung, inherited=losses.inherited),
+        "training": training_record(config, losses.stopped_at, rung, inherited=losses.inherited,
+                                    cuts_at=losses.cuts_at),
         "rung_map50_95": rung.map50_95,  # after the rung's steps (successive halving), where checked
         "device": describe(device),  # where the model ran (builds and timing: the CPU, or the profile's device)
         "stage_devices": stage_devices,  # what each stage's model parameters and inputs were on, as seen
@@ -160,26 +172,33 @@ class Rung:
 
 
 def training_record(config: EvalSettings, stopped_at: int | None = None, rung: Rung | None = None,
-                    inherited: bool = False) -> dict:
+                    inherited: bool = False, cuts_at: tuple[int, ...] = ()) -> dict:
     """How the scored weights were trained: the one record designs are compared by (a design is set
     against a recipe or the fp32 control only when their records match). Fields: `start` (whose
     weights training began from), `steps_from_base` (all fine-tune steps since the base, inherited
     ones included), `inherited_steps` (of those, taken over with the start weights), `distilled`,
-    `recovery_steps` (a structural design's extra schedule), `lr` (the fine-tune's learning rate),
-    `stopped_early` (successive halving stopped it at a rung: fewer steps than the run's schedule),
-    and `label`, the record in words. `inherited`: it started from trial #config.parent's kept
-    weights (config.parent_steps from the base) and had config.child_iters more."""
+    `recovery_steps` (a structural design's extra schedule, trained first: structure_recovery.py),
+    `lr` (the fine-tune's learning rate), `stopped_early` (successive halving stopped it at a rung:
+    fewer steps than the run's schedule), `cuts_at` (a recovery's: the steps its channels were cut
+    at, from the losses' `cuts_at`), and `label`, the record in words. `inherited`: it started from
+    trial #config.parent's kept weights (config.parent_steps from the base) and had
+    config.child_iters more."""
     if inherited:
         return _inherited_record(config)
     steps = stopped_at or config.finetune_iters
     recovery, lr = min(config.recovery_steps, steps), config.lr or FINETUNE_LR
+    cuts = list(cuts_at) if recovery else []
     record = {"start": "base", "steps_from_base": steps, "inherited_steps": 0,
               "distilled": bool(config.distill and steps), "recovery_steps": recovery,
-              "lr": lr if steps else None, "stopped_early": stopped_at is not None}
+              "lr": lr if steps else None, "stopped_early": stopped_at is not None,
+              **({"cuts_at": cuts} if cuts else {})}
     label = "the base's weights, no fine-tune"
     if steps:
-        parts = [f"{steps} fine-tune steps from the base"
-                 + (f" ({steps - recovery} + {recovery} of recovery)" if recovery else "")]
+        parts = [f"{steps} fine-tune steps from the base"]
+        if recovery:
+            cut = f", channels cut at step{'s' * (len(cuts) > 1)} {', '.join(map(str, cuts))}" if cuts else ""
+            parts = [f"{parts[0]}: {recovery} of recovery first (float, BatchNorm unfused{cut}), "
+                     f"then {steps - recovery}"]
         parts += ["distilled from the base"] if record["distilled"] else []
         parts += [f"learning rate {lr:g}"] if lr != FINETUNE_LR else []
         label = ", ".join(parts)
@@ -206,40 +225,64 @@ def build_design(config: EvalSettings, candidate: dict | None, rung_check=None):
     Calibration and fine-tune run on config.device (runners/device.py); the candidate is applied
     and the weights packed on the CPU, where both models are returned. The losses' `devices` say
     where calibration, fine-tune and teacher ran. `rung_check(model)`: successive halving's check
-    after config.rung_steps (Rung.check); the losses' `stopped_at` says if it stopped the fine-tune."""
+    after config.rung_steps (Rung.check); the losses' `stopped_at` says if it stopped the fine-tune.
+    With config.recovery_steps, those steps come first and train the design's structure
+    (structure_recovery.py); the losses' `cuts_at` says when its channels were cut."""
     device = resolve_device(config.device)
     base = load_detection_model(config.checkpoint, trust=config.trust_checkpoint)
     design = Candidate.from_json(candidate) if candidate else Candidate({})
+    teacher = (base if device == CPU else copy.deepcopy(base)) if config.distill else None  # base stays on the CPU
+    lr, recovery = design_lr(config, candidate), min(config.recovery_steps, config.finetune_iters)
     with work_step():  # DepGraph's cuts are seconds of CPU: a timing on this machine pauses them (turns.py)
         # a pruned design loses the channels the base's loss gradients rank lowest (channel_ranking.py)
         gradients = gradients_if_pruned(design, base, config.checkpoint, config.data_yaml, imgsz=config.imgsz)
-        model = apply_candidate(base, design, gradients)
-    inherited = bool(config.parent and config.kept_weights and config.child_iters > 0) and inherited_weights.start_from(
-        model, inherited_weights.weights_path(kept_weights_folder(config), config.parent))
+    (model, recovery_losses, cuts_at), shaped_s = _timed(lambda: _shaped_design(
+        config, base, design, gradients, recovery=recovery, lr=lr, teacher=teacher, device=device))
+    inherited = bool(config.parent and config.kept_weights and config.child_iters > 0 and not recovery) \
+        and inherited_weights.start_from(model, inherited_weights.weights_path(kept_weights_folder(config), config.parent))
     to_device(model, device)
     batches = calibration_batches(Path(config.data_yaml), imgsz=config.imgsz, batch=config.batch,
                                   count=config.calibration_batches, stride=int(getattr(model, "stride").max()))
     with running_on(model, device) as calibrating, work_step():
         calibrated = calibrate(model, (images.to(device) for images in batches))
-    teacher = (base if device == CPU else copy.deepcopy(base)) if config.distill else None  # base stays on the CPU
-    # a child sees other batches than its parent's first steps
+    # a child sees other batches than its parent's first steps; after a recovery, other than the recovery's
+    first = config.parent_steps if inherited else recovery
     losses, finetune_s = _timed(lambda: finetune(model, Path(config.data_yaml),
-                                                 iterations=config.child_iters if inherited else config.finetune_iters,
-                                                 imgsz=config.imgsz, batch=config.batch,
-                                                 lr=design_lr(config, candidate),
-                                                 seed=config.seed + (config.parent_steps if inherited else 0),
-                                                 teacher=teacher, device=device,
-                                                 rung=(config.rung_steps, rung_check) if rung_check and not inherited
-                                                 else None))
-    losses.devices = {"calibration": calibrating.describe(), **losses.devices}
-    losses.inherited = inherited
+                                                 iterations=config.child_iters if inherited else
+                                                 config.finetune_iters - recovery,
+                                                 imgsz=config.imgsz, batch=config.batch, lr=lr,
+                                                 seed=config.seed + first, teacher=teacher, device=device,
+                                                 rung=(config.rung_steps, rung_check)
+                                                 if rung_check and not inherited and not recovery else None))
+    losses[:0] = recovery_losses
+    losses.devices = {"calibration": calibrating.describe(), **recovery_losses.devices, **losses.devices}
+    losses.inherited, losses.cuts_at = inherited, tuple(cuts_at)
     to_device(model, CPU)  # packing reads the weights on the CPU
     if config.kept_weights and config.keep_as and not inherited and losses.stopped_at is None \
             and not config.recovery_steps:  # a design trained from the base with the whole schedule: for its children
         inherited_weights.keep(model, inherited_weights.weights_path(kept_weights_folder(config), config.keep_as))
     with work_step():
         bake_fake_quant(model)  # from here on the model holds exactly the quantized weights
-    return base, model, calibrated, losses, finetune_s
+    return base, model, calibrated, losses, (shaped_s if recovery else 0.0) + finetune_s  # a recovery's steps too
+
+
+def _shaped_design(config: EvalSettings, base, design: Candidate, gradients, *, recovery: int, lr: float,
+                   teacher, device) -> tuple[torch.nn.Module, FinetuneLosses, list[int]]:
+    """(the design with every knob applied, ready to calibrate; the losses of a recovery's steps; the
+    steps its channels were cut at, [] where it prunes none): cut at once (apply_candidate), or with
+    `recovery` steps, its structure trained first (structure_recovery.py)."""
+    if recovery:
+        model, losses, cuts_at = recover_structure(
+            base, design, config.data_yaml, base_gradients=gradients, steps=recovery, schedule=config.finetune_iters,
+            cuts=config.cuts, imgsz=config.imgsz, batch=config.batch, lr=lr, seed=config.seed, teacher=teacher,
+            device=device)
+        with work_step():
+            return finish_candidate(model, design), losses, cuts_at
+    with work_step():  # DepGraph's cut: seconds of CPU (turns.py)
+        model = apply_candidate(base, design, gradients)
+    losses = FinetuneLosses()
+    losses.devices = {}
+    return model, losses, [0] if gradients else []
 
 
 def remeasure_designs(settings: dict, candidates: dict[str, dict | None],

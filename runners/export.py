@@ -105,9 +105,17 @@ class ExportResult:
 
 
 def finetune_settings(config: EvalSettings) -> dict:
-    """What decides the fine-tuned weights besides the candidate, the base and the input size."""
-    return {"finetune_iters": config.finetune_iters, "seed": config.seed, "distill": config.distill,
-            "batch": config.batch, "calibration_batches": config.calibration_batches}
+    """What decides the fine-tuned weights besides the candidate, the base and the input size. The
+    recovery stage's learning rate and cuts in steps count only where set, so that the ids of other
+    exports stay what they were."""
+    settings: dict[str, float | int | bool] = {
+        "finetune_iters": config.finetune_iters, "seed": config.seed, "distill": config.distill,
+        "batch": config.batch, "calibration_batches": config.calibration_batches}
+    if config.lr is not None:
+        settings["lr"] = config.lr
+    if config.cuts > 1:
+        settings["cuts"] = config.cuts
+    return settings
 
 
 def design_id(candidate: dict | None, checkpoint_sha256: str, imgsz: int, finetune: dict, profile: str,

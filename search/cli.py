@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--recover-steps", type=int,
                      help="recovery stage after the search: the front's structural designs (pruned, smaller kernels, "
                           "low rank), the structural recipes and the fp32 control are trained this many more "
-                          "fine-tune steps from the base, distilled, and scored again (preset's default; 0: none)")
+                          "fine-tune steps from the base, distilled, the structure first (unfused, pruned channels "
+                          "cut in steps), and scored again (preset's default; 0: none)")
     run.add_argument("--child-steps", type=int,
                      help="a design that changes only weight knobs of a scored design (same structure) starts from "
                           "that design's fine-tuned weights and is fine-tuned this many steps instead of "
@@ -118,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--uniform", help="same knobs on every layer, e.g. bits=4,scheme=affine,prune=0.25")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--library", help="also write the deployable library for the profile to this path (.so)")
+    _recovered(evaluate)
 
     shadow = commands.add_parser("shadow", help="run a design beside the base on a second image folder: detection "
                                                 "agreement, per-class mAP deltas (where labelled), latency of both")
@@ -133,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "QDQ where the profile computes int8, fp16 where chosen) or an ultralytics .pt")
     _common(export)
     export.add_argument("--candidate", required=True, help="candidate JSON file (e.g. from a report's designs/)")
+    _recovered(export)
     export.add_argument("--format", required=True, help="onnx (TensorRT, ONNX Runtime), ncnn (a <name>_ncnn_model "
                                                         "folder, every conv in float) or pt (ultralytics' own "
                                                         "exporter: TFLite, TensorRT, ...)")
@@ -214,6 +217,28 @@ def _inputs(args):
                           device=args.device)
 
 
+def _recovered(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recover-steps", type=int, default=0,
+                        help="train the design as the recovery stage of `search run` does: this many fine-tune "
+                             "steps more than --finetune-iters, distilled, a pruned design's channels cut in steps "
+                             "(the report's commands for a recovered design pass it; default 0: the search's "
+                             "fine-tune)")
+
+
+def _recover_steps(args) -> int:
+    """--recover-steps of `eval` / `export`, checked (before any slow work)."""
+    if args.recover_steps < 0:
+        raise InputError(f"--recover-steps must be 0 (the search's fine-tune) or more, not {args.recover_steps}")
+    return args.recover_steps
+
+
+def _with_recovery(settings: dict, steps: int) -> dict:
+    """The trial settings with the recovery schedule of `steps` (search/recovery.py); 0: as they are."""
+    from edgesearch.search.recovery import recovery_settings
+
+    return recovery_settings(settings, steps) if steps else settings
+
+
 def _trial_sizes(args, preset) -> dict:
     """Fine-tune steps and input size: the flags where given, else the preset's."""
     return {
@@ -256,12 +281,14 @@ def _score_eval_candidate(args) -> dict:
 
     preset = PRESETS[args.preset]
     candidate = Candidate.load(Path(args.candidate)) if args.candidate else None  # parse before slow work
+    recover_steps = _recover_steps(args)
     knobs = parse_uniform(args.uniform) if args.uniform else None
     inputs = _inputs(args)
     if knobs is not None:
         candidate = uniform_candidate(inputs.base_model, knobs, list(inputs.resolved))
     settings = eval_settings(inputs, **_trial_sizes(args, preset), batch=preset.batch, threads=os.cpu_count() or 1,
                              seed=args.seed, tune_trials=args.tune_trials, distill=args.distill, device=args.device)
+    settings = _with_recovery(settings, recover_steps)
     if args.library:
         settings["library_path"] = str(Path(args.library).resolve())
     return score_candidate(settings, candidate.to_json() if candidate else None)
@@ -535,12 +562,13 @@ def cmd_export(args) -> None:
     default_name += NCNN_SUFFIX if fmt == "ncnn" else f".{fmt}"
     out = Path(args.out or default_name).resolve()
     check_request(fmt, out)
+    recover_steps = _recover_steps(args)
     inputs = _inputs(args)
     validate_candidate(inputs.base_model, candidate)  # a design of another model: refused before the fine-tune
     preset = PRESETS[args.preset]
     settings = eval_settings(inputs, **_trial_sizes(args, preset), batch=preset.batch, threads=os.cpu_count() or 1,
                              seed=args.seed, distill=args.distill, device=args.device)  # as `search eval`
-    result = export_design(settings, candidate.to_json(), fmt, out)
+    result = export_design(_with_recovery(settings, recover_steps), candidate.to_json(), fmt, out)
     print(f"wrote {result.path} ({fmt}), design id {result.design_id}")
     print(f"design: {result.metadata['edgesearch_design']}")
     for note in result.notes:

@@ -6,7 +6,8 @@ search's short fine-tune wins back: after 60 steps, uniform 25 % channel pruning
 Published practice retrains after every cut. So, after the
 search, the front's structural designs (at most MAX_FRONT_DESIGNS, the most accurate first) are
 trained again from the base for `--recover-steps` more steps, distilled from the base, and scored like
-any trial. The fp32 control and the recipes that change structure get the same schedule, so that a
+any trial. The recovery's steps come first and train the structure: unfused, in float, a pruned design's
+channels cut in RECOVERY_CUTS steps (runners/accuracy/structure_recovery.py). The fp32 control and the recipes that change structure get the same schedule, so that a
 recovered design is compared with references that had the same training record. The schedule's
 learning rate is higher than the fine-tune's (RECOVERY_LR: a cut has more to win back than a
 quantizer).
@@ -36,10 +37,17 @@ from edgesearch.search import execution, study as studies
 # 0.604/0.671/0.746/0.768 (the base 0.709; the control at 1e-3: 0.729/0.753/0.785/0.770 after 300).
 # 50 % pruning at 1e-3: 0.161 after 60 steps, 0.586 after 360.
 RECOVERY_LR = STRUCTURAL_LR
+# A pruned design's channels are cut in this many steps over the first third of its schedule, ranked
+# again before each (runners/accuracy/structure_recovery.py). Measured on the default model, 60 %
+# uniform pruning trained unfused, three seeds (bench/results/progressive_pruning.md, recovery_stage.md):
+# after 1440 steps one cut holds 0.90-0.96 of the equally trained control, three 0.93-0.95; after 180,
+# as the search runs it, medians 0.639 and 0.647 mAP50-95. No better beyond the seeds' spread; kept
+# for the narrower spread, as Torch-Pruning's YOLOv8 example prunes.
+RECOVERY_CUTS = 3
 MAX_FRONT_DESIGNS = 4  # the front's structural designs recovered, at most (each costs a long fine-tune)
 RESULTS_ATTR = "recovery_results"  # study attr: {source trial number: {"scores": ...} or {"error", "node", "attempts"}}
 SOURCES_ATTR = "recovery_sources"  # study attr: the source trial numbers chosen, kept for a resume
-STAGE_ATTR = "recovery"  # study attr: {state: done | skipped, why, steps, designs, failed}
+STAGE_ATTR = "recovery"  # study attr: {state: done | skipped, why, steps, designs, failed, cuts}
 
 
 def choose_sources(study: optuna.Study) -> list[FrozenTrial]:
@@ -62,9 +70,10 @@ def choose_sources(study: optuna.Study) -> list[FrozenTrial]:
 
 def recovery_settings(settings: dict, steps: int) -> dict:
     """A trial's settings with the recovery schedule: `steps` more fine-tune steps at RECOVERY_LR,
-    distilled from the base, no rung (every recovery runs to the end)."""
+    distilled from the base, a pruned design's channels cut in RECOVERY_CUTS steps, no rung (every
+    recovery runs to the end)."""
     return dict(settings, finetune_iters=settings["finetune_iters"] + steps, recovery_steps=steps, distill=True,
-                lr=RECOVERY_LR, rung_steps=0, promotion_bar=None)
+                lr=RECOVERY_LR, cuts=RECOVERY_CUTS, rung_steps=0, promotion_bar=None)
 
 
 def recover_front(study: optuna.Study, settings: dict, steps: int, parallel: int, cpus: int, parcels: dict,
@@ -84,7 +93,7 @@ def recover_front(study: optuna.Study, settings: dict, steps: int, parallel: int
     _tell_ready(study, sources, results, steps, budgets_for)  # kept by a stopped run, not yet trials
     todo = [t for t in sources if str(t.number) not in results]
     print(f"recovery: {len(sources)} design(s) trained {steps} more steps from the base, distilled, learning rate "
-          f"{RECOVERY_LR:g} ({len(sources) - len(todo)} done before)")
+          f"{RECOVERY_LR:g}, pruned channels cut in {RECOVERY_CUTS} steps ({len(sources) - len(todo)} done before)")
     task_settings = recovery_settings(settings, steps)
     in_flight: dict = {}
     with tqdm(total=len(sources), initial=len(sources) - len(todo), desc="recovery", unit="design") as bar:
@@ -106,7 +115,7 @@ def recover_front(study: optuna.Study, settings: dict, steps: int, parallel: int
             bar.update(1)
     failed = sum(1 for r in results.values() if "error" in r)
     study.set_user_attr(STAGE_ATTR, {"state": "done", "why": "", "steps": steps, "designs": len(sources),
-                                     "failed": failed})
+                                     "failed": failed, "cuts": RECOVERY_CUTS})
 
 
 def _tell_ready(study: optuna.Study, sources: list[FrozenTrial], results: dict, steps: int,
@@ -150,6 +159,7 @@ def recovery_text(study: optuna.Study) -> str:
     seconds = [r["scores"]["eval_s"] for r in results if "scores" in r]
     median = f"; {statistics.median(seconds):.0f} s per design (median task)" if seconds else ""
     failed = f", {stage['failed']} failed" if stage.get("failed") else ""
+    cuts = f", pruned channels cut in {stage['cuts']} steps" if stage.get("cuts", 1) > 1 else ""  # runs before: once
     return (f"recovery stage: {stage['designs']} design(s) (the control, structural recipes and the front's structural "
             f"designs) trained {stage['steps']} more steps from the base, distilled, learning rate {RECOVERY_LR:g}"
-            f"{failed}{median}")
+            f"{cuts}{failed}{median}")

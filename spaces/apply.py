@@ -136,24 +136,43 @@ def apply_candidate(model: nn.Module, candidate: Candidate,
     for uses where only the pruned shapes matter (memory, cost, timing)."""
     validate_candidate(model, candidate)
     model = copy.deepcopy(model)
-    ratios = {n: k.prune_ratio for n, k in candidate.layers.items() if k.prune_ratio > 0}
+    ratios = prune_ratios(candidate)
     if ratios and gradients is not None:
         attach_gradients(model, gradients)
     prune_output_channels(model, ratios, importance=ranking_for(gradients if ratios else None))
     model.zero_grad(set_to_none=True)
+    crop_kernels(model, candidate)
+    return finish_candidate(model, candidate)
+
+
+def prune_ratios(candidate: Candidate) -> dict[str, float]:
+    """{knob conv: its prune ratio} of the candidate's pruned groups."""
+    return {name: knobs.prune_ratio for name, knobs in candidate.layers.items() if knobs.prune_ratio > 0}
+
+
+def crop_kernels(model: nn.Module, candidate: Candidate) -> None:
+    """Crop each layer's kernel to the candidate's size, in place, fused or not (a crop and a
+    BatchNorm's per-channel scale commute: cropping before or after fusing gives the same weights)."""
+    convs = conv_layers(model)
+    for name, knobs in candidate.layers.items():
+        if (size := _new_kernel(convs[name], knobs)) is not None:
+            replace_module(model, name, shrink_kernel(convs[name], size))
+
+
+def finish_candidate(model: nn.Module, candidate: Candidate) -> nn.Module:
+    """The rest of `candidate`, in place, on a model that has its channels and kernels already
+    (apply_candidate cuts them at once; the recovery stage trains between cuts first:
+    runners/accuracy/structure_recovery.py): BatchNorms fused, ranks lowered, quantizers attached.
+    Returns `model`."""
     if hasattr(model, "fuse"):  # ultralytics models fold Conv+BN in place
         getattr(model, "fuse")(verbose=False)
     convs = conv_layers(model)
     for name, knobs in candidate.layers.items():
         conv = convs[name]
-        if (size := _new_kernel(conv, knobs)) is not None:
-            conv = shrink_kernel(conv, size)
-        layer: nn.Module = conv
         parts = [conv]
         if knobs.rank_ratio < 1 and is_worth_it(conv, knobs.rank_ratio):  # re-checked: pruning shrank it
             layer = factorize(conv, knobs.rank_ratio)
             parts = [cast(nn.Conv2d, half) for half in layer]  # its two convs
-        if layer is not convs[name]:
             replace_module(model, name, layer)
         for conv in parts:
             attach_fake_quant(conv, knobs.stored())

@@ -205,6 +205,38 @@ def removed_count(channels: int, ratio: float) -> int:
     return min(int(channels * ratio), channels - 1)
 
 
+def ratios_in_steps(model: nn.Module, ratios: dict[str, float], cuts: int) -> list[dict[str, float]]:
+    """The ratios of `cuts` successive `prune_output_channels` calls that together leave each group
+    exactly the channels one call with `ratios` leaves (same widths, same FLOPs). Each cut removes
+    about the same share of what is left: a geometric path from the group's width to the final one.
+    A cut that removes nothing from a group leaves it out (it may be empty)."""
+    groups = prunable_groups(model)
+    refused = next((name for name in ratios if name not in groups), None)
+    if refused:
+        raise InputError(f"{refused} cannot be pruned: it is not the knob conv of a prunable group")
+    paths = {name: _kept_after_each_cut(groups[name].channels, ratio, cuts)
+             for name, ratio in ratios.items() if ratio > 0}
+    now = {name: groups[name].channels for name in paths}
+    steps = []
+    for cut in range(cuts):
+        steps.append({name: _ratio_leaving(now[name], kept[cut]) for name, kept in paths.items() if kept[cut] < now[name]})
+        now = {name: kept[cut] for name, kept in paths.items()}
+    return steps
+
+
+def _kept_after_each_cut(channels: int, ratio: float, cuts: int) -> list[int]:
+    """A group's channels after each of `cuts` cuts: a geometric path to what one cut at `ratio` keeps."""
+    final = channels - removed_count(channels, ratio)
+    return [max(final, round(channels * (final / channels) ** ((cut + 1) / cuts))) for cut in range(cuts)]
+
+
+def _ratio_leaving(channels: int, kept: int) -> float:
+    """The prune ratio that leaves `kept` of `channels` (removed_count floors; the nudge beats rounding)."""
+    ratio = (channels - kept + 1e-6) / channels
+    assert removed_count(channels, ratio) == channels - kept
+    return ratio
+
+
 def _weakest(scores: torch.Tensor, ratio: float) -> list[int]:
     """Indices of the lowest-scoring channels a ratio removes."""
     return sorted(torch.argsort(scores, stable=True)[:removed_count(len(scores), ratio)].tolist())

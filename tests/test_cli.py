@@ -144,6 +144,18 @@ def test_bad_search_numbers_are_refused_before_anything_runs(tmp_path, capsys, a
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", [["eval", "--uniform", "prune=0.25"],
+                                     ["export", "--candidate", "design.json", "--format", "onnx"]])
+def test_a_negative_recovery_schedule_is_refused_by_eval_and_export_before_anything_runs(tmp_path, capsys,
+                                                                                        command):
+    (tmp_path / "design.json").write_text('{"layers": {}}')
+    command = [str(tmp_path / part) if part == "design.json" else part for part in command]
+    result = run_in_process(capsys, *command, "--preset", "smoke", "--recover-steps", "-2",
+                            *(["--out", str(tmp_path / "d.onnx")] if command[0] == "export" else []))
+    _assert_one_line_error(result, "--recover-steps must be 0 (the search's fine-tune) or more, not -2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["design.json"]
+
+
 def test_a_budget_no_design_can_meet_is_refused_at_once(tmp_path, capsys, smoke_inputs):
     out = tmp_path / "run"
     result = run_in_process(capsys, "run", "--preset", "smoke", "--out", str(out), "--sram-budget", "4KiB")

@@ -294,3 +294,15 @@ def test_the_reports_take_away_offers_an_export_command_the_cli_accepts(tmp_path
     command = html.unescape(re.findall(r"<code class='export-command'>(.*?)</code>", page)[0])
     args = build_parser().parse_args(shlex.split(command)[1:])
     assert args.format == "ncnn" and args.out.endswith("_ncnn_model") and "--format ncnn</code>" in page
+    assert args.recover_steps == 0
+    # a design of the recovery stage is exported with its longer schedule (its weights)
+    trials = hand_trials()
+    for t in trials:
+        if t["scores"]:
+            t["scores"]["training"] = {"steps_from_base": 11, "recovery_steps": 4, "label": "recovered"}
+    page = write_report(tmp_path / "recovered", run=run, base=BASE, trials=trials)["index.html"].read_text()
+    commands = [html.unescape(c) for c in re.findall(r"<pre>(search eval .*?)</pre>", page)[:1]
+                + re.findall(r"<code class='export-command'>(.*?)</code>", page)[:1]]
+    for kind, command in zip(("eval", "export"), commands, strict=True):
+        args = build_parser().parse_args(shlex.split(command)[1:])
+        assert (args.command, args.finetune_iters, args.recover_steps) == (kind, 7, 4), command

@@ -52,8 +52,9 @@ def test_the_front_s_structural_designs_and_the_control_are_recovered_as_trials_
     for trial in recovered:
         record = trial.user_attrs[studies.SCORE_ATTR]["training"]
         assert (record["steps_from_base"], record["recovery_steps"], record["distilled"]) == (2, 1, True)
-        assert record["label"] == ("2 fine-tune steps from the base (1 + 1 of recovery), distilled from the base, "
-                                   f"learning rate {recovery.RECOVERY_LR:g}")
+        cut = ", channels cut at step 0" if trial.user_attrs[studies.RECOVERED_FROM_ATTR] == numbers["pruned"] else ""
+        assert record["label"] == (f"2 fine-tune steps from the base: 1 of recovery first (float, BatchNorm unfused{cut}), "
+                                   f"then 1, distilled from the base, learning rate {recovery.RECOVERY_LR:g}")
         assert trial.user_attrs[studies.ORIGIN_ATTR].startswith(
             f"recovery of #{trial.user_attrs[studies.RECOVERED_FROM_ATTR]}: 1 more steps, distilled (test: ")
         # the floor of a recovered design rests on the recovered control
@@ -61,8 +62,9 @@ def test_the_front_s_structural_designs_and_the_control_are_recovered_as_trials_
         assert trial.constraints == {"map_below_floor": floor - trial.values[0]}
     assert studies.finished_count(study) == 4  # recovered designs count against no --trials
     assert study.user_attrs[recovery.STAGE_ATTR] == {"state": "done", "why": "", "steps": 1, "designs": 2,
-                                                     "failed": 0}
+                                                     "failed": 0, "cuts": recovery.RECOVERY_CUTS}
     assert "recovery stage: 2 design(s)" in recovery.recovery_text(study)
+    assert f"pruned channels cut in {recovery.RECOVERY_CUTS} steps" in recovery.recovery_text(study)
 
     # a run stopped after both recoveries finished, one of them while being told: the kept scores are
     # told again, nothing is trained again (the checkpoint is gone: a task would fail)

@@ -133,12 +133,14 @@ def _checked(model: nn.Module, go_on: Callable[[nn.Module], bool], trainable: li
 class FinetuneLosses(list):
     """The detection loss of every fine-tune step, with `devices`: {stage: where its model's
     parameters and inputs were} (runners/device.py DeviceWatch), and `stopped_at`: the step a
-    rung stopped it at (None: every step ran), and `inherited`: the fine-tune started from a parent
-    design's fine-tuned weights (runners/accuracy/inherited.py), not the base's."""
+    rung stopped it at (None: every step ran), `inherited`: the fine-tune started from a parent
+    design's fine-tuned weights (runners/accuracy/inherited.py), not the base's, and `cuts_at`: the
+    steps its channels were cut at (several: cut in steps during it, staged_cuts.py)."""
 
     devices: dict[str, str]
     stopped_at: int | None = None
     inherited: bool = False
+    cuts_at: tuple[int, ...] = (0,)
 
 
 def _step(model: nn.Module, batch_data: dict, batch: int, optimizer, losses: list, teacher: nn.Module | None,
