@@ -4,7 +4,8 @@ A one-shot structural cut (channels pruned, a kernel cropped, a rank lowered) lo
 search's short fine-tune wins back: after 60 steps, uniform 25 % channel pruning fell from 0.709 to
 0.28 mAP50-95 on the default model (0.60 at the structural learning rate, finetune.STRUCTURAL_LR).
 Published practice retrains after every cut. So, after the
-search, the front's structural designs (at most MAX_FRONT_DESIGNS, the most accurate first) are
+search, the front's structural designs (at most MAX_FRONT_DESIGNS, spread along the front from the
+most accurate to the fastest: spread_along_front) are
 trained again from the base for `--recover-steps` more steps, distilled from the base, and scored like
 any trial. The recovery's steps come first and train the structure: unfused, in float, a pruned design's
 channels cut in RECOVERY_CUTS steps (runners/accuracy/structure_recovery.py). The fp32 control and the recipes that change structure get the same schedule, so that a
@@ -52,13 +53,13 @@ STAGE_ATTR = "recovery"  # study attr: {state: done | skipped, why, steps, desig
 
 def choose_sources(study: optuna.Study) -> list[FrozenTrial]:
     """The trials to recover: the fp32 control, the structural recipes, and the front's structural
-    designs (the MAX_FRONT_DESIGNS most accurate), with those chosen before (a resumed stage). Empty
+    designs (MAX_FRONT_DESIGNS of them, spread_along_front), with those chosen before (a resumed stage). Empty
     when no design on the front changes structure."""
     trials = {t.number: t for t in studies.searched_trials(study, states=(TrialState.COMPLETE,))}
     front = [t for t in studies.pareto_trials(study)
              if not studies.is_recovered(t) and studies.changes_structure(t) and not t.user_attrs.get(studies.RECIPE_ATTR)]
     chosen = set(study.user_attrs.get(SOURCES_ATTR, [])) & set(trials)
-    chosen |= {t.number for t in sorted(front, key=lambda t: -t.values[0])[:MAX_FRONT_DESIGNS]}
+    chosen |= {t.number for t in spread_along_front(front, MAX_FRONT_DESIGNS)}
     if not chosen:
         return []
     chosen |= {n for n, t in trials.items() if studies.is_control(t)
@@ -66,6 +67,17 @@ def choose_sources(study: optuna.Study) -> list[FrozenTrial]:
     study.set_user_attr(SOURCES_ATTR, sorted(chosen))
     # the control first: the recovered designs' accuracy floor waits for it
     return sorted((trials[n] for n in chosen), key=lambda t: (not studies.is_control(t), t.number))
+
+
+def spread_along_front(front: list[FrozenTrial], count: int) -> list[FrozenTrial]:
+    """`count` of the front's designs, evenly spaced in latency order: the most accurate and the fastest
+    among them. The fastest structural designs lose most in the search's short fine-tune and have most
+    to win back; the most accurate ones, least."""
+    by_latency = sorted(front, key=lambda t: (t.values[1], -t.values[0], t.number))
+    if len(by_latency) <= count:
+        return by_latency
+    last = len(by_latency) - 1
+    return [by_latency[round(i * last / (count - 1))] for i in range(count)] if count > 1 else by_latency[-1:]
 
 
 def recovery_settings(settings: dict, steps: int) -> dict:

@@ -78,3 +78,14 @@ def test_the_front_s_structural_designs_and_the_control_are_recovered_as_trials_
     told = {t.user_attrs[studies.RECOVERED_FROM_ATTR]: t.values for t in again.get_trials(states=(TrialState.COMPLETE,))
             if studies.is_recovered(t)}
     assert told == {t.user_attrs[studies.RECOVERED_FROM_ATTR]: t.values for t in recovered}
+
+
+def test_the_designs_recovered_spread_along_the_front_from_the_most_accurate_to_the_fastest():
+    """The fastest structural designs lose most in the short fine-tune: they are recovered too."""
+    front = [optuna.trial.create_trial(values=[0.7 - 0.1 * i, 10.0 - i, 100.0]) for i in range(7)]
+    for number, trial in enumerate(front):
+        trial.number = number
+    assert [t.number for t in recovery.spread_along_front(front, 4)] == [6, 4, 2, 0]
+    assert [t.number for t in recovery.spread_along_front(front[:3], 4)] == [2, 1, 0]
+    assert [t.number for t in recovery.spread_along_front(front, 1)] == [0]
+
