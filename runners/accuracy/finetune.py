@@ -135,12 +135,12 @@ class FinetuneLosses(list):
     parameters and inputs were} (runners/device.py DeviceWatch), and `stopped_at`: the step a
     rung stopped it at (None: every step ran), `inherited`: the fine-tune started from a parent
     design's fine-tuned weights (runners/accuracy/inherited.py), not the base's, and `cuts_at`: the
-    steps its channels were cut at (several: cut in steps during it, staged_cuts.py)."""
+    steps its channels were cut at (runners/evaluate.build_design; none: it prunes none)."""
 
     devices: dict[str, str]
     stopped_at: int | None = None
     inherited: bool = False
-    cuts_at: tuple[int, ...] = (0,)
+    cuts_at: tuple[int, ...] = ()
 
 
 def _step(model: nn.Module, batch_data: dict, batch: int, optimizer, losses: list, teacher: nn.Module | None,

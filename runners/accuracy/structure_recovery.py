@@ -56,21 +56,20 @@ def recover_structure(base: nn.Module, candidate: Candidate, data_yaml: str | Pa
     at = cut_steps(schedule, steps, cuts) if ratios else []
     model, losses, done = copy.deepcopy(base), FinetuneLosses(), 0
     losses.devices = {}
-    cropped = False
-    for step, ratios_now in zip(at, ratios_in_steps(base, ratios, len(at)) if at else [], strict=True):
+    for cut, (step, ratios_now) in enumerate(zip(at, ratios_in_steps(base, ratios, len(at)) if at else [],
+                                                 strict=True)):
         _train(model, losses, data_yaml, step - done, imgsz=imgsz, batch=batch, lr=lr, seed=seed + done,
                teacher=teacher, device=device)
         done = step
         to_device(model, CPU)  # designs are cut on the CPU (channel_ranking.py)
-        gradients = base_gradients if step == 0 else loss_gradients(model, data_yaml, imgsz=imgsz)
+        gradients = base_gradients if cut == 0 else loss_gradients(model, data_yaml, imgsz=imgsz)
         with work_step():  # DepGraph's cut: seconds of CPU (turns.py)
             attach_gradients(model, gradients or {})
             prune_output_channels(model, ratios_now, importance="taylor")
             model.zero_grad(set_to_none=True)
-            if not cropped:  # after the first cut, which ranks on the base's (uncropped) gradients
+            if cut == 0:  # kernels cropped after the first cut, which ranks on the base's uncropped gradients
                 crop_kernels(model, candidate)
-                cropped = True
-    if not cropped:
+    if not at:
         crop_kernels(model, candidate)
     _train(model, losses, data_yaml, steps - done, imgsz=imgsz, batch=batch, lr=lr, seed=seed + done,
            teacher=teacher, device=device)
