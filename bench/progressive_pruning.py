@@ -78,16 +78,17 @@ def main(argv=None) -> int:
             row["map50_95_at_steps"][stop] = validate(read, data, imgsz=imgsz)["map50_95"]
             row["seconds"] = time.perf_counter() - started
             print(json.dumps(row), flush=True)
-    keep_row(Path(args.out), row)
+    keep_row(Path(args.out), row, ("ratio", "stages", "every", "seed"))
     return 0
 
 
-def keep_row(path: Path, row: dict) -> None:
-    """Add `row` to the rows in `path` (written atomically), replacing one with the same settings."""
-    same = ("ratio", "stages", "every", "seed")
+def keep_row(path: Path, row: dict, same: tuple[str, ...]) -> list[dict]:
+    """Add `row` to the rows in `path` (written atomically), replacing one with the same values of the
+    `same` keys; returns every row kept there."""
     rows = json.loads(path.read_text())["rows"] if path.exists() else []
-    rows = [r for r in rows if any(r[k] != row[k] for k in same)] + [row]
-    write_text_atomically(path, json.dumps({"rows": sorted(rows, key=lambda r: [r[k] for k in same])}, indent=2))
+    rows = sorted([r for r in rows if any(r[k] != row[k] for k in same)] + [row], key=lambda r: [r[k] for k in same])
+    write_text_atomically(path, json.dumps({"rows": rows}, indent=2))
+    return rows
 
 
 def _rank_and_cut(model, data, imgsz: int, ratios: dict[str, float]) -> None:

@@ -31,7 +31,8 @@ from edgesearch.search.recovery import recovery_settings
 from edgesearch.search.resolve import eval_settings, resolve_inputs
 from edgesearch.spaces.apply import uniform_candidate
 from edgesearch.spaces.candidate import parse_uniform
-from pruning_importance import counted_flops  # bench/, the script's own folder
+from progressive_pruning import keep_row  # bench/, the script's own folder
+from pruning_importance import counted_flops
 
 CONTROL = "bits=32"
 
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
     preset = PRESETS["default"]
     inputs = resolve_inputs(profile="x86-host", space="yolov8", model=None, data=None, preset="default")
     out = Path(args.out)
-    kept = json.loads(out.with_suffix(".json").read_text())["rows"] if out.with_suffix(".json").exists() else []
+    kept: list[dict] = []
     for seed in args.seeds:
         for steps in args.recover_steps:
             for cuts in args.cuts:
@@ -67,9 +68,7 @@ def main(argv=None) -> int:
                            "map50_95": validate(model, inputs.data_yaml, imgsz=preset.imgsz)["map50_95"],
                            "flops": counted_flops(model, preset.imgsz), "seconds": time.perf_counter() - started}
                     print(json.dumps(row), flush=True)
-                    same = ("design", "seed", "recover_steps", "cuts")
-                    kept = [r for r in kept if any(r[k] != row[k] for k in same)] + [row]
-                    write_text_atomically(out.with_suffix(".json"), json.dumps({"rows": kept}, indent=2))
+                    kept = keep_row(out.with_suffix(".json"), row, ("design", "seed", "recover_steps", "cuts"))
     write_text_atomically(out.with_suffix(".md"), table(kept))
     return 0
 

@@ -3,15 +3,15 @@
 A one-shot structural cut (channels pruned, a kernel cropped, a rank lowered) loses more than the
 search's short fine-tune wins back: after 60 steps, uniform 25 % channel pruning fell from 0.709 to
 0.28 mAP50-95 on the default model (0.60 at the structural learning rate, finetune.STRUCTURAL_LR).
-Published practice retrains after every cut. So, after the
-search, the front's structural designs (at most MAX_FRONT_DESIGNS, spread along the front from the
-most accurate to the fastest: spread_along_front) are
-trained again from the base for `--recover-steps` more steps, distilled from the base, and scored like
-any trial. The recovery's steps come first and train the structure: unfused, in float, a pruned design's
-channels cut in RECOVERY_CUTS steps (runners/accuracy/structure_recovery.py). The fp32 control and the recipes that change structure get the same schedule, so that a
-recovered design is compared with references that had the same training record. The schedule's
-learning rate is higher than the fine-tune's (RECOVERY_LR: a cut has more to win back than a
-quantizer).
+Published practice retrains after every cut. So, after the search, the front's structural designs
+(at most MAX_FRONT_DESIGNS, spread along the front from the most accurate to the fastest:
+spread_along_front) are trained again from the base for `--recover-steps` more steps, distilled from
+the base, and scored like any trial. The recovery's steps come first and train the structure:
+unfused, in float, a pruned design's channels cut in RECOVERY_CUTS steps
+(runners/accuracy/structure_recovery.py). The fp32 control and the recipes that change structure get
+the same schedule, so that a recovered design is compared with references that had the same training
+record. The schedule's learning rate is higher than the fine-tune's (RECOVERY_LR: a cut has more to
+win back than a quantizer).
 
 Each recovered design becomes a new trial (origin "recovery of #N …", user attribute
 `recovered_from`) and takes its place on the front where it earns it; its training record says
