@@ -36,6 +36,7 @@ resumed run, another process or `study.optimize` carries on where the study is.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from collections.abc import Callable
@@ -48,8 +49,19 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from edgesearch.search import study as studies
 from edgesearch.search.allocate import allocate, budget_sweep, design_price
-from edgesearch.search.moves import RESOURCES, AccuracyModel, Scored, fit_accuracy_model, layer_fronts, propose, screen
+from edgesearch.search.moves import (
+    RESOURCES,
+    AccuracyModel,
+    Scored,
+    fit_accuracy_model,
+    fit_recovered_scale,
+    floor_prediction,
+    layer_fronts,
+    propose,
+    screen,
+)
 from edgesearch.search.options import OptionPricer, in_space, layer_options
+from edgesearch.search.recovery import recovered_references
 from edgesearch.search.study import Proposal
 from edgesearch.spaces.candidate import Candidate, LayerKnobs
 from edgesearch.spaces.knobs import DEFAULTS
@@ -63,6 +75,8 @@ CHEAPEN_PROBABILITY_WITH_FLOOR = 0.75  # an accuracy floor asks for the smallest
 MIB = 1024 * 1024
 PLAN_ATTR = "guided_plan"  # study attr: the designs to score first, in order (recipes, seeds, floor seeds)
 FLOOR_PLANNED_ATTR = "floor_seeded"  # study attr: the accuracy floor's seeds were planned
+# study attr: the floor's seeds priced after recovery (structure at the recovered scale) were planned
+RECOVERED_FLOOR_PLANNED_ATTR = "floor_seeded_after_recovery"
 FLOOR_SEED_WORDS = "within the accuracy floor"  # in the origin of the floor's seeds, after what they minimise
 SEEDS_DUE_ATTR = "seeds_due"  # study attr: budgeted seeds still to plan once the tables are in (their count)
 LEGACY_SEEDED_ATTR = "seeded"  # runs before the sampler queued their recipes and seeds as waiting trials
@@ -164,32 +178,57 @@ class Guide:
             self.pricer.structural_scale = model.structural_scale
             self._price_tables()
             scored = self.scored(study)
+        references = [(self.pricer.design(Candidate.from_json(candidate).layers)["structural_loss"], drop)
+                      for candidate, drop in recovered_references(study)]
+        if references and model.designs:
+            model = dataclasses.replace(model, recovered_scale=fit_recovered_scale(references, model.alpha))
         return scored, model
 
-    def floor_seeds(self, model: AccuracyModel) -> list[tuple[str, dict]]:
+    def floor_seeds(self, model: AccuracyModel, recovered: bool = False) -> list[tuple[str, dict]]:
         """With an accuracy floor: the smallest and the fastest designs whose predicted mAP
-        (intercept - alpha x omega, fitted on the scored designs) stays above it."""
+        (intercept - alpha x omega, fitted on the scored designs) stays above it; `recovered`: with
+        structure priced as the recovery leaves it (model.recovered_scale), the designs the floor keeps
+        after their recovery."""
         alpha = model.alpha
         allowed = (model.intercept - self.budgets["map_floor"]) / alpha
         if allowed <= 0:
             return []
+        tables, words = self.tables, _scale_words(model)
+        if recovered:
+            assert model.recovered_scale is not None
+            pricer = copy.copy(self.pricer)
+            pricer.structural_scale = model.recovered_scale
+            tables = {layer: layer_options(pricer, layer, choices) for layer, choices in self.choices.items()}
+            words = f", structure at {model.recovered_scale:.2g} of its one-shot loss after recovery"
         designs = []
         for price, what in (("sram_bytes", f"least {self.memory_word()}"), ("latency_ms", "least latency")):
             if price == "latency_ms" and "latency_ms" not in self.fronts:
                 continue
-            design = allocate(self.tables, {"omega": allowed}, minimise=price, offsets=self.offsets)
+            design = allocate(tables, {"omega": allowed}, minimise=price, offsets=self.offsets)
             if design is not None:
                 candidate = Candidate({layer: option.knobs for layer, option in design.items()}).to_json()
-                designs.append((f"seed: {what} {FLOOR_SEED_WORDS} (omega <= {allowed:.4g}, "
-                                f"alpha {alpha:.3g}{_scale_words(model)})", candidate))
+                designs.append((f"seed: {what} {FLOOR_SEED_WORDS}{' after recovery' if recovered else ''} "
+                                f"(omega <= {allowed:.4g}, alpha {alpha:.3g}{words})", candidate))
         return designs
 
-    def floor_proposals(self, study: optuna.Study) -> list[Proposal]:
-        """With an accuracy floor: floor_seeds from the model fitted on the scored designs, those not tried."""
+    def floor_proposals(self, study: optuna.Study, recovered: bool = False) -> list[Proposal]:
+        """With an accuracy floor: floor_seeds from the model fitted on the scored designs, those not
+        tried, with their predicted scores (after recovery too, where the model knows it)."""
         _, model = self.accuracy_model(study)
         seen = _designs_tried(study)
-        return [Proposal(candidate, origin, predicted={"omega": self.omega(candidate)})
-                for origin, candidate in self.floor_seeds(model) if candidate_key(candidate) not in seen]
+        return [Proposal(candidate, origin, predicted=self.predicted(model, candidate))
+                for origin, candidate in self.floor_seeds(model, recovered) if candidate_key(candidate) not in seen]
+
+    def predicted(self, model: AccuracyModel, candidate: dict) -> dict:
+        """A planned design's omega and the mAP50-95 the model predicts for it: after the fine-tune,
+        and after the recovery stage where the design changes structure and the run recovers it."""
+        prices = self.pricer.design(Candidate.from_json(candidate).layers)
+        predicted: dict = {"omega": prices["omega"], "map50_95": model.predict(prices["omega"]), "alpha": model.alpha,
+                           "structural_scale": model.structural_scale}
+        recovered = model.recovered(predicted["map50_95"], prices["structural_loss"])
+        if recovered is not None:
+            predicted.update(map50_95_recovered=recovered, recovered_scale=model.recovered_scale)
+        return predicted
 
     def move(self, study: optuna.Study) -> Proposal | None:
         """Draw moves from the current front, screen them, store all but the best as screened and
@@ -213,21 +252,22 @@ class Guide:
             parents = front + [within[t.number] for t in near if t.number not in on_front]
         if not parents:
             return None
-        alpha = model.alpha
         seen = _designs_tried(study)
         # with a floor, a slot whose draws all fall below it is drawn again from restoring moves only
         # (they raise the predicted mAP), and is left empty if those fall below it too: such moves are not spent
         cheapens = (CHEAPEN_PROBABILITY_WITH_FLOOR, 0.0) if floor is not None else (CHEAPEN_PROBABILITY,)
         for cheapen in cheapens:
-            moves = self._draw(parents, alpha, cheapen, seen)
+            moves = self._draw(parents, model, cheapen, seen)
             if not moves:
                 continue
             screened_best = screen(moves, front, self.reference, floor)
-            below = floor is not None and moves[screened_best].predicted["map50_95"] < floor
+            below = floor is not None and floor_prediction(moves[screened_best].predicted) < floor
             best = None if below else screened_best
             proposals = [Proposal(Candidate(move.layers).to_json(), f"move: {move.describe()}",
-                                  predicted=dict(move.predicted, alpha=alpha, structural_scale=model.structural_scale,
-                                                 structural_designs=model.structural_designs))
+                                  predicted=dict(move.predicted, alpha=model.alpha,
+                                                 structural_scale=model.structural_scale,
+                                                 structural_designs=model.structural_designs,
+                                                 **_recovered_words(move.predicted, model)))
                          for move in moves]
             for index, proposal in enumerate(proposals):
                 if index != best:
@@ -236,13 +276,13 @@ class Guide:
                 return proposals[best]
         return None
 
-    def _draw(self, parents: list[Scored], alpha: float, cheapen: float, seen: set[str]) -> list:
+    def _draw(self, parents: list[Scored], model: AccuracyModel, cheapen: float, seen: set[str]) -> list:
         """Up to PROPOSALS_PER_SLOT new moves from random `parents` (draws repeating a design in
         `seen`, which grows, are skipped)."""
         moves = []
         for _ in range(PROPOSALS_PER_SLOT * 4):
             parent = parents[self.rng.integers(len(parents))]
-            move = propose(parent, self.fronts, self.pricer, alpha, self.rng, cheapen_probability=cheapen)
+            move = propose(parent, self.fronts, self.pricer, model, self.rng, cheapen_probability=cheapen)
             if move is None:
                 continue
             key = candidate_key(Candidate(move.layers).to_json())
@@ -266,10 +306,19 @@ def pricing_text(study: optuna.Study) -> str:
     for trial in reversed(study.get_trials(deepcopy=False)):
         predicted = trial.user_attrs.get(studies.PREDICTED_ATTR) or {}
         if predicted.get("structural_designs"):
+            recovered = next((p["recovered_scale"] for t in reversed(study.get_trials(deepcopy=False))
+                              if "recovered_scale" in (p := t.user_attrs.get(studies.PREDICTED_ATTR) or {})), None)
+            after = (f"; after the recovery stage, at {recovered:.2g} x, fitted on the recovered structural recipes "
+                     "(the accuracy floor judges structural designs there)" if recovered is not None else "")
             return (f"structural changes priced at {predicted['structural_scale']:.2g} x their one-shot loss on the "
                     f"base, fitted on the {predicted['structural_designs']} scored design(s) with structure "
-                    f"(mAP50-95 {predicted['alpha']:.3g} per unit of omega)")
+                    f"(mAP50-95 {predicted['alpha']:.3g} per unit of omega){after}")
     return ""
+
+
+def _recovered_words(predicted: dict, model: AccuracyModel) -> dict:
+    """The recovered scale beside a prediction after recovery, so a trial's record says how it was priced."""
+    return {"recovered_scale": model.recovered_scale} if "map50_95_recovered" in predicted else {}
 
 
 def _scale_words(model: AccuracyModel) -> str:
@@ -374,6 +423,13 @@ class GuidedSampler(studies.DesignSampler):
             study.set_user_attr(FLOOR_PLANNED_ATTR, True)
             if extra:
                 return extra[0]
+        if (self.guide.budgets.get("map_floor") is not None and not study.user_attrs.get(RECOVERED_FLOOR_PLANNED_ATTR)
+                and self.guide.accuracy_model(study)[1].recovered_scale is not None):
+            extra = self.guide.floor_proposals(study, recovered=True)  # once the recovered references are in
+            self._extend_plan(study, extra)
+            study.set_user_attr(RECOVERED_FLOOR_PLANNED_ATTR, True)
+            if extra:
+                return extra[0]
         return self.guide.move(study)
 
     def _predict_late(self, study: optuna.Study) -> None:
@@ -408,10 +464,8 @@ class GuidedSampler(studies.DesignSampler):
         _, model = self.guide.accuracy_model(study)
         if not model.designs:
             return None
-        omega = self.guide.omega(proposal.candidate)
-        predicted = model.predict(omega)
-        return ({"omega": omega, "map50_95": predicted, "alpha": model.alpha,
-                 "structural_scale": model.structural_scale} if predicted < self.guide.budgets["map_floor"] else None)
+        predicted = self.guide.predicted(model, proposal.candidate)
+        return predicted if floor_prediction(predicted) < self.guide.budgets["map_floor"] else None
 
     @staticmethod
     def _due(study: optuna.Study) -> Proposal | None:

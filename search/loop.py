@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from edgesearch.search import execution, halving, inherit, shipping, study as studies, timing
 from edgesearch.search.presets import PRESETS
-from edgesearch.search.recovery import recover_front
+from edgesearch.search.recovery import keep_result, recover_front, recovery_settings, references_due
 from edgesearch.search.remeasure import REMEASURE_ATTR, remeasure_front
 from edgesearch.search.resolve import Inputs, eval_settings, ship_inputs
 from edgesearch.search.run_config import RunConfig
@@ -69,9 +69,14 @@ def run_search(inputs: Inputs, run_dir: Path, run: RunConfig, *, resume: bool, r
         if sampler is not None:
             study.sampler = sampler
         print(timing.estimate_text(study, run.trials - studies.finished_count(study), parallel, run.finetune_iters))
+        # with a floor, a guided run recovers its references during the search: the floor judges a
+        # structural design after its recovery, so the search prices structure as the recovery leaves it
+        references = (recovery_settings(settings, run.recover_steps)
+                      if sampler is not None and run.recover_steps > 0 and run.max_map_drop else None)
         with timing.stage(spent, "trials"):
             _search_loop(study, inputs, settings, run.trials, parallel, cpus_per_trial, budgets, parcels,
-                         gpus_per_trial, floor=lambda control: run.budgets(study.user_attrs["base"], control))
+                         gpus_per_trial, floor=lambda control: run.budgets(study.user_attrs["base"], control),
+                         recover_references=references)
         if sampler is not None:  # its table belongs in the run folder, even if no trial needed it
             with timing.stage(spent, "waiting for the sensitivity pass") if not sampler.ready() else nullcontext():
                 sampler.wait()
@@ -157,23 +162,33 @@ def _merged(values: list, extra) -> list:
 
 
 def _search_loop(study, inputs: Inputs, settings: dict, trials: int, parallel: int, cpus: int, budgets: dict,
-                 parcels: dict | None = None, gpus: float = 0.0, floor=None) -> None:
+                 parcels: dict | None = None, gpus: float = 0.0, floor=None,
+                 recover_references: dict | None = None) -> None:
     """Keep `parallel` trials in flight until the run has `trials` trials, each asking Ray for `cpus`
     CPUs and `gpus` GPUs; `parcels`: the shipped inputs (shipping.put), None to ship them here. A
     sampler that chooses whole designs (guided) is asked first whether it has one. `floor(control)`:
     the budgets once the fp32 control is scored (RunConfig.budgets), updated in place so that the
-    guided sampler, which holds the same dict, plans the floor's seeds against them."""
+    guided sampler, which holds the same dict, plans the floor's seeds against them.
+    `recover_references`: the recovery stage's settings, to recover the control and the structural
+    recipes as soon as each is scored (search/recovery.references_due), before the next trial; they
+    take trial slots but count against no --trials."""
     designer = study.sampler if isinstance(study.sampler, studies.DesignSampler) else None
     if parcels is None:
         parcels = shipping.put(ship_inputs(inputs))
     finished = studies.finished_count(study)
     estimated_from_trials = bool(timing.trial_times(study))  # else a better estimate follows the first trial
     in_flight: dict = {}
+    recovering: dict = {}  # task -> the number of the reference it recovers
     with tqdm(total=trials, initial=finished, desc="trials", unit="trial") as bar:
-        while finished + len(in_flight) < trials or in_flight:
+        while True:
             # while the sampler's own work (the sensitivity pass) runs beside, it holds trial slots
             busy = designer.busy_slots() if designer is not None else 0
-            while len(in_flight) < max(1, parallel - busy) and finished + len(in_flight) < trials:
+            slots = max(1, parallel - busy)
+            if recover_references is not None:  # the last trial may be a reference: before the loop's end
+                _recover_due(study, recover_references, recovering, slots - len(in_flight), cpus, parcels, gpus, bar)
+            if not (finished + len(in_flight) < trials or in_flight or recovering):
+                break
+            while len(in_flight) + len(recovering) < slots and finished + len(in_flight) < trials:
                 if designer is not None and not studies.has_waiting(study) and not designer.prepare(study):
                     break  # no scored design to move from yet (or no new move): wait for one
                 trial = study.ask()
@@ -182,7 +197,7 @@ def _search_loop(study, inputs: Inputs, settings: dict, trials: int, parallel: i
                     study, trial, candidate, _with_bar(study, trial, settings, candidate, budgets.get("map_floor")),
                     len(inputs.resolved))
                 in_flight[execution.submit(trial_settings, candidate, cpus, parcels, gpus)] = trial
-            if not in_flight:
+            if not in_flight and not recovering:
                 if designer is not None and designer.wait():
                     continue  # its tables are in now: it can propose
                 why = ("every move from the front was tried already, or is predicted below the accuracy floor"
@@ -190,8 +205,12 @@ def _search_loop(study, inputs: Inputs, settings: dict, trials: int, parallel: i
                 bar.write(f"no new design to try: {why}")
                 break
             # with a slot held, look again now and then: the slot frees when the sampler's work ends
-            ref = execution.wait_one_within(list(in_flight), SLOT_POLL_S if busy else None)
+            ref = execution.wait_one_within(list(in_flight) + list(recovering), SLOT_POLL_S if busy else None)
             if ref is None:
+                continue
+            if ref in recovering:  # kept for the stage, which tells it as a trial
+                if error := keep_result(study, recovering.pop(ref), ref):
+                    bar.write(error)
                 continue
             trial = in_flight.pop(ref)
             try:
@@ -214,13 +233,29 @@ def _search_loop(study, inputs: Inputs, settings: dict, trials: int, parallel: i
             bar.set_postfix_str(_front_summary(study), refresh=True)
 
 
+def _recover_due(study, settings: dict, recovering: dict, room: int, cpus: int, parcels: dict, gpus: float,
+                 bar: tqdm) -> None:
+    """Start the recovery (`settings`) of each reference due (recovery.references_due) while fewer than
+    `room` recoveries are in flight; `recovering`: task -> reference number, added to."""
+    for source in references_due(study, set(recovering.values())):
+        if len(recovering) >= room:
+            return
+        bar.write(f"recovering #{source.number} ({source.user_attrs.get(studies.RECIPE_ATTR)}) now: "
+                  "the accuracy floor judges structure after its recovery")
+        recovering[execution.submit(settings, source.user_attrs[studies.CANDIDATE_ATTR], cpus, parcels,
+                                    gpus)] = source.number
+
+
 def _with_bar(study, trial, settings: dict, candidate: dict, map_floor: float | None) -> dict:
     """A move's settings with its promotion bar (search/halving.py); anything else's unchanged."""
     from edgesearch.runners.evaluate import EvalSettings, design_lr
 
     if not settings.get("rung_steps") or not str(trial.user_attrs.get(studies.ORIGIN_ATTR, "")).startswith("move:"):
         return settings
-    bar = halving.promotion_bar(study, trial.user_attrs.get(studies.PREDICTED_ATTR), settings["finetune_iters"],
+    predicted = trial.user_attrs.get(studies.PREDICTED_ATTR) or {}
+    if "map50_95_recovered" in predicted:  # the floor judges it after its recovery, not at this fine-tune's end
+        map_floor = None
+    bar = halving.promotion_bar(study, predicted, settings["finetune_iters"],
                                 map_floor=map_floor, lr=design_lr(EvalSettings(**settings), candidate))
     return settings if bar is None else dict(settings, promotion_bar=bar)
 

@@ -27,6 +27,14 @@ of the base, but a design's own fine-tune recovers much of that (25 % channel pr
 one-shot structural loss is fitted beside the first, and omega then counts a structural loss at
 the ratio of the two slopes (the structural scale), so moves, seeds and the floor's screen price
 structure as the search's own trials found it.
+
+A run with a recovery stage and an accuracy floor judges a structural design against the floor after
+its recovery, not after the search's short fine-tune (it is recovered before it is kept). The control
+and the structural recipes are recovered during the search (search/recovery.py); what the recipes
+lose after it against the recovered control fits a third scale (fit_recovered_scale: 0.05-0.1 of the
+one-shot loss where the 60-step fine-tune keeps 0.3-0.5 of it), and a move or seed that changes
+structure carries a second prediction, `map50_95_recovered` (floor_prediction), which the floor's
+screen reads.
 """
 
 from __future__ import annotations
@@ -75,9 +83,19 @@ class AccuracyModel:
     structural_scale: float = 1.0
     designs: int = 0
     structural_designs: int = 0
+    # the structural scale after the recovery stage (fit_recovered_scale); None: no recovery, or not known yet
+    recovered_scale: float | None = None
 
     def predict(self, omega: float) -> float:
         return self.intercept - self.alpha * omega
+
+    def recovered(self, map50_95: float, structural_loss: float) -> float | None:
+        """A design's predicted mAP50-95 after the recovery stage, from `map50_95` predicted at the
+        structural scale: its one-shot structural loss counted at recovered_scale instead. None for
+        a design without structure, or before the recovered references fit the scale."""
+        if self.recovered_scale is None or structural_loss <= 0:
+            return None
+        return map50_95 + self.alpha * (self.structural_scale - self.recovered_scale) * structural_loss
 
 
 @dataclasses.dataclass
@@ -115,8 +133,8 @@ def knob_change(old: LayerKnobs, new: LayerKnobs) -> str:
     return ", ".join(changed)
 
 
-def propose(parent: Scored, fronts: dict[str, dict[str, list[Option]]], pricer: OptionPricer, alpha: float,
-            rng: np.random.Generator, *, cheapen_probability: float) -> Move | None:
+def propose(parent: Scored, fronts: dict[str, dict[str, list[Option]]], pricer: OptionPricer,
+            model: AccuracyModel, rng: np.random.Generator, *, cheapen_probability: float) -> Move | None:
     """One move from `parent`, or None when no layer can move in the drawn direction."""
     if not fronts:
         return None
@@ -155,10 +173,13 @@ def propose(parent: Scored, fronts: dict[str, dict[str, list[Option]]], pricer: 
     after = pricer.design(layers)
     predicted = {
         "omega": after["omega"],
-        "map50_95": parent.map50_95 - alpha * (after["omega"] - before["omega"]),
+        "map50_95": parent.map50_95 - model.alpha * (after["omega"] - before["omega"]),
         "sram_bytes": parent.sram_bytes + after["sram_bytes"] - before["sram_bytes"],
         "latency_ms": parent.latency_ms + after["latency_ms"] - before["latency_ms"],
     }
+    recovered = model.recovered(predicted["map50_95"], after["structural_loss"])
+    if recovered is not None:
+        predicted["map50_95_recovered"] = recovered
     return Move(parent.number, layers, changes, direction, str(resource), predicted)
 
 
@@ -200,6 +221,25 @@ def _structural_scale(weight: np.ndarray, structural: np.ndarray, map50_95: np.n
     return float(np.clip(structural_slope / weight_slope, *STRUCTURAL_SCALE_RANGE))
 
 
+def fit_recovered_scale(references: list[tuple[float, float]], alpha: float) -> float | None:
+    """The structural scale after recovery: `references` are (one-shot structural loss, mAP50-95 lost
+    against the recovered control) of the recovered structural recipes (uniform cuts, float weights,
+    so the loss is all structure's); the least-squares slope through the origin, per unit of omega
+    (/ alpha), clipped to STRUCTURAL_SCALE_RANGE. None without a recipe that carries structure."""
+    losses = np.array([loss for loss, _ in references if loss > 0], dtype=float)
+    drops = np.array([max(0.0, drop) for loss, drop in references if loss > 0], dtype=float)
+    if not len(losses) or alpha <= 0:
+        return None
+    slope = float(losses @ drops / (losses @ losses))
+    return float(np.clip(slope / alpha, *STRUCTURAL_SCALE_RANGE))
+
+
+def floor_prediction(predicted: dict) -> float:
+    """The predicted mAP50-95 the accuracy floor is held to: after the recovery stage where the
+    design will have one (a structural design of a recovering run), else after the fine-tune."""
+    return predicted.get("map50_95_recovered", predicted["map50_95"])
+
+
 def hypervolume(points: list[tuple[float, float, float]], reference: tuple[float, float, float]) -> float:
     """Hypervolume of (mAP up, SRAM down, latency down) points against `reference` (points that do
     not strictly beat the reference on every objective add none)."""
@@ -213,13 +253,13 @@ def hypervolume(points: list[tuple[float, float, float]], reference: tuple[float
 def screen(moves: list[Move], front: list[Scored], reference: tuple[float, float, float],
            map_floor: float | None = None) -> int:
     """Index of the move whose predicted design adds the most hypervolume to `front` (designs
-    under `map_floor` add none); ties, including all-zero gains, go to the higher predicted mAP."""
+    under `map_floor`, by floor_prediction, add none); ties, including all-zero gains, go to the higher predicted mAP."""
     points = [(s.map50_95, s.sram_bytes, s.latency_ms) for s in front]
     now = hypervolume(points, reference)
 
     def gain(move: Move) -> tuple[float, float]:
         p = move.predicted
-        if map_floor is not None and p["map50_95"] < map_floor:
+        if map_floor is not None and floor_prediction(p) < map_floor:
             return (0.0, p["map50_95"])
         return (hypervolume(points + [(p["map50_95"], p["sram_bytes"], p["latency_ms"])], reference) - now,
                 p["map50_95"])

@@ -51,22 +51,38 @@ SOURCES_ATTR = "recovery_sources"  # study attr: the source trial numbers chosen
 STAGE_ATTR = "recovery"  # study attr: {state: done | skipped, why, steps, designs, failed, cuts}
 
 
-def choose_sources(study: optuna.Study) -> list[FrozenTrial]:
-    """The trials to recover: the fp32 control, the structural recipes, and the front's structural
-    designs (MAX_FRONT_DESIGNS of them, spread_along_front), with those chosen before (a resumed stage). Empty
-    when no design on the front changes structure."""
+def choose_sources(study: optuna.Study, map_floor: float | None = None) -> list[FrozenTrial]:
+    """The trials to recover: the references (is_reference) and the front's structural designs
+    (MAX_FRONT_DESIGNS of them, spread_along_front), with those chosen before (a resumed stage). Empty
+    when no design on the front changes structure. With an accuracy floor, the front's candidates
+    include designs under it that the guided search predicted above it after recovery (recoverable)."""
     trials = {t.number: t for t in studies.searched_trials(study, states=(TrialState.COMPLETE,))}
-    front = [t for t in studies.pareto_trials(study)
-             if not studies.is_recovered(t) and studies.changes_structure(t) and not t.user_attrs.get(studies.RECIPE_ATTR)]
+    front = recoverable(study, map_floor)
     chosen = set(study.user_attrs.get(SOURCES_ATTR, [])) & set(trials)
     chosen |= {t.number for t in spread_along_front(front, MAX_FRONT_DESIGNS)}
     if not chosen:
         return []
-    chosen |= {n for n, t in trials.items() if studies.is_control(t)
-               or (t.user_attrs.get(studies.RECIPE_ATTR) and studies.changes_structure(t))}
+    chosen |= {n for n, t in trials.items() if is_reference(t)}
     study.set_user_attr(SOURCES_ATTR, sorted(chosen))
     # the control first: the recovered designs' accuracy floor waits for it
     return sorted((trials[n] for n in chosen), key=lambda t: (not studies.is_control(t), t.number))
+
+
+def recoverable(study: optuna.Study, map_floor: float | None) -> list[FrozenTrial]:
+    """The front's structural designs that are not recipes. With `map_floor`, the front of the designs
+    held to every budget but the floor, of which those above the floor and those whose predicted mAP
+    after recovery (moves.floor_prediction: the guided search's own, where it priced the recovery)
+    is above it: a structural design is kept or not after its recovery."""
+    def candidate(trial: FrozenTrial) -> bool:
+        return (not studies.is_recovered(trial) and studies.changes_structure(trial)
+                and not trial.user_attrs.get(studies.RECIPE_ATTR))
+
+    if map_floor is None:
+        return [t for t in studies.pareto_trials(study) if candidate(t)]
+    above = {t.number for t in studies.pareto_trials(study)}
+    front = studies.pareto_trials(study, ignoring=(studies.FLOOR_CONSTRAINT,))
+    return [t for t in front if candidate(t) and (t.number in above or (
+        t.user_attrs.get(studies.PREDICTED_ATTR) or {}).get("map50_95_recovered", -1.0) >= map_floor)]
 
 
 def spread_along_front(front: list[FrozenTrial], count: int) -> list[FrozenTrial]:
@@ -96,7 +112,7 @@ def recover_front(study: optuna.Study, settings: dict, steps: int, parallel: int
     if steps <= 0:
         study.set_user_attr(STAGE_ATTR, {"state": "skipped", "why": "--recover-steps 0", "steps": 0})
         return
-    sources = choose_sources(study)
+    sources = choose_sources(study, budgets_for(studies.control_scores(study)).get("map_floor"))
     if not sources:
         study.set_user_attr(STAGE_ATTR, {"state": "skipped", "steps": steps,
                                          "why": "no design on the front changes structure"})
@@ -116,18 +132,61 @@ def recover_front(study: optuna.Study, settings: dict, steps: int, parallel: int
                                            gpus)] = source
             ref = execution.wait_one(list(in_flight))
             source = in_flight.pop(ref)
-            try:
-                results[str(source.number)] = {"scores": execution.result(ref)}
-            except Exception as error:  # recorded as a failed trial; the stage goes on
-                results[str(source.number)] = {"error": execution.describe_error(error),
-                                               "node": execution.failed_node(error), "attempts": ref.attempts}
-                bar.write(f"recovery of #{source.number} failed: {results[str(source.number)]['error']}")
-            study.set_user_attr(RESULTS_ATTR, results)  # kept at once: a stopped run does not redo it
+            if error := keep_result(study, source.number, ref):
+                bar.write(error)
+            results = dict(study.user_attrs[RESULTS_ATTR])
             _tell_ready(study, sources, results, steps, budgets_for)
             bar.update(1)
     failed = sum(1 for r in results.values() if "error" in r)
     study.set_user_attr(STAGE_ATTR, {"state": "done", "why": "", "steps": steps, "designs": len(sources),
                                      "failed": failed, "cuts": RECOVERY_CUTS})
+
+
+def keep_result(study: optuna.Study, source: int, ref) -> str:
+    """Keep the finished recovery task `ref` of trial `source` in the study at once (a stopped run does
+    not redo it): its scores, or its error (told later as a failed trial; the run goes on). Returns
+    the line to show for a failure, else ""."""
+    results = dict(study.user_attrs.get(RESULTS_ATTR, {}))
+    try:
+        results[str(source)] = {"scores": execution.result(ref)}
+    except Exception as error:
+        results[str(source)] = {"error": execution.describe_error(error), "node": execution.failed_node(error),
+                                "attempts": ref.attempts}
+    study.set_user_attr(RESULTS_ATTR, results)
+    return f"recovery of #{source} failed: {results[str(source)]['error']}" if "error" in results[str(source)] else ""
+
+
+# ------------------------------------------------------------------ the references, recovered during the search
+
+def is_reference(trial: FrozenTrial) -> bool:
+    """Whether `trial` is one of the references every recovery stage recovers: the fp32 control or a
+    recipe that changes structure (a searched trial, not a recovered one)."""
+    return not studies.is_recovered(trial) and (studies.is_control(trial) or (
+        bool(trial.user_attrs.get(studies.RECIPE_ATTR)) and studies.changes_structure(trial)))
+
+
+def references_due(study: optuna.Study, started: set[int]) -> list[FrozenTrial]:
+    """The scored references (is_reference) whose recovery is neither kept nor among `started`, the
+    control first: a run with a recovery stage and an accuracy floor recovers them during the search
+    (search/loop.py), so that the guided search prices structure as the recovery leaves it
+    (recovered_references). The stage then finds them done."""
+    kept = study.user_attrs.get(RESULTS_ATTR, {})
+    due = [t for t in studies.searched_trials(study, states=(TrialState.COMPLETE,))
+           if is_reference(t) and str(t.number) not in kept and t.number not in started]
+    return sorted(due, key=lambda t: (not studies.is_control(t), t.number))
+
+
+def recovered_references(study: optuna.Study) -> list[tuple[dict, float]]:
+    """(design, mAP50-95 lost against the recovered control) of each structural recipe recovered so
+    far; empty until the control's recovery is in."""
+    kept = study.user_attrs.get(RESULTS_ATTR, {})
+    trials = [t for t in studies.searched_trials(study, states=(TrialState.COMPLETE,)) if is_reference(t)]
+    control = next((kept[str(t.number)].get("scores") for t in trials
+                    if studies.is_control(t) and str(t.number) in kept), None)
+    if control is None:
+        return []
+    return [(t.user_attrs[studies.CANDIDATE_ATTR], control["map50_95"] - kept[str(t.number)]["scores"]["map50_95"])
+            for t in trials if not studies.is_control(t) and "scores" in kept.get(str(t.number), {})]
 
 
 def _tell_ready(study: optuna.Study, sources: list[FrozenTrial], results: dict, steps: int,

@@ -26,6 +26,7 @@ def _searched_study(run_dir, layer: str) -> tuple[optuna.Study, dict[str, int]]:
     numbers = {}
     for name, (candidate, values, recipe) in designs.items():
         attrs = {studies.CANDIDATE_ATTR: candidate, studies.ORIGIN_ATTR: f"test: {name}",
+                 studies.SCORE_ATTR: dict(zip(("map50_95", "latency_ms", "sram_bytes"), values, strict=True)),
                  **({studies.RECIPE_ATTR: recipe} if recipe else {})}
         study.add_trial(optuna.trial.create_trial(values=list(values), user_attrs=attrs))
         numbers[name] = study.trials[-1].number
@@ -89,3 +90,33 @@ def test_the_designs_recovered_spread_along_the_front_from_the_most_accurate_to_
     assert [t.number for t in recovery.spread_along_front(front[:3], 4)] == [2, 1, 0]
     assert [t.number for t in recovery.spread_along_front(front, 1)] == [0]
 
+
+
+def test_with_a_floor_the_search_recovers_the_control_and_structural_recipes_as_soon_as_they_are_scored(
+        tmp_path, smoke_inputs):
+    """search/loop._search_loop with `recover_references`: each reference's recovery starts once it is
+    scored, counts against no --trials and is kept for the stage (which then finds it done), and the
+    recovered losses are what the guided search prices a cut by after recovery."""
+    from edgesearch.search.loop import _search_loop
+
+    layer = next(iter(prunable_pairs(smoke_inputs.base_model)))
+    study = studies.open_study(tmp_path, seed=0, population_size=2, create=True)
+    for recipe, layers in ((CONTROL, {}), ("25% structured pruning", {layer: {"prune_ratio": 0.25}})):
+        study.enqueue_trial({}, user_attrs={studies.CANDIDATE_ATTR: {"layers": layers}, studies.RECIPE_ATTR: recipe,
+                                            studies.ORIGIN_ATTR: f"recipe: {recipe}"})
+    settings = eval_settings(smoke_inputs, imgsz=64, finetune_iters=1, batch=8, threads=1, seed=0)
+    settings["build_cache"] = studies.run_id(study)  # a recovery times the graph its source built: reused
+    execution.start_ray(None)
+    try:
+        _search_loop(study, smoke_inputs, settings, 2, 2, 1, {"map_floor": 0.0}, gpus=0.0,
+                     recover_references=recovery.recovery_settings(settings, 1))
+    finally:
+        execution.stop_ray()
+    assert studies.finished_count(study) == 2 and not any(studies.is_recovered(t) for t in study.trials)
+    kept = study.user_attrs[recovery.RESULTS_ATTR]
+    assert sorted(map(int, kept)) == [0, 1] and all("scores" in result for result in kept.values())
+    assert all(result["scores"]["training"]["recovery_steps"] == 1 for result in kept.values())
+    assert recovery.references_due(study, set()) == []
+    (design, drop), = recovery.recovered_references(study)
+    assert design == {"layers": {layer: {"prune_ratio": 0.25}}}
+    assert drop == kept["0"]["scores"]["map50_95"] - kept["1"]["scores"]["map50_95"]
