@@ -25,6 +25,7 @@ BUDGETS = {
     "weight_bytes": ("weight_bytes",),
     "sram_bytes": ("weight_bytes", "activation_bytes"),
     "latency_ms": ("latency_ms",),
+    "flops": ("flops",),
 }
 TIME_LIMIT_S = 60.0
 

@@ -80,6 +80,7 @@ RECOVERED_FLOOR_PLANNED_ATTR = "floor_seeded_after_recovery"
 FLOOR_SEED_WORDS = "within the accuracy floor"  # in the origin of the floor's seeds, after what they minimise
 SEEDS_DUE_ATTR = "seeds_due"  # study attr: budgeted seeds still to plan once the tables are in (their count)
 LEGACY_SEEDED_ATTR = "seeded"  # runs before the sampler queued their recipes and seeds as waiting trials
+FLOPS_TIE = 1e-6  # designs within this share of the fewest FLOPs count as having them (the floor's FLOPs seed)
 RESCALE_TOLERANCE = 0.05  # the tables are re-priced when the fitted structural scale moves by more than this share
 
 
@@ -201,10 +202,15 @@ class Guide:
             tables = {layer: layer_options(pricer, layer, choices) for layer, choices in self.choices.items()}
             words = f", structure at {model.recovered_scale:.2g} of its one-shot loss after recovery"
         designs = []
-        for price, what in (("sram_bytes", f"least {self.memory_word()}"), ("latency_ms", "least latency")):
+        # after recovery also the fewest FLOPs: what structure removes, which int8 (least latency) does not
+        prices = (("sram_bytes", f"least {self.memory_word()}"), ("latency_ms", "least latency"))
+        for price, what in prices + ((("flops", "fewest FLOPs"),) if recovered else ()):
             if price == "latency_ms" and "latency_ms" not in self.fronts:
                 continue
             design = allocate(tables, {"omega": allowed}, minimise=price, offsets=self.offsets)
+            if design is not None and price == "flops":  # of the designs with those FLOPs, the least omega
+                least = design_price(design, "flops") * (1 + FLOPS_TIE)
+                design = allocate(tables, {"omega": allowed, "flops": least}) or design
             if design is not None:
                 candidate = Candidate({layer: option.knobs for layer, option in design.items()}).to_json()
                 designs.append((f"seed: {what} {FLOOR_SEED_WORDS}{' after recovery' if recovered else ''} "
@@ -216,8 +222,12 @@ class Guide:
         tried, with their predicted scores (after recovery too, where the model knows it)."""
         _, model = self.accuracy_model(study)
         seen = _designs_tried(study)
-        return [Proposal(candidate, origin, predicted=self.predicted(model, candidate))
-                for origin, candidate in self.floor_seeds(model, recovered) if candidate_key(candidate) not in seen]
+        proposals = []
+        for origin, candidate in self.floor_seeds(model, recovered):
+            if candidate_key(candidate) not in seen:  # two prices may pick one design: it is scored once
+                seen.add(candidate_key(candidate))
+                proposals.append(Proposal(candidate, origin, predicted=self.predicted(model, candidate)))
+        return proposals
 
     def predicted(self, model: AccuracyModel, candidate: dict) -> dict:
         """A planned design's omega and the mAP50-95 the model predicts for it: after the fine-tune,
@@ -267,7 +277,7 @@ class Guide:
                                   predicted=dict(move.predicted, alpha=model.alpha,
                                                  structural_scale=model.structural_scale,
                                                  structural_designs=model.structural_designs,
-                                                 **_recovered_words(move.predicted, model)))
+                                                 **_recovered_scale_attr(move.predicted, model)))
                          for move in moves]
             for index, proposal in enumerate(proposals):
                 if index != best:
@@ -316,7 +326,7 @@ def pricing_text(study: optuna.Study) -> str:
     return ""
 
 
-def _recovered_words(predicted: dict, model: AccuracyModel) -> dict:
+def _recovered_scale_attr(predicted: dict, model: AccuracyModel) -> dict:
     """The recovered scale beside a prediction after recovery, so a trial's record says how it was priced."""
     return {"recovered_scale": model.recovered_scale} if "map50_95_recovered" in predicted else {}
 

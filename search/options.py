@@ -50,6 +50,7 @@ class Option:
     activation_bytes: float
     latency_ms: float
     structural_loss: float = 0.0  # the one-shot loss of its structural changes (in omega x structural_scale)
+    flops: float = 0.0  # the layer's FLOPs after its structural changes (counted, runners/costs.py)
 
     def price(self, name: str) -> float:
         return getattr(self, name)
@@ -86,6 +87,7 @@ class OptionPricer:
         per_flop = latency / cost["flops"] if cost["flops"] else 0.0
         pruned_out = None
         structural_loss = 0.0
+        flops = cost["flops"]
         for knob in CHANGE_KNOBS:  # each priced by the measured loss of that one change
             value = getattr(knobs, knob)
             if value == getattr(DEFAULTS, knob):
@@ -97,6 +99,7 @@ class OptionPricer:
                 loss *= self.structural_scale
             omega += loss + self.change_floor
             latency += change["delta_flops"] * per_flop  # the layer's share of time, less what the change removes
+            flops += change["delta_flops"]
             if knob == "prune_ratio":
                 pruned_out = change["out_channels"]
         shape = tuple(info["shape"])
@@ -106,11 +109,11 @@ class OptionPricer:
                         and info.get("bias", True))
             for i, s in enumerate(shapes))
         act_bytes = ACTIVATION_BYTES[knobs.activation_bits] * cost["input_elements"] * self._bytes_per_input_element
-        return Option(knobs, omega, weight_bytes, act_bytes, max(0.0, latency), structural_loss)
+        return Option(knobs, omega, weight_bytes, act_bytes, max(0.0, latency), structural_loss, max(0.0, flops))
 
     def design(self, layers: dict[str, LayerKnobs]) -> dict[str, float]:
         """Summed prices of a design; layers it does not name keep their defaults (float, unchanged)."""
-        totals = dict.fromkeys((*PRICES, "structural_loss"), 0.0)
+        totals = dict.fromkeys((*PRICES, "structural_loss", "flops"), 0.0)
         for layer in self.layers():
             option = self.price(layer, layers.get(layer, DEFAULTS))
             for name in totals:

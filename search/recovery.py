@@ -13,6 +13,12 @@ the same schedule, so that a recovered design is compared with references that h
 record. The schedule's learning rate is higher than the fine-tune's (RECOVERY_LR: a cut has more to
 win back than a quantizer).
 
+With an accuracy floor, a guided run recovers the references (the control and the structural
+recipes: is_reference) during the search, each as soon as it is scored (search/loop.py), so that the
+guided search prices structure as the recovery leaves it (recovered_references, moves.py); the front's
+designs the stage takes then include those under the floor that were predicted above it after
+recovery (recoverable).
+
 Each recovered design becomes a new trial (origin "recovery of #N …", user attribute
 `recovered_from`) and takes its place on the front where it earns it; its training record says
 `recovery_steps`. Its accuracy floor rests on the recovered control, so recovered designs become trials
