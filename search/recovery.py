@@ -59,13 +59,15 @@ STAGE_ATTR = "recovery"  # study attr: {state: done | skipped, why, steps, desig
 
 def choose_sources(study: optuna.Study, map_floor: float | None = None) -> list[FrozenTrial]:
     """The trials to recover: the references (is_reference) and the front's structural designs
-    (MAX_FRONT_DESIGNS of them, spread_along_front), with those chosen before (a resumed stage). Empty
+    (MAX_FRONT_DESIGNS of them, spread_along_front), or those chosen before (a resumed stage). Empty
     when no design on the front changes structure. With an accuracy floor, the front's candidates
     include designs under it that the guided search predicted above it after recovery (recoverable)."""
     trials = {t.number: t for t in studies.searched_trials(study, states=(TrialState.COMPLETE,))}
-    front = recoverable(study, map_floor)
+    # chosen once: a resumed run recovers what it chose; the front moves once recovered designs join it,
+    # and choosing again then took a fifth design (seen: a resume after a finished stage trained one more)
     chosen = set(study.user_attrs.get(SOURCES_ATTR, [])) & set(trials)
-    chosen |= {t.number for t in spread_along_front(front, MAX_FRONT_DESIGNS)}
+    if not chosen:
+        chosen = {t.number for t in spread_along_front(recoverable(study, map_floor), MAX_FRONT_DESIGNS)}
     if not chosen:
         return []
     chosen |= {n for n, t in trials.items() if is_reference(t)}

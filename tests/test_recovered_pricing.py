@@ -155,3 +155,7 @@ def test_the_stage_recovers_designs_under_the_floor_that_the_search_predicted_ab
          predicted={"map50_95": 0.30, "map50_95_recovered": 0.65})  # not even after recovery
     _add(study, {layer: {"weight_bits": 4}}, 0.40, latency_ms=4.0, floor=FLOOR)  # no structure to recover
     assert [t.number for t in choose_sources(study, FLOOR)] == [control, kept, recoverable]
+    # chosen once: a design that joins the front later (say, after the stage) is not recovered on a resume
+    _add(study, {layer: {"prune_ratio": 0.25}, "model.1.conv": {"prune_ratio": 0.25}}, 0.715, latency_ms=7.0,
+         floor=FLOOR)
+    assert [t.number for t in choose_sources(study, FLOOR)] == [control, kept, recoverable]
