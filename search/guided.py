@@ -433,8 +433,10 @@ class GuidedSampler(studies.DesignSampler):
             study.set_user_attr(FLOOR_PLANNED_ATTR, True)
             if extra:
                 return extra[0]
+        # the model is fitted here only once recovered references exist (a floor run without a recovery
+        # stage would otherwise fit it twice for every design it proposes: here and in the move)
         if (self.guide.budgets.get("map_floor") is not None and not study.user_attrs.get(RECOVERED_FLOOR_PLANNED_ATTR)
-                and self.guide.accuracy_model(study)[1].recovered_scale is not None):
+                and recovered_references(study) and self.guide.accuracy_model(study)[1].recovered_scale is not None):
             extra = self.guide.floor_proposals(study, recovered=True)  # once the recovered references are in
             self._extend_plan(study, extra)
             study.set_user_attr(RECOVERED_FLOOR_PLANNED_ATTR, True)
