@@ -31,8 +31,9 @@ structure as the search's own trials found it.
 A run with a recovery stage and an accuracy floor judges a structural design against the floor after
 its recovery, not after the search's short fine-tune (it is recovered before it is kept). The control
 and the structural recipes are recovered during the search (search/recovery.py); what the recipes
-lose after it against the recovered control fits a third scale (fit_recovered_scale: 0.05-0.1 of the
-one-shot loss where the 60-step fine-tune keeps 0.3-0.5 of it), and a move or seed that changes
+lose after it against the recovered control fits a third scale (fit_recovered_scale: 0.029 of the
+one-shot loss after 1380 recovery steps where the 60-step trials fitted 0.31, in
+bench/results/structure_targets_recovery_priced.md), and a move or seed that changes
 structure carries a second prediction, `map50_95_recovered` (floor_prediction), which the floor's
 screen reads.
 """

@@ -50,7 +50,9 @@ class Option:
     activation_bytes: float
     latency_ms: float
     structural_loss: float = 0.0  # the one-shot loss of its structural changes (in omega x structural_scale)
-    flops: float = 0.0  # the layer's FLOPs after its structural changes (counted, runners/costs.py)
+    # the layer's FLOPs less each change's measured delta_flops, which counts its consumers' input
+    # channels too: summed over a design, adjacent cuts overcount what they remove (5.43x priced, 3.67x counted)
+    flops: float = 0.0
 
     def price(self, name: str) -> float:
         return getattr(self, name)

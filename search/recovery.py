@@ -79,8 +79,8 @@ def choose_sources(study: optuna.Study, map_floor: float | None = None) -> list[
 def recoverable(study: optuna.Study, map_floor: float | None) -> list[FrozenTrial]:
     """The front's structural designs that are not recipes. With `map_floor`, the front of the designs
     held to every budget but the floor, of which those above the floor and those whose predicted mAP
-    after recovery (moves.floor_prediction: the guided search's own, where it priced the recovery)
-    is above it: a structural design is kept or not after its recovery."""
+    after recovery (`map50_95_recovered`, where the guided search priced the recovery) is above it:
+    a structural design is kept or not after its recovery."""
     def candidate(trial: FrozenTrial) -> bool:
         return (not studies.is_recovered(trial) and studies.changes_structure(trial)
                 and not trial.user_attrs.get(studies.RECIPE_ATTR))
