@@ -108,6 +108,7 @@ class Guide:
     def _price_tables(self) -> None:
         """Each layer's option table, and its trade-off per resource, at the pricer's structural scale."""
         self.tables = {layer: layer_options(self.pricer, layer, choices) for layer, choices in self.choices.items()}
+        self.interactions = self.pricer.interactions(self.tables)  # what adjacent cuts remove twice
         self.fronts = {resource: layer_fronts(self.tables, resource) for resource in RESOURCES
                        if self._varies(resource)}
 
@@ -145,12 +146,12 @@ class Guide:
         for limit, design in budget_sweep(self.tables, low, high, sram_points, budget="sram_bytes"):
             designs.append((f"seed: least omega under {limit / MIB:.2f} MiB {self.memory_word()} (predicted)", design))
         if "latency_ms" in self.fronts:  # from the fastest design to just under the base's latency
-            fastest = allocate(self.tables, {}, minimise="latency_ms")
+            fastest = allocate(self.tables, {}, minimise="latency_ms", interactions=self.interactions)
             assert fastest is not None
-            low = design_price(fastest, "latency_ms", self.offsets) * 1.001
+            low = design_price(fastest, "latency_ms", self.offsets, self.interactions) * 1.001
             high = max(low, LATENCY_SEED_TOP * self.pricer.design({})["latency_ms"])
             for limit, design in budget_sweep(self.tables, low, high, count - sram_points, budget="latency_ms",
-                                              offsets=self.offsets):
+                                              offsets=self.offsets, interactions=self.interactions):
                 designs.append((f"seed: least omega under {limit:.2f} ms latency (predicted)", design))
         return [(origin, Candidate({layer: option.knobs for layer, option in design.items()}).to_json())
                 for origin, design in designs]
@@ -194,12 +195,13 @@ class Guide:
         allowed = (model.intercept - self.budgets["map_floor"]) / alpha
         if allowed <= 0:
             return []
-        tables, words = self.tables, _scale_words(model)
+        tables, interactions, words = self.tables, self.interactions, _scale_words(model)
         if recovered:
             assert model.recovered_scale is not None
             pricer = copy.copy(self.pricer)
             pricer.structural_scale = model.recovered_scale
             tables = {layer: layer_options(pricer, layer, choices) for layer, choices in self.choices.items()}
+            interactions = pricer.interactions(tables)
             words = f", structure at {model.recovered_scale:.2g} of its one-shot loss after recovery"
         designs = []
         # after recovery also the fewest FLOPs: what structure removes, which int8 (least latency) does not
@@ -207,10 +209,11 @@ class Guide:
         for price, what in prices + ((("flops", "fewest FLOPs"),) if recovered else ()):
             if price == "latency_ms" and "latency_ms" not in self.fronts:
                 continue
-            design = allocate(tables, {"omega": allowed}, minimise=price, offsets=self.offsets)
+            design = allocate(tables, {"omega": allowed}, minimise=price, offsets=self.offsets,
+                              interactions=interactions)
             if design is not None and price == "flops":  # of the designs with those FLOPs, the least omega
-                least = design_price(design, "flops") * (1 + FLOPS_TIE)
-                design = allocate(tables, {"omega": allowed, "flops": least}) or design
+                least = design_price(design, "flops", interactions=interactions) * (1 + FLOPS_TIE)
+                design = allocate(tables, {"omega": allowed, "flops": least}, interactions=interactions) or design
             if design is not None:
                 candidate = Candidate({layer: option.knobs for layer, option in design.items()}).to_json()
                 designs.append((f"seed: {what} {FLOOR_SEED_WORDS}{' after recovery' if recovered else ''} "

@@ -115,24 +115,34 @@ def _start_tables(inputs: Inputs, settings: dict, run: RunConfig, run_dir: Path,
     basis exports blocks with torch.export, whose tracer patches every module's call for the whole
     process, so the pass's forwards in another thread were traced into the block (tried: the
     export failed, "Unexpected key _export_root.block.m.0.cv2"). (recipes, options, basis, future
-    of the table): guided_space's recipes and options, made once for both the pass and the sampler."""
+    of the table, the convs' shapes and what each prune cut removes: FLOPs counted on pruned shapes):
+    guided_space's recipes and options, made once for both the pass and the sampler."""
+    from edgesearch.runners.conv_shapes import conv_shapes
     from edgesearch.search import analysis
 
     recipes, options = guided_space(inputs, run.preset)
     basis = analysis.cost_basis(settings, run_dir, threads)
-    return recipes, options, basis, analysis.start_sensitivity(settings, options, run_dir, threads)
+    cuts = [(layer, float(ratio)) for layer, knobs in options.items() for ratio in knobs.get("prune_ratio", []) if ratio]
+    shapes = conv_shapes(inputs.base_model, cuts, run.imgsz)  # a second: one DepGraph trace, no data
+    return recipes, options, basis, analysis.start_sensitivity(settings, options, run_dir, threads), shapes
 
 
 def _guided_sampler(inputs: Inputs, run: RunConfig, study, budgets: dict, tables):
     """The guided strategy's sampler, and in a new study the plan of recipes (and of the seeds to
     come, once the sensitivity table is in) to score first."""
+    from edgesearch.search.flops_count import FlopsCounter
     from edgesearch.search.guided import Guide, GuidedSampler
     from edgesearch.search.options import OptionPricer
 
-    recipes, options, basis, table = tables
+    recipes, options, basis, table, shapes = tables
+    # a conv's FLOPs that another layer's cut removes are priced at its fastest precision: on the
+    # safe side, since which precision it computes in is its own layer's choice
+    ms_per_flop = {conv: min(cost[key] for key in cost if key.startswith("latency_ms")) / cost["flops"]
+                   for conv, cost in basis["layers"].items() if cost["flops"]}
 
     def make_guide(sensitivity: dict) -> Guide:
-        return Guide(OptionPricer(sensitivity, basis), inputs.resolved, study.user_attrs["base"], budgets, run.seed)
+        pricer = OptionPricer(sensitivity, basis, counter=FlopsCounter(shapes, ms_per_flop))
+        return Guide(pricer, inputs.resolved, study.user_attrs["base"], budgets, run.seed)
 
     sampler = GuidedSampler((table, make_guide), options, run.seed)
     sampler.plan(study, recipes, seed_count(run.trials, len(recipes)))

@@ -30,6 +30,7 @@ import math
 
 import numpy as np
 
+from edgesearch.search.flops_count import FlopsCounter, Interaction, structure_key
 from edgesearch.spaces.apply import option_weight_shapes
 from edgesearch.spaces.candidate import LayerKnobs
 from edgesearch.spaces.knobs import CHANGE_KNOBS, STRUCTURAL_KNOBS, weight_option_key
@@ -50,8 +51,8 @@ class Option:
     activation_bytes: float
     latency_ms: float
     structural_loss: float = 0.0  # the one-shot loss of its structural changes (in omega x structural_scale)
-    # the layer's FLOPs less each change's measured delta_flops, which counts its consumers' input
-    # channels too: summed over a design, adjacent cuts overcount what they remove (5.43x priced, 3.67x counted)
+    # the layer's FLOPs and the model's change under this option alone (its cut's consumers included);
+    # what adjacent cuts remove twice is the pricer's interactions (search/flops_count.py)
     flops: float = 0.0
 
     def price(self, name: str) -> float:
@@ -61,8 +62,11 @@ class Option:
 class OptionPricer:
     """Prices any knobs of any searchable layer (recipes included, whatever the space allows)."""
 
-    def __init__(self, sensitivity: dict, basis: dict, structural_scale: float = 1.0):
-        self.sensitivity, self.basis = sensitivity, basis
+    def __init__(self, sensitivity: dict, basis: dict, structural_scale: float = 1.0,
+                 counter: FlopsCounter | None = None):
+        """`counter`: counts FLOPs on pruned shapes, for the options' FLOPs and latency changes and
+        the interactions of adjacent cuts; without, each change's measured delta_flops, summed."""
+        self.sensitivity, self.basis, self.counter = sensitivity, basis, counter
         # the sensitivity pass prices a structural change as a one-shot cut; a fine-tune recovers
         # much of it, so omega counts this share of that loss (1: as measured on the base)
         self.structural_scale = structural_scale
@@ -100,10 +104,14 @@ class OptionPricer:
                 structural_loss += loss
                 loss *= self.structural_scale
             omega += loss + self.change_floor
-            latency += change["delta_flops"] * per_flop  # the layer's share of time, less what the change removes
-            flops += change["delta_flops"]
+            if self.counter is None:
+                latency += change["delta_flops"] * per_flop  # the layer's share of time, less what the change removes
+                flops += change["delta_flops"]
             if knob == "prune_ratio":
                 pruned_out = change["out_channels"]
+        if self.counter is not None:
+            flops += self.counter.change(layer, structure_key(knobs))
+            latency += self.counter.change_ms(layer, structure_key(knobs), per_flop)
         shape = tuple(info["shape"])
         shapes = option_weight_shapes(shape, knobs, groups=info.get("groups", 1), pruned_out_channels=pruned_out)
         weight_bytes = sum(
@@ -111,15 +119,32 @@ class OptionPricer:
                         and info.get("bias", True))
             for i, s in enumerate(shapes))
         act_bytes = ACTIVATION_BYTES[knobs.activation_bits] * cost["input_elements"] * self._bytes_per_input_element
-        return Option(knobs, omega, weight_bytes, act_bytes, max(0.0, latency), structural_loss, max(0.0, flops))
+        if self.counter is None:  # each change alone, clipped at nothing left
+            latency, flops = max(0.0, latency), max(0.0, flops)
+        # with a counter a cut's change may exceed its own layer's share (its consumers shrink too): kept
+        # whole, so that options and interactions add up to the design's count
+        return Option(knobs, omega, weight_bytes, act_bytes, latency, structural_loss, flops)
+
+    def interactions(self, tables: dict[str, list[Option]]) -> list[Interaction]:
+        """What the tables' structural choices change in FLOPs and latency two at a time, beyond
+        their options' own prices (none without a counter)."""
+        if self.counter is None:
+            return []
+        return self.counter.interactions({layer: list(dict.fromkeys(structure_key(o.knobs) for o in options))
+                                          for layer, options in tables.items()})
 
     def design(self, layers: dict[str, LayerKnobs]) -> dict[str, float]:
-        """Summed prices of a design; layers it does not name keep their defaults (float, unchanged)."""
+        """Summed prices of a design, with its layers' interactions; layers it does not name keep
+        their defaults (float, unchanged). With a counter, "flops" is the design's counted FLOPs."""
         totals = dict.fromkeys((*PRICES, "structural_loss", "flops"), 0.0)
         for layer in self.layers():
             option = self.price(layer, layers.get(layer, DEFAULTS))
             for name in totals:
                 totals[name] += option.price(name)
+        if self.counter is not None:
+            chosen = {layer: [structure_key(knobs)] for layer, knobs in layers.items() if layer in self.sensitivity["layers"]}
+            totals["latency_ms"] += sum(i.latency_ms for i in self.counter.interactions(chosen))
+            totals["flops"] = self.counter.count(layers)
         totals["latency_ms"] += self.basis["fixed_ms"]
         totals["sram_bytes"] = totals["weight_bytes"] + totals["activation_bytes"]
         return totals

@@ -362,12 +362,19 @@ def test_the_guided_sampler_drives_study_optimize_and_a_new_process_carries_on_f
     from edgesearch.spaces.candidate import Candidate
     from edgesearch.spaces.knobs import DEFAULTS
 
+    from edgesearch.runners.conv_shapes import conv_shapes
+    from edgesearch.search.flops_count import FlopsCounter
+
     out = smoke_run.out
     inputs = resolve_inputs(profile="x86-host", space=SMOKE_SPACE, model=None, data=None, preset="smoke")
     recipes, space = guided_space(inputs, "smoke")
-    pricer = OptionPricer(json.loads((out / "sensitivity.json").read_text()),
-                          json.loads((out / "cost_basis.json").read_text()))
+    # as the search prices (search/loop.py): FLOPs counted on pruned shapes, adjacent cuts' overlap included
+    cuts = [(layer, ratio) for layer, knobs in space.items() for ratio in knobs.get("prune_ratio", []) if ratio]
+    basis = json.loads((out / "cost_basis.json").read_text())
+    counter = FlopsCounter(conv_shapes(inputs.base_model, cuts, basis["imgsz"]))
+    pricer = OptionPricer(json.loads((out / "sensitivity.json").read_text()), basis, counter=counter)
     base = optuna.load_study(study_name=studies.STUDY_NAME, storage=studies.storage_url(out)).user_attrs["base"]
+    assert Guide(pricer, inputs.resolved, base, {}, seed=0).interactions, "the smoke space's cuts are adjacent"
 
     def sampler():
         return GuidedSampler(Guide(pricer, inputs.resolved, base, {}, seed=0), space, seed=0)
