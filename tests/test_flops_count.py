@@ -88,3 +88,16 @@ def test_the_allocation_with_interactions_is_the_exhaustive_optimum():
     # without the pairs the MILP is misled: it picks by the single-option sums
     misled = allocate(tables, {"omega": budget}, minimise="flops")
     assert flops(misled) > flops(best)
+
+
+def test_a_yolo11n_design_is_counted_as_built():
+    """C3k2 / C2PSA blocks and the depthwise convs of YOLO11's head (pruned with their group)."""
+    import torch
+    from ultralytics import YOLO
+
+    torch.manual_seed(0)
+    model = YOLO("yolo11n.yaml").model.eval()
+    prunable = list(prunable_pairs(model))
+    counter = FlopsCounter(conv_shapes(model, [(layer, r) for layer in prunable for r in (0.25, 0.5)], IMGSZ))
+    design = {layer: LayerKnobs(prune_ratio=0.5 if i % 2 else 0.25) for i, layer in enumerate(prunable)}
+    assert counter.count(design) == _built_flops(model, design) < counter.base

@@ -355,15 +355,14 @@ def test_the_guided_sampler_drives_study_optimize_and_a_new_process_carries_on_f
     then screened moves, each design also as the trial's parameters; a second sampler (another
     process, as a resumed run) reads the plan and the trials from the storage and goes on with moves.
     Scores are the proxy's (no fine-tune): the smoke run's own sensitivity and cost tables."""
+    from edgesearch.runners.conv_shapes import conv_shapes
+    from edgesearch.search.flops_count import FlopsCounter
     from edgesearch.search.guided import Guide, GuidedSampler
     from edgesearch.search.loop import guided_space
     from edgesearch.search.options import OptionPricer
     from edgesearch.search.resolve import resolve_inputs
     from edgesearch.spaces.candidate import Candidate
     from edgesearch.spaces.knobs import DEFAULTS
-
-    from edgesearch.runners.conv_shapes import conv_shapes
-    from edgesearch.search.flops_count import FlopsCounter
 
     out = smoke_run.out
     inputs = resolve_inputs(profile="x86-host", space=SMOKE_SPACE, model=None, data=None, preset="smoke")
