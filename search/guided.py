@@ -61,7 +61,7 @@ from edgesearch.search.moves import (
     screen,
 )
 from edgesearch.search.options import OptionPricer, in_space, layer_options
-from edgesearch.search.recovery import recovered_references
+from edgesearch.search.recovery import FEWEST_FLOPS_SEED, recovered_references
 from edgesearch.search.study import Proposal
 from edgesearch.spaces.candidate import Candidate, LayerKnobs
 from edgesearch.spaces.knobs import DEFAULTS
@@ -206,7 +206,7 @@ class Guide:
         designs = []
         # after recovery also the fewest FLOPs: what structure removes, which int8 (least latency) does not
         prices = (("sram_bytes", f"least {self.memory_word()}"), ("latency_ms", "least latency"))
-        for price, what in prices + ((("flops", "fewest FLOPs"),) if recovered else ()):
+        for price, what in prices + ((("flops", FEWEST_FLOPS_SEED.removeprefix("seed: ")),) if recovered else ()):
             if price == "latency_ms" and "latency_ms" not in self.fronts:
                 continue
             design = allocate(tables, {"omega": allowed}, minimise=price, offsets=self.offsets,

@@ -16,10 +16,15 @@ An option is one value per knob for one layer. Its prices, from the sensitivity 
                   for int8 inputs and <= 8-bit weights, fp16 for activation_bits 16, where the
                   profile computes in them; else fp32), changed by its structural changes in
                   proportion to the FLOPs they remove (estimated, see cost_basis.py)
+  flops           the layer's FLOPs plus what the option alone changes in the model's (its cut's
+                  consumers included), counted on pruned shapes where the pricer has a counter
+                  (search/flops_count.py; the search's), else each change's measured delta, summed
 
-Prices add over layers, with two approximations, both on the safe side: a pruning group's
-change is priced on the conv carrying its knob (its FLOPs and loss cover the whole group, but only
-that conv's weight bytes shrink), and activation bytes do not shrink with pruning.
+Prices add over layers, plus, with a counter, the interactions of pairs of layers whose cuts remove
+the same channels (FLOPs and latency: search/allocate.py takes them), with two approximations, both
+on the safe side: a pruning group's change is priced on the conv carrying its knob (its FLOPs and
+loss cover the whole group, but only that conv's weight bytes shrink), and activation bytes do not
+shrink with pruning.
 """
 
 from __future__ import annotations

@@ -55,19 +55,24 @@ MAX_FRONT_DESIGNS = 4  # the front's structural designs recovered, at most (each
 RESULTS_ATTR = "recovery_results"  # study attr: {source trial number: {"scores": ...} or {"error", "node", "attempts"}}
 SOURCES_ATTR = "recovery_sources"  # study attr: the source trial numbers chosen, kept for a resume
 STAGE_ATTR = "recovery"  # study attr: {state: done | skipped, why, steps, designs, failed, cuts}
+# the origin of the floor's fewest-FLOPs seed after recovery (search/guided.py): recovered beside the
+# front's designs, since the front (mAP, latency, memory) does not hold FLOPs and int8 designs dominate it
+FEWEST_FLOPS_SEED = "seed: fewest FLOPs"
 
 
 def choose_sources(study: optuna.Study, map_floor: float | None = None) -> list[FrozenTrial]:
     """The trials to recover: the references (is_reference) and the front's structural designs
     (MAX_FRONT_DESIGNS of them, spread_along_front), or those chosen before (a resumed stage). Empty
     when no design on the front changes structure. With an accuracy floor, the front's candidates
-    include designs under it that the guided search predicted above it after recovery (recoverable)."""
+    include designs under it that the guided search predicted above it after recovery (recoverable), and
+    the floor's fewest-FLOPs seed where it was predicted above the floor after recovery."""
     trials = {t.number: t for t in studies.searched_trials(study, states=(TrialState.COMPLETE,))}
     # chosen once: a resumed run recovers what it chose; the front moves once recovered designs join it,
     # and choosing again then took a fifth design (seen: a resume after a finished stage trained one more)
     chosen = set(study.user_attrs.get(SOURCES_ATTR, [])) & set(trials)
     if not chosen:
         chosen = {t.number for t in spread_along_front(recoverable(study, map_floor), MAX_FRONT_DESIGNS)}
+        chosen |= {t.number for t in trials.values() if _fewest_flops_seed_kept(t, map_floor)}
     if not chosen:
         return []
     chosen |= {n for n, t in trials.items() if is_reference(t)}
@@ -91,6 +96,12 @@ def recoverable(study: optuna.Study, map_floor: float | None) -> list[FrozenTria
     front = studies.pareto_trials(study, ignoring=(studies.FLOOR_CONSTRAINT,))
     return [t for t in front if candidate(t) and (t.number in above or (
         t.user_attrs.get(studies.PREDICTED_ATTR) or {}).get("map50_95_recovered", -1.0) >= map_floor)]
+
+
+def _fewest_flops_seed_kept(trial: FrozenTrial, map_floor: float | None) -> bool:
+    predicted = trial.user_attrs.get(studies.PREDICTED_ATTR) or {}
+    return (map_floor is not None and trial.user_attrs.get(studies.ORIGIN_ATTR, "").startswith(FEWEST_FLOPS_SEED)
+            and studies.changes_structure(trial) and predicted.get("map50_95_recovered", -1.0) >= map_floor)
 
 
 def spread_along_front(front: list[FrozenTrial], count: int) -> list[FrozenTrial]:

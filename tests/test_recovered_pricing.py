@@ -11,7 +11,13 @@ from optuna.trial import TrialState
 from edgesearch.search import study as studies
 from edgesearch.search.moves import AccuracyModel, Move, fit_recovered_scale, floor_prediction, screen
 from edgesearch.search.recipes import CONTROL
-from edgesearch.search.recovery import RESULTS_ATTR, choose_sources, recovered_references, references_due
+from edgesearch.search.recovery import (
+    FEWEST_FLOPS_SEED,
+    RESULTS_ATTR,
+    choose_sources,
+    recovered_references,
+    references_due,
+)
 from tests.test_search import BASE, _five_layer_tables
 
 FLOOR = 0.70
@@ -39,9 +45,9 @@ def test_the_recovered_scale_is_what_the_recovered_recipes_lost_per_unit_of_thei
 
 
 def _add(study, layers: dict, map50_95: float, *, recipe: str | None = None, predicted: dict | None = None,
-         latency_ms: float = 1.0, floor: float | None = None) -> int:
+         latency_ms: float = 1.0, floor: float | None = None, origin: str = "test") -> int:
     scores = {"map50_95": map50_95, "sram_bytes": 1.0, "latency_ms": latency_ms}
-    attrs = {studies.SCORE_ATTR: scores, studies.CANDIDATE_ATTR: {"layers": layers}, studies.ORIGIN_ATTR: "test"}
+    attrs = {studies.SCORE_ATTR: scores, studies.CANDIDATE_ATTR: {"layers": layers}, studies.ORIGIN_ATTR: origin}
     attrs.update({studies.RECIPE_ATTR: recipe} if recipe else {})
     attrs.update({studies.PREDICTED_ATTR: predicted} if predicted else {})
     trial = optuna.trial.create_trial(values=[map50_95, latency_ms, 1.0], user_attrs=attrs)
@@ -154,8 +160,14 @@ def test_the_stage_recovers_designs_under_the_floor_that_the_search_predicted_ab
     _add(study, {layer: {"prune_ratio": 0.75}}, 0.30, latency_ms=3.0, floor=FLOOR,
          predicted={"map50_95": 0.30, "map50_95_recovered": 0.65})  # not even after recovery
     _add(study, {layer: {"weight_bits": 4}}, 0.40, latency_ms=4.0, floor=FLOOR)  # no structure to recover
-    assert [t.number for t in choose_sources(study, FLOOR)] == [control, kept, recoverable]
+    # the fewest-FLOPs seed is recovered off the front (which holds no FLOPs), where predicted above the floor
+    fewest = _add(study, {layer: {"prune_ratio": 0.5}, "model.1.conv": {"prune_ratio": 0.5}}, 0.45, latency_ms=6.0,
+                  floor=FLOOR, predicted={"map50_95": 0.45, "map50_95_recovered": 0.70},
+                  origin=f"{FEWEST_FLOPS_SEED} within the accuracy floor after recovery (...)")
+    _add(study, {"model.1.conv": {"prune_ratio": 0.75}}, 0.40, latency_ms=6.5, floor=FLOOR,
+         predicted={"map50_95": 0.40, "map50_95_recovered": 0.69}, origin=f"{FEWEST_FLOPS_SEED} (an earlier plan)")
+    assert [t.number for t in choose_sources(study, FLOOR)] == [control, kept, recoverable, fewest]
     # chosen once: a design that joins the front later (say, after the stage) is not recovered on a resume
     _add(study, {layer: {"prune_ratio": 0.25}, "model.1.conv": {"prune_ratio": 0.25}}, 0.715, latency_ms=7.0,
          floor=FLOOR)
-    assert [t.number for t in choose_sources(study, FLOOR)] == [control, kept, recoverable]
+    assert [t.number for t in choose_sources(study, FLOOR)] == [control, kept, recoverable, fewest]
