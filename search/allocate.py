@@ -95,11 +95,12 @@ def _products(pairs: list[Interaction], positions: dict, first_pair_column: int)
     for k, interaction in enumerate(pairs):
         y = first_pair_column + k
         za, zb = positions[interaction.first], positions[interaction.second]
-        for r, (entries, sign_y, bound) in enumerate(((za, 1, 0), (zb, 1, 0), (za + zb, -1, 1))):
-            row = 3 * k + r
-            rows += [row] * (len(entries) + 1)
+        # (the z columns, their coefficient, y's coefficient, the row's upper bound)
+        for r, (entries, z_coefficient, y_coefficient, bound) in enumerate(
+                ((za, -1.0, 1.0, 0.0), (zb, -1.0, 1.0, 0.0), (za + zb, 1.0, -1.0, 1.0))):
+            rows += [3 * k + r] * (len(entries) + 1)
             columns += [*entries, y]
-            values += [-1.0 if sign_y == 1 else 1.0] * len(entries) + [float(sign_y)]
+            values += [z_coefficient] * len(entries) + [y_coefficient]
             upper.append(bound)
     shape = (3 * len(pairs), first_pair_column + len(pairs))
     return LinearConstraint(sparse.csr_array((values, (rows, columns)), shape=shape), -np.inf, np.array(upper))
