@@ -36,6 +36,11 @@ def structure_key(knobs: LayerKnobs) -> tuple:
 DEFAULT_STRUCTURE = structure_key(DEFAULTS)
 
 
+def _knobs_of(key: tuple) -> dict:
+    """{structural knob: value} of a structure_key."""
+    return dict(zip(STRUCTURAL_KNOBS, key, strict=True))
+
+
 @dataclasses.dataclass(frozen=True)
 class Interaction:
     """Two layers' structural choices, and the FLOPs (and the estimated ms) they change together
@@ -63,7 +68,7 @@ class FlopsCounter:
     @functools.cache  # noqa: B019 - one counter per search
     def _touched(self, layer: str, key: tuple) -> frozenset[str]:
         """The convs whose FLOPs a layer's structural choice changes."""
-        ratio = dict(zip(STRUCTURAL_KNOBS, key, strict=True))["prune_ratio"]
+        ratio = _knobs_of(key)["prune_ratio"]
         convs = set(self.cuts.get((layer, float(ratio)), {})) if ratio else set()
         return frozenset(convs | ({layer} if key != DEFAULT_STRUCTURE else set()))
 
@@ -73,13 +78,13 @@ class FlopsCounter:
         out_channels, in_per_group, *kernel = info["shape"]
         removed_out = removed_in = 0
         for layer, key in chosen.items():
-            ratio = dict(zip(STRUCTURAL_KNOBS, key, strict=True))["prune_ratio"]
+            ratio = _knobs_of(key)["prune_ratio"]
             if ratio:
                 out, inp = self.cuts[(layer, float(ratio))].get(conv, (0, 0))
                 removed_out, removed_in = removed_out + out, removed_in + inp
         if info["groups"] == 1:  # grouped convs keep their channels per group (as the sensitivity pass counts)
             in_per_group -= removed_in
-        own = dict(zip(STRUCTURAL_KNOBS, chosen.get(conv, DEFAULT_STRUCTURE), strict=True))
+        own = _knobs_of(chosen.get(conv, DEFAULT_STRUCTURE))
         knobs = LayerKnobs(**{**own, "prune_ratio": 0.0})  # its outputs are cut above, by whichever layer carries them
         shapes = option_weight_shapes((out_channels - removed_out, in_per_group, *kernel), knobs, groups=info["groups"])
         return 2.0 * info["positions"] * sum(math.prod(shape) for shape in shapes)

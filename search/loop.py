@@ -130,6 +130,7 @@ def _start_tables(inputs: Inputs, settings: dict, run: RunConfig, run_dir: Path,
 def _guided_sampler(inputs: Inputs, run: RunConfig, study, budgets: dict, tables):
     """The guided strategy's sampler, and in a new study the plan of recipes (and of the seeds to
     come, once the sensitivity table is in) to score first."""
+    from edgesearch.runners.hardware.cost_basis import latency_key
     from edgesearch.search.flops_count import FlopsCounter
     from edgesearch.search.guided import Guide, GuidedSampler
     from edgesearch.search.options import OptionPricer
@@ -137,7 +138,7 @@ def _guided_sampler(inputs: Inputs, run: RunConfig, study, budgets: dict, tables
     recipes, options, basis, table, shapes = tables
     # a conv's FLOPs that another layer's cut removes are priced at its fastest precision: on the
     # safe side, since which precision it computes in is its own layer's choice
-    ms_per_flop = {conv: min(cost[key] for key in cost if key.startswith("latency_ms")) / cost["flops"]
+    ms_per_flop = {conv: min(cost[latency_key(p)] for p in basis["compute_precisions"]) / cost["flops"]
                    for conv, cost in basis["layers"].items() if cost["flops"]}
 
     def make_guide(sensitivity: dict) -> Guide:

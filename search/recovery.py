@@ -94,14 +94,16 @@ def recoverable(study: optuna.Study, map_floor: float | None) -> list[FrozenTria
         return [t for t in studies.pareto_trials(study) if candidate(t)]
     above = {t.number for t in studies.pareto_trials(study)}
     front = studies.pareto_trials(study, ignoring=(studies.FLOOR_CONSTRAINT,))
-    return [t for t in front if candidate(t) and (t.number in above or (
-        t.user_attrs.get(studies.PREDICTED_ATTR) or {}).get("map50_95_recovered", -1.0) >= map_floor)]
+    return [t for t in front if candidate(t) and (t.number in above or _predicted_above_after_recovery(t, map_floor))]
+
+
+def _predicted_above_after_recovery(trial: FrozenTrial, map_floor: float) -> bool:
+    return (trial.user_attrs.get(studies.PREDICTED_ATTR) or {}).get("map50_95_recovered", -1.0) >= map_floor
 
 
 def _fewest_flops_seed_kept(trial: FrozenTrial, map_floor: float | None) -> bool:
-    predicted = trial.user_attrs.get(studies.PREDICTED_ATTR) or {}
     return (map_floor is not None and trial.user_attrs.get(studies.ORIGIN_ATTR, "").startswith(FEWEST_FLOPS_SEED)
-            and studies.changes_structure(trial) and predicted.get("map50_95_recovered", -1.0) >= map_floor)
+            and studies.changes_structure(trial) and _predicted_above_after_recovery(trial, map_floor))
 
 
 def spread_along_front(front: list[FrozenTrial], count: int) -> list[FrozenTrial]:

@@ -59,8 +59,8 @@ def test_options_and_interactions_add_up_to_the_count_for_two_adjacent_cuts(tiny
     assert summed == pytest.approx(counter.count(design)) == _built_flops(tiny_model, design)
 
 
-def _option(layer_value: float, flops: float, omega: float) -> Option:
-    return Option(LayerKnobs(prune_ratio=layer_value), omega=omega, weight_bytes=0, activation_bytes=0.0,
+def _option(ratio: float, flops: float, omega: float) -> Option:
+    return Option(LayerKnobs(prune_ratio=ratio), omega=omega, weight_bytes=0, activation_bytes=0.0,
                   latency_ms=0.0, flops=flops)
 
 
