@@ -185,6 +185,9 @@ def main(argv=None) -> int:
                                                         "check this script)")
     parser.add_argument("--runs", default="bench/other_families_runs", help="run folders <family> (kept; resumed)")
     parser.add_argument("--out", default="bench/results/other_families")
+    parser.add_argument("--retime-passes", type=int, default=3,
+                        help="the targets table re-times each speed target's candidates with the base this many "
+                             "times (search_quality.py --retime-passes; 0: only the run's own re-measure)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the commands; build nothing")
     args = parser.parse_args(argv)
 
@@ -225,7 +228,8 @@ def main(argv=None) -> int:
             walls[name] = walls.get(name, 0.0) + run_search(folder, search_command(folder, checkpoint, data_yaml, args))
             write_text_atomically(walls_file, json.dumps(walls, indent=2))
         families[name] = {"model_yaml": FAMILIES[name], "base": base_training(checkpoint), "run": str(folder),
-                          "search_wall_s": walls.get(name), "targets": structure_targets(folder)}
+                          "search_wall_s": walls.get(name),
+                          "targets": structure_targets(folder, args.retime_passes)}
         text = write_results(args.out, settings, families)
     print(text)
     return 0

@@ -193,12 +193,17 @@ def new_against_before(results: dict, recipes: list[str]) -> list[str]:
 
 # ------------------------------------------------------------------ structure targets (issue 19, item 4)
 
-def structure_targets(folder: Path) -> dict:
+def structure_targets(folder: Path, passes: int = 0) -> dict:
     """The structure issue's targets, read from one finished run (e.g. `make demo`'s): each design is
     held to the higher of the unmodified base and the fp32 control with its own training record
-    (the recovery stage's designs to the recovered control); speed-ups are base / design latency
-    from the run's interleaved re-measure where both were re-measured, else the search's own figures
-    (the basis is given)."""
+    (the recovery stage's designs to the recovered control). A speed-up counts only as the issue
+    defines it: base / design latency timed together, interleaved. With `passes`, the candidates
+    for each speed target (the SPEED_CANDIDATES fastest within it by any figure) and the structural
+    recipes are re-timed here with the base, `passes` times over (retime_candidates), and each
+    ratio is the median over passes; without, the run's own re-measure of its front. The search's
+    own figures (each trial timed alone, at its moment, against a base timed at another) are shown
+    beside, not counted: on this host they drift by 2x (a base timed at 11.75 ms in a search,
+    5.5 ms re-measured)."""
     from edgesearch.reports import design_data as dd
     from edgesearch.reports.design_names import design_name
     from edgesearch.search.recipes import RECIPES
@@ -215,9 +220,22 @@ def structure_targets(folder: Path) -> dict:
     def within(row, drop):
         return row["scores"]["map50_95"] >= (1 - drop) * references[dd.record_key(row)]
 
-    def speedup(row):
-        pair = dd.latency_pair(base, row["scores"], remeasured.get("base"), remeasured.get(str(row["number"])))
+    def search_speedup(row):
+        pair = dd.latency_pair(base, row["scores"], None, None)
         return pair["speedup"], pair["basis"]
+
+    def any_speedup(row):  # to choose what to re-time: the best figure either way
+        pair = dd.latency_pair(base, row["scores"], remeasured.get("base"), remeasured.get(str(row["number"])))
+        return pair["speedup"] or 0.0
+
+    retimed: dict[str, list[float]] = {}
+
+    def speedup(row):
+        if str(row["number"]) in retimed:
+            ratios = retimed[str(row["number"])]
+            return statistics.median(ratios), f"re-timed with the base, median of {len(ratios)} passes"
+        pair = dd.latency_pair(base, row["scores"], remeasured.get("base"), remeasured.get(str(row["number"])))
+        return (pair["speedup"], "the run's re-measure") if pair["basis"] == "re-measured" else (None, None)
 
     def fp32_structure(row):
         candidate = Candidate.from_json(row["candidate"])
@@ -228,19 +246,31 @@ def structure_targets(folder: Path) -> dict:
         scored = [(f, r) for f, r in scored if f[0] is not None]
         return max(scored, key=lambda item: item[0][0], default=(None, None))
 
-    def entry(target, threshold, found, unit="x"):
+    def entry(target, threshold, found, unit="x", search=None):
         figure, row = found
         value, basis = figure if figure else (None, None)
+        search_figure, search_row = search or (None, None)
         return {"target": target, "threshold": threshold, "value": value, "basis": basis,
+                "search_figure": None if search_row is None else
+                {"value": search_figure[0], "design": f"#{search_row['number']}"},
                 "met": value is not None and value >= threshold, "unit": unit,
                 "design": None if row is None else f"#{row['number']}: {design_name(row['candidate'])}",
                 "training": None if row is None else (row["scores"].get("training") or {}).get("label"),
                 "map50_95": None if row is None else row["scores"]["map50_95"]}
 
+    speed_targets = {"structure": [r for r in rows if within(r, 0.01) and fp32_structure(r)],
+                     "any": [r for r in rows if within(r, 0.01)]}
+    if passes:
+        chosen = {str(r["number"]): r for group in speed_targets.values()
+                  for r in sorted(group, key=any_speedup, reverse=True)[:SPEED_CANDIDATES]}
+        chosen.update({str(r["number"]): r for r in rows
+                       if r.get("recipe") in RECIPES and RECIPES[r["recipe"]].changes_structure()})
+        retimed.update(retime_candidates(study, run, list(chosen.values()), passes))
     table = [
-        entry("within 1 %: speed-up from structure alone (fp32 compute)", 1.5,
-              best([r for r in rows if within(r, 0.01) and fp32_structure(r)], speedup)),
-        entry("within 1 %: speed-up of any design (structure and int8 together)", 3.0, best([r for r in rows if within(r, 0.01)], speedup)),
+        entry("within 1 %: speed-up from structure alone (fp32 compute)", 1.5, best(speed_targets["structure"], speedup),
+              search=best(speed_targets["structure"], search_speedup)),
+        entry("within 1 %: speed-up of any design (structure and int8 together)", 3.0, best(speed_targets["any"], speedup),
+              search=best(speed_targets["any"], search_speedup)),
         entry("within 5 %: less weight memory", 20.0,
               best([r for r in rows if within(r, 0.05)],
                    lambda r: (base["weight_bytes"] / r["scores"]["weight_bytes"], "packed weights"))),
@@ -257,9 +287,44 @@ def structure_targets(folder: Path) -> dict:
                 "within_1_percent": within(row, 0.01)}
     return {"run": str(folder), "settings": {k: run.get(k) for k in ("profile", "model", "imgsz", "trials",
                                                                    "finetune_iters", "recover_steps", "rung_steps")},
+            "retimed": {"passes": passes, "ratios": retimed},
             "base_map50_95": base["map50_95"], "targets": table,
             "references": {_record_name(*key): value for key, value in sorted(references.items())},
             "pruning_recipes": {name: pruning[name] for name in sorted(pruning)}}
+
+
+SPEED_CANDIDATES = 3  # per speed target, the fastest designs within it that the table re-times
+
+
+def retime_candidates(study: optuna.Study, run: dict, rows: list[dict], passes: int) -> dict[str, list]:
+    """{trial number: [base / design latency, one per pass]}: `rows` and the base timed together,
+    interleaved (runners/evaluate.remeasure_designs, as the run's own re-measure: from the libraries
+    their trials kept on this machine, else rebuilt from the candidate), `passes` times over, at the
+    run's threads per trial. Nothing else should run on the machine meanwhile."""
+    from edgesearch.runners.evaluate import remeasure_designs
+    from edgesearch.search.resolve import eval_settings, resolve_inputs
+
+    inputs = resolve_inputs(profile=run["profile_file"], space=run["space_file"], model=run["model"],
+                            data=run["data"], preset=run["preset"], trust_checkpoint=False)
+    settings = eval_settings(inputs, imgsz=run["imgsz"], finetune_iters=run["finetune_iters"], batch=run["batch"],
+                             threads=max(1, (os.cpu_count() or 1) // max(1, run["parallel"])), seed=run["seed"],
+                             measurement=run.get("measurement"))
+    settings["build_cache"] = studies.run_id(study)
+    candidates = {"base": None, **{str(r["number"]): r["candidate"] for r in rows}}
+    build_keys = {"base": study.user_attrs["base"].get("build_key"),
+                  **{str(r["number"]): r["scores"].get("build_key") for r in rows}}
+    ratios: dict[str, list] = {number: [] for number in candidates if number != "base"}
+    for done in range(passes):
+        print(f"re-timing {len(rows)} design(s) with the base, pass {done + 1} of {passes}", flush=True)
+        timed = remeasure_designs(settings, candidates, build_keys)
+        for number in ratios:
+            ratios[number].append(timed["base"]["latency_ms"] / timed[number]["latency_ms"])
+    return ratios
+
+
+def _speed_text(figure: dict) -> str:
+    """A speed-up with its basis, or why there is none."""
+    return f"{figure['speedup']:.2f}x ({figure['basis']})" if figure["speedup"] else "speed-up not timed with the base"
 
 
 def _record_name(recovery: int, inherited: int) -> str:
@@ -272,18 +337,27 @@ def targets_markdown(result: dict) -> str:
     lines = [f"Structure targets (issue 19), run {result['run']}: {settings}. Base mAP50-95 "
              f"{result['base_map50_95']:.3f}; references (the higher of the base and the fp32 control with the same "
              "training record): " + ", ".join(f"{k} {v:.3f}" for k, v in result["references"].items()) + ".", "",
-             "| target | needed | reached | basis | met | design | its training | its mAP50-95 |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| target | needed | reached | basis | met | design | its training | its mAP50-95 | "
+             "the search's own timing (not counted) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for t in result["targets"]:
         reached = "-" if t["value"] is None else f"{t['value']:.2f}{t['unit']}"
+        search = t.get("search_figure")
+        search_text = f"{search['value']:.2f}x ({search['design']})" if search and search["value"] else "-"
         lines.append(f"| {t['target']} | ≥ {t['threshold']:g}{t['unit']} | {reached} | "
                      f"{t['basis'] or '-'} | {'yes' if t['met'] else 'no'} | {t['design'] or '-'} | "
-                     f"{t['training'] or '-'} | {_fmt(t['map50_95'])} |")
+                     f"{t['training'] or '-'} | {_fmt(t['map50_95'])} | "
+                     f"{search_text} |")
+    retimed = result.get("retimed") or {}
+    if retimed.get("passes"):
+        lines += ["", f"Re-timed here with the base, interleaved, {retimed['passes']} passes (speed-up per pass): "
+                  + "; ".join(f"#{n} " + ", ".join(f"{r:.2f}x" for r in ratios)
+                              for n, ratios in sorted(retimed["ratios"].items(), key=lambda item: int(item[0])))]
     lines += ["", "Uniform structured-pruning recipes (mAP50-95, speed-up over the base):"]
     for name, by_steps in result["pruning_recipes"].items():
         lines.append(f"- {name}: " + "; ".join(
             f"{'after the search fine-tune' if int(k) == 0 else f'after {k} recovery steps'} {v['map50_95']:.3f}"
-            f"{' (within 1 %)' if v['within_1_percent'] else ''}, {_fmt(v['speedup'], 2)}x ({v['basis']})"
+            f"{' (within 1 %)' if v['within_1_percent'] else ''}, {_speed_text(v)}"
             for k, v in sorted(by_steps.items(), key=lambda item: int(item[0]))))
     if not result["pruning_recipes"]:
         lines.append("- not scored in this run")
@@ -296,6 +370,9 @@ def main(argv=None) -> int:
                                           "folder (e.g. reports/demo): written to --targets-out")
     parser.add_argument("--targets-out", default="bench/results/structure_targets",
                         help="with --targets: writes OUT.md and OUT.json")
+    parser.add_argument("--retime-passes", type=int, default=3,
+                        help="with --targets: re-time each speed target's candidates with the base this many times "
+                             "(0: only the run's own re-measure of its front)")
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
@@ -305,7 +382,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="bench/search_quality")
     args = parser.parse_args(argv)
     if args.targets:
-        result = structure_targets(Path(args.targets))
+        result = structure_targets(Path(args.targets), args.retime_passes)
         text = targets_markdown(result)
         out = Path(args.targets_out)
         write_text_atomically(out.with_suffix(".json"), json.dumps(result, indent=2))
