@@ -195,7 +195,7 @@ class Guide:
         """With an accuracy floor: the smallest and the fastest designs whose predicted mAP
         (intercept - alpha x omega, fitted on the scored designs) stays above it; `recovered`: with
         structure priced as the recovery leaves it (model.recovered_scale), the designs the floor keeps
-        after their recovery."""
+        after their recovery, and the fewest FLOPs at each of FLOPS_SEED_SHARES of the floor's budget."""
         alpha = model.alpha
         allowed = (model.intercept - self.budgets["map_floor"]) / alpha
         if allowed <= 0:
