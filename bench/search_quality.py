@@ -224,9 +224,11 @@ def structure_targets(folder: Path, passes: int = 0) -> dict:
         pair = dd.latency_pair(base, row["scores"], None, None)
         return pair["speedup"], pair["basis"]
 
+    def run_pair(row):  # the run's own figures: its re-measure where both were re-measured, else the search's
+        return dd.latency_pair(base, row["scores"], remeasured.get("base"), remeasured.get(str(row["number"])))
+
     def any_speedup(row):  # to choose what to re-time: the best figure either way
-        pair = dd.latency_pair(base, row["scores"], remeasured.get("base"), remeasured.get(str(row["number"])))
-        return pair["speedup"] or 0.0
+        return run_pair(row)["speedup"] or 0.0
 
     retimed: dict[str, list[float]] = {}
 
@@ -234,7 +236,7 @@ def structure_targets(folder: Path, passes: int = 0) -> dict:
         if str(row["number"]) in retimed:
             ratios = retimed[str(row["number"])]
             return statistics.median(ratios), f"re-timed with the base, median of {len(ratios)} passes"
-        pair = dd.latency_pair(base, row["scores"], remeasured.get("base"), remeasured.get(str(row["number"])))
+        pair = run_pair(row)
         return (pair["speedup"], "the run's re-measure") if pair["basis"] == "re-measured" else (None, None)
 
     def fp32_structure(row):
