@@ -334,6 +334,13 @@ def _record_name(recovery: int, inherited: int) -> str:
     return f"recovery {recovery} steps" if recovery else f"{inherited} steps inherited" if inherited else "search"
 
 
+def reached_text(value: float, threshold: float) -> str:
+    """A target's figure to two decimals, or three where two would round a miss up to the threshold
+    (2.9993x against 3x reads 2.999x, not 3.00x beside a "no")."""
+    text = f"{value:.2f}"
+    return f"{value:.3f}" if value < threshold <= float(text) else text
+
+
 def targets_markdown(result: dict) -> str:
     settings = ", ".join(f"{k} {v}" for k, v in result["settings"].items())
     lines = [f"Structure targets (issue 19), run {result['run']}: {settings}. Base mAP50-95 "
@@ -343,7 +350,7 @@ def targets_markdown(result: dict) -> str:
              "the search's own timing (not counted) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for t in result["targets"]:
-        reached = "-" if t["value"] is None else f"{t['value']:.2f}{t['unit']}"
+        reached = "-" if t["value"] is None else reached_text(t["value"], t["threshold"]) + t["unit"]
         search = t.get("search_figure")
         search_text = f"{search['value']:.2f}x ({search['design']})" if search and search["value"] else "-"
         lines.append(f"| {t['target']} | ≥ {t['threshold']:g}{t['unit']} | {reached} | "
