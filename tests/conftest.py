@@ -12,6 +12,7 @@ longest files start first."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -102,6 +103,16 @@ def cluster_inputs(tmp_path_factory, isolated_cache):
     shutil.copytree(build_digit_dataset(PRESETS["smoke"].data).parent, source / "data")
     torch.save({"model": YOLO(TINY_MODEL_YAML).model}, source / "tiny.pt")
     return source
+
+
+@pytest.fixture(scope="session")
+def search_quality_bench():
+    """bench/search_quality.py loaded as a module (bench/ is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("search_quality", Path(__file__).resolve().parents[1] / "bench"
+                                                  / "search_quality.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
 
 
 @pytest.fixture(scope="session")

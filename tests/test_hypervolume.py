@@ -4,17 +4,13 @@ and the search-quality benchmark (bench/search_quality.py) give the numbers they
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edgesearch.reports.design_data import progress
 from edgesearch.search.moves import hypervolume
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "search_quality.py"
 
 
 def brute_force(points, reference, maximise) -> float:
@@ -72,10 +68,8 @@ def test_report_progress_hypervolume_matches_brute_force():
     assert rows[-1]["hypervolume"] > 0
 
 
-def test_bench_hypervolume_maximises_map():
-    spec = importlib.util.spec_from_file_location("search_quality", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_bench_hypervolume_maximises_map(search_quality_bench):
+    bench = search_quality_bench
     points = [(0.5, 2.0), (0.3, 1.0), (0.4, 5.0)]
     assert bench._hypervolume(points, (0.0, 4.0)) == pytest.approx(1.3)
     rng = np.random.default_rng(2)
