@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="recovery stage after the search: the front's structural designs (pruned, smaller kernels, "
                           "low rank), the structural recipes and the fp32 control are trained this many more "
                           "fine-tune steps from the base, distilled, the structure first (unfused, pruned channels "
-                          "cut in steps), and scored again (preset's default; 0: none)")
+                          "cut in steps), and scored again; with --max-map-drop, then rounds of fewest-FLOPs "
+                          "designs between those recovered above and under the floor (preset's default; 0: none)")
     run.add_argument("--child-steps", type=int,
                      help="a design that changes only weight knobs of a scored design (same structure) starts from "
                           "that design's fine-tuned weights and is fine-tuned this many steps instead of "

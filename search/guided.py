@@ -39,7 +39,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
 import numpy as np
@@ -49,6 +49,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from edgesearch.search import study as studies
 from edgesearch.search.allocate import allocate, budget_sweep, design_price
+from edgesearch.search.flops_count import Interaction
 from edgesearch.search.moves import (
     RESOURCES,
     AccuracyModel,
@@ -60,8 +61,8 @@ from edgesearch.search.moves import (
     propose,
     screen,
 )
-from edgesearch.search.options import OptionPricer, in_space, layer_options
-from edgesearch.search.recovery import FEWEST_FLOPS_SEED, recovered_references
+from edgesearch.search.options import Option, OptionPricer, in_space, layer_options
+from edgesearch.search.recovery import FEWEST_FLOPS_SEED, FLOPS_ROUND_KEY, recovered_references
 from edgesearch.search.study import Proposal
 from edgesearch.spaces.candidate import Candidate, LayerKnobs
 from edgesearch.spaces.knobs import DEFAULTS
@@ -84,7 +85,8 @@ FLOPS_TIE = 1e-6  # designs within this share of the fewest FLOPs count as havin
 # the fewest-FLOPs seed after recovery is planned at these shares of the omega the floor allows: at the floor,
 # where a prediction a hair optimistic lands it under (three such seeds of the default model recovered to
 # 0.942-0.948 of the control against a 0.95 floor), and at half, with a margin that error does not eat (the
-# most accurate design with 5.2x fewer FLOPs, predicted 0.021 above the floor, recovered to 0.974)
+# most accurate design with 5.2x fewer FLOPs, predicted 0.021 above the floor, recovered to 0.974). Recovered,
+# the two bracket the floor; the rounds after the stage narrow that bracket (recovery.next_flops_budgets)
 FLOPS_SEED_SHARES = (1.0, 0.5)
 RESCALE_TOLERANCE = 0.05  # the tables are re-priced when the fitted structural scale moves by more than this share
 
@@ -191,22 +193,19 @@ class Guide:
             model = dataclasses.replace(model, recovered_scale=fit_recovered_scale(references, model.alpha))
         return scored, model
 
-    def floor_seeds(self, model: AccuracyModel, recovered: bool = False) -> list[tuple[str, dict]]:
-        """With an accuracy floor: the smallest and the fastest designs whose predicted mAP
-        (intercept - alpha x omega, fitted on the scored designs) stays above it; `recovered`: with
-        structure priced as the recovery leaves it (model.recovered_scale), the designs the floor keeps
-        after their recovery, and the fewest FLOPs at each of FLOPS_SEED_SHARES of the floor's budget."""
+    def floor_seeds(self, model: AccuracyModel, recovered: bool = False) -> list[tuple[str, dict, float]]:
+        """With an accuracy floor: (origin, candidate JSON, omega budget) of the smallest and the fastest
+        designs whose predicted mAP (intercept - alpha x omega, fitted on the scored designs) stays above
+        it; `recovered`: with structure priced as the recovery leaves it (model.recovered_scale), the
+        designs the floor keeps after their recovery, and the fewest FLOPs at each of FLOPS_SEED_SHARES
+        of the floor's budget (the first bracket of the fewest-FLOPs rounds: fewest_flops_proposals)."""
         alpha = model.alpha
         allowed = (model.intercept - self.budgets["map_floor"]) / alpha
         if allowed <= 0:
             return []
         tables, interactions, words = self.tables, self.interactions, _scale_words(model)
         if recovered:
-            assert model.recovered_scale is not None
-            pricer = copy.copy(self.pricer)
-            pricer.structural_scale = model.recovered_scale
-            tables = {layer: layer_options(pricer, layer, choices) for layer, choices in self.choices.items()}
-            interactions = pricer.interactions(tables)
+            tables, interactions = self._recovered_tables(model)
             words = f", structure at {model.recovered_scale:.2g} of its one-shot loss after recovery"
         designs = []
         plans = [("sram_bytes", f"least {self.memory_word()}", 1.0), ("latency_ms", "least latency", 1.0)]
@@ -216,28 +215,73 @@ class Guide:
             if price == "latency_ms" and "latency_ms" not in self.fronts:
                 continue
             budget = allowed * share
-            design = allocate(tables, {"omega": budget}, minimise=price, offsets=self.offsets,
-                              interactions=interactions)
-            if design is not None and price == "flops":  # of the designs with those FLOPs, the least omega
-                least = design_price(design, "flops", interactions=interactions) * (1 + FLOPS_TIE)
-                design = allocate(tables, {"omega": budget, "flops": least}, interactions=interactions) or design
+            if price == "flops":
+                design = self._fewest_flops(tables, interactions, budget)
+            else:
+                design = allocate(tables, {"omega": budget}, minimise=price, offsets=self.offsets,
+                                  interactions=interactions)
             if design is not None:
                 candidate = Candidate({layer: option.knobs for layer, option in design.items()}).to_json()
                 margin = f", {share:g} of the {allowed:.4g} it allows: a margin for the prediction" if share < 1 else ""
                 designs.append((f"seed: {what} {FLOOR_SEED_WORDS}{' after recovery' if recovered else ''} "
-                                f"(omega <= {budget:.4g}{margin}, alpha {alpha:.3g}{words})", candidate))
+                                f"(omega <= {budget:.4g}{margin}, alpha {alpha:.3g}{words})", candidate, budget))
         return designs
+
+    def _recovered_tables(self, model: AccuracyModel) -> tuple[dict[str, list[Option]], list[Interaction]]:
+        """The option tables and their interactions with structure priced at model.recovered_scale."""
+        assert model.recovered_scale is not None
+        pricer = copy.copy(self.pricer)
+        pricer.structural_scale = model.recovered_scale
+        tables = {layer: layer_options(pricer, layer, choices) for layer, choices in self.choices.items()}
+        return tables, pricer.interactions(tables)
+
+    def _fewest_flops(self, tables: dict[str, list[Option]], interactions: Sequence[Interaction],
+                      budget: float) -> dict[str, Option] | None:
+        """The design with the fewest FLOPs within an omega budget and, of those with them, the least omega."""
+        design = allocate(tables, {"omega": budget}, minimise="flops", offsets=self.offsets, interactions=interactions)
+        if design is None:
+            return None
+        least = design_price(design, "flops", interactions=interactions) * (1 + FLOPS_TIE)
+        return allocate(tables, {"omega": budget, "flops": least}, interactions=interactions) or design
 
     def floor_proposals(self, study: optuna.Study, recovered: bool = False) -> list[Proposal]:
         """With an accuracy floor: floor_seeds from the model fitted on the scored designs, those not
-        tried, with their predicted scores (after recovery too, where the model knows it)."""
+        tried, with their predicted scores (after recovery too, where the model knows it) and the omega
+        budget each was planned at."""
         _, model = self.accuracy_model(study)
         seen = _designs_tried(study)
         proposals = []
-        for origin, candidate in self.floor_seeds(model, recovered):
+        for origin, candidate, budget in self.floor_seeds(model, recovered):
             if candidate_key(candidate) not in seen:  # two prices may pick one design: it is scored once
                 seen.add(candidate_key(candidate))
-                proposals.append(Proposal(candidate, origin, predicted=self.predicted(model, candidate)))
+                proposals.append(Proposal(candidate, origin, predicted=dict(self.predicted(model, candidate),
+                                                                            omega_budget=budget)))
+        return proposals
+
+    def fewest_flops_proposals(self, study: optuna.Study, budgets: list[float], round_number: int,
+                               bracket: str) -> list[Proposal]:
+        """A round of the fewest-FLOPs seeds after recovery (search/loop.py, recovery.next_flops_budgets):
+        the fewest-FLOPs design at each omega budget, priced as the recovery leaves structure, those not
+        tried. `bracket`: where the budgets come from, in words, for their origin."""
+        _, model = self.accuracy_model(study)
+        if model.recovered_scale is None:
+            return []
+        tables, interactions = self._recovered_tables(model)
+        seen = _designs_tried(study)
+        proposals = []
+        for budget in budgets:
+            design = self._fewest_flops(tables, interactions, budget)
+            if design is None:
+                continue
+            candidate = Candidate({layer: option.knobs for layer, option in design.items()}).to_json()
+            if candidate_key(candidate) in seen:
+                continue
+            seen.add(candidate_key(candidate))
+            origin = (f"{FEWEST_FLOPS_SEED} {FLOOR_SEED_WORDS} after recovery (omega <= {budget:.4g}, round "
+                      f"{round_number}: {bracket}, alpha {model.alpha:.3g}, structure at "
+                      f"{model.recovered_scale:.2g} of its one-shot loss after recovery)")
+            proposals.append(Proposal(candidate, origin, predicted=dict(
+                self.predicted(model, candidate), omega_budget=budget, **{FLOPS_ROUND_KEY: round_number})))
         return proposals
 
     def predicted(self, model: AccuracyModel, candidate: dict) -> dict:
@@ -433,14 +477,14 @@ class GuidedSampler(studies.DesignSampler):
             self.guide.accuracy_model(study)  # re-prices the tables where the scored designs fit a structural scale
             seeds = [Proposal(candidate, origin, predicted=self._omega(candidate))
                      for origin, candidate in self.guide.seeds(self.recipes, study.user_attrs[SEEDS_DUE_ATTR])]
-            self._extend_plan(study, seeds)
+            self.extend_plan(study, seeds)
             study.set_user_attr(SEEDS_DUE_ATTR, 0)
             return self._next(study)
         if self.guide.budgets.get("map_floor") is not None and not study.user_attrs.get(FLOOR_PLANNED_ATTR):
             if not self.guide.scored(study):
                 return None
             extra = self.guide.floor_proposals(study)
-            self._extend_plan(study, extra)
+            self.extend_plan(study, extra)
             study.set_user_attr(FLOOR_PLANNED_ATTR, True)
             if extra:
                 return extra[0]
@@ -449,7 +493,7 @@ class GuidedSampler(studies.DesignSampler):
         if (self.guide.budgets.get("map_floor") is not None and not study.user_attrs.get(RECOVERED_FLOOR_PLANNED_ATTR)
                 and recovered_references(study) and self.guide.accuracy_model(study)[1].recovered_scale is not None):
             extra = self.guide.floor_proposals(study, recovered=True)  # once the recovered references are in
-            self._extend_plan(study, extra)
+            self.extend_plan(study, extra)
             study.set_user_attr(RECOVERED_FLOOR_PLANNED_ATTR, True)
             if extra:
                 return extra[0]
@@ -469,7 +513,7 @@ class GuidedSampler(studies.DesignSampler):
         self._late_done = True
 
     @staticmethod
-    def _extend_plan(study: optuna.Study, proposals: list[Proposal]) -> None:
+    def extend_plan(study: optuna.Study, proposals: list[Proposal]) -> None:
         study.set_user_attr(PLAN_ATTR, study.user_attrs.get(PLAN_ATTR, []) + [dataclasses.asdict(p) for p in proposals])
 
     def _below_floor(self, study: optuna.Study, proposal: Proposal) -> dict | None:
@@ -492,12 +536,15 @@ class GuidedSampler(studies.DesignSampler):
 
     @staticmethod
     def _due(study: optuna.Study) -> Proposal | None:
+        return next(iter(GuidedSampler.due(study)), None)
+
+    @staticmethod
+    def due(study: optuna.Study) -> list[Proposal]:
+        """The designs of the plan that no trial carries yet, in order."""
         carried = {(t.user_attrs.get(studies.ORIGIN_ATTR), candidate_key(t.user_attrs[studies.CANDIDATE_ATTR]))
                    for t in study.get_trials(deepcopy=False) if studies.CANDIDATE_ATTR in t.user_attrs}
-        for entry in study.user_attrs.get(PLAN_ATTR, []):
-            if (entry["origin"], candidate_key(entry["candidate"])) not in carried:
-                return Proposal(**entry)
-        return None
+        return [Proposal(**entry) for entry in study.user_attrs.get(PLAN_ATTR, [])
+                if (entry["origin"], candidate_key(entry["candidate"])) not in carried]
 
     def _parameters(self, proposal: Proposal) -> dict[str, tuple[object, CategoricalDistribution]]:
         """{"layer|knob": (value, distribution)} for each knob the design changes from no change."""

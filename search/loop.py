@@ -3,14 +3,26 @@ strategy's tables and first designs; then the recovery stage, the front's re-mea
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
+from optuna.trial import TrialState
 from tqdm import tqdm
 
 from edgesearch.search import execution, halving, inherit, shipping, study as studies, timing
 from edgesearch.search.presets import PRESETS
-from edgesearch.search.recovery import keep_result, recover_front, recovery_settings, references_due
+from edgesearch.search.recovery import (
+    FLOPS_ROUNDS,
+    fewest_flops_points,
+    flops_rounds_done,
+    keep_result,
+    next_flops_budgets,
+    recover_front,
+    recovered_control_scores,
+    recovery_settings,
+    references_due,
+)
 from edgesearch.search.remeasure import REMEASURE_ATTR, remeasure_front
 from edgesearch.search.resolve import Inputs, eval_settings, ship_inputs
 from edgesearch.search.run_config import RunConfig
@@ -82,9 +94,18 @@ def run_search(inputs: Inputs, run_dir: Path, run: RunConfig, *, resume: bool, r
                 sampler.wait()
             if sampler.table_seconds is not None:
                 spent["sensitivity pass (beside the first trials)"] = sampler.table_seconds
-        with timing.stage(spent, "recovery"):  # before the re-measure: recovered designs may join the front
+        def recover() -> None:
             recover_front(study, settings, run.recover_steps, parallel, cpus_per_trial, parcels, gpus_per_trial,
                           budgets_for=lambda control: run.budgets(study.user_attrs["base"], control))
+
+        with timing.stage(spent, "recovery"):  # before the re-measure: recovered designs may join the front
+            recover()
+        if references is not None:  # a guided run with a floor and a recovery stage
+            with timing.stage(spent, "fewest-FLOPs rounds"):
+                _fewest_flops_rounds(study, sampler, parallel, recover, floor=lambda control: run.budgets(
+                    study.user_attrs["base"], control)["map_floor"], run_trials=lambda count: _search_loop(
+                        study, inputs, settings, studies.finished_count(study) + count, parallel, cpus_per_trial,
+                        budgets, parcels, gpus_per_trial))
         from edgesearch.runners.hardware.measure import timed_here
 
         if timed_here(inputs.profile):
@@ -170,6 +191,34 @@ def seed_count(trials: int, recipes: int) -> int:
 
 def _merged(values: list, extra) -> list:
     return list(values) + [v for v in sorted(extra, key=str) if v not in values]
+
+
+def _fewest_flops_rounds(study, sampler, parallel: int, recover: Callable[[], None],
+                         floor: Callable[[dict], float], run_trials: Callable[[int], None]) -> None:
+    """After the recovery stage: up to recovery.FLOPS_ROUNDS rounds of `parallel` fewest-FLOPs seeds at
+    omega budgets inside the bracket the recovered ones make (recovery.next_flops_budgets), each scored
+    as a trial (`run_trials(count)`) and recovered (`recover()`), until the accuracy floor
+    (`floor(recovered control's scores)`) binds. The study holds every step: a stopped run scores the
+    round's seeds not yet scored and recovers those not yet recovered before it plans another round."""
+    while True:
+        # a round's seeds a stopped run did not score: planned and not begun, or queued again (interrupted)
+        unscored = len(sampler.due(study)) + len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        if unscored:
+            run_trials(unscored)
+            recover()
+        done = flops_rounds_done(study)
+        control = recovered_control_scores(study)
+        if done >= FLOPS_ROUNDS or control is None:
+            return
+        budgets, bracket = next_flops_budgets(fewest_flops_points(study), floor(control), parallel)
+        proposals = sampler.guide.fewest_flops_proposals(study, budgets, done + 1, bracket) if budgets else []
+        if not proposals:
+            print(f"fewest-FLOPs rounds: stopped after {done}: "
+                  f"{bracket if not budgets else 'the budgets give designs already tried'}")
+            return
+        print(f"fewest-FLOPs round {done + 1} of {FLOPS_ROUNDS}: {len(proposals)} seed(s) at omega "
+              f"{', '.join(f'{b:.4g}' for b in budgets)}, {bracket}")
+        sampler.extend_plan(study, proposals)
 
 
 def _search_loop(study, inputs: Inputs, settings: dict, trials: int, parallel: int, cpus: int, budgets: dict,

@@ -19,6 +19,10 @@ guided search prices structure as the recovery leaves it (recovered_references, 
 designs the stage takes then include those under the floor that were predicted above it after
 recovery (recoverable).
 
+After the stage, with a floor, rounds of fewest-FLOPs seeds are planned at omega budgets between the
+recovered ones above and under the floor, scored and recovered in turn (FLOPS_ROUNDS, next_flops_budgets,
+search/loop.py): the floor is found by what recovered designs measured, not by the prediction alone.
+
 Each recovered design becomes a new trial (origin "recovery of #N …", user attribute
 `recovered_from`) and takes its place on the front where it earns it; its training record says
 `recovery_steps`. Its accuracy floor rests on the recovered control, so recovered designs become trials
@@ -58,14 +62,23 @@ STAGE_ATTR = "recovery"  # study attr: {state: done | skipped, why, steps, desig
 # the origin of the floor's fewest-FLOPs seed after recovery (search/guided.py): recovered beside the
 # front's designs, since the front (mAP, latency, memory) does not hold FLOPs and int8 designs dominate it
 FEWEST_FLOPS_SEED = "seed: fewest FLOPs"
+# After the stage, rounds of fewest-FLOPs seeds are planned between the recovered ones (next_flops_budgets),
+# scored and recovered, until the floor binds: the seeds planned at the floor's budget and at half of it
+# (search/guided.FLOPS_SEED_SHARES) recovered to 0.948 and 0.980 of the control against a 0.95 floor, at
+# 8.4x and 4.7x fewer FLOPs; a design between them, 5.2x at 0.974. Each round costs a trial and a recovery
+# per seed, one seed per parallel slot.
+FLOPS_ROUNDS = 2
+FLOPS_ROUND_KEY = "flops_round"  # in a round's seeds' predicted scores: the round that planned it
+NARROWEST_BRACKET = 0.05  # no further round once the bracket is narrower than this share of its upper budget
 
 
 def choose_sources(study: optuna.Study, map_floor: float | None = None) -> list[FrozenTrial]:
     """The trials to recover: the references (is_reference) and the front's structural designs
     (MAX_FRONT_DESIGNS of them, spread_along_front), or those chosen before (a resumed stage). Empty
     when no design on the front changes structure. With an accuracy floor, the front's candidates
-    include designs under it that the guided search predicted above it after recovery (recoverable), and
-    the floor's fewest-FLOPs seed where it was predicted above the floor after recovery."""
+    include designs under it that the guided search predicted above it after recovery (recoverable), the
+    floor's fewest-FLOPs seeds where predicted above the floor after recovery, and the seeds of the
+    fewest-FLOPs rounds (chosen as they are scored)."""
     trials = {t.number: t for t in studies.searched_trials(study, states=(TrialState.COMPLETE,))}
     # chosen once: a resumed run recovers what it chose; the front moves once recovered designs join it,
     # and choosing again then took a fifth design (seen: a resume after a finished stage trained one more)
@@ -73,6 +86,8 @@ def choose_sources(study: optuna.Study, map_floor: float | None = None) -> list[
     if not chosen:
         chosen = {t.number for t in spread_along_front(recoverable(study, map_floor), MAX_FRONT_DESIGNS)}
         chosen |= {t.number for t in trials.values() if _fewest_flops_seed_kept(t, map_floor)}
+    # a round's fewest-FLOPs seeds are planned after the stage, to be recovered whatever their prediction
+    chosen |= {n for n, t in trials.items() if FLOPS_ROUND_KEY in (t.user_attrs.get(studies.PREDICTED_ATTR) or {})}
     if not chosen:
         return []
     chosen |= {n for n, t in trials.items() if is_reference(t)}
@@ -210,6 +225,57 @@ def recovered_references(study: optuna.Study) -> list[tuple[dict, float]]:
             for t in trials if not studies.is_control(t) and "scores" in kept.get(str(t.number), {})]
 
 
+# ------------------------------------------------------------------ the fewest-FLOPs rounds, after the stage
+
+def recovered_control_scores(study: optuna.Study) -> dict | None:
+    """The recovered fp32 control's scores, once its recovery is in."""
+    kept = study.user_attrs.get(RESULTS_ATTR, {})
+    control = next((t for t in studies.searched_trials(study, states=(TrialState.COMPLETE,)) if studies.is_control(t)),
+                   None)
+    return kept.get(str(control.number), {}).get("scores") if control is not None else None
+
+
+def fewest_flops_points(study: optuna.Study) -> list[tuple[float, float]]:
+    """(omega budget, mAP50-95 after recovery) of each fewest-FLOPs seed planned at a budget and recovered."""
+    kept = study.user_attrs.get(RESULTS_ATTR, {})
+    points = []
+    for trial in studies.searched_trials(study, states=(TrialState.COMPLETE,)):
+        budget = (trial.user_attrs.get(studies.PREDICTED_ATTR) or {}).get("omega_budget")
+        scores = kept.get(str(trial.number), {}).get("scores")
+        if (budget is not None and scores is not None
+                and trial.user_attrs.get(studies.ORIGIN_ATTR, "").startswith(FEWEST_FLOPS_SEED)):
+            points.append((budget, scores["map50_95"]))
+    return points
+
+
+def flops_rounds_done(study: optuna.Study) -> int:
+    """The last fewest-FLOPs round whose seeds are trials (0 before the first)."""
+    return max((p.get(FLOPS_ROUND_KEY, 0) for t in study.get_trials(deepcopy=False)
+                if (p := t.user_attrs.get(studies.PREDICTED_ATTR))), default=0)
+
+
+def next_flops_budgets(points: list[tuple[float, float]], map_floor: float, count: int) -> tuple[list[float], str]:
+    """The next round's omega budgets for the fewest-FLOPs seed, and where they come from in words.
+    `points`: (budget, mAP50-95 after recovery) of the seeds recovered so far. The fewest FLOPs a budget
+    buys fall as it grows, and the recovered mAP with them, so the floor lies between the largest budget
+    recovered above it and the smallest recovered under it: `count` budgets split that bracket evenly (a
+    k-section; the MNIST-complexity paper shrinks a model until its floor binds). With no seed under the
+    floor the bracket reaches twice the largest budget; with none above it starts at 0. No budgets (and
+    why) without a recovered seed, or once the bracket is narrower than NARROWEST_BRACKET of its top."""
+    if not points:
+        return [], "no fewest-FLOPs seed recovered"
+    under = [budget for budget, map50_95 in points if map50_95 < map_floor]
+    high = min(under) if under else 2 * max(budget for budget, _ in points)
+    above = [budget for budget, map50_95 in points if map50_95 >= map_floor and budget < high]
+    low = max(above) if above else 0.0
+    if high - low < NARROWEST_BRACKET * high:
+        return [], f"the bracket, omega {low:.4g} to {high:.4g}, is narrower than {NARROWEST_BRACKET:.0%} of its top"
+    step = (high - low) / (count + 1)
+    words = (f"between omega {low:.4g} ({'recovered above the floor' if above else 'no seed recovered above it'}) "
+             f"and {high:.4g} ({'recovered under it' if under else 'twice the largest, none recovered under it'})")
+    return [low + step * (i + 1) for i in range(count)], words
+
+
 def _tell_ready(study: optuna.Study, sources: list[FrozenTrial], results: dict, steps: int,
                 budgets_for: Callable[[dict | None], dict]) -> None:
     """Make a trial of each finished recovery not yet told, once the recovered control's is in."""
@@ -252,6 +318,8 @@ def recovery_text(study: optuna.Study) -> str:
     median = f"; {statistics.median(seconds):.0f} s per design (median task)" if seconds else ""
     failed = f", {stage['failed']} failed" if stage.get("failed") else ""
     cuts = f", pruned channels cut in {stage['cuts']} steps" if stage.get("cuts", 1) > 1 else ""  # runs before: once
-    return (f"recovery stage: {stage['designs']} design(s) (the control, structural recipes and the front's structural "
-            f"designs) trained {stage['steps']} more steps from the base, distilled, learning rate {RECOVERY_LR:g}"
+    rounds = flops_rounds_done(study)
+    rounds_words = f" and {rounds} round(s) of fewest-FLOPs seeds" if rounds else ""
+    return (f"recovery stage: {stage['designs']} design(s) (the control, structural recipes, the front's structural "
+            f"designs{rounds_words}) trained {stage['steps']} more steps from the base, distilled, learning rate {RECOVERY_LR:g}"
             f"{cuts}{failed}{median}")
