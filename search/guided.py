@@ -258,6 +258,16 @@ class Guide:
                                                                             omega_budget=budget)))
         return proposals
 
+    def recovered_omega(self, study: optuna.Study) -> Callable[[dict], float] | None:
+        """A design's (candidate JSON) omega with structure priced as the recovery leaves it, by the
+        model fitted on the study now; None before the recovered references fit that price."""
+        _, model = self.accuracy_model(study)
+        if model.recovered_scale is None:
+            return None
+        pricer = copy.copy(self.pricer)
+        pricer.structural_scale = model.recovered_scale
+        return lambda candidate: pricer.design(Candidate.from_json(candidate).layers)["omega"]
+
     def fewest_flops_proposals(self, study: optuna.Study, budgets: list[float], round_number: int,
                                bracket: str) -> list[Proposal]:
         """A round of the fewest-FLOPs seeds after recovery (search/loop.py, recovery.next_flops_budgets):

@@ -207,10 +207,10 @@ def _fewest_flops_rounds(study, sampler, parallel: int, recover: Callable[[], No
             run_trials(unscored)
             recover()
         done = flops_rounds_done(study)
-        control = recovered_control_scores(study)
-        if done >= FLOPS_ROUNDS or control is None:
+        control, omega = recovered_control_scores(study), sampler.guide.recovered_omega(study)
+        if done >= FLOPS_ROUNDS or control is None or omega is None:
             return
-        budgets, bracket = next_flops_budgets(fewest_flops_points(study), floor(control), parallel)
+        budgets, bracket = next_flops_budgets(fewest_flops_points(study, omega), floor(control), parallel)
         proposals = sampler.guide.fewest_flops_proposals(study, budgets, done + 1, bracket) if budgets else []
         if not proposals:
             print(f"fewest-FLOPs rounds: stopped after {done}: "

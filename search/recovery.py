@@ -235,16 +235,15 @@ def recovered_control_scores(study: optuna.Study) -> dict | None:
     return kept.get(str(control.number), {}).get("scores") if control is not None else None
 
 
-def fewest_flops_points(study: optuna.Study) -> list[tuple[float, float]]:
-    """(omega budget, mAP50-95 after recovery) of each fewest-FLOPs seed planned at a budget and recovered."""
+def fewest_flops_points(study: optuna.Study, omega: Callable[[dict], float]) -> list[tuple[float, float]]:
+    """(omega, mAP50-95 after recovery) of each fewest-FLOPs seed recovered: its omega as `omega` prices
+    it now (the budgets it was planned at were in the units of the model fitted then)."""
     kept = study.user_attrs.get(RESULTS_ATTR, {})
     points = []
     for trial in studies.searched_trials(study, states=(TrialState.COMPLETE,)):
-        budget = (trial.user_attrs.get(studies.PREDICTED_ATTR) or {}).get("omega_budget")
         scores = kept.get(str(trial.number), {}).get("scores")
-        if (budget is not None and scores is not None
-                and trial.user_attrs.get(studies.ORIGIN_ATTR, "").startswith(FEWEST_FLOPS_SEED)):
-            points.append((budget, scores["map50_95"]))
+        if scores is not None and trial.user_attrs.get(studies.ORIGIN_ATTR, "").startswith(FEWEST_FLOPS_SEED):
+            points.append((omega(trial.user_attrs[studies.CANDIDATE_ATTR]), scores["map50_95"]))
     return points
 
 
@@ -256,9 +255,9 @@ def flops_rounds_done(study: optuna.Study) -> int:
 
 def next_flops_budgets(points: list[tuple[float, float]], map_floor: float, count: int) -> tuple[list[float], str]:
     """The next round's omega budgets for the fewest-FLOPs seed, and where they come from in words.
-    `points`: (budget, mAP50-95 after recovery) of the seeds recovered so far. The fewest FLOPs a budget
-    buys fall as it grows, and the recovered mAP with them, so the floor lies between the largest budget
-    recovered above it and the smallest recovered under it: `count` budgets split that bracket evenly (a
+    `points`: (omega, mAP50-95 after recovery) of the seeds recovered so far. The fewest FLOPs an omega
+    budget buys fall as it grows, and the recovered mAP with them, so the floor lies between the largest
+    omega recovered above it and the smallest recovered under it: `count` budgets split that bracket evenly (a
     k-section; the MNIST-complexity paper shrinks a model until its floor binds). With no seed under the
     floor the bracket reaches twice the largest budget; with none above it starts at 0. No budgets (and
     why) without a recovered seed, or once the bracket is narrower than NARROWEST_BRACKET of its top."""

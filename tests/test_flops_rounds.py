@@ -82,10 +82,10 @@ def test_rounds_of_fewest_flops_seeds_find_the_deepest_cut_the_floor_keeps_and_r
     recover()
     seeds = [t for t in study.trials if t.user_attrs[studies.ORIGIN_ATTR].startswith(FEWEST_FLOPS_SEED)]
     assert sorted(_cuts(t) for t in seeds) == [3, 5]  # a bracket: three cuts keep the floor, five do not
-    assert len(fewest_flops_points(study)) == 2
+    assert len(fewest_flops_points(study, guide.recovered_omega(study))) == 2
 
     # a round planned, then the run stopped: its seeds are due, and are scored and recovered first
-    budgets, words = next_flops_budgets(fewest_flops_points(study), recovered_floor, 2)
+    budgets, words = next_flops_budgets(fewest_flops_points(study, guide.recovered_omega(study)), recovered_floor, 2)
     sampler.extend_plan(study, guide.fewest_flops_proposals(study, budgets, 1, words))
     assert len(sampler.due(study)) >= 1
     _fewest_flops_rounds(study, sampler, 2, recover, floor=lambda scores: 0.95 * scores["map50_95"],
