@@ -487,14 +487,14 @@ class GuidedSampler(studies.DesignSampler):
             self.guide.accuracy_model(study)  # re-prices the tables where the scored designs fit a structural scale
             seeds = [Proposal(candidate, origin, predicted=self._omega(candidate))
                      for origin, candidate in self.guide.seeds(self.recipes, study.user_attrs[SEEDS_DUE_ATTR])]
-            self.extend_plan(study, seeds)
+            self._extend_plan(study, seeds)
             study.set_user_attr(SEEDS_DUE_ATTR, 0)
             return self._next(study)
         if self.guide.budgets.get("map_floor") is not None and not study.user_attrs.get(FLOOR_PLANNED_ATTR):
             if not self.guide.scored(study):
                 return None
             extra = self.guide.floor_proposals(study)
-            self.extend_plan(study, extra)
+            self._extend_plan(study, extra)
             study.set_user_attr(FLOOR_PLANNED_ATTR, True)
             if extra:
                 return extra[0]
@@ -503,7 +503,7 @@ class GuidedSampler(studies.DesignSampler):
         if (self.guide.budgets.get("map_floor") is not None and not study.user_attrs.get(RECOVERED_FLOOR_PLANNED_ATTR)
                 and recovered_references(study) and self.guide.accuracy_model(study)[1].recovered_scale is not None):
             extra = self.guide.floor_proposals(study, recovered=True)  # once the recovered references are in
-            self.extend_plan(study, extra)
+            self._extend_plan(study, extra)
             study.set_user_attr(RECOVERED_FLOOR_PLANNED_ATTR, True)
             if extra:
                 return extra[0]
@@ -523,7 +523,7 @@ class GuidedSampler(studies.DesignSampler):
         self._late_done = True
 
     @staticmethod
-    def extend_plan(study: optuna.Study, proposals: list[Proposal]) -> None:
+    def _extend_plan(study: optuna.Study, proposals: list[Proposal]) -> None:
         study.set_user_attr(PLAN_ATTR, study.user_attrs.get(PLAN_ATTR, []) + [dataclasses.asdict(p) for p in proposals])
 
     def _below_floor(self, study: optuna.Study, proposal: Proposal) -> dict | None:
@@ -546,15 +546,12 @@ class GuidedSampler(studies.DesignSampler):
 
     @staticmethod
     def _due(study: optuna.Study) -> Proposal | None:
-        return next(iter(GuidedSampler.due(study)), None)
-
-    @staticmethod
-    def due(study: optuna.Study) -> list[Proposal]:
-        """The designs of the plan that no trial carries yet, in order."""
         carried = {(t.user_attrs.get(studies.ORIGIN_ATTR), candidate_key(t.user_attrs[studies.CANDIDATE_ATTR]))
                    for t in study.get_trials(deepcopy=False) if studies.CANDIDATE_ATTR in t.user_attrs}
-        return [Proposal(**entry) for entry in study.user_attrs.get(PLAN_ATTR, [])
-                if (entry["origin"], candidate_key(entry["candidate"])) not in carried]
+        for entry in study.user_attrs.get(PLAN_ATTR, []):
+            if (entry["origin"], candidate_key(entry["candidate"])) not in carried:
+                return Proposal(**entry)
+        return None
 
     def _parameters(self, proposal: Proposal) -> dict[str, tuple[object, CategoricalDistribution]]:
         """{"layer|knob": (value, distribution)} for each knob the design changes from no change."""

@@ -94,18 +94,19 @@ def run_search(inputs: Inputs, run_dir: Path, run: RunConfig, *, resume: bool, r
                 sampler.wait()
             if sampler.table_seconds is not None:
                 spent["sensitivity pass (beside the first trials)"] = sampler.table_seconds
-        def recover() -> None:
-            recover_front(study, settings, run.recover_steps, parallel, cpus_per_trial, parcels, gpus_per_trial,
-                          budgets_for=lambda control: run.budgets(study.user_attrs["base"], control))
+        def recover() -> None:  # queued trials first (_recovery_stage): those a stopped fewest-FLOPs round left
+            _recovery_stage(study, lambda count: _search_loop(
+                study, inputs, settings, studies.finished_count(study) + count, parallel, cpus_per_trial, budgets,
+                parcels, gpus_per_trial), lambda: recover_front(
+                study, settings, run.recover_steps, parallel, cpus_per_trial, parcels, gpus_per_trial,
+                budgets_for=lambda control: run.budgets(study.user_attrs["base"], control)))
 
         with timing.stage(spent, "recovery"):  # before the re-measure: recovered designs may join the front
             recover()
         if references is not None:  # a guided run with a floor and a recovery stage
             with timing.stage(spent, "fewest-FLOPs rounds"):
                 _fewest_flops_rounds(study, sampler, parallel, recover, floor=lambda control: run.budgets(
-                    study.user_attrs["base"], control)["map_floor"], run_trials=lambda count: _search_loop(
-                        study, inputs, settings, studies.finished_count(study) + count, parallel, cpus_per_trial,
-                        budgets, parcels, gpus_per_trial))
+                    study.user_attrs["base"], control)["map_floor"])
         from edgesearch.runners.hardware.measure import timed_here
 
         if timed_here(inputs.profile):
@@ -193,22 +194,31 @@ def _merged(values: list, extra) -> list:
     return list(values) + [v for v in sorted(extra, key=str) if v not in values]
 
 
+def _recovery_stage(study, run_trials: Callable[[int], None], recover_front: Callable[[], None]) -> None:
+    """The recovery stage (`recover_front()`), after `run_trials(count)` scores the trials queued in the
+    study: the seeds a stopped fewest-FLOPs round queued or a kill left to run again. The stage tells each
+    recovered design through the study's queue of trials, which would hand it a queued seed instead."""
+    if waiting := len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))):
+        run_trials(waiting)
+    recover_front()
+
+
 def _fewest_flops_rounds(study, sampler, parallel: int, recover: Callable[[], None],
-                         floor: Callable[[dict], float], run_trials: Callable[[int], None]) -> None:
+                         floor: Callable[[dict], float]) -> None:
     """After the recovery stage: up to recovery.FLOPS_ROUNDS rounds of `parallel` fewest-FLOPs seeds at
-    omega budgets inside the bracket the recovered ones make (recovery.next_flops_budgets), each scored
-    as a trial (`run_trials(count)`) and recovered (`recover()`), until the accuracy floor
-    (`floor(recovered control's scores)`) binds. The study holds every step: a stopped run scores the
-    round's seeds not yet scored and recovers those not yet recovered before it plans another round."""
+    omega budgets inside the bracket the recovered ones make (recovery.next_flops_budgets), queued as
+    trials in the study, then scored and recovered by `recover()` (_recovery_stage), until the accuracy
+    floor (`floor(recovered control's scores)`) binds. The study holds every step: a stopped run's stage
+    scores the queued seeds and recovers those not yet recovered, and the rounds go on from there."""
     while True:
-        # a round's seeds a stopped run did not score: planned and not begun, or queued again (interrupted)
-        unscored = len(sampler.due(study)) + len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-        if unscored:
-            run_trials(unscored)
-            recover()
         done = flops_rounds_done(study)
+        if done >= FLOPS_ROUNDS:
+            return
         control, omega = recovered_control_scores(study), sampler.guide.recovered_omega(study)
-        if done >= FLOPS_ROUNDS or control is None or omega is None:
+        if control is None or omega is None:
+            print("fewest-FLOPs rounds: none, " + ("the fp32 control's recovery failed" if control is None else
+                                                  "no structural recipe was recovered to price structure after "
+                                                  "recovery"))
             return
         budgets, bracket = next_flops_budgets(fewest_flops_points(study, omega), floor(control), parallel)
         proposals = sampler.guide.fewest_flops_proposals(study, budgets, done + 1, bracket) if budgets else []
@@ -218,7 +228,9 @@ def _fewest_flops_rounds(study, sampler, parallel: int, recover: Callable[[], No
             return
         print(f"fewest-FLOPs round {done + 1} of {FLOPS_ROUNDS}: {len(proposals)} seed(s) at omega "
               f"{', '.join(f'{b:.4g}' for b in budgets)}, {bracket}")
-        sampler.extend_plan(study, proposals)
+        for proposal in proposals:  # queued with their designs: handed out before anything the sampler proposes
+            study.enqueue_trial({}, user_attrs=proposal.user_attrs())
+        recover()
 
 
 def _search_loop(study, inputs: Inputs, settings: dict, trials: int, parallel: int, cpus: int, budgets: dict,

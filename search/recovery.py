@@ -318,7 +318,8 @@ def recovery_text(study: optuna.Study) -> str:
     failed = f", {stage['failed']} failed" if stage.get("failed") else ""
     cuts = f", pruned channels cut in {stage['cuts']} steps" if stage.get("cuts", 1) > 1 else ""  # runs before: once
     rounds = flops_rounds_done(study)
-    rounds_words = f" and {rounds} round(s) of fewest-FLOPs seeds" if rounds else ""
-    return (f"recovery stage: {stage['designs']} design(s) (the control, structural recipes, the front's structural "
-            f"designs{rounds_words}) trained {stage['steps']} more steps from the base, distilled, learning rate {RECOVERY_LR:g}"
-            f"{cuts}{failed}{median}")
+    what = ("the control, structural recipes, the front's structural designs and the seeds of "
+            f"{rounds} fewest-FLOPs round(s)" if rounds else "the control, structural recipes and the front's "
+            "structural designs")
+    return (f"recovery stage: {stage['designs']} design(s) ({what}) trained {stage['steps']} more steps from the "
+            f"base, distilled, learning rate {RECOVERY_LR:g}{cuts}{failed}{median}")
