@@ -216,7 +216,7 @@ def _fewest_flops_rounds(study, sampler, parallel: int, recover: Callable[[], No
             return
         control, omega = recovered_control_scores(study), sampler.guide.recovered_omega(study)
         if control is None or omega is None:
-            print("fewest-FLOPs rounds: none, " + ("the fp32 control's recovery failed" if control is None else
+            print("fewest-FLOPs rounds: none, " + ("the fp32 control was not recovered" if control is None else
                                                   "no structural recipe was recovered to price structure after "
                                                   "recovery"))
             return
