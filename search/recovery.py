@@ -65,8 +65,9 @@ FEWEST_FLOPS_SEED = "seed: fewest FLOPs"
 # After the stage, rounds of fewest-FLOPs seeds are planned between the recovered ones (next_flops_budgets),
 # scored and recovered, until the floor binds: the seeds planned at the floor's budget and at half of it
 # (search/guided.FLOPS_SEED_SHARES) recovered to 0.948 and 0.980 of the control against a 0.95 floor, at
-# 8.4x and 4.7x fewer FLOPs; a design between them, 5.2x at 0.974. Each round costs a trial and a recovery
-# per seed, one seed per parallel slot.
+# 8.4x and 4.7x fewer FLOPs; a design between them, 5.2x at 0.974. With the rounds, a run kept 8.04x at 0.954
+# and found 8.48-10.7x under the floor (bench/results/flops_margin.md). Each round costs a trial and a recovery
+# per seed, one seed per parallel slot (about 11 min at 1380 steps on the 2-core host).
 FLOPS_ROUNDS = 2
 FLOPS_ROUND_KEY = "flops_round"  # in a round's seeds' predicted scores: the round that planned it
 NARROWEST_BRACKET = 0.05  # no further round once the bracket is narrower than this share of its upper budget
@@ -259,7 +260,7 @@ def next_flops_budgets(points: list[tuple[float, float]], map_floor: float, coun
     budget buys fall as it grows, and the recovered mAP with them, so the floor lies between the largest
     omega recovered above it and the smallest recovered under it: `count` budgets split that bracket evenly (a
     k-section; the MNIST-complexity paper shrinks a model until its floor binds). With no seed under the
-    floor the bracket reaches twice the largest budget; with none above it starts at 0. No budgets (and
+    floor the bracket reaches twice the largest omega; with none above it starts at 0. No budgets (and
     why) without a recovered seed, or once the bracket is narrower than NARROWEST_BRACKET of its top."""
     if not points:
         return [], "no fewest-FLOPs seed recovered"
