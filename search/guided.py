@@ -227,11 +227,16 @@ class Guide:
                                 f"(omega <= {budget:.4g}{margin}, alpha {alpha:.3g}{words})", candidate, budget))
         return designs
 
-    def _recovered_tables(self, model: AccuracyModel) -> tuple[dict[str, list[Option]], list[Interaction]]:
-        """The option tables and their interactions with structure priced at model.recovered_scale."""
+    def _recovered_pricer(self, model: AccuracyModel) -> OptionPricer:
+        """The pricer with structure at model.recovered_scale (what the recovery leaves of a cut)."""
         assert model.recovered_scale is not None
         pricer = copy.copy(self.pricer)
         pricer.structural_scale = model.recovered_scale
+        return pricer
+
+    def _recovered_tables(self, model: AccuracyModel) -> tuple[dict[str, list[Option]], list[Interaction]]:
+        """The option tables and their interactions with structure priced at model.recovered_scale."""
+        pricer = self._recovered_pricer(model)
         tables = {layer: layer_options(pricer, layer, choices) for layer, choices in self.choices.items()}
         return tables, pricer.interactions(tables)
 
@@ -264,8 +269,7 @@ class Guide:
         _, model = self.accuracy_model(study)
         if model.recovered_scale is None:
             return None
-        pricer = copy.copy(self.pricer)
-        pricer.structural_scale = model.recovered_scale
+        pricer = self._recovered_pricer(model)
         return lambda candidate: pricer.design(Candidate.from_json(candidate).layers)["omega"]
 
     def fewest_flops_proposals(self, study: optuna.Study, budgets: list[float], round_number: int,
