@@ -18,7 +18,13 @@ x over the layer's options with that structural choice.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import ctypes
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 from scipy import sparse
@@ -36,6 +42,11 @@ BUDGETS = {
     "flops": ("flops",),
 }
 TIME_LIMIT_S = 20.0  # the interactions' products make the bound weak: at 10-20 s the incumbent was within 0.5 % of 60 s's
+# a debugging printf left in HiGHS 1.12 (the solver scipy 1.17 bundles; ERGO-Code/HiGHS#2783): no
+# option silences it, and `make demo` printed it 48 times between its progress bars
+HIGHS_STRAY_LINE = b"HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();"
+_STDOUT_LOCK = threading.Lock()
+_LIBC = ctypes.CDLL(None)  # fflush(NULL): C's stdout is buffered when it is a file or a pipe
 
 
 def _price(option: Option, budget: str) -> float:
@@ -73,8 +84,9 @@ def allocate(tables: dict[str, list[Option]], budgets: dict[str, float], *, mini
         limits = np.array([budgets[name] - offsets.get(name, 0.0) for name in names])
         constraints.append(LinearConstraint(np.array([row(name) for name in names]), -np.inf, limits))
     integrality = np.concatenate([np.ones(len(flat)), np.zeros(len(pairs))])
-    result = milp(row(minimise), constraints=constraints, integrality=integrality, bounds=Bounds(0, 1),
-                  options={"time_limit": TIME_LIMIT_S})
+    with _without_stray_solver_lines():
+        result = milp(row(minimise), constraints=constraints, integrality=integrality, bounds=Bounds(0, 1),
+                      options={"time_limit": TIME_LIMIT_S})
     if result.x is None:  # infeasible (or no solution within the time limit)
         return None
     chosen = {}
@@ -82,6 +94,33 @@ def allocate(tables: dict[str, list[Option]], budgets: dict[str, float], *, mini
         if value > 0.5:
             chosen[layer] = option
     return chosen
+
+
+@contextmanager
+def _without_stray_solver_lines() -> Iterator[None]:
+    """Standard output (file descriptor 1: the solver writes there from C) goes to a file while the
+    solve runs, and is written back without HIGHS_STRAY_LINE afterwards: what other threads print
+    meanwhile comes out late, not lost."""
+    with _STDOUT_LOCK, tempfile.TemporaryFile() as held:
+        sys.stdout.flush()
+        _LIBC.fflush(None)
+        try:
+            real = os.dup(1)
+        except OSError:  # no standard output to filter (a closed descriptor)
+            yield
+            return
+        os.dup2(held.fileno(), 1)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            _LIBC.fflush(None)
+            os.dup2(real, 1)
+            os.close(real)
+            held.seek(0)
+            kept = [line for line in held.read().splitlines(keepends=True) if not line.startswith(HIGHS_STRAY_LINE)]
+            if kept:
+                os.write(1, b"".join(kept))
 
 
 def _pair_price(interaction: Interaction, name: str) -> float:

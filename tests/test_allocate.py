@@ -81,3 +81,23 @@ def test_dominated_options_are_dropped():
     b = Option(LayerKnobs(weight_bits=5), omega=1.0, weight_bytes=120, activation_bytes=10, latency_ms=1.0)  # worse
     c = Option(LayerKnobs(weight_bits=8), omega=0.1, weight_bytes=200, activation_bytes=10, latency_ms=1.0)
     assert non_dominated([b, c, a]) == [a, c]
+
+
+def test_the_solver_s_stray_debug_line_is_dropped_and_other_output_kept(capfd):
+    """HiGHS 1.12 prints a leftover debugging line from C (allocate.HIGHS_STRAY_LINE); the solve's
+    standard output is filtered at the file descriptor, C's buffered output included."""
+    import ctypes
+
+    from edgesearch.search.allocate import HIGHS_STRAY_LINE, _without_stray_solver_lines
+
+    libc = ctypes.CDLL(None)
+    with _without_stray_solver_lines():
+        libc.printf(HIGHS_STRAY_LINE + b"\n")  # buffered by C: the filter flushes it
+        libc.printf(b"the solver's own line\n")
+        print("a Python line", flush=True)
+    print("after", flush=True)
+    out = capfd.readouterr().out
+    assert HIGHS_STRAY_LINE.decode() not in out
+    # C's buffered lines come out at the solve's end, after Python's (as they would without the filter)
+    assert sorted(out.splitlines()[:2]) == ["a Python line", "the solver's own line"]
+    assert out.splitlines()[2:] == ["after"]
