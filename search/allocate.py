@@ -18,9 +18,7 @@ x over the layer's options with that structural choice.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import sys
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
@@ -30,6 +28,7 @@ import numpy as np
 from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 
+from edgesearch.search.console import stdout_sent_to
 from edgesearch.search.flops_count import Interaction, structure_key
 from edgesearch.search.options import Option
 
@@ -46,7 +45,6 @@ TIME_LIMIT_S = 20.0  # the interactions' products make the bound weak: at 10-20 
 # option silences it, and `make demo` printed it 48 times between its progress bars
 HIGHS_STRAY_LINE = b"HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();"
 _STDOUT_LOCK = threading.Lock()
-_LIBC = ctypes.CDLL(None)  # fflush(NULL): C's stdout is buffered when it is a file or a pipe
 
 
 def _price(option: Option, budget: str) -> float:
@@ -102,21 +100,10 @@ def _without_stray_solver_lines() -> Iterator[None]:
     solve runs, and is written back without HIGHS_STRAY_LINE afterwards: what other threads print
     meanwhile comes out late, not lost."""
     with _STDOUT_LOCK, tempfile.TemporaryFile() as held:
-        sys.stdout.flush()
-        _LIBC.fflush(None)
         try:
-            real = os.dup(1)
-        except OSError:  # no standard output to filter (a closed descriptor)
-            yield
-            return
-        os.dup2(held.fileno(), 1)
-        try:
-            yield
+            with stdout_sent_to(held.fileno()):
+                yield
         finally:
-            sys.stdout.flush()
-            _LIBC.fflush(None)
-            os.dup2(real, 1)
-            os.close(real)
             held.seek(0)
             kept = [line for line in held.read().splitlines(keepends=True) if not line.startswith(HIGHS_STRAY_LINE)]
             if kept:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgesearch.search.cli_env import apply_process_env, quiet_console
+from edgesearch.search.console import stdout_sent_to
 
 if TYPE_CHECKING:  # resolve (torch, TVM) loads only when a command needs it
     from edgesearch.search.resolve import Inputs
@@ -248,23 +249,9 @@ def _trial_sizes(args, preset) -> dict:
     }
 
 
-@contextlib.contextmanager
-def stdout_to_stderr():
-    """Send everything printed to stdout (ultralytics logs there, TVM's C code too) to stderr,
-    at the file-descriptor level, so that stdout carries only the JSON result."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
 def cmd_eval(args) -> None:
-    with stdout_to_stderr() if args.json else contextlib.nullcontext():
+    # with --json, stdout carries only the JSON result: what ultralytics and TVM's C code print goes to stderr
+    with stdout_sent_to(2) if args.json else contextlib.nullcontext():
         scores = _score_eval_candidate(args)
     if args.json:
         print(json.dumps(scores))
